@@ -1,0 +1,30 @@
+//! `App`: what every request handler and connection shares.
+
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::session::SessionLimits;
+use crate::store::Store;
+
+/// Node-wide state, shared by handlers and sessions.
+pub struct App {
+    /// Validated settings.
+    pub config: Config,
+    /// Where events live.
+    pub store: Arc<dyn Store>,
+    /// Local room registry and fanout.
+    pub hub: Arc<Hub>,
+    /// Limits applied to every connection.
+    pub limits: SessionLimits,
+    /// Cancelled when the node shuts down.
+    pub shutdown: CancellationToken,
+    /// Tracks connection tasks, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// Renders `/metrics`.
+    pub metrics: Option<PrometheusHandle>,
+}

@@ -1,0 +1,227 @@
+//! Command line and environment, validated before anything is bound.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Largest accepted `--max-message-bytes` (16 MiB).
+const MAX_MESSAGE_CEILING: usize = 16 << 20;
+
+/// roomcast: live-event fanout over WebSocket and SSE, on Redis Streams.
+#[derive(Debug, Parser)]
+#[command(name = "roomcast", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node.
+    Serve(ServeArgs),
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `roomcast serve` flags. Every flag also reads an environment variable.
+#[derive(Clone, Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "ROOMCAST_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+
+    /// Redis URL (`redis://host:port[/db]`); without it the node runs on the embedded store.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis: Option<String>,
+
+    /// Events kept per room (`MAXLEN ~ N`: at least N).
+    #[arg(long, env = "ROOMCAST_HISTORY", default_value_t = 10_000)]
+    pub history: usize,
+
+    /// Seconds after its last publish a room's history expires.
+    #[arg(long, env = "ROOMCAST_ROOM_TTL", default_value_t = 86_400)]
+    pub room_ttl: u64,
+
+    /// Prefix of every Redis key (lets deployments share one Redis).
+    #[arg(long, env = "ROOMCAST_KEY_PREFIX", default_value = "rc")]
+    pub key_prefix: String,
+
+    /// This node's name in audience reports (default: random).
+    #[arg(long, env = "ROOMCAST_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "ROOMCAST_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Seconds given to connections to close on SIGTERM/SIGINT.
+    #[arg(long, env = "ROOMCAST_SHUTDOWN_GRACE", default_value_t = 10)]
+    pub shutdown_grace: u64,
+
+    /// Largest client message (WebSocket message, HTTP body), in bytes.
+    #[arg(long, env = "ROOMCAST_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Most rooms one connection may subscribe to.
+    #[arg(long, env = "ROOMCAST_MAX_SUBSCRIPTIONS", default_value_t = 64)]
+    pub max_subscriptions: usize,
+
+    /// Most batches queued for one connection before it catches up from history.
+    #[arg(long, env = "ROOMCAST_OUTBOX_FRAMES", default_value_t = 256)]
+    pub outbox_frames: usize,
+
+    /// Most bytes queued for one connection before it catches up from history.
+    #[arg(long, env = "ROOMCAST_OUTBOX_BYTES", default_value_t = 1 << 20)]
+    pub outbox_bytes: usize,
+
+    /// Milliseconds a Redis command may take before it fails (publishes fail fast in an outage).
+    #[arg(long, env = "ROOMCAST_REDIS_TIMEOUT_MS", default_value_t = 2_000)]
+    pub redis_timeout_ms: u64,
+}
+
+/// A configuration error: the process exits 64 before binding anything.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// Validated settings of a node.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// Redis URL, or `None` for the embedded store.
+    pub redis: Option<String>,
+    /// Events kept per room.
+    pub history: usize,
+    /// Idle expiry of a room.
+    pub room_ttl: Duration,
+    /// Redis key prefix.
+    pub key_prefix: String,
+    /// Node name.
+    pub node_id: String,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Shutdown grace period.
+    pub shutdown_grace: Duration,
+    /// Largest client message.
+    pub max_message_bytes: usize,
+    /// Most subscriptions per connection.
+    pub max_subscriptions: usize,
+    /// Outbox bound in batches.
+    pub outbox_frames: usize,
+    /// Outbox bound in bytes.
+    pub outbox_bytes: usize,
+    /// Redis command timeout.
+    pub redis_timeout: Duration,
+}
+
+fn check(ok: bool, message: impl FnOnce() -> String) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError(message()))
+    }
+}
+
+impl TryFrom<ServeArgs> for Config {
+    type Error = ConfigError;
+
+    fn try_from(a: ServeArgs) -> Result<Self, ConfigError> {
+        let listen: SocketAddr = a
+            .listen
+            .parse()
+            .map_err(|_| ConfigError(format!("--listen {:?} is not an address like 127.0.0.1:8080", a.listen)))?;
+        if let Some(url) = &a.redis {
+            check(url.starts_with("redis://") || url.starts_with("rediss://"), || {
+                format!("--redis {url:?} must be a redis:// URL")
+            })?;
+            fred::prelude::Config::from_url(url).map_err(|e| ConfigError(format!("--redis {url:?}: {e}")))?;
+        }
+        check((1..=10_000_000).contains(&a.history), || "--history must be between 1 and 10000000".into())?;
+        check(a.room_ttl >= 1, || "--room-ttl must be at least 1 second".into())?;
+        check(
+            !a.key_prefix.is_empty()
+                && a.key_prefix.len() <= 64
+                && a.key_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')),
+            || "--key-prefix must be 1-64 bytes of A-Z a-z 0-9 _ . -".into(),
+        )?;
+        let node_id = match a.node_id {
+            Some(id) => {
+                check(
+                    !id.is_empty()
+                        && id.len() <= 64
+                        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')),
+                    || "--node-id must be 1-64 bytes of A-Z a-z 0-9 _ . -".into(),
+                )?;
+                id
+            }
+            None => format!("{:016x}", rand::random::<u64>()),
+        };
+        check((256..=MAX_MESSAGE_CEILING).contains(&a.max_message_bytes), || {
+            format!("--max-message-bytes must be between 256 and {MAX_MESSAGE_CEILING}")
+        })?;
+        check(a.max_subscriptions >= 1, || "--max-subscriptions must be at least 1".into())?;
+        check(a.outbox_frames >= 1, || "--outbox-frames must be at least 1".into())?;
+        check(a.outbox_bytes >= 4096, || "--outbox-bytes must be at least 4096".into())?;
+        check(a.redis_timeout_ms >= 10, || "--redis-timeout-ms must be at least 10".into())?;
+        Ok(Config {
+            listen,
+            redis: a.redis,
+            history: a.history,
+            room_ttl: Duration::from_secs(a.room_ttl),
+            key_prefix: a.key_prefix,
+            node_id,
+            log_format: a.log_format,
+            shutdown_grace: Duration::from_secs(a.shutdown_grace),
+            max_message_bytes: a.max_message_bytes,
+            max_subscriptions: a.max_subscriptions,
+            outbox_frames: a.outbox_frames,
+            outbox_bytes: a.outbox_bytes,
+            redis_timeout: Duration::from_millis(a.redis_timeout_ms),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let cli = Cli::try_parse_from(std::iter::once("roomcast").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        let Command::Serve(a) = cli.command;
+        Config::try_from(a).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = parse(&["serve"]).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.history, 10_000);
+        assert!(c.redis.is_none());
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_flag_named() {
+        for (args, flag) in [
+            (vec!["serve", "--listen", "nowhere"], "--listen"),
+            (vec!["serve", "--redis", "http://x"], "--redis"),
+            (vec!["serve", "--history", "0"], "--history"),
+            (vec!["serve", "--key-prefix", "a b"], "--key-prefix"),
+            (vec!["serve", "--max-message-bytes", "1"], "--max-message-bytes"),
+        ] {
+            let err = parse(&args).unwrap_err();
+            assert!(err.contains(flag), "{args:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! `GET /rooms/{room}`: last event ID and audience across nodes.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::error_response;
+use crate::app::App;
+use crate::protocol::{ErrorCode, RoomName};
+
+/// `{"room", "last_event_id" (null without history), "audience"}`.
+pub async fn info(State(app): State<Arc<App>>, Path(room): Path<String>) -> Response {
+    let room = match RoomName::parse(&room) {
+        Ok(room) => room,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadRoom, &e.to_string()),
+    };
+    let (tail, audience) = tokio::join!(app.store.tail(&room), app.store.audience(&room));
+    match (tail, audience) {
+        (Ok(tail), Ok(audience)) => Json(serde_json::json!({
+            "room": room,
+            "last_event_id": (!tail.is_zero()).then_some(tail),
+            "audience": audience,
+        }))
+        .into_response(),
+        (Err(e), _) | (_, Err(e)) => {
+            error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StoreUnavailable, &e.to_string())
+        }
+    }
+}

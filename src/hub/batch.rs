@@ -1,0 +1,50 @@
+//! `Batch`: one room's new events, shared by every local subscriber.
+
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+
+use crate::protocol::{encode_events, sse_events, Event, Format, RoomName, Wire};
+
+/// One room's consecutive events as read by the feed. Each wire encoding is
+/// made at most once, the first time a subscriber of that format needs it,
+/// and then shared by reference count: no per-subscriber serialisation.
+#[derive(Debug)]
+pub struct Batch {
+    /// The room the events belong to.
+    pub room: RoomName,
+    /// Events in ID order, consecutive in the room.
+    pub events: Vec<Event>,
+    json: OnceLock<Wire>,
+    msgpack: OnceLock<Wire>,
+    sse: OnceLock<Bytes>,
+    /// Approximate memory held, for outbox byte bounds.
+    size: usize,
+}
+
+impl Batch {
+    /// Wraps a non-empty run of events.
+    pub fn new(room: RoomName, events: Vec<Event>) -> Self {
+        let size = events.iter().map(|e| e.data.len() + 64).sum::<usize>() + 128;
+        Batch { room, events, json: OnceLock::new(), msgpack: OnceLock::new(), sse: OnceLock::new(), size }
+    }
+
+    /// The `events` frame in `format`, encoded on first use.
+    pub fn wire(&self, format: Format) -> &Wire {
+        let cell = match format {
+            Format::Json => &self.json,
+            Format::MsgPack => &self.msgpack,
+        };
+        cell.get_or_init(|| encode_events(format, &self.room, &self.events))
+    }
+
+    /// The events as Server-Sent Events, encoded on first use.
+    pub fn sse(&self) -> &Bytes {
+        self.sse.get_or_init(|| sse_events(&self.events))
+    }
+
+    /// Approximate bytes this batch holds (payloads plus framing).
+    pub fn size(&self) -> usize {
+        self.size
+    }
+}

@@ -1,0 +1,195 @@
+//! The hub: this node's registry of rooms with local subscribers.
+//!
+//! The feed hands each room's new events to [`Hub::deliver`], which wraps
+//! them once in a [`Batch`] and offers it to every subscriber's bounded
+//! outbox. A full outbox never blocks delivery: the subscriber is marked
+//! lagged and catches up from the store on its own time.
+//!
+//! A room enters the registry with its first local subscriber (and the feed
+//! starts following it from the room's tail) and leaves it with its last.
+
+mod batch;
+
+pub use batch::Batch;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+
+use tokio::sync::OnceCell;
+
+use crate::protocol::{Event, EventId, RoomName};
+use crate::session::outbox::Outbox;
+use crate::store::feed::{Feed, FeedSink};
+use crate::store::{Store, StoreError};
+
+/// One connection's membership in one room, as the hub sees it.
+#[derive(Clone)]
+pub struct Subscriber {
+    /// The connection's outbox (shared by all its rooms).
+    pub outbox: Arc<Outbox>,
+    /// Set when a batch for this room could not be queued: the connection
+    /// must catch up from the store.
+    pub lagged: Arc<std::sync::atomic::AtomicBool>,
+}
+
+struct Members {
+    by_conn: HashMap<u64, Subscriber>,
+    /// The last event ID handed to members. Every later event is offered to
+    /// whoever is a member now, which is what makes it a joiner's cursor.
+    last: Option<EventId>,
+}
+
+struct RoomEntry {
+    /// Distinguishes successive lives of the same room in the registry, so a
+    /// late "unwatch" from an old life cannot stop the feed for a new one.
+    generation: u64,
+    /// The room's tail when its first local subscriber joined: where the
+    /// feed starts. Resolved once, whoever asks first.
+    start: OnceCell<EventId>,
+    members: RwLock<Members>,
+}
+
+/// The node-local room registry and fanout.
+pub struct Hub {
+    rooms: Mutex<HashMap<RoomName, Arc<RoomEntry>>>,
+    /// Rooms that lost their last local subscriber since the last audience report.
+    departed: Mutex<Vec<RoomName>>,
+    generations: AtomicU64,
+    store: Arc<dyn Store>,
+    feed: OnceLock<Feed>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Hub {
+    /// An empty hub over `store`; call [`Hub::attach_feed`] before use.
+    pub fn new(store: Arc<dyn Store>) -> Arc<Hub> {
+        Arc::new(Hub {
+            rooms: Mutex::default(),
+            departed: Mutex::default(),
+            generations: AtomicU64::new(1),
+            store,
+            feed: OnceLock::new(),
+        })
+    }
+
+    /// Connects the feed (which needs the hub as its sink, hence two steps).
+    pub fn attach_feed(&self, feed: Feed) {
+        let _ = self.feed.set(feed);
+    }
+
+    /// Adds `conn` to `room`. Returns the live cursor: every event after it
+    /// will be offered to this subscriber, none before it.
+    pub async fn join(&self, room: &RoomName, conn: u64, subscriber: Subscriber) -> Result<EventId, StoreError> {
+        let (entry, last) = {
+            let mut rooms = lock(&self.rooms);
+            let entry = rooms
+                .entry(room.clone())
+                .or_insert_with(|| {
+                    Arc::new(RoomEntry {
+                        generation: self.generations.fetch_add(1, Ordering::Relaxed),
+                        start: OnceCell::new(),
+                        members: RwLock::new(Members { by_conn: HashMap::new(), last: None }),
+                    })
+                })
+                .clone();
+            let last = {
+                let mut members = write(&entry.members);
+                members.by_conn.insert(conn, subscriber);
+                members.last
+            };
+            (entry, last)
+        };
+        let start = entry
+            .start
+            .get_or_try_init(|| async {
+                let tail = self.store.tail(room).await?;
+                if let Some(feed) = self.feed.get() {
+                    feed.watch(room.clone(), entry.generation, tail).await;
+                }
+                Ok::<_, StoreError>(tail)
+            })
+            .await;
+        match start {
+            Ok(start) => Ok(last.unwrap_or(*start)),
+            Err(e) => {
+                self.leave(room, conn).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes `conn` from `room`; the room leaves the registry (and the
+    /// feed) with its last local subscriber.
+    pub async fn leave(&self, room: &RoomName, conn: u64) {
+        let emptied = {
+            let mut rooms = lock(&self.rooms);
+            let Some(entry) = rooms.get(room).cloned() else { return };
+            let empty = {
+                let mut members = write(&entry.members);
+                members.by_conn.remove(&conn);
+                members.by_conn.is_empty()
+            };
+            if empty {
+                rooms.remove(room);
+                lock(&self.departed).push(room.clone());
+                Some(entry.generation)
+            } else {
+                None
+            }
+        };
+        if let (Some(generation), Some(feed)) = (emptied, self.feed.get()) {
+            feed.unwatch(room.clone(), generation).await;
+        }
+    }
+
+    /// Local subscriber counts of every room, plus a zero for each room that
+    /// emptied since the last call (so its audience report is withdrawn).
+    pub fn audience_report(&self) -> Vec<(RoomName, usize)> {
+        let mut report: Vec<(RoomName, usize)> = {
+            let rooms = lock(&self.rooms);
+            rooms.iter().map(|(room, entry)| (room.clone(), read(&entry.members).by_conn.len())).collect()
+        };
+        let departed = std::mem::take(&mut *lock(&self.departed));
+        for room in departed {
+            if !report.iter().any(|(r, _)| *r == room) {
+                report.push((room, 0));
+            }
+        }
+        report
+    }
+
+    /// Number of rooms with local subscribers.
+    pub fn room_count(&self) -> usize {
+        lock(&self.rooms).len()
+    }
+}
+
+impl FeedSink for Hub {
+    fn deliver(&self, room: &RoomName, events: Vec<Event>) {
+        let Some(entry) = lock(&self.rooms).get(room).cloned() else { return };
+        let Some(last) = events.last().map(|e| e.id) else { return };
+        let batch = Arc::new(Batch::new(room.clone(), events));
+        let mut members = write(&entry.members);
+        members.last = Some(last);
+        for subscriber in members.by_conn.values() {
+            subscriber.outbox.offer(&batch, &subscriber.lagged);
+        }
+        metrics::counter!("roomcast_batches_total").increment(1);
+    }
+
+    fn wants(&self, room: &RoomName, generation: u64) -> bool {
+        lock(&self.rooms).get(room).is_some_and(|e| e.generation == generation)
+    }
+}

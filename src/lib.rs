@@ -1,0 +1,107 @@
+//! roomcast: live-event fanout over WebSocket and SSE, scaled out on Redis Streams.
+//!
+//! # Architecture
+//! - [`protocol`]: wire frames, codecs (JSON, MessagePack, SSE), `EventId` and `RoomName`.
+//! - [`store`]: the `Store` contract with its two implementations (embedded
+//!   memory, Redis Streams) and the live [`store::feed`] that follows the
+//!   rooms with local subscribers.
+//! - [`hub`]: the node-local room registry; each batch is encoded once per
+//!   format and shared by every subscriber's bounded outbox.
+//! - [`session`]: one connection's rooms and cursors: resume, merge, catch-up.
+//! - [`transport`]: WebSocket and SSE adapters around a session.
+//! - [`http`]: the REST resources (publish, history, room info, health).
+//!
+//! A publish (HTTP or WebSocket) is appended to the room's stream. Each
+//! node's feed reads the rooms its hub holds and hands new batches to the
+//! hub, which offers them to subscribers; sessions write them, dropping
+//! what their cursor already covers and catching up from the store when a
+//! batch does not continue their cursor. See `docs/protocol.md`.
+
+pub mod app;
+pub mod backoff;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod presence;
+pub mod protocol;
+pub mod session;
+pub mod shutdown;
+pub mod store;
+pub mod transport;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use crate::config::Config;
+pub use crate::error::Error;
+
+use crate::app::App;
+use crate::hub::Hub;
+use crate::session::outbox::OutboxLimits;
+use crate::session::SessionLimits;
+use crate::store::feed::Feed;
+use crate::store::memory::MemoryStore;
+use crate::store::redis::{RedisOptions, RedisStore};
+use crate::store::{Store, StoreOptions};
+
+/// Runs a node on an already-bound listener until `shutdown` is cancelled,
+/// then closes every connection (1012) and returns within the grace period.
+pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), Error> {
+    let tracker = TaskTracker::new();
+    let options = StoreOptions {
+        history: config.history,
+        room_ttl: config.room_ttl,
+        presence_ttl: presence::PRESENCE_TTL,
+    };
+    let store: Arc<dyn Store> = match &config.redis {
+        Some(url) => {
+            let redis = RedisOptions {
+                url: url.clone(),
+                prefix: config.key_prefix.clone(),
+                command_timeout: config.redis_timeout,
+            };
+            Arc::new(RedisStore::connect(redis, options).await?)
+        }
+        None => {
+            let memory = MemoryStore::new(options);
+            memory.spawn_janitor(shutdown.clone(), &tracker);
+            Arc::new(memory)
+        }
+    };
+    let hub = Hub::new(store.clone());
+    let source = store.change_source(&config.node_id).await?;
+    hub.attach_feed(Feed::spawn(store.clone(), source, hub.clone(), shutdown.clone(), &tracker));
+    presence::spawn(hub.clone(), store.clone(), config.node_id.clone(), shutdown.clone(), &tracker);
+
+    warn!("no --jwt-secret or --api-key: this node is OPEN, anyone who can reach it may publish and subscribe");
+    let limits = SessionLimits {
+        outbox: OutboxLimits { frames: config.outbox_frames, bytes: config.outbox_bytes },
+        max_subscriptions: config.max_subscriptions,
+        max_payload: config.max_message_bytes,
+    };
+    let grace = config.shutdown_grace;
+    let app = Arc::new(App {
+        config,
+        store,
+        hub,
+        limits,
+        shutdown: shutdown.clone(),
+        tracker: tracker.clone(),
+        metrics: metrics::install(),
+    });
+    info!(addr = %listener.local_addr()?, "listening");
+    axum::serve(listener, http::router(app)).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await?;
+
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        warn!(grace_secs = grace.as_secs(), "connections still open after the grace period; exiting anyway");
+    }
+    info!("stopped");
+    Ok(())
+}

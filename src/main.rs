@@ -1,0 +1,63 @@
+//! The `roomcast` binary: parse, validate (exit 64 on bad config), log, run.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use roomcast::config::{Cli, Command, Config, LogFormat};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// `EX_USAGE`: bad command line or configuration.
+const EXIT_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        Command::Serve(args) => {
+            let config = match Config::try_from(args) {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("roomcast: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            init_tracing(config.log_format);
+            match serve(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(cause = format!("{e:#}"), "roomcast stopped with an error");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let shutdown = CancellationToken::new();
+        roomcast::shutdown::on_signal(shutdown.clone());
+        roomcast::run(config, listener, shutdown).await.context("running the node")
+    })
+}

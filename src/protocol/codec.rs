@@ -1,0 +1,279 @@
+//! Encoding server frames and decoding client frames, per wire format.
+//!
+//! Events are stored as compact JSON. A JSON `events` frame is assembled by
+//! splicing those bytes in (room names and IDs need no escaping); MessagePack
+//! frames transcode each payload into the equivalent MessagePack value, so
+//! both formats carry the same values.
+
+use std::fmt::Write as _;
+
+use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::frames::{RawClientFrame, RefOnly};
+use super::{ClientFrame, ErrorCode, Event, EventId, FrameError, RoomName, ServerFrame};
+
+/// Deepest nesting accepted in a client's MessagePack frame (serde_json's
+/// own limit for JSON is 128 as well).
+const MAX_MSGPACK_DEPTH: usize = 128;
+
+/// The subprotocol that selects MessagePack frames.
+pub const MSGPACK_SUBPROTOCOL: &str = "roomcast.v1.msgpack";
+
+/// A WebSocket connection's wire format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// JSON in text frames (the default).
+    Json,
+    /// MessagePack (maps with named fields) in binary frames.
+    MsgPack,
+}
+
+/// One encoded WebSocket frame, cheap to clone (reference-counted bytes).
+#[derive(Clone, Debug)]
+pub enum Wire {
+    /// A text frame (JSON).
+    Text(Utf8Bytes),
+    /// A binary frame (MessagePack).
+    Binary(Bytes),
+}
+
+impl Wire {
+    /// Payload size in bytes, for outbox accounting.
+    pub fn len(&self) -> usize {
+        match self {
+            Wire::Text(t) => t.len(),
+            Wire::Binary(b) => b.len(),
+        }
+    }
+
+    /// True when the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Encodes one `events` frame for `room`.
+pub fn encode_events(format: Format, room: &RoomName, events: &[Event]) -> Wire {
+    match format {
+        Format::Json => Wire::Text(Utf8Bytes::from(json_events(room, events))),
+        Format::MsgPack => Wire::Binary(msgpack_events(room, events)),
+    }
+}
+
+/// Encodes a control frame (everything but `events`).
+pub fn encode_frame(format: Format, frame: &ServerFrame) -> Wire {
+    match format {
+        Format::Json => Wire::Text(Utf8Bytes::from(
+            // Serialising these plain structs cannot fail.
+            serde_json::to_string(frame).unwrap_or_default(),
+        )),
+        Format::MsgPack => {
+            Wire::Binary(Bytes::from(rmp_serde::to_vec_named(frame).unwrap_or_default()))
+        }
+    }
+}
+
+/// Decodes one client frame. Every failure carries the precise error code.
+pub fn decode_client(format: Format, bytes: &[u8]) -> Result<ClientFrame, FrameError> {
+    let raw: Result<RawClientFrame, String> = match format {
+        Format::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+        Format::MsgPack => {
+            let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+            de.set_max_depth(MAX_MSGPACK_DEPTH);
+            serde::Deserialize::deserialize(&mut de).map_err(|e: rmp_serde::decode::Error| e.to_string())
+        }
+    };
+    match raw {
+        Ok(raw) => raw.validate(),
+        Err(message) => {
+            let reference = match format {
+                Format::Json => serde_json::from_slice::<RefOnly>(bytes).ok(),
+                Format::MsgPack => rmp_serde::from_slice::<RefOnly>(bytes).ok(),
+            }
+            .and_then(|r| r.reference);
+            Err(FrameError::new(ErrorCode::BadFrame, message, reference))
+        }
+    }
+}
+
+/// Serialises a published value to the compact JSON kept in the store.
+pub fn data_to_json(data: &Value) -> Bytes {
+    // A `Value` always serialises.
+    Bytes::from(serde_json::to_vec(data).unwrap_or_else(|_| b"null".to_vec()))
+}
+
+/// Reads a MessagePack HTTP body into a JSON value.
+pub fn msgpack_to_value(bytes: &[u8]) -> Result<Value, String> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(MAX_MSGPACK_DEPTH);
+    serde::Deserialize::deserialize(&mut de).map_err(|e: rmp_serde::decode::Error| e.to_string())
+}
+
+/// The stored JSON of an event as text; stored data is validated on entry,
+/// so the fallback only guards against foreign writes to the store.
+fn data_text(event: &Event) -> &str {
+    std::str::from_utf8(&event.data).unwrap_or("null")
+}
+
+fn json_events(room: &RoomName, events: &[Event]) -> String {
+    let mut s = String::with_capacity(48 + room.as_str().len() + json_size(events));
+    s.push_str(r#"{"type":"events","room":""#);
+    s.push_str(room.as_str());
+    s.push_str(r#"","events":"#);
+    push_json_events(&mut s, events);
+    s.push('}');
+    s
+}
+
+/// The body of `GET /rooms/{room}/events`: `{"room","events","gap"}`.
+pub fn json_history(room: &RoomName, events: &[Event], gap: bool) -> String {
+    let mut s = String::with_capacity(48 + room.as_str().len() + json_size(events));
+    s.push_str(r#"{"room":""#);
+    s.push_str(room.as_str());
+    s.push_str(r#"","events":"#);
+    push_json_events(&mut s, events);
+    s.push_str(if gap { r#","gap":true}"# } else { r#","gap":false}"# });
+    s
+}
+
+fn json_size(events: &[Event]) -> usize {
+    events.iter().map(|e| e.data.len() + 48).sum()
+}
+
+/// Appends `[{"id":"..","data":..},...]`.
+fn push_json_events(s: &mut String, events: &[Event]) {
+    s.push('[');
+    for (i, event) in events.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(r#"{"id":""#);
+        let _ = write!(s, "{}", event.id);
+        s.push_str(r#"","data":"#);
+        s.push_str(data_text(event));
+        s.push('}');
+    }
+    s.push(']');
+}
+
+#[derive(Serialize)]
+struct MsgPackEvents<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    room: &'a str,
+    events: Vec<MsgPackEvent>,
+}
+
+#[derive(Serialize)]
+struct MsgPackEvent {
+    id: EventId,
+    data: Value,
+}
+
+fn msgpack_events(room: &RoomName, events: &[Event]) -> Bytes {
+    let frame = MsgPackEvents {
+        kind: "events",
+        room: room.as_str(),
+        events: events
+            .iter()
+            .map(|e| MsgPackEvent {
+                id: e.id,
+                data: serde_json::from_slice(&e.data).unwrap_or(Value::Null),
+            })
+            .collect(),
+    };
+    Bytes::from(rmp_serde::to_vec_named(&frame).unwrap_or_default())
+}
+
+/// Encodes events as Server-Sent Events: one `id:`/`data:` block each.
+pub fn sse_events(events: &[Event]) -> Bytes {
+    let payload: usize = events.iter().map(|e| e.data.len() + 40).sum();
+    let mut s = String::with_capacity(payload);
+    for event in events {
+        // Stored JSON is compact (no raw newlines), so one `data:` line holds it.
+        let _ = write!(s, "id: {}\ndata: {}\n\n", event.id, data_text(event));
+    }
+    Bytes::from(s)
+}
+
+/// Encodes a gap notice as a Server-Sent Event named `gap`.
+pub fn sse_gap(after: EventId) -> Bytes {
+    Bytes::from(format!("event: gap\ndata: {{\"after\":\"{after}\"}}\n\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(ms: u64, data: &str) -> Event {
+        Event { id: EventId::new(ms, 0), prev: EventId::ZERO, data: Bytes::from(data.to_owned()) }
+    }
+
+    #[test]
+    fn json_events_frame_is_valid_json() {
+        let room = RoomName::parse("r1").unwrap();
+        let Wire::Text(t) = encode_events(Format::Json, &room, &[ev(1, r#"{"a":[1,"x"]}"#), ev(2, "null")])
+        else {
+            panic!("json must be text")
+        };
+        let v: Value = serde_json::from_str(t.as_str()).unwrap();
+        assert_eq!(v["type"], "events");
+        assert_eq!(v["events"][0]["id"], "1-0");
+        assert_eq!(v["events"][0]["data"]["a"][1], "x");
+        assert_eq!(v["events"][1]["data"], Value::Null);
+    }
+
+    #[test]
+    fn msgpack_events_carry_the_same_values() {
+        let room = RoomName::parse("r1").unwrap();
+        let Wire::Binary(b) = encode_events(Format::MsgPack, &room, &[ev(7, r#"{"n":1.5,"s":"é"}"#)]) else {
+            panic!("msgpack must be binary")
+        };
+        let v: Value = rmp_serde::from_slice(&b).unwrap();
+        assert_eq!(v["events"][0]["id"], "7-0");
+        assert_eq!(v["events"][0]["data"]["n"], 1.5);
+        assert_eq!(v["events"][0]["data"]["s"], "é");
+    }
+
+    #[test]
+    fn decoding_gives_precise_codes() {
+        let code = |s: &str| decode_client(Format::Json, s.as_bytes()).unwrap_err().code;
+        assert_eq!(code("{"), ErrorCode::BadFrame);
+        assert_eq!(code(r#"{"type":"dance"}"#), ErrorCode::UnknownType);
+        assert_eq!(code(r#"{"type":"subscribe","room":"a b"}"#), ErrorCode::BadRoom);
+        assert_eq!(code(r#"{"type":"subscribe","room":"a","last_event_id":"x"}"#), ErrorCode::BadEventId);
+        assert_eq!(code(r#"{"type":"publish","room":"a"}"#), ErrorCode::BadFrame);
+        assert_eq!(code(r#"{"type":"subscribe","room":5}"#), ErrorCode::BadFrame);
+        let deep = "[".repeat(500) + &"]".repeat(500);
+        assert_eq!(code(&format!(r#"{{"type":"publish","room":"a","data":{deep}}}"#)), ErrorCode::BadFrame);
+    }
+
+    #[test]
+    fn ref_is_echoed_even_when_the_frame_is_refused() {
+        let e = decode_client(Format::Json, br#"{"type":"publish","room":"no way","ref":9}"#).unwrap_err();
+        assert_eq!(e.reference, Some(9));
+        let e = decode_client(Format::Json, br#"{"type":7,"ref":4}"#).unwrap_err();
+        assert_eq!(e.reference, Some(4));
+    }
+
+    #[test]
+    fn null_data_is_a_valid_publish() {
+        let f = decode_client(Format::Json, br#"{"type":"publish","room":"a","data":null}"#).unwrap();
+        assert!(matches!(f, ClientFrame::Publish { data: Value::Null, .. }));
+    }
+
+    #[test]
+    fn msgpack_client_frames_decode() {
+        let bytes = rmp_serde::to_vec_named(&serde_json::json!({"type":"publish","room":"a","data":{"k":[1,2]},"ref":3})).unwrap();
+        let f = decode_client(Format::MsgPack, &bytes).unwrap();
+        assert_eq!(f, ClientFrame::Publish {
+            room: RoomName::parse("a").unwrap(),
+            data: serde_json::json!({"k":[1,2]}),
+            reference: Some(3),
+        });
+        assert_eq!(decode_client(Format::MsgPack, &[0xc1, 0xff]).unwrap_err().code, ErrorCode::BadFrame);
+    }
+}

@@ -1,0 +1,208 @@
+//! Wire frames: what clients send and what the node answers.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+
+use super::{EventId, RoomName};
+
+/// A frame a client sent, validated field by field.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientFrame {
+    /// Join a room, optionally resuming after `last_event_id`.
+    Subscribe {
+        /// The room to join.
+        room: RoomName,
+        /// Resume position; `None` means live only, `0` means from the oldest kept.
+        last_event_id: Option<EventId>,
+    },
+    /// Leave a room.
+    Unsubscribe {
+        /// The room to leave.
+        room: RoomName,
+    },
+    /// Append `data` to a room; acked with the new event's ID.
+    Publish {
+        /// The room to publish to.
+        room: RoomName,
+        /// Any JSON value.
+        data: Value,
+        /// Client's correlation number, echoed in the ack or error.
+        reference: Option<u64>,
+    },
+}
+
+/// The refusal codes of `error` frames: a stable, documented catalogue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not a decodable frame: broken JSON/MessagePack, wrong field types, missing fields.
+    BadFrame,
+    /// A well-formed frame whose `type` the node does not know.
+    UnknownType,
+    /// A room name outside the allowed charset or length.
+    BadRoom,
+    /// A `last_event_id` that is not an event ID.
+    BadEventId,
+    /// `subscribe` to a room this connection already follows.
+    AlreadySubscribed,
+    /// `unsubscribe` from a room this connection does not follow.
+    NotSubscribed,
+    /// The store could not be reached or refused the command; nothing was written.
+    StoreUnavailable,
+    /// A frame type the transport does not accept (e.g. binary on a JSON socket).
+    UnsupportedFrame,
+    /// The frame or payload exceeds a size limit.
+    TooLarge,
+    /// A per-connection limit (subscriptions) was reached.
+    LimitExceeded,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadFrame => "bad_frame",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::BadRoom => "bad_room",
+            ErrorCode::BadEventId => "bad_event_id",
+            ErrorCode::AlreadySubscribed => "already_subscribed",
+            ErrorCode::NotSubscribed => "not_subscribed",
+            ErrorCode::StoreUnavailable => "store_unavailable",
+            ErrorCode::UnsupportedFrame => "unsupported_frame",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::LimitExceeded => "limit_exceeded",
+        }
+    }
+}
+
+/// A refused frame: what to tell the client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameError {
+    /// Machine-readable code.
+    pub code: ErrorCode,
+    /// Human-readable explanation.
+    pub message: String,
+    /// The client's `ref`, when it could be read.
+    pub reference: Option<u64>,
+}
+
+impl FrameError {
+    /// Builds a refusal.
+    pub fn new(code: ErrorCode, message: impl Into<String>, reference: Option<u64>) -> Self {
+        FrameError { code, message: message.into(), reference }
+    }
+}
+
+/// Server frames other than `events` (which are assembled by the codec).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ServerFrame {
+    /// Answer to `subscribe`; `resumed` is true when a resume point was given
+    /// and the kept history covers it (no gap).
+    Subscribed {
+        /// The room joined.
+        room: RoomName,
+        /// Whether the resume is complete.
+        resumed: bool,
+    },
+    /// Answer to `unsubscribe`.
+    Unsubscribed {
+        /// The room left.
+        room: RoomName,
+    },
+    /// Events after `after` are no longer kept; live delivery follows.
+    Gap {
+        /// The room.
+        room: RoomName,
+        /// The client's position when the hole was found.
+        after: EventId,
+    },
+    /// A publish was stored under `id`.
+    Ack {
+        /// The client's correlation number.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<u64>,
+        /// The new event's ID.
+        id: EventId,
+    },
+    /// A refused frame.
+    Error {
+        /// Machine-readable code.
+        code: ErrorCode,
+        /// Human-readable explanation.
+        message: String,
+        /// The client's `ref`, when known.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<u64>,
+    },
+}
+
+impl From<FrameError> for ServerFrame {
+    fn from(e: FrameError) -> Self {
+        ServerFrame::Error { code: e.code, message: e.message, reference: e.reference }
+    }
+}
+
+/// The loose shape every client frame is first read into, so that each
+/// problem gets its own precise error code instead of one serde message.
+#[derive(Deserialize)]
+pub(crate) struct RawClientFrame {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub room: Option<String>,
+    #[serde(default)]
+    pub last_event_id: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    pub data: Option<Value>,
+    #[serde(rename = "ref", default)]
+    pub reference: Option<u64>,
+}
+
+/// Only the `ref`, read leniently from a frame that failed to decode.
+#[derive(Deserialize)]
+pub(crate) struct RefOnly {
+    #[serde(rename = "ref", default)]
+    pub reference: Option<u64>,
+}
+
+/// Distinguishes `"data": null` (present) from an absent field.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+impl RawClientFrame {
+    /// Validates the loose frame into a [`ClientFrame`].
+    pub(crate) fn validate(self) -> Result<ClientFrame, FrameError> {
+        let reference = self.reference;
+        let err = |code, msg: String| FrameError::new(code, msg, reference);
+        let room = |room: Option<String>| -> Result<RoomName, FrameError> {
+            let room = room.ok_or_else(|| err(ErrorCode::BadFrame, "missing field `room`".into()))?;
+            RoomName::parse(&room).map_err(|e| err(ErrorCode::BadRoom, e.to_string()))
+        };
+        match self.kind.as_str() {
+            "subscribe" => {
+                let room = room(self.room)?;
+                let last_event_id = match self.last_event_id {
+                    Some(id) => Some(
+                        EventId::parse(&id).map_err(|e| err(ErrorCode::BadEventId, e.to_string()))?,
+                    ),
+                    None => None,
+                };
+                Ok(ClientFrame::Subscribe { room, last_event_id })
+            }
+            "unsubscribe" => Ok(ClientFrame::Unsubscribe { room: room(self.room)? }),
+            "publish" => {
+                let room = room(self.room)?;
+                let data = self
+                    .data
+                    .ok_or_else(|| err(ErrorCode::BadFrame, "missing field `data`".into()))?;
+                Ok(ClientFrame::Publish { room, data, reference })
+            }
+            other => Err(err(
+                ErrorCode::UnknownType,
+                format!("unknown frame type {:?}", other.chars().take(32).collect::<String>()),
+            )),
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! The wire protocol: validated newtypes, frames and their encodings.
+//!
+//! Nothing here does I/O. Everything a client can send is parsed into typed
+//! values at this edge, so the rest of the node never sees raw strings.
+
+mod close;
+mod codec;
+mod event;
+mod event_id;
+mod frames;
+mod room;
+
+pub use codec::{
+    data_to_json, decode_client, encode_events, encode_frame, json_history, msgpack_to_value, sse_events,
+    sse_gap, Format, Wire, MSGPACK_SUBPROTOCOL,
+};
+pub use close::CloseReason;
+pub use event::Event;
+pub use event_id::{EventId, ParseEventIdError};
+pub use frames::{ClientFrame, ErrorCode, FrameError, ServerFrame};
+pub use room::{InvalidRoomName, RoomName, MAX_ROOM_LEN};

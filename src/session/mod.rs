@@ -1,0 +1,339 @@
+//! One connection's subscriptions, whatever the transport.
+//!
+//! A session keeps, per room, a cursor: the last event it delivered. Live
+//! batches are merged by that cursor, so an event reaches the client at most
+//! once and in order, and a batch that does not continue the cursor (the
+//! outbox overflowed, the store lost history) sends the session to the store
+//! to catch up, which either fills the hole or reports a `gap`. Subscribing
+//! with a resume point registers for live delivery first, then reads the
+//! missed history in pages; the same merge makes the seam exact.
+
+pub mod cursor;
+pub mod outbox;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::time::Instant;
+use tracing::debug;
+
+use self::cursor::{accept, Accept};
+use self::outbox::{Outbox, OutboxLimits, OutboxReceiver};
+use crate::hub::{Batch, Hub, Subscriber};
+use crate::protocol::{data_to_json, ErrorCode, Event, EventId, FrameError, RoomName, ServerFrame};
+use crate::store::{Page, Position, Store, StoreError};
+
+/// Events read per history page.
+pub const PAGE: usize = 256;
+/// Most queued batches written before one flush.
+const MAX_COALESCE: usize = 256;
+/// Wait before retrying a catch-up the store refused.
+const CATCH_UP_RETRY: Duration = Duration::from_secs(1);
+
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+/// What a session writes; the transport encodes it for its wire.
+pub enum Outgoing<'a> {
+    /// A live batch, whose shared encoding can be reused as is.
+    Batch(&'a Batch),
+    /// Events only this connection gets (history, or part of a batch).
+    Events(&'a RoomName, &'a [Event]),
+    /// A control frame.
+    Frame(&'a ServerFrame),
+}
+
+/// The transport could not write.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The peer is gone.
+    #[error("connection closed")]
+    Closed,
+    /// A write did not complete within the write timeout: the client stopped reading.
+    #[error("write stalled")]
+    Stalled,
+}
+
+/// Where a session's output goes (a WebSocket, an SSE body).
+pub trait Sink: Send {
+    /// Queues one item for writing (may write if buffers are full).
+    fn write(&mut self, out: Outgoing<'_>) -> impl Future<Output = Result<(), SinkError>> + Send;
+    /// Writes everything queued.
+    fn flush(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;
+}
+
+/// Why a session operation did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The request is refused; tell the client with an `error` frame.
+    #[error("{}", .0.message)]
+    Refused(FrameError),
+    /// The connection can no longer be written.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
+/// Per-connection limits.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionLimits {
+    /// Bounds of the outbox.
+    pub outbox: OutboxLimits,
+    /// Most rooms one connection may follow.
+    pub max_subscriptions: usize,
+    /// Largest published payload (compact JSON bytes).
+    pub max_payload: usize,
+}
+
+/// What woke the session up.
+pub enum Wakeup {
+    /// A live batch arrived.
+    Batch(Arc<Batch>),
+    /// Some room must catch up from the store.
+    CatchUp,
+}
+
+struct RoomState {
+    /// Last event delivered (or the position the client is complete up to).
+    cursor: EventId,
+    /// Set by the hub (outbox full) or by the session (discontinuity).
+    lagged: Arc<AtomicBool>,
+}
+
+/// One connection's rooms, cursors and outbox.
+pub struct Session<S: Sink> {
+    id: u64,
+    hub: Arc<Hub>,
+    store: Arc<dyn Store>,
+    inbox: OutboxReceiver,
+    rooms: HashMap<RoomName, RoomState>,
+    limits: SessionLimits,
+    /// When a catch-up the store refused is retried.
+    retry_at: Option<Instant>,
+    sink: S,
+}
+
+fn store_refusal(e: StoreError, reference: Option<u64>) -> SessionError {
+    SessionError::Refused(FrameError::new(ErrorCode::StoreUnavailable, e.to_string(), reference))
+}
+
+fn refuse(code: ErrorCode, message: impl Into<String>, reference: Option<u64>) -> SessionError {
+    SessionError::Refused(FrameError::new(code, message, reference))
+}
+
+impl<S: Sink> Session<S> {
+    /// A session writing to `sink`.
+    pub fn new(hub: Arc<Hub>, store: Arc<dyn Store>, sink: S, limits: SessionLimits) -> Self {
+        let (_, inbox) = Outbox::new(limits.outbox);
+        Session {
+            id: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
+            hub,
+            store,
+            inbox,
+            rooms: HashMap::new(),
+            limits,
+            retry_at: None,
+            sink,
+        }
+    }
+
+    /// Writes one control frame and flushes.
+    pub async fn send(&mut self, frame: &ServerFrame) -> Result<(), SinkError> {
+        self.sink.write(Outgoing::Frame(frame)).await?;
+        self.sink.flush().await
+    }
+
+    /// Joins `room`: live only (`None`), from the oldest kept (`0`), or
+    /// resuming after an ID. Answers `subscribed`, then any `gap` and the
+    /// missed events, then live events.
+    pub async fn subscribe(&mut self, room: RoomName, last_event_id: Option<EventId>) -> Result<(), SessionError> {
+        if self.rooms.contains_key(&room) {
+            return Err(refuse(ErrorCode::AlreadySubscribed, format!("already subscribed to {room}"), None));
+        }
+        if self.rooms.len() >= self.limits.max_subscriptions {
+            return Err(refuse(
+                ErrorCode::LimitExceeded,
+                format!("at most {} subscriptions per connection", self.limits.max_subscriptions),
+                None,
+            ));
+        }
+        let lagged = Arc::new(AtomicBool::new(false));
+        let subscriber = Subscriber { outbox: self.inbox.outbox().clone(), lagged: lagged.clone() };
+        let live = self.hub.join(&room, self.id, subscriber).await.map_err(|e| store_refusal(e, None))?;
+        let Some(resume) = last_event_id else {
+            self.rooms.insert(room.clone(), RoomState { cursor: live, lagged });
+            return Ok(self.send(&ServerFrame::Subscribed { room, resumed: false }).await?);
+        };
+        let from = if resume.is_zero() { Position::Oldest } else { Position::After(resume) };
+        let page = match self.store.read(&room, from, PAGE).await {
+            Ok(page) => page,
+            Err(e) => {
+                self.hub.leave(&room, self.id).await;
+                return Err(store_refusal(e, None));
+            }
+        };
+        self.rooms.insert(room.clone(), RoomState { cursor: resume, lagged });
+        let more = page.events.len() >= PAGE;
+        self.sink.write(Outgoing::Frame(&ServerFrame::Subscribed { room: room.clone(), resumed: !page.gap })).await?;
+        self.apply_page(&room, page).await?;
+        if more {
+            self.sync_or_retry(&room).await?;
+        }
+        Ok(())
+    }
+
+    /// Leaves `room`.
+    pub async fn unsubscribe(&mut self, room: RoomName) -> Result<(), SessionError> {
+        if self.rooms.remove(&room).is_none() {
+            return Err(refuse(ErrorCode::NotSubscribed, format!("not subscribed to {room}"), None));
+        }
+        self.hub.leave(&room, self.id).await;
+        Ok(self.send(&ServerFrame::Unsubscribed { room }).await?)
+    }
+
+    /// Appends `data` to `room` and acks with its ID; never acks what the
+    /// store did not confirm.
+    pub async fn publish(&mut self, room: RoomName, data: Value, reference: Option<u64>) -> Result<(), SessionError> {
+        let json = data_to_json(&data);
+        if json.len() > self.limits.max_payload {
+            return Err(refuse(
+                ErrorCode::TooLarge,
+                format!("payload is {} bytes; the limit is {}", json.len(), self.limits.max_payload),
+                reference,
+            ));
+        }
+        let id = self.store.append(&room, json).await.map_err(|e| store_refusal(e, reference))?;
+        metrics::counter!("roomcast_published_total", "via" => "ws").increment(1);
+        Ok(self.send(&ServerFrame::Ack { reference, id }).await?)
+    }
+
+    /// Waits for the next thing to write. Cancel-safe.
+    pub async fn next(&mut self) -> Wakeup {
+        let retry = self.retry_at;
+        let outbox = self.inbox.outbox().clone();
+        tokio::select! {
+            batch = self.inbox.recv() => match batch {
+                Some(batch) => Wakeup::Batch(batch),
+                // Unreachable while the session holds its outbox; treat as a catch-up.
+                None => Wakeup::CatchUp,
+            },
+            _ = outbox.lagged() => Wakeup::CatchUp,
+            _ = tokio::time::sleep_until(retry.unwrap_or_else(Instant::now)), if retry.is_some() => Wakeup::CatchUp,
+        }
+    }
+
+    /// Writes `first` and whatever else is queued, then flushes once.
+    pub async fn deliver(&mut self, first: Arc<Batch>) -> Result<(), SinkError> {
+        let mut next = Some(first);
+        let mut written = 0;
+        while let Some(batch) = next.take() {
+            self.write_batch(&batch).await?;
+            written += 1;
+            if written < MAX_COALESCE {
+                next = self.inbox.try_recv();
+            }
+        }
+        self.sink.flush().await
+    }
+
+    async fn write_batch(&mut self, batch: &Batch) -> Result<(), SinkError> {
+        let Some(state) = self.rooms.get_mut(&batch.room) else { return Ok(()) };
+        let Some(last) = batch.events.last().map(|e| e.id) else { return Ok(()) };
+        match accept(state.cursor, &batch.events) {
+            Accept::Skip => Ok(()),
+            Accept::All => {
+                state.cursor = last;
+                self.sink.write(Outgoing::Batch(batch)).await
+            }
+            Accept::From(i) => {
+                state.cursor = last;
+                self.sink.write(Outgoing::Events(&batch.room, &batch.events[i..])).await
+            }
+            Accept::Discontinuous => {
+                debug!(conn = self.id, room = %batch.room, "live batch does not follow the cursor; catching up");
+                state.lagged.store(true, Ordering::Release);
+                self.retry_at = Some(Instant::now());
+                Ok(())
+            }
+        }
+    }
+
+    /// Catches up every lagged room from the store.
+    pub async fn catch_up(&mut self) -> Result<(), SinkError> {
+        self.retry_at = None;
+        let lagged: Vec<RoomName> = self
+            .rooms
+            .iter()
+            .filter(|(_, state)| state.lagged.swap(false, Ordering::AcqRel))
+            .map(|(room, _)| room.clone())
+            .collect();
+        for room in lagged {
+            metrics::counter!("roomcast_catch_ups_total").increment(1);
+            self.sync_or_retry(&room).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads `room`'s history after its cursor until nothing is left; if
+    /// the store refuses, flags the room to be retried shortly.
+    async fn sync_or_retry(&mut self, room: &RoomName) -> Result<(), SinkError> {
+        loop {
+            let Some(cursor) = self.rooms.get(room).map(|s| s.cursor) else { return Ok(()) };
+            match self.store.read(room, Position::After(cursor), PAGE).await {
+                Ok(page) => {
+                    let more = page.events.len() >= PAGE;
+                    self.apply_page(room, page).await?;
+                    if !more {
+                        return Ok(());
+                    }
+                }
+                Err(e) => {
+                    debug!(conn = self.id, room = %room, cause = %e, "catch-up deferred");
+                    if let Some(state) = self.rooms.get(room) {
+                        state.lagged.store(true, Ordering::Release);
+                    }
+                    self.retry_at = Some(Instant::now() + CATCH_UP_RETRY);
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Sends a page of history (with its gap, if any) and advances the cursor.
+    async fn apply_page(&mut self, room: &RoomName, page: Page) -> Result<(), SinkError> {
+        let Some(state) = self.rooms.get_mut(room) else { return Ok(()) };
+        if page.gap {
+            metrics::counter!("roomcast_gaps_total").increment(1);
+            let after = state.cursor;
+            if page.events.is_empty() {
+                state.cursor = page.tail;
+            }
+            self.sink.write(Outgoing::Frame(&ServerFrame::Gap { room: room.clone(), after })).await?;
+        }
+        if let Some(last) = page.events.last() {
+            state.cursor = last.id;
+            self.sink.write(Outgoing::Events(room, &page.events)).await?;
+        }
+        self.sink.flush().await
+    }
+
+    /// Leaves every room and hands back the sink (to close it).
+    pub async fn close(mut self) -> S {
+        for room in std::mem::take(&mut self.rooms).into_keys() {
+            self.hub.leave(&room, self.id).await;
+        }
+        self.sink
+    }
+
+    /// The connection's ID (for logs).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Number of rooms followed.
+    pub fn subscriptions(&self) -> usize {
+        self.rooms.len()
+    }
+}

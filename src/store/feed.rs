@@ -1,0 +1,240 @@
+//! The live feed: one loop per node that follows exactly the rooms with local
+//! subscribers and hands each room's new events to the hub.
+//!
+//! The loop is the same for both stores. A store's [`ChangeSource`] says
+//! which rooms may have changed (Redis: signal streams written by the publish
+//! script; memory: an in-process set), and [`Store::read_many`] reads them
+//! from the positions this loop tracks. The loop never asks the store for
+//! "whatever is new" (`$`): positions are always explicit IDs.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::{Store, StoreError};
+use crate::backoff::Backoff;
+use crate::protocol::{Event, EventId, RoomName};
+
+/// Most rooms read in one `read_many` call (Redis spends ~1.5 µs per key).
+const ROOMS_PER_READ: usize = 256;
+/// Most events read per room per call.
+const EVENTS_PER_ROOM: usize = 512;
+/// Bound on queued watch/unwatch commands.
+const COMMAND_QUEUE: usize = 4096;
+/// How long one wait for changes may block before the loop looks around.
+const WAIT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Every watched room is re-read this often, whatever the signals said: a
+/// backstop for signals lost to trimming or a store restart.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Receives each room's new events, in ID order.
+pub trait FeedSink: Send + Sync + 'static {
+    /// Called with one or more new events of `room`.
+    fn deliver(&self, room: &RoomName, events: Vec<Event>);
+    /// Whether this life (`generation`) of `room` still has local subscribers;
+    /// the feed drops rooms nobody wants at its periodic sweep.
+    fn wants(&self, room: &RoomName, generation: u64) -> bool;
+}
+
+/// Something that makes a waiting [`ChangeSource::wait`] return promptly.
+pub trait Wake: Send + Sync + 'static {
+    /// Fire-and-forget; a lost wake costs latency (up to the wait timeout), never events.
+    fn wake(&self);
+}
+
+/// Tells the feed loop which rooms may have new events.
+#[async_trait]
+pub trait ChangeSource: Send + 'static {
+    /// Starts listening for `room`'s changes. Takes effect at the next
+    /// [`prepare`](ChangeSource::prepare).
+    fn watch(&mut self, room: &RoomName);
+    /// Stops listening for `room`'s changes.
+    fn unwatch(&mut self, room: &RoomName);
+    /// Makes pending `watch`es effective: after it returns, every change to
+    /// a watched room is reported by a later `wait`.
+    async fn prepare(&mut self) -> Result<(), StoreError>;
+    /// Waits up to `timeout` and returns the rooms that may have changed
+    /// (possibly including unwatched ones, which the loop ignores).
+    async fn wait(&mut self, timeout: Duration) -> Result<Vec<RoomName>, StoreError>;
+    /// A handle that interrupts a `wait`, for newly watched rooms.
+    fn waker(&self) -> Arc<dyn Wake>;
+}
+
+enum Command {
+    Watch(RoomName, u64, EventId),
+    Unwatch(RoomName, u64),
+}
+
+/// What the loop knows of one followed room.
+struct Followed {
+    /// The hub's generation of the room, to ignore stale unwatches.
+    generation: u64,
+    /// Last ID read (and handed to the hub).
+    position: EventId,
+}
+
+/// The node's handle on its feed loop.
+#[derive(Clone)]
+pub struct Feed {
+    commands: mpsc::Sender<Command>,
+    waker: Arc<dyn Wake>,
+}
+
+impl Feed {
+    /// Starts the feed loop; it stops when `shutdown` is cancelled.
+    pub fn spawn(
+        store: Arc<dyn Store>,
+        source: Box<dyn ChangeSource>,
+        sink: Arc<dyn FeedSink>,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Feed {
+        let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
+        let waker = source.waker();
+        tracker.spawn(run(store, source, sink, rx, shutdown));
+        Feed { commands, waker }
+    }
+
+    /// Follows `room` (the hub's `generation` of it) from just after `from`,
+    /// its tail when the first local subscriber joined. Takes effect
+    /// promptly, even if the loop is waiting.
+    pub async fn watch(&self, room: RoomName, generation: u64, from: EventId) {
+        if self.commands.send(Command::Watch(room, generation, from)).await.is_ok() {
+            self.waker.wake();
+        }
+    }
+
+    /// Stops following `room`, unless a newer generation of it is followed.
+    pub async fn unwatch(&self, room: RoomName, generation: u64) {
+        // No wake: an extra read of an unwatched room is harmless.
+        let _ = self.commands.send(Command::Unwatch(room, generation)).await;
+    }
+}
+
+async fn run(
+    store: Arc<dyn Store>,
+    mut source: Box<dyn ChangeSource>,
+    sink: Arc<dyn FeedSink>,
+    mut commands: mpsc::Receiver<Command>,
+    shutdown: CancellationToken,
+) {
+    let mut followed: HashMap<RoomName, Followed> = HashMap::new();
+    let mut pending: HashSet<RoomName> = HashSet::new();
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+    let mut failing = false;
+    let mut last_sweep = Instant::now();
+
+    loop {
+        while let Ok(command) = commands.try_recv() {
+            match command {
+                Command::Watch(room, generation, from) => {
+                    match followed.get_mut(&room) {
+                        // A new life of a room whose old life's unwatch is
+                        // still queued: start from the earlier position, the
+                        // subscribers' cursors drop what they already have.
+                        Some(f) => {
+                            f.generation = generation;
+                            f.position = f.position.min(from);
+                        }
+                        None => {
+                            source.watch(&room);
+                            followed.insert(room.clone(), Followed { generation, position: from });
+                        }
+                    }
+                    pending.insert(room);
+                }
+                Command::Unwatch(room, generation) => {
+                    if followed.get(&room).is_some_and(|f| f.generation == generation) {
+                        source.unwatch(&room);
+                        followed.remove(&room);
+                        pending.remove(&room);
+                    }
+                }
+            }
+        }
+        if last_sweep.elapsed() >= SWEEP_EVERY {
+            followed.retain(|room, f| {
+                let wanted = sink.wants(room, f.generation);
+                if !wanted {
+                    source.unwatch(room);
+                }
+                wanted
+            });
+            pending.extend(followed.keys().cloned());
+            last_sweep = Instant::now();
+        }
+
+        let step = async {
+            source.prepare().await?;
+            read_pending(&*store, &*sink, &mut followed, &mut pending).await?;
+            source.wait(WAIT_TIMEOUT).await
+        };
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            outcome = step => outcome,
+        };
+        match outcome {
+            Ok(changed) => {
+                if failing {
+                    info!("live feed recovered; re-reading every watched room");
+                    pending.extend(followed.keys().cloned());
+                    failing = false;
+                }
+                backoff.reset();
+                pending.extend(changed.into_iter().filter(|r| followed.contains_key(r)));
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                warn!(cause = %e, retry_in_ms = delay.as_millis() as u64, "live feed read failed");
+                failing = true;
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    debug!("live feed stopped");
+}
+
+/// Reads every pending room until it has nothing new, delivering in order.
+async fn read_pending(
+    store: &dyn Store,
+    sink: &dyn FeedSink,
+    followed: &mut HashMap<RoomName, Followed>,
+    pending: &mut HashSet<RoomName>,
+) -> Result<(), StoreError> {
+    while !pending.is_empty() {
+        let chunk: Vec<(RoomName, EventId)> = pending
+            .iter()
+            .take(ROOMS_PER_READ)
+            .filter_map(|room| followed.get(room).map(|f| (room.clone(), f.position)))
+            .collect();
+        let read = store.read_many(&chunk, EVENTS_PER_ROOM).await?;
+        let mut more: HashSet<RoomName> = HashSet::new();
+        for (room, events) in read {
+            let Some(last) = events.last().map(|e| e.id) else { continue };
+            if events.len() >= EVENTS_PER_ROOM {
+                more.insert(room.clone());
+            }
+            if let Some(f) = followed.get_mut(&room) {
+                f.position = last;
+                sink.deliver(&room, events);
+            }
+        }
+        for (room, _) in &chunk {
+            if !more.contains(room) {
+                pending.remove(room);
+            }
+        }
+        // Rooms no longer watched can linger in `pending`; drop them too.
+        pending.retain(|room| followed.contains_key(room));
+    }
+    Ok(())
+}

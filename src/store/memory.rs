@@ -1,0 +1,257 @@
+//! The embedded in-memory store: one node, no Redis, same semantics.
+//!
+//! IDs come from the wall clock like Redis's (`ms-seq`, never going back),
+//! trimming drops whole blocks like `MAXLEN ~` (so "at least N" holds, not
+//! "exactly N"), and gap answers follow the rules in the contract.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::feed::{ChangeSource, Wake};
+use super::{Page, Position, Store, StoreError, StoreOptions};
+use crate::protocol::{Event, EventId, RoomName};
+
+/// Entries dropped together when trimming, like a Redis stream's macro node.
+const TRIM_BLOCK: usize = 100;
+/// How often expired rooms and audience reports are swept.
+const JANITOR_EVERY: Duration = Duration::from_secs(1);
+
+/// The embedded store. Cheap to clone; clones share the data.
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Inner>>,
+    changes: Arc<Changes>,
+    options: StoreOptions,
+}
+
+#[derive(Default)]
+struct Inner {
+    rooms: HashMap<RoomName, RoomLog>,
+    /// room -> node -> (count, reported at)
+    audience: HashMap<RoomName, HashMap<String, (usize, Instant)>>,
+}
+
+struct RoomLog {
+    events: VecDeque<Event>,
+    /// The last ID ever appended; outlives trimming so IDs never go back.
+    last: EventId,
+    /// Last append, for idle expiry.
+    touched: Instant,
+}
+
+/// Rooms appended to since the feed last looked, and a wake-up for it.
+/// Bounded by the number of rooms.
+#[derive(Default)]
+struct Changes {
+    dirty: Mutex<HashSet<RoomName>>,
+    notify: Notify,
+}
+
+impl Wake for Changes {
+    fn wake(&self) {
+        self.notify.notify_one();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave these maps half-updated
+    // in a way later readers would misread, so poisoning is ignored.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new(options: StoreOptions) -> Self {
+        MemoryStore { inner: Arc::default(), changes: Arc::default(), options }
+    }
+
+    /// Periodically drops idle rooms and stale audience reports.
+    pub fn spawn_janitor(&self, shutdown: CancellationToken, tracker: &TaskTracker) {
+        let store = self.clone();
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(JANITOR_EVERY);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => store.expire(Instant::now()),
+                }
+            }
+        });
+    }
+
+    fn expire(&self, now: Instant) {
+        let mut inner = lock(&self.inner);
+        let ttl = self.options.room_ttl;
+        inner.rooms.retain(|_, log| now.duration_since(log.touched) < ttl);
+        let presence_ttl = self.options.presence_ttl;
+        inner.audience.retain(|_, nodes| {
+            nodes.retain(|_, (_, at)| now.duration_since(*at) < presence_ttl);
+            !nodes.is_empty()
+        });
+    }
+
+    /// The room's log if it exists and has not expired.
+    fn live_log<'a>(&self, inner: &'a Inner, room: &RoomName) -> Option<&'a RoomLog> {
+        inner.rooms.get(room).filter(|log| log.touched.elapsed() < self.options.room_ttl)
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn append(&self, room: &RoomName, data: Bytes) -> Result<EventId, StoreError> {
+        let id = {
+            let mut inner = lock(&self.inner);
+            let now = Instant::now();
+            let ttl = self.options.room_ttl;
+            let log = inner.rooms.entry(room.clone()).or_insert_with(|| RoomLog {
+                events: VecDeque::new(),
+                last: EventId::ZERO,
+                touched: now,
+            });
+            if now.duration_since(log.touched) >= ttl {
+                // Idle past its expiry: the room starts over, as an expired Redis key would.
+                log.events.clear();
+                log.last = EventId::ZERO;
+            }
+            let ms = now_ms();
+            let id = if ms > log.last.ms {
+                EventId::new(ms, 0)
+            } else {
+                EventId::new(log.last.ms, log.last.seq + 1)
+            };
+            let prev = log.events.back().map(|e| e.id).unwrap_or(EventId::ZERO);
+            log.events.push_back(Event { id, prev, data });
+            log.last = id;
+            log.touched = now;
+            let history = self.options.history.max(1);
+            if log.events.len() >= history + TRIM_BLOCK {
+                let excess = log.events.len() - history;
+                log.events.drain(..excess);
+            }
+            id
+        };
+        lock(&self.changes.dirty).insert(room.clone());
+        self.changes.notify.notify_one();
+        Ok(id)
+    }
+
+    async fn read(&self, room: &RoomName, from: Position, limit: usize) -> Result<Page, StoreError> {
+        let inner = lock(&self.inner);
+        let Some(log) = self.live_log(&inner, room) else {
+            let gap = matches!(from, Position::After(x) if !x.is_zero());
+            return Ok(Page { events: Vec::new(), gap, tail: EventId::ZERO });
+        };
+        let tail = log.events.back().map(|e| e.id).unwrap_or(EventId::ZERO);
+        let start = match from {
+            Position::Oldest => 0,
+            Position::After(x) => log.events.partition_point(|e| e.id <= x),
+        };
+        let events: Vec<Event> = log.events.iter().skip(start).take(limit).cloned().collect();
+        let gap = match from {
+            Position::Oldest => false,
+            Position::After(x) => match events.first() {
+                Some(first) => first.prev != x,
+                None => x > tail,
+            },
+        };
+        Ok(Page { events, gap, tail })
+    }
+
+    async fn tail(&self, room: &RoomName) -> Result<EventId, StoreError> {
+        let inner = lock(&self.inner);
+        Ok(self
+            .live_log(&inner, room)
+            .and_then(|log| log.events.back().map(|e| e.id))
+            .unwrap_or(EventId::ZERO))
+    }
+
+    async fn read_many(
+        &self,
+        positions: &[(RoomName, EventId)],
+        limit: usize,
+    ) -> Result<Vec<(RoomName, Vec<Event>)>, StoreError> {
+        let inner = lock(&self.inner);
+        let mut out = Vec::new();
+        for (room, after) in positions {
+            let Some(log) = self.live_log(&inner, room) else { continue };
+            let start = log.events.partition_point(|e| e.id <= *after);
+            if start < log.events.len() {
+                out.push((room.clone(), log.events.iter().skip(start).take(limit).cloned().collect()));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn report_audience(&self, node: &str, counts: &[(RoomName, usize)]) -> Result<(), StoreError> {
+        let mut inner = lock(&self.inner);
+        let now = Instant::now();
+        for (room, count) in counts {
+            if *count == 0 {
+                if let Some(nodes) = inner.audience.get_mut(room) {
+                    nodes.remove(node);
+                    if nodes.is_empty() {
+                        inner.audience.remove(room);
+                    }
+                }
+            } else {
+                inner.audience.entry(room.clone()).or_default().insert(node.to_owned(), (*count, now));
+            }
+        }
+        Ok(())
+    }
+
+    async fn audience(&self, room: &RoomName) -> Result<usize, StoreError> {
+        let inner = lock(&self.inner);
+        let ttl = self.options.presence_ttl;
+        Ok(inner
+            .audience
+            .get(room)
+            .map(|nodes| nodes.values().filter(|(_, at)| at.elapsed() < ttl).map(|(n, _)| n).sum())
+            .unwrap_or(0))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn change_source(&self, _node: &str) -> Result<Box<dyn ChangeSource>, StoreError> {
+        Ok(Box::new(MemoryChanges { changes: self.changes.clone() }))
+    }
+}
+
+/// The memory store's change source: the set of rooms appended to.
+struct MemoryChanges {
+    changes: Arc<Changes>,
+}
+
+#[async_trait]
+impl ChangeSource for MemoryChanges {
+    fn watch(&mut self, _room: &RoomName) {}
+
+    fn unwatch(&mut self, _room: &RoomName) {}
+
+    async fn prepare(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn wait(&mut self, timeout: Duration) -> Result<Vec<RoomName>, StoreError> {
+        // `Notify` keeps one permit, so an append racing this call is not lost.
+        let _ = tokio::time::timeout(timeout, self.changes.notify.notified()).await;
+        Ok(lock(&self.changes.dirty).drain().collect())
+    }
+
+    fn waker(&self) -> Arc<dyn Wake> {
+        self.changes.clone()
+    }
+}

@@ -1,0 +1,91 @@
+//! The Redis key layout.
+//!
+//! Every room belongs to one of [`BUCKETS`] buckets, and all keys of a room
+//! carry its bucket as the hash tag (`{b17}`), so they share one Redis
+//! Cluster slot with the bucket's signal stream. That lets the publish script
+//! touch the room and its bucket's signal atomically, and lets one `XREAD`
+//! cover many rooms of a bucket on a cluster.
+//!
+//! ```text
+//! {prefix}:{b<N>}:r:<room>     the room's stream: fields p (predecessor ID), d (JSON)
+//! {prefix}:{b<N>}:a:<room>     hash: node -> "<count>:<expires-ms>" (audience)
+//! {prefix}:{b<N>}:sig          stream of changed room names in bucket N
+//! {prefix}:ctl:<node>          a node's wake-up stream for its reader
+//! ```
+
+use crate::protocol::RoomName;
+
+/// Number of buckets rooms are hashed into. Part of the stored layout:
+/// changing it moves every room to new keys.
+pub const BUCKETS: u16 = 64;
+
+/// A room's bucket: FNV-1a of its name, modulo [`BUCKETS`]. Stable across
+/// nodes, versions and platforms.
+pub fn bucket(room: &RoomName) -> u16 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in room.as_str().bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    (hash % u32::from(BUCKETS)) as u16
+}
+
+/// Builds key names under one prefix.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Keys under `prefix` (several deployments can share one Redis).
+    pub fn new(prefix: &str) -> Self {
+        Keys { prefix: prefix.to_owned() }
+    }
+
+    /// The room's event stream.
+    pub fn room(&self, room: &RoomName) -> String {
+        format!("{}:{{b{}}}:r:{}", self.prefix, bucket(room), room)
+    }
+
+    /// The room's audience hash.
+    pub fn audience(&self, room: &RoomName) -> String {
+        format!("{}:{{b{}}}:a:{}", self.prefix, bucket(room), room)
+    }
+
+    /// A bucket's signal stream.
+    pub fn signals(&self, bucket: u16) -> String {
+        format!("{}:{{b{}}}:sig", self.prefix, bucket)
+    }
+
+    /// A node's wake-up stream.
+    pub fn control(&self, node: &str) -> String {
+        format!("{}:ctl:{}", self.prefix, node)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rooms_keys_share_its_bucket_tag() {
+        let keys = Keys::new("rc");
+        let room = RoomName::parse("show-42").unwrap();
+        let b = bucket(&room);
+        assert!(b < BUCKETS);
+        let tag = format!("{{b{b}}}");
+        assert!(keys.room(&room).contains(&tag));
+        assert!(keys.audience(&room).contains(&tag));
+        assert!(keys.signals(b).contains(&tag));
+        assert_eq!(keys.room(&room), format!("rc:{tag}:r:show-42"));
+    }
+
+    #[test]
+    fn buckets_are_stable_and_spread() {
+        // Pinned: the layout is shared by every node of a deployment.
+        assert_eq!(bucket(&RoomName::parse("a").unwrap()), 0xe40c292c_u32 as u16 % BUCKETS);
+        let used: std::collections::HashSet<u16> =
+            (0..1000).map(|i| bucket(&RoomName::parse(&format!("room-{i}")).unwrap())).collect();
+        assert_eq!(used.len(), BUCKETS as usize);
+    }
+}

@@ -1,0 +1,223 @@
+//! The Redis Streams store, through fred.
+//!
+//! Each room is a stream appended by a Lua script that writes the entry's
+//! predecessor ID beside it (exact gaps), trims with `MAXLEN ~`, refreshes
+//! the room's idle expiry and signals the room's bucket (see [`keys`]).
+//! Commands run on a client with a command timeout and a bounded queue, so
+//! a publish during an outage fails fast instead of waiting; the feed's
+//! blocking `XREAD` runs on its own connection ([`changes`]).
+
+mod changes;
+pub mod keys;
+mod reply;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use fred::prelude::*;
+use fred::types::scripts::Script;
+
+use self::keys::{bucket, Keys};
+use super::feed::ChangeSource;
+use super::{Page, Position, Store, StoreError, StoreOptions};
+use crate::protocol::{Event, EventId, RoomName};
+
+/// Appends one event: predecessor, trim, expiry and bucket signal, atomically.
+/// KEYS: room stream, bucket signals. ARGV: history, data, room ttl ms, room
+/// name, signal stream length.
+const APPEND_LUA: &str = r#"
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local prev = '0-0'
+if last[1] then prev = last[1][1] end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'p', prev, 'd', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'r', ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return id
+"#;
+
+/// Entries kept per bucket signal stream. A reader that falls further behind
+/// than this relies on the feed's periodic sweep.
+const SIGNALS_KEPT: u64 = 4096;
+/// Most commands queued in the client while Redis is unreachable; past it,
+/// commands fail at once.
+const COMMAND_QUEUE: usize = 16_384;
+
+/// Connection settings for [`RedisStore::connect`].
+#[derive(Clone, Debug)]
+pub struct RedisOptions {
+    /// `redis://host:port[/db]`.
+    pub url: String,
+    /// Key prefix (namespaces a deployment).
+    pub prefix: String,
+    /// Timeout of ordinary commands: a publish fails after this, never hangs.
+    pub command_timeout: Duration,
+}
+
+/// The Redis store. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisStore {
+    client: Client,
+    append: Script,
+    keys: Keys,
+    options: StoreOptions,
+    redis: RedisOptions,
+}
+
+fn unavailable(e: Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Builds a client that reconnects forever with backoff.
+fn build_client(redis: &RedisOptions, command_timeout: Duration) -> Result<Client, StoreError> {
+    let config = Config::from_url(&redis.url).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    Builder::from_config(config)
+        .with_performance_config(|p| p.default_command_timeout = command_timeout)
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(2);
+            c.internal_command_timeout = Duration::from_secs(2);
+            c.max_command_buffer_len = COMMAND_QUEUE;
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+        .build()
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
+}
+
+impl RedisStore {
+    /// Connects (failing if Redis cannot be reached now) and loads the scripts.
+    pub async fn connect(redis: RedisOptions, options: StoreOptions) -> Result<Self, StoreError> {
+        let client = build_client(&redis, redis.command_timeout)?;
+        client.init().await.map_err(unavailable)?;
+        let append = Script::from_lua(APPEND_LUA);
+        append.load(&client).await.map_err(unavailable)?;
+        Ok(RedisStore { client, append, keys: Keys::new(&redis.prefix), options, redis })
+    }
+
+    async fn last_entry(&self, key: &str) -> Result<Option<EventId>, StoreError> {
+        let value: Value = self.client.xrevrange(key, "+", "-", Some(1)).await.map_err(unavailable)?;
+        Ok(reply::entries(value)?.last().map(|e| e.id))
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn append(&self, room: &RoomName, data: Bytes) -> Result<EventId, StoreError> {
+        let keys = vec![self.keys.room(room), self.keys.signals(bucket(room))];
+        let args: Vec<Value> = vec![
+            Value::from(self.options.history as i64),
+            Value::Bytes(data),
+            Value::from(self.options.room_ttl.as_millis() as i64),
+            Value::from(room.as_str()),
+            Value::from(SIGNALS_KEPT as i64),
+        ];
+        let id: Value =
+            self.append.evalsha_with_reload(&self.client, keys, args).await.map_err(unavailable)?;
+        reply::event_id(&id)
+    }
+
+    async fn read(&self, room: &RoomName, from: Position, limit: usize) -> Result<Page, StoreError> {
+        let key = self.keys.room(room);
+        let start = match from {
+            Position::Oldest => "-".to_owned(),
+            Position::After(x) => format!("({x}"),
+        };
+        let value: Value =
+            self.client.xrange(&key, start, "+", Some(limit as u64)).await.map_err(unavailable)?;
+        let events = reply::entries(value)?;
+        if let Some(first) = events.first() {
+            let gap = matches!(from, Position::After(x) if first.prev != x);
+            let tail = events.last().map(|e| e.id).unwrap_or(first.id);
+            return Ok(Page { events, gap, tail });
+        }
+        let tail = self.last_entry(&key).await?;
+        let gap = match (from, tail) {
+            (Position::Oldest, _) => false,
+            (Position::After(x), None) => !x.is_zero(),
+            (Position::After(x), Some(tail)) => x > tail,
+        };
+        Ok(Page { events, gap, tail: tail.unwrap_or(EventId::ZERO) })
+    }
+
+    async fn tail(&self, room: &RoomName) -> Result<EventId, StoreError> {
+        Ok(self.last_entry(&self.keys.room(room)).await?.unwrap_or(EventId::ZERO))
+    }
+
+    async fn read_many(
+        &self,
+        positions: &[(RoomName, EventId)],
+        limit: usize,
+    ) -> Result<Vec<(RoomName, Vec<Event>)>, StoreError> {
+        if positions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = positions.iter().map(|(room, _)| self.keys.room(room)).collect();
+        let ids: Vec<String> = positions.iter().map(|(_, id)| id.to_string()).collect();
+        let value: Value =
+            self.client.xread(Some(limit as u64), None, keys.clone(), ids).await.map_err(unavailable)?;
+        let mut out = Vec::new();
+        for (key, items) in reply::xread_streams(value)? {
+            let Some(index) = keys.iter().position(|k| k.as_bytes() == key.as_ref()) else { continue };
+            let events = reply::events_of(items)?;
+            if !events.is_empty() {
+                out.push((positions[index].0.clone(), events));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn report_audience(&self, node: &str, counts: &[(RoomName, usize)]) -> Result<(), StoreError> {
+        if counts.is_empty() {
+            return Ok(());
+        }
+        let ttl = self.options.presence_ttl;
+        let expires = now_ms() + ttl.as_millis() as u64;
+        let pipeline = self.client.pipeline();
+        for (room, count) in counts {
+            let key = self.keys.audience(room);
+            if *count == 0 {
+                let _: () = pipeline.hdel(&key, node).await.map_err(unavailable)?;
+            } else {
+                let value = format!("{count}:{expires}");
+                let _: () = pipeline.hset(&key, (node, value)).await.map_err(unavailable)?;
+                // The whole hash goes once no node refreshes it.
+                let _: () = pipeline
+                    .pexpire(&key, (ttl.as_millis() * 2) as i64, None)
+                    .await
+                    .map_err(unavailable)?;
+            }
+        }
+        let _: Vec<Value> = pipeline.all().await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn audience(&self, room: &RoomName) -> Result<usize, StoreError> {
+        let reports: std::collections::HashMap<String, String> =
+            self.client.hgetall(self.keys.audience(room)).await.map_err(unavailable)?;
+        let now = now_ms();
+        Ok(reports
+            .values()
+            .filter_map(|v| v.split_once(':'))
+            .filter_map(|(count, expires)| Some((count.parse::<usize>().ok()?, expires.parse::<u64>().ok()?)))
+            .filter(|(_, expires)| *expires > now)
+            .map(|(count, _)| count)
+            .sum())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let _: Value = self.client.ping(None).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn change_source(&self, node: &str) -> Result<Box<dyn ChangeSource>, StoreError> {
+        // The blocking XREAD gets its own connection: fred queues other
+        // commands behind a blocking one on the same client.
+        let reader = build_client(&self.redis, Duration::ZERO)?;
+        reader.init().await.map_err(unavailable)?;
+        Ok(Box::new(changes::RedisChanges::new(reader, self.client.clone(), self.keys.clone(), node)))
+    }
+}

@@ -1,0 +1,128 @@
+//! `GET /rooms/{room}/sse`: one room as Server-Sent Events.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::app::App;
+use crate::http::error_response;
+use crate::protocol::{sse_events, sse_gap, ErrorCode, EventId, RoomName, ServerFrame};
+use crate::session::{Outgoing, Session, SessionError, Sink, SinkError, Wakeup};
+
+/// Chunks buffered between the session and the HTTP body.
+const BODY_QUEUE: usize = 16;
+/// A chunk the client does not take within this is a stalled client.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Comment lines keep idle streams alive through proxies.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// Query parameters of the SSE endpoint.
+#[derive(Debug, Deserialize)]
+pub struct SseQuery {
+    last_event_id: Option<String>,
+}
+
+/// Streams `room` as `text/event-stream`, resuming from `Last-Event-ID`
+/// (which browsers send on reconnect) or `?last_event_id=`.
+pub async fn handler(
+    State(app): State<Arc<App>>,
+    Path(room): Path<String>,
+    Query(query): Query<SseQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let room = match RoomName::parse(&room) {
+        Ok(room) => room,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadRoom, &e.to_string()),
+    };
+    let header_id = headers.get("last-event-id").map(|v| v.to_str().unwrap_or("\u{0}").to_owned());
+    let last = match header_id.or(query.last_event_id).map(|s| EventId::parse(&s)) {
+        None => None,
+        Some(Ok(id)) => Some(id),
+        Some(Err(e)) => return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadEventId, &e.to_string()),
+    };
+    if app.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    let (tx, rx) = mpsc::channel::<Bytes>(BODY_QUEUE);
+    app.tracker.spawn(run(app.clone(), room, last, tx));
+    let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, Infallible>));
+    (
+        [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")],
+        body,
+    )
+        .into_response()
+}
+
+struct SseSink {
+    tx: mpsc::Sender<Bytes>,
+}
+
+impl Sink for SseSink {
+    async fn write(&mut self, out: Outgoing<'_>) -> Result<(), SinkError> {
+        let chunk = match out {
+            Outgoing::Batch(batch) => batch.sse().clone(),
+            Outgoing::Events(_, events) => sse_events(events),
+            Outgoing::Frame(ServerFrame::Gap { after, .. }) => sse_gap(*after),
+            Outgoing::Frame(frame @ ServerFrame::Error { .. }) => {
+                let json = serde_json::to_string(frame).unwrap_or_default();
+                Bytes::from(format!("event: error\ndata: {json}\n\n"))
+            }
+            Outgoing::Frame(ServerFrame::Subscribed { .. }) => Bytes::from_static(b": subscribed\n\n"),
+            Outgoing::Frame(_) => return Ok(()),
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, self.tx.send(chunk)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(SinkError::Closed),
+            Err(_) => Err(SinkError::Stalled),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+async fn run(app: Arc<App>, room: RoomName, last: Option<EventId>, tx: mpsc::Sender<Bytes>) {
+    let closed = tx.clone();
+    let mut session = Session::new(app.hub.clone(), app.store.clone(), SseSink { tx }, app.limits);
+    metrics::gauge!("roomcast_connections", "transport" => "sse").increment(1.0);
+    let mut alive = match session.subscribe(room, last).await {
+        Ok(()) => true,
+        Err(SessionError::Refused(e)) => {
+            let _ = session.send(&ServerFrame::from(e)).await;
+            false
+        }
+        Err(SessionError::Sink(_)) => false,
+    };
+    let mut keepalive = tokio::time::interval(KEEPALIVE);
+    keepalive.tick().await;
+    while alive {
+        tokio::select! {
+            _ = app.shutdown.cancelled() => alive = false,
+            _ = closed.closed() => alive = false,
+            _ = keepalive.tick() => {
+                alive = closed.try_send(Bytes::from_static(b": keepalive\n\n")).is_ok()
+                    || !closed.is_closed();
+            }
+            wakeup = session.next() => {
+                let written = match wakeup {
+                    Wakeup::Batch(batch) => session.deliver(batch).await,
+                    Wakeup::CatchUp => session.catch_up().await,
+                };
+                alive = written.is_ok();
+            }
+        }
+    }
+    drop(session.close().await);
+    metrics::gauge!("roomcast_connections", "transport" => "sse").decrement(1.0);
+}

@@ -1,0 +1,210 @@
+//! `GET /ws`: the WebSocket transport.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use futures::stream::SplitSink;
+use futures::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tracing::debug;
+
+use crate::app::App;
+use crate::protocol::{
+    decode_client, encode_events, encode_frame, ClientFrame, CloseReason, ErrorCode, EventId, Format,
+    FrameError, RoomName, ServerFrame, Wire, MSGPACK_SUBPROTOCOL,
+};
+use crate::session::{Outgoing, Session, SessionError, Sink, SinkError, Wakeup};
+
+/// tungstenite's read buffer: its 128 KiB default costs that much per idle
+/// connection; client frames are small.
+const READ_BUFFER: usize = 4 * 1024;
+/// Write buffering target; `flush` always writes everything anyway.
+const WRITE_BUFFER: usize = 64 * 1024;
+/// A write that takes longer than this means the client stopped reading.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Query parameters of `/ws`.
+#[derive(Debug, Deserialize)]
+pub struct WsQuery {
+    room: Option<String>,
+    last_event_id: Option<String>,
+    format: Option<String>,
+}
+
+/// Upgrades to a WebSocket session.
+pub async fn handler(State(app): State<Arc<App>>, Query(query): Query<WsQuery>, upgrade: WebSocketUpgrade) -> Response {
+    let forced = match query.format.as_deref() {
+        None => None,
+        Some("json") => Some(Format::Json),
+        Some("msgpack") => Some(Format::MsgPack),
+        Some(_) => return (StatusCode::BAD_REQUEST, "format must be json or msgpack\n").into_response(),
+    };
+    if app.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    let max = app.config.max_message_bytes;
+    let tracker = app.tracker.clone();
+    upgrade
+        .protocols([MSGPACK_SUBPROTOCOL])
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| {
+            let negotiated = socket.protocol().is_some_and(|p| p.as_bytes() == MSGPACK_SUBPROTOCOL.as_bytes());
+            let format = forced.unwrap_or(if negotiated { Format::MsgPack } else { Format::Json });
+            tracker.track_future(run(app, socket, format, query))
+        })
+}
+
+/// The write half of a WebSocket, as a session sink.
+struct WsSink {
+    sink: SplitSink<WebSocket, Message>,
+    format: Format,
+}
+
+fn message(wire: Wire) -> Message {
+    match wire {
+        Wire::Text(text) => Message::Text(text),
+        Wire::Binary(bytes) => Message::Binary(bytes),
+    }
+}
+
+async fn timed<F: std::future::Future<Output = Result<(), axum::Error>>>(f: F) -> Result<(), SinkError> {
+    match tokio::time::timeout(WRITE_TIMEOUT, f).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(SinkError::Closed),
+        Err(_) => Err(SinkError::Stalled),
+    }
+}
+
+impl Sink for WsSink {
+    async fn write(&mut self, out: Outgoing<'_>) -> Result<(), SinkError> {
+        let msg = match out {
+            Outgoing::Batch(batch) => message(batch.wire(self.format).clone()),
+            Outgoing::Events(room, events) => message(encode_events(self.format, room, events)),
+            Outgoing::Frame(frame) => message(encode_frame(self.format, frame)),
+        };
+        timed(self.sink.feed(msg)).await
+    }
+
+    async fn flush(&mut self) -> Result<(), SinkError> {
+        timed(self.sink.flush()).await
+    }
+}
+
+/// How a connection ended.
+enum End {
+    /// The client closed or vanished.
+    Gone,
+    /// The node closes it.
+    Close(CloseReason),
+}
+
+async fn run(app: Arc<App>, socket: WebSocket, format: Format, query: WsQuery) {
+    let (sink, mut stream) = socket.split();
+    let mut session = Session::new(app.hub.clone(), app.store.clone(), WsSink { sink, format }, app.limits);
+    let conn = session.id();
+    metrics::gauge!("roomcast_connections", "transport" => "ws").increment(1.0);
+    debug!(conn, ?format, "websocket connected");
+
+    let mut end = match auto_subscribe(&mut session, query).await {
+        Err(e) => Some(end_of(e)),
+        Ok(()) => None,
+    };
+    while end.is_none() {
+        tokio::select! {
+            _ = app.shutdown.cancelled() => end = Some(End::Close(CloseReason::Restart)),
+            wakeup = session.next() => {
+                let written = match wakeup {
+                    Wakeup::Batch(batch) => session.deliver(batch).await,
+                    Wakeup::CatchUp => session.catch_up().await,
+                };
+                if let Err(e) = written {
+                    end = Some(end_of(e.into()));
+                }
+            }
+            incoming = stream.next() => {
+                end = match incoming {
+                    None | Some(Ok(Message::Close(_))) => Some(End::Gone),
+                    Some(Ok(msg)) => handle(&mut session, format, msg).await.err().map(end_of),
+                    Some(Err(e)) => Some(read_error(e)),
+                };
+            }
+        }
+    }
+
+    let mut sink = session.close().await;
+    if let Some(End::Close(reason)) = end {
+        let frame = CloseFrame { code: reason.code(), reason: Utf8Bytes::from_static(reason.reason()) };
+        let _ = timed(sink.sink.send(Message::Close(Some(frame)))).await;
+    }
+    metrics::gauge!("roomcast_connections", "transport" => "ws").decrement(1.0);
+    debug!(conn, "websocket closed");
+}
+
+fn end_of(e: SessionError) -> End {
+    match e {
+        SessionError::Sink(SinkError::Stalled) => End::Close(CloseReason::Stalled),
+        _ => End::Gone,
+    }
+}
+
+fn read_error(e: axum::Error) -> End {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    match e.into_inner().downcast_ref::<WsError>() {
+        Some(WsError::Capacity(_)) => End::Close(CloseReason::TooBig),
+        Some(WsError::Protocol(_)) => End::Close(CloseReason::ProtocolError),
+        _ => End::Gone,
+    }
+}
+
+/// `?room=` subscribes as a `subscribe` frame would, answered the same way.
+async fn auto_subscribe(session: &mut Session<WsSink>, query: WsQuery) -> Result<(), SessionError> {
+    let Some(room) = query.room else { return Ok(()) };
+    let parsed = RoomName::parse(&room)
+        .map_err(|e| FrameError::new(ErrorCode::BadRoom, e.to_string(), None))
+        .and_then(|room| match query.last_event_id.as_deref().map(EventId::parse) {
+            None => Ok((room, None)),
+            Some(Ok(id)) => Ok((room, Some(id))),
+            Some(Err(e)) => Err(FrameError::new(ErrorCode::BadEventId, e.to_string(), None)),
+        });
+    let outcome = match parsed {
+        Ok((room, last)) => session.subscribe(room, last).await,
+        Err(e) => Err(SessionError::Refused(e)),
+    };
+    answer(session, outcome).await
+}
+
+/// Turns a refusal into an `error` frame; other failures end the connection.
+async fn answer(session: &mut Session<WsSink>, outcome: Result<(), SessionError>) -> Result<(), SessionError> {
+    match outcome {
+        Err(SessionError::Refused(e)) => Ok(session.send(&ServerFrame::from(e)).await?),
+        other => other,
+    }
+}
+
+async fn handle(session: &mut Session<WsSink>, format: Format, msg: Message) -> Result<(), SessionError> {
+    let decoded = match (&msg, format) {
+        (Message::Text(text), _) => decode_client(Format::Json, text.as_bytes()),
+        (Message::Binary(bytes), Format::MsgPack) => decode_client(Format::MsgPack, bytes),
+        (Message::Binary(_), Format::Json) => Err(FrameError::new(
+            ErrorCode::UnsupportedFrame,
+            "binary frames need format=msgpack or the roomcast.v1.msgpack subprotocol",
+            None,
+        )),
+        // Pings are answered by tungstenite itself.
+        _ => return Ok(()),
+    };
+    let outcome = match decoded {
+        Err(e) => Err(SessionError::Refused(e)),
+        Ok(ClientFrame::Subscribe { room, last_event_id }) => session.subscribe(room, last_event_id).await,
+        Ok(ClientFrame::Unsubscribe { room }) => session.unsubscribe(room).await,
+        Ok(ClientFrame::Publish { room, data, reference }) => session.publish(room, data, reference).await,
+    };
+    answer(session, outcome).await
+}
