@@ -1,0 +1,236 @@
+//! One conformance suite for the `Store` contract, run against the embedded
+//! memory store and against Redis (a real `redis-server` per test).
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use roomcast::protocol::{EventId, RoomName};
+use roomcast::store::memory::MemoryStore;
+use roomcast::store::redis::{RedisOptions, RedisStore};
+use roomcast::store::{Position, Store, StoreOptions};
+use support::{eventually, Redis};
+
+fn options(history: usize, room_ttl: Duration) -> StoreOptions {
+    StoreOptions { history, room_ttl, presence_ttl: Duration::from_secs(60) }
+}
+
+fn room(name: &str) -> RoomName {
+    RoomName::parse(name).unwrap()
+}
+
+fn data(i: usize) -> Bytes {
+    Bytes::from(format!("{{\"i\":{i}}}"))
+}
+
+async fn append_n(store: &dyn Store, r: &RoomName, n: usize) -> Vec<EventId> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        ids.push(store.append(r, data(i)).await.unwrap());
+    }
+    ids
+}
+
+/// Keeps the Redis server (if any) alive as long as the store is used.
+struct Fixture {
+    store: Arc<dyn Store>,
+    _redis: Option<Redis>,
+}
+
+async fn memory(opts: StoreOptions) -> Fixture {
+    Fixture { store: Arc::new(MemoryStore::new(opts)), _redis: None }
+}
+
+async fn redis(opts: StoreOptions) -> Fixture {
+    let server = Redis::start();
+    let redis = RedisOptions { url: server.url(), prefix: "t".into(), command_timeout: Duration::from_secs(2) };
+    let store = RedisStore::connect(redis, opts).await.unwrap();
+    Fixture { store: Arc::new(store), _redis: Some(server) }
+}
+
+mod cases {
+    use super::*;
+
+    pub async fn ids_increase_and_chain(f: Fixture) {
+        let r = room("chain");
+        let ids = append_n(&*f.store, &r, 50).await;
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "IDs must strictly increase: {ids:?}");
+        let page = f.store.read(&r, Position::Oldest, 100).await.unwrap();
+        assert!(!page.gap);
+        assert_eq!(page.events.iter().map(|e| e.id).collect::<Vec<_>>(), ids);
+        assert_eq!(page.events[0].prev, EventId::ZERO, "a room's first event follows 0-0");
+        for w in page.events.windows(2) {
+            assert_eq!(w[1].prev, w[0].id, "each event names its predecessor");
+        }
+        assert_eq!(page.events[7].data, data(7));
+    }
+
+    pub async fn reads_are_exclusive_and_paged(f: Fixture) {
+        let r = room("paged");
+        let ids = append_n(&*f.store, &r, 10).await;
+        let page = f.store.read(&r, Position::After(ids[2]), 3).await.unwrap();
+        assert!(!page.gap);
+        assert_eq!(page.events.iter().map(|e| e.id).collect::<Vec<_>>(), ids[3..6].to_vec());
+        let end = f.store.read(&r, Position::After(ids[9]), 3).await.unwrap();
+        assert!(!end.gap && end.events.is_empty());
+        assert_eq!(end.tail, ids[9]);
+        assert_eq!(f.store.tail(&r).await.unwrap(), ids[9]);
+    }
+
+    pub async fn trimming_keeps_at_least_history_and_reports_exact_gaps(f: Fixture) {
+        let r = room("trimmed");
+        let ids = append_n(&*f.store, &r, 600).await;
+        let kept = f.store.read(&r, Position::Oldest, 1000).await.unwrap();
+        assert!(!kept.gap, "reading from the oldest is never a gap");
+        assert!(kept.events.len() >= 10, "kept {} < history", kept.events.len());
+        assert!(kept.events.len() < 600, "nothing was trimmed");
+        assert_eq!(kept.events.last().unwrap().id, ids[599]);
+        let first_kept = kept.events[0].clone();
+
+        let stale = f.store.read(&r, Position::After(ids[0]), 10).await.unwrap();
+        assert!(stale.gap, "the client at the first ID missed trimmed events");
+        assert_eq!(stale.events[0].id, first_kept.id);
+
+        // The last trimmed event's successor is kept: no gap there, exactly.
+        let boundary = f.store.read(&r, Position::After(first_kept.prev), 10).await.unwrap();
+        assert!(!boundary.gap, "nothing is missing after the newest trimmed ID");
+        assert_eq!(boundary.events[0].id, first_kept.id);
+    }
+
+    pub async fn unknown_positions_are_gaps(f: Fixture) {
+        let r = room("future");
+        let ids = append_n(&*f.store, &r, 3).await;
+        let future = EventId::new(ids[2].ms + 60_000, 0);
+        let page = f.store.read(&r, Position::After(future), 10).await.unwrap();
+        assert!(page.gap, "a token from the future is a gap");
+        assert!(page.events.is_empty());
+        assert_eq!(page.tail, ids[2], "the reader continues from the real tail");
+
+        let fresh = room("never-used");
+        let page = f.store.read(&fresh, Position::After(ids[0]), 10).await.unwrap();
+        assert!(page.gap, "a position in a room without history is a gap");
+        assert_eq!(page.tail, EventId::ZERO);
+        let zero = f.store.read(&fresh, Position::After(EventId::ZERO), 10).await.unwrap();
+        assert!(!zero.gap, "0-0 in an empty room misses nothing");
+        assert!(!f.store.read(&fresh, Position::Oldest, 10).await.unwrap().gap);
+        assert_eq!(f.store.tail(&fresh).await.unwrap(), EventId::ZERO);
+    }
+
+    pub async fn expired_history_is_a_gap(f: Fixture) {
+        let r = room("idle");
+        let ids = append_n(&*f.store, &r, 3).await;
+        let store = f.store.clone();
+        let r2 = r.clone();
+        eventually("the idle room to expire", || {
+            let store = store.clone();
+            let r2 = r2.clone();
+            async move { (store.tail(&r2).await.ok()? == EventId::ZERO).then_some(()) }
+        })
+        .await;
+        let gone = f.store.read(&r, Position::After(ids[1]), 10).await.unwrap();
+        assert!(gone.gap, "history lost to expiry is a gap");
+        let new_id = f.store.append(&r, data(9)).await.unwrap();
+        let page = f.store.read(&r, Position::After(ids[2]), 10).await.unwrap();
+        assert!(page.gap, "a rebuilt room does not continue the old one");
+        assert_eq!(page.events[0].id, new_id);
+        assert_eq!(page.events[0].prev, EventId::ZERO);
+    }
+
+    pub async fn read_many_returns_only_rooms_with_news(f: Fixture) {
+        let (a, b, c) = (room("many-a"), room("many-b"), room("many-c"));
+        let ia = append_n(&*f.store, &a, 3).await;
+        let ib = append_n(&*f.store, &b, 2).await;
+        let got = f
+            .store
+            .read_many(&[(a.clone(), ia[0]), (b.clone(), ib[1]), (c.clone(), EventId::ZERO)], 10)
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1, "only room a has events after its position: {got:?}");
+        assert_eq!(got[0].0, a);
+        assert_eq!(got[0].1.iter().map(|e| e.id).collect::<Vec<_>>(), ia[1..].to_vec());
+    }
+
+    pub async fn audience_sums_nodes_and_withdraws(f: Fixture) {
+        let r = room("stage");
+        f.store.report_audience("node-a", &[(r.clone(), 3)]).await.unwrap();
+        f.store.report_audience("node-b", &[(r.clone(), 2)]).await.unwrap();
+        assert_eq!(f.store.audience(&r).await.unwrap(), 5);
+        f.store.report_audience("node-a", &[(r.clone(), 0)]).await.unwrap();
+        assert_eq!(f.store.audience(&r).await.unwrap(), 2);
+        assert_eq!(f.store.audience(&room("empty-stage")).await.unwrap(), 0);
+    }
+
+    pub async fn change_source_reports_watched_rooms(f: Fixture) {
+        let r = room("watched");
+        let mut source = f.store.change_source("n1").await.unwrap();
+        source.watch(&r);
+        source.prepare().await.unwrap();
+        f.store.append(&r, data(1)).await.unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            seen.extend(source.wait(Duration::from_millis(500)).await.unwrap());
+            if seen.contains(&r) {
+                break;
+            }
+        }
+        assert!(seen.contains(&r), "the append to a watched room was not signalled: {seen:?}");
+    }
+}
+
+macro_rules! conformance {
+    ($store:ident) => {
+        mod $store {
+            use super::*;
+
+            #[tokio::test]
+            async fn ids_increase_and_chain() {
+                cases::ids_increase_and_chain($store(options(1000, Duration::from_secs(60))).await).await
+            }
+
+            #[tokio::test]
+            async fn reads_are_exclusive_and_paged() {
+                cases::reads_are_exclusive_and_paged($store(options(1000, Duration::from_secs(60))).await).await
+            }
+
+            #[tokio::test]
+            async fn trimming_keeps_at_least_history_and_reports_exact_gaps() {
+                cases::trimming_keeps_at_least_history_and_reports_exact_gaps(
+                    $store(options(10, Duration::from_secs(60))).await,
+                )
+                .await
+            }
+
+            #[tokio::test]
+            async fn unknown_positions_are_gaps() {
+                cases::unknown_positions_are_gaps($store(options(1000, Duration::from_secs(60))).await).await
+            }
+
+            #[tokio::test]
+            async fn expired_history_is_a_gap() {
+                cases::expired_history_is_a_gap($store(options(1000, Duration::from_secs(1))).await).await
+            }
+
+            #[tokio::test]
+            async fn read_many_returns_only_rooms_with_news() {
+                cases::read_many_returns_only_rooms_with_news($store(options(1000, Duration::from_secs(60))).await)
+                    .await
+            }
+
+            #[tokio::test]
+            async fn audience_sums_nodes_and_withdraws() {
+                cases::audience_sums_nodes_and_withdraws($store(options(1000, Duration::from_secs(60))).await).await
+            }
+
+            #[tokio::test]
+            async fn change_source_reports_watched_rooms() {
+                cases::change_source_reports_watched_rooms($store(options(1000, Duration::from_secs(60))).await)
+                    .await
+            }
+        }
+    };
+}
+
+conformance!(memory);
+conformance!(redis);

@@ -1,0 +1,281 @@
+//! Test harness: real `redis-server` processes and real `roomcast` nodes on
+//! free loopback ports, and a WebSocket client speaking the protocol.
+#![allow(dead_code)]
+
+pub mod client;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+
+/// How long `eventually` and the process helpers wait before failing.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A free loopback port (bound then released; fine for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free port")
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after [`PATIENCE`].
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A `redis-server` on a free loopback port, without persistence: a restart
+/// comes back empty, like a failover that lost its data.
+pub struct Redis {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut redis = Redis { port: free_port(), dir, child: None };
+        redis.spawn();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (the README's test command installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + PATIENCE;
+        while self.command(&["PING"]).as_deref() != Some("+PONG") {
+            assert!(Instant::now() < deadline, "redis-server did not start on port {}", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server abruptly (SIGKILL): everything it held is lost.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Sends one command (inline protocol); returns the first reply line.
+    pub fn command(&self, args: &[&str]) -> Option<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut cmd = format!("*{}\r\n", args.len());
+        for a in args {
+            cmd.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
+        }
+        stream.write_all(cmd.as_bytes()).ok()?;
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).ok()?;
+        Some(line.trim_end().to_owned())
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A running `roomcast serve` process.
+pub struct Node {
+    pub addr: SocketAddr,
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+    args: Vec<String>,
+}
+
+fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_roomcast"))
+}
+
+impl Node {
+    /// Starts a node on the embedded store.
+    pub fn memory(extra: &[&str]) -> Node {
+        Node::start(None, extra)
+    }
+
+    /// Starts a node on `redis`.
+    pub fn redis(redis: &Redis, extra: &[&str]) -> Node {
+        Node::start(Some(&redis.url()), extra)
+    }
+
+    pub fn start(redis: Option<&str>, extra: &[&str]) -> Node {
+        let mut args: Vec<String> = vec!["serve".into(), "--listen".into(), "127.0.0.1:0".into()];
+        if let Some(url) = redis {
+            args.extend(["--redis".into(), url.into()]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Node::spawn(args)
+    }
+
+    fn spawn(args: Vec<String>) -> Node {
+        let mut child = Command::new(binary())
+            .args(&args)
+            .env("RUST_LOG", "info,roomcast=debug")
+            .env_remove("REDIS_URL")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start roomcast");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("addr=").nth(1) {
+                    if line.contains("listening") {
+                        let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_owned());
+                    }
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(PATIENCE) {
+            Ok(addr) => addr.parse().expect("listening address"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("node did not start; args {args:?}; logs:\n{}", logs.lock().unwrap().join("\n"))
+            }
+        };
+        Node { addr, child, logs, args }
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn ws_url(&self, query: &str) -> String {
+        format!("ws://{}/ws{}", self.addr, query)
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "node did not exit within {within:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the process (SIGKILL): a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs the binary to completion with `args`; returns (exit code, stderr).
+pub fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(binary())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start roomcast");
+    let mut err = String::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        let _ = stderr.read_to_string(&mut err);
+    }
+    let status = child.wait().expect("wait");
+    (status.code(), err)
+}
+
+/// One deployment under test: the embedded store with one node, or one
+/// Redis with several nodes. The conformance cases run against both.
+pub struct Deployment {
+    pub redis: Option<Redis>,
+    pub nodes: Vec<Node>,
+}
+
+impl Deployment {
+    pub fn memory(extra: &[&str]) -> Deployment {
+        Deployment { redis: None, nodes: vec![Node::memory(extra)] }
+    }
+
+    pub fn redis(nodes: usize, extra: &[&str]) -> Deployment {
+        let redis = Redis::start();
+        let nodes = (0..nodes).map(|_| Node::redis(&redis, extra)).collect();
+        Deployment { redis: Some(redis), nodes }
+    }
+
+    /// Node `i`, wrapping around (a memory deployment has one).
+    pub fn node(&self, i: usize) -> &Node {
+        &self.nodes[i % self.nodes.len()]
+    }
+
+    /// Publishes over HTTP; returns the event ID.
+    pub async fn publish(&self, node: usize, room: &str, data: serde_json::Value) -> String {
+        publish(self.node(node), room, data).await
+    }
+}
+
+/// Publishes over HTTP; returns the event ID.
+pub async fn publish(node: &Node, room: &str, data: serde_json::Value) -> String {
+    let response = reqwest::Client::new()
+        .post(node.http(&format!("/rooms/{room}/events")))
+        .json(&data)
+        .send()
+        .await
+        .expect("publish request");
+    assert_eq!(response.status(), 201, "publish to {room} refused");
+    let body: serde_json::Value = response.json().await.expect("publish body");
+    body["id"].as_str().expect("id").to_owned()
+}
+
+/// GETs a JSON resource.
+pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::get(url).await.expect("GET");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(serde_json::Value::Null))
+}
