@@ -1,0 +1,169 @@
+//! Multi-node behaviour that only Redis deployments have: a blocked reader
+//! picking up new rooms, store outages and restarts, nodes dying.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::client::{assert_ordered, Client};
+use support::{eventually, get_json, publish, Deployment, Node, Redis};
+
+#[tokio::test]
+async fn a_new_rooms_first_event_arrives_while_the_reader_is_blocked() {
+    let d = Deployment::redis(2, &[]);
+    // Node 0's reader is blocked on one busy room...
+    let mut busy = Client::connect(&d.node(0).ws_url("?room=busy")).await;
+    busy.expect_type("subscribed").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...when rooms it has never followed gain their first subscriber. Each
+    // event must arrive well before the reader's 2 s block would time out.
+    for i in 0..5 {
+        let room = format!("fresh-{i}");
+        let mut client = Client::connect(&d.node(0).ws_url(&format!("?room={room}"))).await;
+        client.expect_type("subscribed").await;
+        let started = Instant::now();
+        let id = publish(d.node(1), &room, json!(i)).await;
+        let frame = client
+            .next_within(Duration::from_millis(1500))
+            .await
+            .unwrap_or_else(|| panic!("room {room}: first event not delivered within 1.5 s"))
+            .expect("open");
+        assert_eq!(frame["events"][0]["id"], id.as_str(), "{frame}");
+        assert!(started.elapsed() < Duration::from_millis(1500));
+    }
+}
+
+#[tokio::test]
+async fn history_lost_in_a_redis_restart_is_a_gap_and_live_carries_on() {
+    let mut d = Deployment::redis(2, &[]);
+    let mut live = Client::connect(&d.node(0).ws_url("?room=show")).await;
+    live.expect_type("subscribed").await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(d.publish(i, "show", json!(i)).await);
+    }
+    let (before, _) = live.events("show", 10).await;
+    assert_eq!(before.len(), 10);
+
+    d.redis.as_mut().unwrap().restart_empty();
+    // Publishing works again once the nodes have reconnected.
+    let url = d.node(1).http("/rooms/show/events");
+    let after = eventually("a publish to succeed after the restart", || {
+        let url = url.clone();
+        async move {
+            let r = reqwest::Client::new().post(&url).json(&json!("after")).send().await.ok()?;
+            (r.status() == 201).then_some(())?;
+            r.json::<Value>().await.ok()?["id"].as_str().map(str::to_owned)
+        }
+    })
+    .await;
+
+    // The client that stayed connected is told about the loss, then gets live events.
+    let (events, gaps) = live.events("show", 1).await;
+    assert_eq!(gaps, vec![ids[9].clone()], "the live client must be told its history is gone");
+    assert_eq!(events[0].0, after);
+
+    // A client resuming from an old ID on another node gets a gap, not silence.
+    let mut resumed = Client::connect(&d.node(1).ws_url("")).await;
+    resumed.subscribe("show", Some(&ids[4])).await;
+    assert_eq!(resumed.expect_type("subscribed").await["resumed"], false);
+    assert_eq!(resumed.expect_type("gap").await["after"], ids[4].as_str());
+    let (events, _) = resumed.events("show", 1).await;
+    assert_eq!(events[0].0, after);
+}
+
+#[tokio::test]
+async fn redis_outage_fails_publishes_clearly_and_recovers() {
+    let mut d = Deployment::redis(2, &["--redis-timeout-ms", "500"]);
+    let mut client = Client::connect(&d.node(0).ws_url("?room=up")).await;
+    client.expect_type("subscribed").await;
+    let first = d.publish(1, "up", json!("before")).await;
+    let redis = d.redis.as_mut().unwrap();
+    redis.kill();
+
+    let ready = d.node(0).http("/readyz");
+    eventually("readyz to report the outage", || {
+        let ready = ready.clone();
+        async move { (reqwest::get(&ready).await.ok()?.status() == 503).then_some(()) }
+    })
+    .await;
+    let refused = reqwest::Client::new().post(d.node(1).http("/rooms/up/events")).json(&json!(1)).send().await.unwrap();
+    assert_eq!(refused.status(), 503, "a publish during an outage is refused, never acked");
+    assert_eq!(refused.json::<Value>().await.unwrap()["error"], "store_unavailable");
+    let mut ws_pub = Client::connect(&d.node(1).ws_url("")).await;
+    ws_pub.send(json!({"type": "publish", "room": "up", "data": 1, "ref": 9})).await;
+    let error = ws_pub.expect_type("error").await;
+    assert_eq!((error["code"].as_str(), error["ref"].as_u64()), (Some("store_unavailable"), Some(9)));
+
+    d.redis.as_mut().unwrap().restart_empty();
+    eventually("readyz to recover", || {
+        let ready = ready.clone();
+        async move { (reqwest::get(&ready).await.ok()?.status() == 200).then_some(()) }
+    })
+    .await;
+    // The connection stayed open throughout; it learns the history is gone,
+    // then receives what is published after the outage.
+    let url = d.node(1).http("/rooms/up/events");
+    let after = eventually("publishing to work again", || {
+        let url = url.clone();
+        async move {
+            let r = reqwest::Client::new().post(&url).json(&json!("after")).send().await.ok()?;
+            (r.status() == 201).then_some(())?;
+            r.json::<Value>().await.ok()?["id"].as_str().map(str::to_owned)
+        }
+    })
+    .await;
+    let (events, gaps) = client.events("up", 2).await;
+    assert_eq!(events[0].0, first);
+    assert_eq!(gaps, vec![first.clone()]);
+    assert_eq!(events[1].0, after);
+    assert_ordered(&[first, after]);
+}
+
+#[tokio::test]
+async fn a_crashed_nodes_viewers_leave_the_audience() {
+    let mut d = Deployment::redis(2, &[]);
+    let mut viewers = Vec::new();
+    for i in 0..5 {
+        let mut c = Client::connect(&d.node(i % 2).ws_url("?room=stage")).await;
+        c.expect_type("subscribed").await;
+        viewers.push(c);
+    }
+    let url = d.node(0).http("/rooms/stage");
+    eventually("both nodes' viewers to be counted", || {
+        let url = url.clone();
+        async move { (get_json(&url).await.1["audience"] == 5).then_some(()) }
+    })
+    .await;
+    d.nodes[1].kill();
+    eventually("the dead node's 2 viewers to vanish", || {
+        let url = url.clone();
+        async move { (get_json(&url).await.1["audience"] == 3).then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn clients_resume_across_a_killed_node() {
+    let redis = Redis::start();
+    let mut a = Node::redis(&redis, &[]);
+    let b = Node::redis(&redis, &[]);
+    let mut client = Client::connect(&a.ws_url("?room=relay")).await;
+    client.expect_type("subscribed").await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(publish(&b, "relay", json!(i)).await);
+    }
+    let (seen, _) = client.events("relay", 20).await;
+    a.kill();
+    for i in 20..40 {
+        ids.push(publish(&b, "relay", json!(i)).await);
+    }
+    let last = seen.last().unwrap().0.clone();
+    let mut again = Client::connect(&b.ws_url(&format!("?room=relay&last_event_id={last}"))).await;
+    assert_eq!(again.expect_type("subscribed").await["resumed"], true);
+    let (rest, gaps) = again.events("relay", 20).await;
+    assert!(gaps.is_empty());
+    assert_eq!(rest.into_iter().map(|(id, _)| id).collect::<Vec<_>>(), ids[20..].to_vec());
+}
