@@ -137,22 +137,32 @@ impl TryFrom<ServeArgs> for Config {
     type Error = ConfigError;
 
     fn try_from(a: ServeArgs) -> Result<Self, ConfigError> {
-        let listen: SocketAddr = a
-            .listen
-            .parse()
-            .map_err(|_| ConfigError(format!("--listen {:?} is not an address like 127.0.0.1:8080", a.listen)))?;
+        let listen: SocketAddr = a.listen.parse().map_err(|_| {
+            ConfigError(format!(
+                "--listen {:?} is not an address like 127.0.0.1:8080",
+                a.listen
+            ))
+        })?;
         if let Some(url) = &a.redis {
-            check(url.starts_with("redis://") || url.starts_with("rediss://"), || {
-                format!("--redis {url:?} must be a redis:// URL")
-            })?;
-            fred::prelude::Config::from_url(url).map_err(|e| ConfigError(format!("--redis {url:?}: {e}")))?;
+            check(
+                url.starts_with("redis://") || url.starts_with("rediss://"),
+                || format!("--redis {url:?} must be a redis:// URL"),
+            )?;
+            fred::prelude::Config::from_url(url)
+                .map_err(|e| ConfigError(format!("--redis {url:?}: {e}")))?;
         }
-        check((1..=10_000_000).contains(&a.history), || "--history must be between 1 and 10000000".into())?;
-        check(a.room_ttl >= 1, || "--room-ttl must be at least 1 second".into())?;
+        check((1..=10_000_000).contains(&a.history), || {
+            "--history must be between 1 and 10000000".into()
+        })?;
+        check(a.room_ttl >= 1, || {
+            "--room-ttl must be at least 1 second".into()
+        })?;
         check(
             !a.key_prefix.is_empty()
                 && a.key_prefix.len() <= 64
-                && a.key_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')),
+                && a.key_prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')),
             || "--key-prefix must be 1-64 bytes of A-Z a-z 0-9 _ . -".into(),
         )?;
         let node_id = match a.node_id {
@@ -160,20 +170,31 @@ impl TryFrom<ServeArgs> for Config {
                 check(
                     !id.is_empty()
                         && id.len() <= 64
-                        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')),
+                        && id
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')),
                     || "--node-id must be 1-64 bytes of A-Z a-z 0-9 _ . -".into(),
                 )?;
                 id
             }
             None => format!("{:016x}", rand::random::<u64>()),
         };
-        check((256..=MAX_MESSAGE_CEILING).contains(&a.max_message_bytes), || {
-            format!("--max-message-bytes must be between 256 and {MAX_MESSAGE_CEILING}")
+        check(
+            (256..=MAX_MESSAGE_CEILING).contains(&a.max_message_bytes),
+            || format!("--max-message-bytes must be between 256 and {MAX_MESSAGE_CEILING}"),
+        )?;
+        check(a.max_subscriptions >= 1, || {
+            "--max-subscriptions must be at least 1".into()
         })?;
-        check(a.max_subscriptions >= 1, || "--max-subscriptions must be at least 1".into())?;
-        check(a.outbox_frames >= 1, || "--outbox-frames must be at least 1".into())?;
-        check(a.outbox_bytes >= 4096, || "--outbox-bytes must be at least 4096".into())?;
-        check(a.redis_timeout_ms >= 10, || "--redis-timeout-ms must be at least 10".into())?;
+        check(a.outbox_frames >= 1, || {
+            "--outbox-frames must be at least 1".into()
+        })?;
+        check(a.outbox_bytes >= 4096, || {
+            "--outbox-bytes must be at least 4096".into()
+        })?;
+        check(a.redis_timeout_ms >= 10, || {
+            "--redis-timeout-ms must be at least 10".into()
+        })?;
         Ok(Config {
             listen,
             redis: a.redis,
@@ -218,7 +239,10 @@ mod tests {
             (vec!["serve", "--redis", "http://x"], "--redis"),
             (vec!["serve", "--history", "0"], "--history"),
             (vec!["serve", "--key-prefix", "a b"], "--key-prefix"),
-            (vec!["serve", "--max-message-bytes", "1"], "--max-message-bytes"),
+            (
+                vec!["serve", "--max-message-bytes", "1"],
+                "--max-message-bytes",
+            ),
         ] {
             let err = parse(&args).unwrap_err();
             assert!(err.contains(flag), "{args:?}: {err}");

@@ -26,14 +26,26 @@ pub struct HistoryQuery {
 
 /// Kept events after `after` (default `0`: from the oldest), oldest first,
 /// with `gap: true` when events after `after` are no longer kept.
-pub async fn list(State(app): State<Arc<App>>, Path(room): Path<String>, Query(q): Query<HistoryQuery>) -> Response {
+pub async fn list(
+    State(app): State<Arc<App>>,
+    Path(room): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Response {
     let room = match RoomName::parse(&room) {
         Ok(room) => room,
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadRoom, &e.to_string()),
+        Err(e) => {
+            return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadRoom, &e.to_string())
+        }
     };
     let after = match q.after.as_deref().map(EventId::parse).transpose() {
         Ok(after) => after.unwrap_or(EventId::ZERO),
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadEventId, &e.to_string()),
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadEventId,
+                &e.to_string(),
+            )
+        }
     };
     let limit = match q.limit.as_deref().map(str::parse::<usize>).transpose() {
         Ok(Some(n)) if (1..=MAX_LIMIT).contains(&n) => n,
@@ -43,13 +55,21 @@ pub async fn list(State(app): State<Arc<App>>, Path(room): Path<String>, Query(q
             return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadFrame, &message);
         }
     };
-    let from = if after.is_zero() { Position::Oldest } else { Position::After(after) };
+    let from = if after.is_zero() {
+        Position::Oldest
+    } else {
+        Position::After(after)
+    };
     match app.store.read(&room, from, limit).await {
         Ok(page) => (
             [(header::CONTENT_TYPE, "application/json")],
             json_history(&room, &page.events, page.gap),
         )
             .into_response(),
-        Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StoreUnavailable, &e.to_string()),
+        Err(e) => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::StoreUnavailable,
+            &e.to_string(),
+        ),
     }
 }

@@ -23,7 +23,10 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/ws", get(ws::handler))
         .route("/rooms/{room}", get(rooms::info))
-        .route("/rooms/{room}/events", get(history::list).post(publish::create))
+        .route(
+            "/rooms/{room}/events",
+            get(history::list).post(publish::create),
+        )
         .route("/rooms/{room}/sse", get(sse::handler))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -34,5 +37,9 @@ pub fn router(app: Arc<App>) -> Router {
 
 /// A JSON error body: `{"error": code, "message": text}`.
 pub fn error_response(status: StatusCode, code: ErrorCode, message: &str) -> Response {
-    (status, Json(serde_json::json!({ "error": code.as_str(), "message": message }))).into_response()
+    (
+        status,
+        Json(serde_json::json!({ "error": code.as_str(), "message": message })),
+    )
+        .into_response()
 }

@@ -16,15 +16,24 @@ use crate::protocol::{data_to_json, msgpack_to_value, ErrorCode, RoomName};
 /// Appends the body (JSON, or MessagePack with `Content-Type:
 /// application/msgpack`) and answers `201 {"id": ID}`; 503 if the store did
 /// not confirm it.
-pub async fn create(State(app): State<Arc<App>>, Path(room): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn create(
+    State(app): State<Arc<App>>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let room = match RoomName::parse(&room) {
         Ok(room) => room,
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadRoom, &e.to_string()),
+        Err(e) => {
+            return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadRoom, &e.to_string())
+        }
     };
     let msgpack = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/msgpack") || v.starts_with("application/x-msgpack"));
+        .is_some_and(|v| {
+            v.starts_with("application/msgpack") || v.starts_with("application/x-msgpack")
+        });
     let value: Result<Value, String> = if msgpack {
         msgpack_to_value(&body)
     } else {
@@ -36,7 +45,11 @@ pub async fn create(State(app): State<Arc<App>>, Path(room): Path<String>, heade
     };
     let data = data_to_json(&value);
     if data.len() > app.limits.max_payload {
-        let message = format!("payload is {} bytes; the limit is {}", data.len(), app.limits.max_payload);
+        let message = format!(
+            "payload is {} bytes; the limit is {}",
+            data.len(),
+            app.limits.max_payload
+        );
         return error_response(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge, &message);
     }
     match app.store.append(&room, data).await {
@@ -44,6 +57,10 @@ pub async fn create(State(app): State<Arc<App>>, Path(room): Path<String>, heade
             metrics::counter!("roomcast_published_total", "via" => "http").increment(1);
             (StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response()
         }
-        Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StoreUnavailable, &e.to_string()),
+        Err(e) => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::StoreUnavailable,
+            &e.to_string(),
+        ),
     }
 }

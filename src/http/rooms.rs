@@ -15,7 +15,9 @@ use crate::protocol::{ErrorCode, RoomName};
 pub async fn info(State(app): State<Arc<App>>, Path(room): Path<String>) -> Response {
     let room = match RoomName::parse(&room) {
         Ok(room) => room,
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadRoom, &e.to_string()),
+        Err(e) => {
+            return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadRoom, &e.to_string())
+        }
     };
     let (tail, audience) = tokio::join!(app.store.tail(&room), app.store.audience(&room));
     match (tail, audience) {
@@ -25,8 +27,10 @@ pub async fn info(State(app): State<Arc<App>>, Path(room): Path<String>) -> Resp
             "audience": audience,
         }))
         .into_response(),
-        (Err(e), _) | (_, Err(e)) => {
-            error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StoreUnavailable, &e.to_string())
-        }
+        (Err(e), _) | (_, Err(e)) => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::StoreUnavailable,
+            &e.to_string(),
+        ),
     }
 }

@@ -91,7 +91,12 @@ impl Hub {
 
     /// Adds `conn` to `room`. Returns the live cursor: every event after it
     /// will be offered to this subscriber, none before it.
-    pub async fn join(&self, room: &RoomName, conn: u64, subscriber: Subscriber) -> Result<EventId, StoreError> {
+    pub async fn join(
+        &self,
+        room: &RoomName,
+        conn: u64,
+        subscriber: Subscriber,
+    ) -> Result<EventId, StoreError> {
         let (entry, last) = {
             let mut rooms = lock(&self.rooms);
             let entry = rooms
@@ -100,7 +105,10 @@ impl Hub {
                     Arc::new(RoomEntry {
                         generation: self.generations.fetch_add(1, Ordering::Relaxed),
                         start: OnceCell::new(),
-                        members: RwLock::new(Members { by_conn: HashMap::new(), last: None }),
+                        members: RwLock::new(Members {
+                            by_conn: HashMap::new(),
+                            last: None,
+                        }),
                     })
                 })
                 .clone();
@@ -135,7 +143,9 @@ impl Hub {
     pub async fn leave(&self, room: &RoomName, conn: u64) {
         let emptied = {
             let mut rooms = lock(&self.rooms);
-            let Some(entry) = rooms.get(room).cloned() else { return };
+            let Some(entry) = rooms.get(room).cloned() else {
+                return;
+            };
             let empty = {
                 let mut members = write(&entry.members);
                 members.by_conn.remove(&conn);
@@ -159,7 +169,10 @@ impl Hub {
     pub fn audience_report(&self) -> Vec<(RoomName, usize)> {
         let mut report: Vec<(RoomName, usize)> = {
             let rooms = lock(&self.rooms);
-            rooms.iter().map(|(room, entry)| (room.clone(), read(&entry.members).by_conn.len())).collect()
+            rooms
+                .iter()
+                .map(|(room, entry)| (room.clone(), read(&entry.members).by_conn.len()))
+                .collect()
         };
         let departed = std::mem::take(&mut *lock(&self.departed));
         for room in departed {
@@ -178,8 +191,12 @@ impl Hub {
 
 impl FeedSink for Hub {
     fn deliver(&self, room: &RoomName, events: Vec<Event>) {
-        let Some(entry) = lock(&self.rooms).get(room).cloned() else { return };
-        let Some(last) = events.last().map(|e| e.id) else { return };
+        let Some(entry) = lock(&self.rooms).get(room).cloned() else {
+            return;
+        };
+        let Some(last) = events.last().map(|e| e.id) else {
+            return;
+        };
         let batch = Arc::new(Batch::new(room.clone(), events));
         let mut members = write(&entry.members);
         members.last = Some(last);
@@ -190,6 +207,8 @@ impl FeedSink for Hub {
     }
 
     fn wants(&self, room: &RoomName, generation: u64) -> bool {
-        lock(&self.rooms).get(room).is_some_and(|e| e.generation == generation)
+        lock(&self.rooms)
+            .get(room)
+            .is_some_and(|e| e.generation == generation)
     }
 }

@@ -89,7 +89,11 @@ pub struct FrameError {
 impl FrameError {
     /// Builds a refusal.
     pub fn new(code: ErrorCode, message: impl Into<String>, reference: Option<u64>) -> Self {
-        FrameError { code, message: message.into(), reference }
+        FrameError {
+            code,
+            message: message.into(),
+            reference,
+        }
     }
 }
 
@@ -139,7 +143,11 @@ pub enum ServerFrame {
 
 impl From<FrameError> for ServerFrame {
     fn from(e: FrameError) -> Self {
-        ServerFrame::Error { code: e.code, message: e.message, reference: e.reference }
+        ServerFrame::Error {
+            code: e.code,
+            message: e.message,
+            reference: e.reference,
+        }
     }
 }
 
@@ -177,7 +185,8 @@ impl RawClientFrame {
         let reference = self.reference;
         let err = |code, msg: String| FrameError::new(code, msg, reference);
         let room = |room: Option<String>| -> Result<RoomName, FrameError> {
-            let room = room.ok_or_else(|| err(ErrorCode::BadFrame, "missing field `room`".into()))?;
+            let room =
+                room.ok_or_else(|| err(ErrorCode::BadFrame, "missing field `room`".into()))?;
             RoomName::parse(&room).map_err(|e| err(ErrorCode::BadRoom, e.to_string()))
         };
         match self.kind.as_str() {
@@ -185,23 +194,36 @@ impl RawClientFrame {
                 let room = room(self.room)?;
                 let last_event_id = match self.last_event_id {
                     Some(id) => Some(
-                        EventId::parse(&id).map_err(|e| err(ErrorCode::BadEventId, e.to_string()))?,
+                        EventId::parse(&id)
+                            .map_err(|e| err(ErrorCode::BadEventId, e.to_string()))?,
                     ),
                     None => None,
                 };
-                Ok(ClientFrame::Subscribe { room, last_event_id })
+                Ok(ClientFrame::Subscribe {
+                    room,
+                    last_event_id,
+                })
             }
-            "unsubscribe" => Ok(ClientFrame::Unsubscribe { room: room(self.room)? }),
+            "unsubscribe" => Ok(ClientFrame::Unsubscribe {
+                room: room(self.room)?,
+            }),
             "publish" => {
                 let room = room(self.room)?;
                 let data = self
                     .data
                     .ok_or_else(|| err(ErrorCode::BadFrame, "missing field `data`".into()))?;
-                Ok(ClientFrame::Publish { room, data, reference })
+                Ok(ClientFrame::Publish {
+                    room,
+                    data,
+                    reference,
+                })
             }
             other => Err(err(
                 ErrorCode::UnknownType,
-                format!("unknown frame type {:?}", other.chars().take(32).collect::<String>()),
+                format!(
+                    "unknown frame type {:?}",
+                    other.chars().take(32).collect::<String>()
+                ),
             )),
         }
     }

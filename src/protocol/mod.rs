@@ -10,11 +10,11 @@ mod event_id;
 mod frames;
 mod room;
 
-pub use codec::{
-    data_to_json, decode_client, encode_events, encode_frame, json_history, msgpack_to_value, sse_events,
-    sse_gap, Format, Wire, MSGPACK_SUBPROTOCOL,
-};
 pub use close::CloseReason;
+pub use codec::{
+    data_to_json, decode_client, encode_events, encode_frame, json_history, msgpack_to_value,
+    sse_events, sse_gap, Format, Wire, MSGPACK_SUBPROTOCOL,
+};
 pub use event::Event;
 pub use event_id::{EventId, ParseEventIdError};
 pub use frames::{ClientFrame, ErrorCode, FrameError, ServerFrame};

@@ -116,7 +116,11 @@ pub struct Session<S: Sink> {
 }
 
 fn store_refusal(e: StoreError, reference: Option<u64>) -> SessionError {
-    SessionError::Refused(FrameError::new(ErrorCode::StoreUnavailable, e.to_string(), reference))
+    SessionError::Refused(FrameError::new(
+        ErrorCode::StoreUnavailable,
+        e.to_string(),
+        reference,
+    ))
 }
 
 fn refuse(code: ErrorCode, message: impl Into<String>, reference: Option<u64>) -> SessionError {
@@ -148,25 +152,58 @@ impl<S: Sink> Session<S> {
     /// Joins `room`: live only (`None`), from the oldest kept (`0`), or
     /// resuming after an ID. Answers `subscribed`, then any `gap` and the
     /// missed events, then live events.
-    pub async fn subscribe(&mut self, room: RoomName, last_event_id: Option<EventId>) -> Result<(), SessionError> {
+    pub async fn subscribe(
+        &mut self,
+        room: RoomName,
+        last_event_id: Option<EventId>,
+    ) -> Result<(), SessionError> {
         if self.rooms.contains_key(&room) {
-            return Err(refuse(ErrorCode::AlreadySubscribed, format!("already subscribed to {room}"), None));
+            return Err(refuse(
+                ErrorCode::AlreadySubscribed,
+                format!("already subscribed to {room}"),
+                None,
+            ));
         }
         if self.rooms.len() >= self.limits.max_subscriptions {
             return Err(refuse(
                 ErrorCode::LimitExceeded,
-                format!("at most {} subscriptions per connection", self.limits.max_subscriptions),
+                format!(
+                    "at most {} subscriptions per connection",
+                    self.limits.max_subscriptions
+                ),
                 None,
             ));
         }
         let lagged = Arc::new(AtomicBool::new(false));
-        let subscriber = Subscriber { outbox: self.inbox.outbox().clone(), lagged: lagged.clone() };
-        let live = self.hub.join(&room, self.id, subscriber).await.map_err(|e| store_refusal(e, None))?;
-        let Some(resume) = last_event_id else {
-            self.rooms.insert(room.clone(), RoomState { cursor: live, lagged });
-            return Ok(self.send(&ServerFrame::Subscribed { room, resumed: false }).await?);
+        let subscriber = Subscriber {
+            outbox: self.inbox.outbox().clone(),
+            lagged: lagged.clone(),
         };
-        let from = if resume.is_zero() { Position::Oldest } else { Position::After(resume) };
+        let live = self
+            .hub
+            .join(&room, self.id, subscriber)
+            .await
+            .map_err(|e| store_refusal(e, None))?;
+        let Some(resume) = last_event_id else {
+            self.rooms.insert(
+                room.clone(),
+                RoomState {
+                    cursor: live,
+                    lagged,
+                },
+            );
+            return Ok(self
+                .send(&ServerFrame::Subscribed {
+                    room,
+                    resumed: false,
+                })
+                .await?);
+        };
+        let from = if resume.is_zero() {
+            Position::Oldest
+        } else {
+            Position::After(resume)
+        };
         let page = match self.store.read(&room, from, PAGE).await {
             Ok(page) => page,
             Err(e) => {
@@ -174,9 +211,20 @@ impl<S: Sink> Session<S> {
                 return Err(store_refusal(e, None));
             }
         };
-        self.rooms.insert(room.clone(), RoomState { cursor: resume, lagged });
+        self.rooms.insert(
+            room.clone(),
+            RoomState {
+                cursor: resume,
+                lagged,
+            },
+        );
         let more = page.events.len() >= PAGE;
-        self.sink.write(Outgoing::Frame(&ServerFrame::Subscribed { room: room.clone(), resumed: !page.gap })).await?;
+        self.sink
+            .write(Outgoing::Frame(&ServerFrame::Subscribed {
+                room: room.clone(),
+                resumed: !page.gap,
+            }))
+            .await?;
         self.apply_page(&room, page).await?;
         if more {
             self.sync_or_retry(&room).await?;
@@ -187,7 +235,11 @@ impl<S: Sink> Session<S> {
     /// Leaves `room`.
     pub async fn unsubscribe(&mut self, room: RoomName) -> Result<(), SessionError> {
         if self.rooms.remove(&room).is_none() {
-            return Err(refuse(ErrorCode::NotSubscribed, format!("not subscribed to {room}"), None));
+            return Err(refuse(
+                ErrorCode::NotSubscribed,
+                format!("not subscribed to {room}"),
+                None,
+            ));
         }
         self.hub.leave(&room, self.id).await;
         Ok(self.send(&ServerFrame::Unsubscribed { room }).await?)
@@ -195,16 +247,29 @@ impl<S: Sink> Session<S> {
 
     /// Appends `data` to `room` and acks with its ID; never acks what the
     /// store did not confirm.
-    pub async fn publish(&mut self, room: RoomName, data: Value, reference: Option<u64>) -> Result<(), SessionError> {
+    pub async fn publish(
+        &mut self,
+        room: RoomName,
+        data: Value,
+        reference: Option<u64>,
+    ) -> Result<(), SessionError> {
         let json = data_to_json(&data);
         if json.len() > self.limits.max_payload {
             return Err(refuse(
                 ErrorCode::TooLarge,
-                format!("payload is {} bytes; the limit is {}", json.len(), self.limits.max_payload),
+                format!(
+                    "payload is {} bytes; the limit is {}",
+                    json.len(),
+                    self.limits.max_payload
+                ),
                 reference,
             ));
         }
-        let id = self.store.append(&room, json).await.map_err(|e| store_refusal(e, reference))?;
+        let id = self
+            .store
+            .append(&room, json)
+            .await
+            .map_err(|e| store_refusal(e, reference))?;
         metrics::counter!("roomcast_published_total", "via" => "ws").increment(1);
         Ok(self.send(&ServerFrame::Ack { reference, id }).await?)
     }
@@ -239,8 +304,12 @@ impl<S: Sink> Session<S> {
     }
 
     async fn write_batch(&mut self, batch: &Batch) -> Result<(), SinkError> {
-        let Some(state) = self.rooms.get_mut(&batch.room) else { return Ok(()) };
-        let Some(last) = batch.events.last().map(|e| e.id) else { return Ok(()) };
+        let Some(state) = self.rooms.get_mut(&batch.room) else {
+            return Ok(());
+        };
+        let Some(last) = batch.events.last().map(|e| e.id) else {
+            return Ok(());
+        };
         match accept(state.cursor, &batch.events) {
             Accept::Skip => Ok(()),
             Accept::All => {
@@ -249,7 +318,9 @@ impl<S: Sink> Session<S> {
             }
             Accept::From(i) => {
                 state.cursor = last;
-                self.sink.write(Outgoing::Events(&batch.room, &batch.events[i..])).await
+                self.sink
+                    .write(Outgoing::Events(&batch.room, &batch.events[i..]))
+                    .await
             }
             Accept::Discontinuous => {
                 debug!(conn = self.id, room = %batch.room, "live batch does not follow the cursor; catching up");
@@ -280,7 +351,9 @@ impl<S: Sink> Session<S> {
     /// the store refuses, flags the room to be retried shortly.
     async fn sync_or_retry(&mut self, room: &RoomName) -> Result<(), SinkError> {
         loop {
-            let Some(cursor) = self.rooms.get(room).map(|s| s.cursor) else { return Ok(()) };
+            let Some(cursor) = self.rooms.get(room).map(|s| s.cursor) else {
+                return Ok(());
+            };
             match self.store.read(room, Position::After(cursor), PAGE).await {
                 Ok(page) => {
                     let more = page.events.len() >= PAGE;
@@ -303,18 +376,27 @@ impl<S: Sink> Session<S> {
 
     /// Sends a page of history (with its gap, if any) and advances the cursor.
     async fn apply_page(&mut self, room: &RoomName, page: Page) -> Result<(), SinkError> {
-        let Some(state) = self.rooms.get_mut(room) else { return Ok(()) };
+        let Some(state) = self.rooms.get_mut(room) else {
+            return Ok(());
+        };
         if page.gap {
             metrics::counter!("roomcast_gaps_total").increment(1);
             let after = state.cursor;
             if page.events.is_empty() {
                 state.cursor = page.tail;
             }
-            self.sink.write(Outgoing::Frame(&ServerFrame::Gap { room: room.clone(), after })).await?;
+            self.sink
+                .write(Outgoing::Frame(&ServerFrame::Gap {
+                    room: room.clone(),
+                    after,
+                }))
+                .await?;
         }
         if let Some(last) = page.events.last() {
             state.cursor = last.id;
-            self.sink.write(Outgoing::Events(room, &page.events)).await?;
+            self.sink
+                .write(Outgoing::Events(room, &page.events))
+                .await?;
         }
         self.sink.flush().await
     }

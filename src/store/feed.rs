@@ -105,7 +105,12 @@ impl Feed {
     /// its tail when the first local subscriber joined. Takes effect
     /// promptly, even if the loop is waiting.
     pub async fn watch(&self, room: RoomName, generation: u64, from: EventId) {
-        if self.commands.send(Command::Watch(room, generation, from)).await.is_ok() {
+        if self
+            .commands
+            .send(Command::Watch(room, generation, from))
+            .await
+            .is_ok()
+        {
             self.waker.wake();
         }
     }
@@ -144,13 +149,22 @@ async fn run(
                         }
                         None => {
                             source.watch(&room);
-                            followed.insert(room.clone(), Followed { generation, position: from });
+                            followed.insert(
+                                room.clone(),
+                                Followed {
+                                    generation,
+                                    position: from,
+                                },
+                            );
                         }
                     }
                     pending.insert(room);
                 }
                 Command::Unwatch(room, generation) => {
-                    if followed.get(&room).is_some_and(|f| f.generation == generation) {
+                    if followed
+                        .get(&room)
+                        .is_some_and(|f| f.generation == generation)
+                    {
                         source.unwatch(&room);
                         followed.remove(&room);
                         pending.remove(&room);
@@ -219,7 +233,9 @@ async fn read_pending(
         let read = store.read_many(&chunk, EVENTS_PER_ROOM).await?;
         let mut more: HashSet<RoomName> = HashSet::new();
         for (room, events) in read {
-            let Some(last) = events.last().map(|e| e.id) else { continue };
+            let Some(last) = events.last().map(|e| e.id) else {
+                continue;
+            };
             if events.len() >= EVENTS_PER_ROOM {
                 more.insert(room.clone());
             }

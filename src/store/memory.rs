@@ -67,13 +67,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl MemoryStore {
     /// An empty store.
     pub fn new(options: StoreOptions) -> Self {
-        MemoryStore { inner: Arc::default(), changes: Arc::default(), options }
+        MemoryStore {
+            inner: Arc::default(),
+            changes: Arc::default(),
+            options,
+        }
     }
 
     /// Periodically drops idle rooms and stale audience reports.
@@ -93,7 +100,9 @@ impl MemoryStore {
     fn expire(&self, now: Instant) {
         let mut inner = lock(&self.inner);
         let ttl = self.options.room_ttl;
-        inner.rooms.retain(|_, log| now.duration_since(log.touched) < ttl);
+        inner
+            .rooms
+            .retain(|_, log| now.duration_since(log.touched) < ttl);
         let presence_ttl = self.options.presence_ttl;
         inner.audience.retain(|_, nodes| {
             nodes.retain(|_, (_, at)| now.duration_since(*at) < presence_ttl);
@@ -103,7 +112,10 @@ impl MemoryStore {
 
     /// The room's log if it exists and has not expired.
     fn live_log<'a>(&self, inner: &'a Inner, room: &RoomName) -> Option<&'a RoomLog> {
-        inner.rooms.get(room).filter(|log| log.touched.elapsed() < self.options.room_ttl)
+        inner
+            .rooms
+            .get(room)
+            .filter(|log| log.touched.elapsed() < self.options.room_ttl)
     }
 }
 
@@ -146,11 +158,20 @@ impl Store for MemoryStore {
         Ok(id)
     }
 
-    async fn read(&self, room: &RoomName, from: Position, limit: usize) -> Result<Page, StoreError> {
+    async fn read(
+        &self,
+        room: &RoomName,
+        from: Position,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
         let inner = lock(&self.inner);
         let Some(log) = self.live_log(&inner, room) else {
             let gap = matches!(from, Position::After(x) if !x.is_zero());
-            return Ok(Page { events: Vec::new(), gap, tail: EventId::ZERO });
+            return Ok(Page {
+                events: Vec::new(),
+                gap,
+                tail: EventId::ZERO,
+            });
         };
         let tail = log.events.back().map(|e| e.id).unwrap_or(EventId::ZERO);
         let start = match from {
@@ -184,16 +205,25 @@ impl Store for MemoryStore {
         let inner = lock(&self.inner);
         let mut out = Vec::new();
         for (room, after) in positions {
-            let Some(log) = self.live_log(&inner, room) else { continue };
+            let Some(log) = self.live_log(&inner, room) else {
+                continue;
+            };
             let start = log.events.partition_point(|e| e.id <= *after);
             if start < log.events.len() {
-                out.push((room.clone(), log.events.iter().skip(start).take(limit).cloned().collect()));
+                out.push((
+                    room.clone(),
+                    log.events.iter().skip(start).take(limit).cloned().collect(),
+                ));
             }
         }
         Ok(out)
     }
 
-    async fn report_audience(&self, node: &str, counts: &[(RoomName, usize)]) -> Result<(), StoreError> {
+    async fn report_audience(
+        &self,
+        node: &str,
+        counts: &[(RoomName, usize)],
+    ) -> Result<(), StoreError> {
         let mut inner = lock(&self.inner);
         let now = Instant::now();
         for (room, count) in counts {
@@ -205,7 +235,11 @@ impl Store for MemoryStore {
                     }
                 }
             } else {
-                inner.audience.entry(room.clone()).or_default().insert(node.to_owned(), (*count, now));
+                inner
+                    .audience
+                    .entry(room.clone())
+                    .or_default()
+                    .insert(node.to_owned(), (*count, now));
             }
         }
         Ok(())
@@ -217,7 +251,13 @@ impl Store for MemoryStore {
         Ok(inner
             .audience
             .get(room)
-            .map(|nodes| nodes.values().filter(|(_, at)| at.elapsed() < ttl).map(|(n, _)| n).sum())
+            .map(|nodes| {
+                nodes
+                    .values()
+                    .filter(|(_, at)| at.elapsed() < ttl)
+                    .map(|(n, _)| n)
+                    .sum()
+            })
             .unwrap_or(0))
     }
 
@@ -226,7 +266,9 @@ impl Store for MemoryStore {
     }
 
     async fn change_source(&self, _node: &str) -> Result<Box<dyn ChangeSource>, StoreError> {
-        Ok(Box::new(MemoryChanges { changes: self.changes.clone() }))
+        Ok(Box::new(MemoryChanges {
+            changes: self.changes.clone(),
+        }))
     }
 }
 

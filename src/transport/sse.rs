@@ -42,13 +42,26 @@ pub async fn handler(
 ) -> Response {
     let room = match RoomName::parse(&room) {
         Ok(room) => room,
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadRoom, &e.to_string()),
+        Err(e) => {
+            return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadRoom, &e.to_string())
+        }
     };
-    let header_id = headers.get("last-event-id").map(|v| v.to_str().unwrap_or("\u{0}").to_owned());
-    let last = match header_id.or(query.last_event_id).map(|s| EventId::parse(&s)) {
+    let header_id = headers
+        .get("last-event-id")
+        .map(|v| v.to_str().unwrap_or("\u{0}").to_owned());
+    let last = match header_id
+        .or(query.last_event_id)
+        .map(|s| EventId::parse(&s))
+    {
         None => None,
         Some(Ok(id)) => Some(id),
-        Some(Err(e)) => return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadEventId, &e.to_string()),
+        Some(Err(e)) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadEventId,
+                &e.to_string(),
+            )
+        }
     };
     if app.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
@@ -57,7 +70,10 @@ pub async fn handler(
     app.tracker.spawn(run(app.clone(), room, last, tx));
     let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, Infallible>));
     (
-        [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")],
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
         body,
     )
         .into_response()
@@ -77,7 +93,9 @@ impl Sink for SseSink {
                 let json = serde_json::to_string(frame).unwrap_or_default();
                 Bytes::from(format!("event: error\ndata: {json}\n\n"))
             }
-            Outgoing::Frame(ServerFrame::Subscribed { .. }) => Bytes::from_static(b": subscribed\n\n"),
+            Outgoing::Frame(ServerFrame::Subscribed { .. }) => {
+                Bytes::from_static(b": subscribed\n\n")
+            }
             Outgoing::Frame(_) => return Ok(()),
         };
         match tokio::time::timeout(WRITE_TIMEOUT, self.tx.send(chunk)).await {
@@ -94,7 +112,12 @@ impl Sink for SseSink {
 
 async fn run(app: Arc<App>, room: RoomName, last: Option<EventId>, tx: mpsc::Sender<Bytes>) {
     let closed = tx.clone();
-    let mut session = Session::new(app.hub.clone(), app.store.clone(), SseSink { tx }, app.limits);
+    let mut session = Session::new(
+        app.hub.clone(),
+        app.store.clone(),
+        SseSink { tx },
+        app.limits,
+    );
     metrics::gauge!("roomcast_connections", "transport" => "sse").increment(1.0);
     let mut alive = match session.subscribe(room, last).await {
         Ok(()) => true,

@@ -14,8 +14,8 @@ use tracing::debug;
 
 use crate::app::App;
 use crate::protocol::{
-    decode_client, encode_events, encode_frame, ClientFrame, CloseReason, ErrorCode, EventId, Format,
-    FrameError, RoomName, ServerFrame, Wire, MSGPACK_SUBPROTOCOL,
+    decode_client, encode_events, encode_frame, ClientFrame, CloseReason, ErrorCode, EventId,
+    Format, FrameError, RoomName, ServerFrame, Wire, MSGPACK_SUBPROTOCOL,
 };
 use crate::session::{Outgoing, Session, SessionError, Sink, SinkError, Wakeup};
 
@@ -36,12 +36,18 @@ pub struct WsQuery {
 }
 
 /// Upgrades to a WebSocket session.
-pub async fn handler(State(app): State<Arc<App>>, Query(query): Query<WsQuery>, upgrade: WebSocketUpgrade) -> Response {
+pub async fn handler(
+    State(app): State<Arc<App>>,
+    Query(query): Query<WsQuery>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
     let forced = match query.format.as_deref() {
         None => None,
         Some("json") => Some(Format::Json),
         Some("msgpack") => Some(Format::MsgPack),
-        Some(_) => return (StatusCode::BAD_REQUEST, "format must be json or msgpack\n").into_response(),
+        Some(_) => {
+            return (StatusCode::BAD_REQUEST, "format must be json or msgpack\n").into_response()
+        }
     };
     if app.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
@@ -55,8 +61,14 @@ pub async fn handler(State(app): State<Arc<App>>, Query(query): Query<WsQuery>, 
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
-            let negotiated = socket.protocol().is_some_and(|p| p.as_bytes() == MSGPACK_SUBPROTOCOL.as_bytes());
-            let format = forced.unwrap_or(if negotiated { Format::MsgPack } else { Format::Json });
+            let negotiated = socket
+                .protocol()
+                .is_some_and(|p| p.as_bytes() == MSGPACK_SUBPROTOCOL.as_bytes());
+            let format = forced.unwrap_or(if negotiated {
+                Format::MsgPack
+            } else {
+                Format::Json
+            });
             tracker.track_future(run(app, socket, format, query))
         })
 }
@@ -74,7 +86,9 @@ fn message(wire: Wire) -> Message {
     }
 }
 
-async fn timed<F: std::future::Future<Output = Result<(), axum::Error>>>(f: F) -> Result<(), SinkError> {
+async fn timed<F: std::future::Future<Output = Result<(), axum::Error>>>(
+    f: F,
+) -> Result<(), SinkError> {
     match tokio::time::timeout(WRITE_TIMEOUT, f).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(SinkError::Closed),
@@ -107,7 +121,12 @@ enum End {
 
 async fn run(app: Arc<App>, socket: WebSocket, format: Format, query: WsQuery) {
     let (sink, mut stream) = socket.split();
-    let mut session = Session::new(app.hub.clone(), app.store.clone(), WsSink { sink, format }, app.limits);
+    let mut session = Session::new(
+        app.hub.clone(),
+        app.store.clone(),
+        WsSink { sink, format },
+        app.limits,
+    );
     let conn = session.id();
     metrics::gauge!("roomcast_connections", "transport" => "ws").increment(1.0);
     debug!(conn, ?format, "websocket connected");
@@ -140,7 +159,10 @@ async fn run(app: Arc<App>, socket: WebSocket, format: Format, query: WsQuery) {
 
     let mut sink = session.close().await;
     if let Some(End::Close(reason)) = end {
-        let frame = CloseFrame { code: reason.code(), reason: Utf8Bytes::from_static(reason.reason()) };
+        let frame = CloseFrame {
+            code: reason.code(),
+            reason: Utf8Bytes::from_static(reason.reason()),
+        };
         let _ = timed(sink.sink.send(Message::Close(Some(frame)))).await;
     }
     metrics::gauge!("roomcast_connections", "transport" => "ws").decrement(1.0);
@@ -165,14 +187,18 @@ fn read_error(e: axum::Error) -> End {
 
 /// `?room=` subscribes as a `subscribe` frame would, answered the same way.
 async fn auto_subscribe(session: &mut Session<WsSink>, query: WsQuery) -> Result<(), SessionError> {
-    let Some(room) = query.room else { return Ok(()) };
+    let Some(room) = query.room else {
+        return Ok(());
+    };
     let parsed = RoomName::parse(&room)
         .map_err(|e| FrameError::new(ErrorCode::BadRoom, e.to_string(), None))
-        .and_then(|room| match query.last_event_id.as_deref().map(EventId::parse) {
-            None => Ok((room, None)),
-            Some(Ok(id)) => Ok((room, Some(id))),
-            Some(Err(e)) => Err(FrameError::new(ErrorCode::BadEventId, e.to_string(), None)),
-        });
+        .and_then(
+            |room| match query.last_event_id.as_deref().map(EventId::parse) {
+                None => Ok((room, None)),
+                Some(Ok(id)) => Ok((room, Some(id))),
+                Some(Err(e)) => Err(FrameError::new(ErrorCode::BadEventId, e.to_string(), None)),
+            },
+        );
     let outcome = match parsed {
         Ok((room, last)) => session.subscribe(room, last).await,
         Err(e) => Err(SessionError::Refused(e)),
@@ -181,14 +207,21 @@ async fn auto_subscribe(session: &mut Session<WsSink>, query: WsQuery) -> Result
 }
 
 /// Turns a refusal into an `error` frame; other failures end the connection.
-async fn answer(session: &mut Session<WsSink>, outcome: Result<(), SessionError>) -> Result<(), SessionError> {
+async fn answer(
+    session: &mut Session<WsSink>,
+    outcome: Result<(), SessionError>,
+) -> Result<(), SessionError> {
     match outcome {
         Err(SessionError::Refused(e)) => Ok(session.send(&ServerFrame::from(e)).await?),
         other => other,
     }
 }
 
-async fn handle(session: &mut Session<WsSink>, format: Format, msg: Message) -> Result<(), SessionError> {
+async fn handle(
+    session: &mut Session<WsSink>,
+    format: Format,
+    msg: Message,
+) -> Result<(), SessionError> {
     let decoded = match (&msg, format) {
         (Message::Text(text), _) => decode_client(Format::Json, text.as_bytes()),
         (Message::Binary(bytes), Format::MsgPack) => decode_client(Format::MsgPack, bytes),
@@ -202,9 +235,16 @@ async fn handle(session: &mut Session<WsSink>, format: Format, msg: Message) -> 
     };
     let outcome = match decoded {
         Err(e) => Err(SessionError::Refused(e)),
-        Ok(ClientFrame::Subscribe { room, last_event_id }) => session.subscribe(room, last_event_id).await,
+        Ok(ClientFrame::Subscribe {
+            room,
+            last_event_id,
+        }) => session.subscribe(room, last_event_id).await,
         Ok(ClientFrame::Unsubscribe { room }) => session.unsubscribe(room).await,
-        Ok(ClientFrame::Publish { room, data, reference }) => session.publish(room, data, reference).await,
+        Ok(ClientFrame::Publish {
+            room,
+            data,
+            reference,
+        }) => session.publish(room, data, reference).await,
     };
     answer(session, outcome).await
 }

@@ -11,13 +11,15 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-
 /// How long `eventually` and the process helpers wait before failing.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
 /// A free loopback port (bound then released; fine for tests).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after [`PATIENCE`].
@@ -47,7 +49,11 @@ pub struct Redis {
 impl Redis {
     pub fn start() -> Redis {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut redis = Redis { port: free_port(), dir, child: None };
+        let mut redis = Redis {
+            port: free_port(),
+            dir,
+            child: None,
+        };
         redis.spawn();
         redis
     }
@@ -58,7 +64,16 @@ impl Redis {
 
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -68,7 +83,11 @@ impl Redis {
         self.child = Some(child);
         let deadline = Instant::now() + PATIENCE;
         while self.command(&["PING"]).as_deref() != Some("+PONG") {
-            assert!(Instant::now() < deadline, "redis-server did not start on port {}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on port {}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -167,10 +186,18 @@ impl Node {
             Ok(addr) => addr.parse().expect("listening address"),
             Err(_) => {
                 let _ = child.kill();
-                panic!("node did not start; args {args:?}; logs:\n{}", logs.lock().unwrap().join("\n"))
+                panic!(
+                    "node did not start; args {args:?}; logs:\n{}",
+                    logs.lock().unwrap().join("\n")
+                )
             }
         };
-        Node { addr, child, logs, args }
+        Node {
+            addr,
+            child,
+            logs,
+            args,
+        }
     }
 
     pub fn http(&self, path: &str) -> String {
@@ -183,7 +210,9 @@ impl Node {
 
     /// Sends SIGTERM.
     pub fn sigterm(&self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
     }
 
     /// Waits for the process to exit.
@@ -193,7 +222,10 @@ impl Node {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "node did not exit within {within:?}");
+            assert!(
+                Instant::now() < deadline,
+                "node did not exit within {within:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -240,13 +272,19 @@ pub struct Deployment {
 
 impl Deployment {
     pub fn memory(extra: &[&str]) -> Deployment {
-        Deployment { redis: None, nodes: vec![Node::memory(extra)] }
+        Deployment {
+            redis: None,
+            nodes: vec![Node::memory(extra)],
+        }
     }
 
     pub fn redis(nodes: usize, extra: &[&str]) -> Deployment {
         let redis = Redis::start();
         let nodes = (0..nodes).map(|_| Node::redis(&redis, extra)).collect();
-        Deployment { redis: Some(redis), nodes }
+        Deployment {
+            redis: Some(redis),
+            nodes,
+        }
     }
 
     /// Node `i`, wrapping around (a memory deployment has one).
@@ -277,5 +315,8 @@ pub async fn publish(node: &Node, room: &str, data: serde_json::Value) -> String
 pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
     let response = reqwest::get(url).await.expect("GET");
     let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(serde_json::Value::Null))
+    (
+        status,
+        response.json().await.unwrap_or(serde_json::Value::Null),
+    )
 }

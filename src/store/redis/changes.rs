@@ -53,8 +53,18 @@ pub(super) struct RedisChanges {
 impl RedisChanges {
     pub(super) fn new(reader: Client, commands: Client, keys: Keys, node: &str) -> Self {
         let control_key = keys.control(node);
-        let waker = Arc::new(ControlWake { client: commands, key: control_key.clone() });
-        RedisChanges { reader, keys, control_key, control_position: None, buckets: HashMap::new(), waker }
+        let waker = Arc::new(ControlWake {
+            client: commands,
+            key: control_key.clone(),
+        });
+        RedisChanges {
+            reader,
+            keys,
+            control_key,
+            control_position: None,
+            buckets: HashMap::new(),
+            waker,
+        }
     }
 
     async fn last_id(&self, key: &str) -> Result<EventId, StoreError> {
@@ -63,7 +73,9 @@ impl RedisChanges {
             .xrevrange(key, "+", "-", Some(1))
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let Value::Array(items) = value else { return Ok(EventId::ZERO) };
+        let Value::Array(items) = value else {
+            return Ok(EventId::ZERO);
+        };
         match items.first() {
             Some(item) => Ok(reply::id_and_field(item, b"")?.0),
             None => Ok(EventId::ZERO),
@@ -74,7 +86,13 @@ impl RedisChanges {
 #[async_trait]
 impl ChangeSource for RedisChanges {
     fn watch(&mut self, room: &RoomName) {
-        self.buckets.entry(bucket(room)).or_insert(Bucket { rooms: 0, position: None }).rooms += 1;
+        self.buckets
+            .entry(bucket(room))
+            .or_insert(Bucket {
+                rooms: 0,
+                position: None,
+            })
+            .rooms += 1;
     }
 
     fn unwatch(&mut self, room: &RoomName) {
@@ -91,8 +109,12 @@ impl ChangeSource for RedisChanges {
         if self.control_position.is_none() {
             self.control_position = Some(self.last_id(&self.control_key).await?);
         }
-        let unresolved: Vec<u16> =
-            self.buckets.iter().filter(|(_, b)| b.position.is_none()).map(|(k, _)| *k).collect();
+        let unresolved: Vec<u16> = self
+            .buckets
+            .iter()
+            .filter(|(_, b)| b.position.is_none())
+            .map(|(k, _)| *k)
+            .collect();
         for b in unresolved {
             let position = self.last_id(&self.keys.signals(b)).await?;
             if let Some(entry) = self.buckets.get_mut(&b) {
@@ -113,21 +135,35 @@ impl ChangeSource for RedisChanges {
                 order.push(Some(*b));
             }
         }
-        let options = Options { timeout: Some(timeout + REPLY_SLACK), ..Default::default() };
+        let options = Options {
+            timeout: Some(timeout + REPLY_SLACK),
+            ..Default::default()
+        };
         let value: Value = self
             .reader
             .with_options(&options)
-            .xread(Some(SIGNALS_PER_CALL), Some(timeout.as_millis() as u64), keys.clone(), ids)
+            .xread(
+                Some(SIGNALS_PER_CALL),
+                Some(timeout.as_millis() as u64),
+                keys.clone(),
+                ids,
+            )
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let mut changed = Vec::new();
         for (key, items) in reply::xread_streams(value)? {
-            let Some(index) = keys.iter().position(|k| k.as_bytes() == key.as_ref()) else { continue };
+            let Some(index) = keys.iter().position(|k| k.as_bytes() == key.as_ref()) else {
+                continue;
+            };
             let mut last = None;
             for item in &items {
                 let (id, room) = reply::id_and_field(item, b"r")?;
                 last = Some(id);
-                if let Some(room) = room.and_then(|r| std::str::from_utf8(&r).ok().and_then(|s| RoomName::parse(s).ok())) {
+                if let Some(room) = room.and_then(|r| {
+                    std::str::from_utf8(&r)
+                        .ok()
+                        .and_then(|s| RoomName::parse(s).ok())
+                }) {
                     changed.push(room);
                 }
             }

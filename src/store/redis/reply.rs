@@ -29,7 +29,9 @@ pub fn event_id(value: &Value) -> Result<EventId, StoreError> {
 
 /// One `[id, [field, value, ...]]` entry.
 fn entry(value: Value) -> Result<Event, StoreError> {
-    let Value::Array(mut parts) = value else { return Err(protocol("entry is not an array")) };
+    let Value::Array(mut parts) = value else {
+        return Err(protocol("entry is not an array"));
+    };
     if parts.len() != 2 {
         return Err(protocol("entry is not [id, fields]"));
     }
@@ -37,7 +39,11 @@ fn entry(value: Value) -> Result<Event, StoreError> {
     let id = event_id(&parts[0])?;
     let fields = match fields {
         Value::Array(fields) => fields,
-        Value::Map(map) => map.inner().into_iter().flat_map(|(k, v)| [Value::from(k), v]).collect(),
+        Value::Map(map) => map
+            .inner()
+            .into_iter()
+            .flat_map(|(k, v)| [Value::from(k), v])
+            .collect(),
         _ => return Err(protocol("entry fields are not an array")),
     };
     let mut prev = None;
@@ -50,7 +56,8 @@ fn entry(value: Value) -> Result<Event, StoreError> {
             _ => {}
         }
     }
-    let prev = prev.ok_or_else(|| protocol("entry has no predecessor field (not written by roomcast?)"))?;
+    let prev =
+        prev.ok_or_else(|| protocol("entry has no predecessor field (not written by roomcast?)"))?;
     let data = match data {
         Some(d) if serde_json::from_slice::<serde::de::IgnoredAny>(&d).is_ok() => d,
         _ => {
@@ -86,7 +93,11 @@ pub fn xread_streams(value: Value) -> Result<Vec<(Bytes, Vec<Value>)>, StoreErro
                 _ => Err(protocol("XREAD stream is not [key, entries]")),
             })
             .collect::<Result<_, _>>()?,
-        Value::Map(map) => map.inner().into_iter().map(|(k, v)| (Value::from(k), v)).collect(),
+        Value::Map(map) => map
+            .inner()
+            .into_iter()
+            .map(|(k, v)| (Value::from(k), v))
+            .collect(),
         _ => return Err(protocol("XREAD reply is not an array")),
     };
     streams
@@ -110,8 +121,13 @@ pub fn events_of(items: Vec<Value>) -> Result<Vec<Event>, StoreError> {
 
 /// The ID and the value of field `field` of a raw entry (signals, control).
 pub fn id_and_field(item: &Value, field: &[u8]) -> Result<(EventId, Option<Bytes>), StoreError> {
-    let Value::Array(parts) = item else { return Err(protocol("entry is not an array")) };
-    let id = parts.first().map(event_id).ok_or_else(|| protocol("entry has no id"))??;
+    let Value::Array(parts) = item else {
+        return Err(protocol("entry is not an array"));
+    };
+    let id = parts
+        .first()
+        .map(event_id)
+        .ok_or_else(|| protocol("entry has no id"))??;
     let mut found = None;
     if let Some(Value::Array(fields)) = parts.get(1) {
         for pair in fields.chunks(2) {
