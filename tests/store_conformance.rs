@@ -257,6 +257,33 @@ mod cases {
     }
 }
 
+mod incarnation {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_incarnation_is_stable() {
+        let f = memory(options(10, Duration::from_secs(60))).await;
+        let a = f.store.incarnation().await.unwrap();
+        assert_eq!(f.store.incarnation().await.unwrap(), a);
+    }
+
+    #[tokio::test]
+    async fn redis_incarnation_changes_when_redis_loses_its_data() {
+        let f = redis(options(10, Duration::from_secs(60))).await;
+        let a = f.store.incarnation().await.unwrap();
+        assert_eq!(
+            f.store.incarnation().await.unwrap(),
+            a,
+            "stable while the data is there"
+        );
+        let server = f._redis.as_ref().unwrap();
+        assert_eq!(server.command(&["FLUSHALL"]).as_deref(), Some("+OK"));
+        let b = f.store.incarnation().await.unwrap();
+        assert_ne!(a, b, "an emptied Redis is a new incarnation");
+        assert_eq!(f.store.incarnation().await.unwrap(), b);
+    }
+}
+
 macro_rules! conformance {
     ($store:ident) => {
         mod $store {

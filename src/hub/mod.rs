@@ -13,7 +13,7 @@ mod batch;
 pub use batch::Batch;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 
 use tokio::sync::OnceCell;
@@ -28,9 +28,17 @@ use crate::store::{Store, StoreError};
 pub struct Subscriber {
     /// The connection's outbox (shared by all its rooms).
     pub outbox: Arc<Outbox>,
-    /// Set when a batch for this room could not be queued: the connection
-    /// must catch up from the store.
-    pub lagged: Arc<std::sync::atomic::AtomicBool>,
+    /// Signals from the hub to the connection about this room.
+    pub flags: Arc<RoomFlags>,
+}
+
+/// What the hub tells a connection about one of its rooms, out of band.
+#[derive(Debug, Default)]
+pub struct RoomFlags {
+    /// A batch could not be queued: catch up from the store.
+    pub lagged: AtomicBool,
+    /// The store lost its data: report a gap, then follow the new history.
+    pub lost: AtomicBool,
 }
 
 struct Members {
@@ -201,9 +209,22 @@ impl FeedSink for Hub {
         let mut members = write(&entry.members);
         members.last = Some(last);
         for subscriber in members.by_conn.values() {
-            subscriber.outbox.offer(&batch, &subscriber.lagged);
+            subscriber.outbox.offer(&batch, &subscriber.flags.lagged);
         }
         metrics::counter!("roomcast_batches_total").increment(1);
+    }
+
+    fn lost(&self, room: &RoomName) {
+        let Some(entry) = lock(&self.rooms).get(room).cloned() else {
+            return;
+        };
+        let mut members = write(&entry.members);
+        // The room's history starts over; joiners from now on follow it from the start.
+        members.last = Some(EventId::ZERO);
+        for subscriber in members.by_conn.values() {
+            subscriber.flags.lost.store(true, Ordering::Release);
+            subscriber.outbox.signal();
+        }
     }
 
     fn wants(&self, room: &RoomName, generation: u64) -> bool {

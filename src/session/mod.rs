@@ -13,7 +13,7 @@ pub mod outbox;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use tracing::debug;
 
 use self::cursor::{accept, Accept};
 use self::outbox::{Outbox, OutboxLimits, OutboxReceiver};
-use crate::hub::{Batch, Hub, Subscriber};
+use crate::hub::{Batch, Hub, RoomFlags, Subscriber};
 use crate::protocol::{data_to_json, ErrorCode, Event, EventId, FrameError, RoomName, ServerFrame};
 use crate::store::{Page, Position, Store, StoreError};
 
@@ -98,8 +98,9 @@ pub enum Wakeup {
 struct RoomState {
     /// Last event delivered (or the position the client is complete up to).
     cursor: EventId,
-    /// Set by the hub (outbox full) or by the session (discontinuity).
-    lagged: Arc<AtomicBool>,
+    /// Set by the hub (outbox full, store lost data) or by the session
+    /// (discontinuity).
+    flags: Arc<RoomFlags>,
 }
 
 /// One connection's rooms, cursors and outbox.
@@ -174,10 +175,10 @@ impl<S: Sink> Session<S> {
                 None,
             ));
         }
-        let lagged = Arc::new(AtomicBool::new(false));
+        let flags = Arc::new(RoomFlags::default());
         let subscriber = Subscriber {
             outbox: self.inbox.outbox().clone(),
-            lagged: lagged.clone(),
+            flags: flags.clone(),
         };
         let live = self
             .hub
@@ -189,7 +190,7 @@ impl<S: Sink> Session<S> {
                 room.clone(),
                 RoomState {
                     cursor: live,
-                    lagged,
+                    flags,
                 },
             );
             return Ok(self
@@ -215,7 +216,7 @@ impl<S: Sink> Session<S> {
             room.clone(),
             RoomState {
                 cursor: resume,
-                lagged,
+                flags,
             },
         );
         let more = page.events.len() >= PAGE;
@@ -324,7 +325,7 @@ impl<S: Sink> Session<S> {
             }
             Accept::Discontinuous => {
                 debug!(conn = self.id, room = %batch.room, "live batch does not follow the cursor; catching up");
-                state.lagged.store(true, Ordering::Release);
+                state.flags.lagged.store(true, Ordering::Release);
                 self.retry_at = Some(Instant::now());
                 Ok(())
             }
@@ -337,7 +338,10 @@ impl<S: Sink> Session<S> {
         let lagged: Vec<RoomName> = self
             .rooms
             .iter()
-            .filter(|(_, state)| state.lagged.swap(false, Ordering::AcqRel))
+            .filter(|(_, state)| {
+                let lagged = state.flags.lagged.swap(false, Ordering::AcqRel);
+                lagged || state.flags.lost.load(Ordering::Acquire)
+            })
             .map(|(room, _)| room.clone())
             .collect();
         for room in lagged {
@@ -350,6 +354,18 @@ impl<S: Sink> Session<S> {
     /// Reads `room`'s history after its cursor until nothing is left; if
     /// the store refuses, flags the room to be retried shortly.
     async fn sync_or_retry(&mut self, room: &RoomName) -> Result<(), SinkError> {
+        if let Some(state) = self.rooms.get_mut(room) {
+            if state.flags.lost.swap(false, Ordering::AcqRel) {
+                metrics::counter!("roomcast_gaps_total").increment(1);
+                let after = std::mem::replace(&mut state.cursor, EventId::ZERO);
+                self.sink
+                    .write(Outgoing::Frame(&ServerFrame::Gap {
+                        room: room.clone(),
+                        after,
+                    }))
+                    .await?;
+            }
+        }
         loop {
             let Some(cursor) = self.rooms.get(room).map(|s| s.cursor) else {
                 return Ok(());
@@ -365,7 +381,7 @@ impl<S: Sink> Session<S> {
                 Err(e) => {
                     debug!(conn = self.id, room = %room, cause = %e, "catch-up deferred");
                     if let Some(state) = self.rooms.get(room) {
-                        state.lagged.store(true, Ordering::Release);
+                        state.flags.lagged.store(true, Ordering::Release);
                     }
                     self.retry_at = Some(Instant::now() + CATCH_UP_RETRY);
                     return Ok(());

@@ -60,9 +60,14 @@ impl Outbox {
         }
         if !self.tx.is_closed() {
             lagged.store(true, Ordering::Release);
-            self.lag.notify_one();
+            self.signal();
             metrics::counter!("roomcast_outbox_overflows_total").increment(1);
         }
+    }
+
+    /// Wakes the connection to look at its rooms' flags.
+    pub fn signal(&self) {
+        self.lag.notify_one();
     }
 
     /// Resolves when a room of this connection lagged (one permit is kept).

@@ -37,6 +37,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 pub trait FeedSink: Send + Sync + 'static {
     /// Called with one or more new events of `room`.
     fn deliver(&self, room: &RoomName, events: Vec<Event>);
+    /// The store lost its data: events of `room` may be gone unseen. Every
+    /// subscriber must be told (a `gap`) before the room's new history.
+    fn lost(&self, room: &RoomName);
     /// Whether this life (`generation`) of `room` still has local subscribers;
     /// the feed drops rooms nobody wants at its periodic sweep.
     fn wants(&self, room: &RoomName, generation: u64) -> bool;
@@ -134,6 +137,9 @@ async fn run(
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     let mut failing = false;
     let mut last_sweep = Instant::now();
+    // The store's incarnation, compared after every reconnection and sweep.
+    let mut incarnation: Option<String> = None;
+    let mut seen_generation = u64::MAX;
 
     loop {
         while let Ok(command) = commands.try_recv() {
@@ -172,7 +178,8 @@ async fn run(
                 }
             }
         }
-        if last_sweep.elapsed() >= SWEEP_EVERY {
+        let sweep = last_sweep.elapsed() >= SWEEP_EVERY;
+        if sweep {
             followed.retain(|room, f| {
                 let wanted = sink.wants(room, f.generation);
                 if !wanted {
@@ -185,6 +192,23 @@ async fn run(
         }
 
         let step = async {
+            let generation = store.connection_generation();
+            if failing || sweep || generation != seen_generation {
+                let now = store.incarnation().await?;
+                seen_generation = generation;
+                if incarnation.as_ref().is_some_and(|old| *old != now) {
+                    warn!(
+                        rooms = followed.len(),
+                        "the store lost its data; telling every followed room's subscribers"
+                    );
+                    for (room, f) in followed.iter_mut() {
+                        sink.lost(room);
+                        f.position = EventId::ZERO;
+                        pending.insert(room.clone());
+                    }
+                }
+                incarnation = Some(now);
+            }
             source.prepare().await?;
             read_pending(&*store, &*sink, &mut followed, &mut pending).await?;
             source.wait(WAIT_TIMEOUT).await
@@ -195,6 +219,11 @@ async fn run(
         };
         match outcome {
             Ok(changed) => {
+                debug!(
+                    changed = changed.len(),
+                    followed = followed.len(),
+                    "feed woke"
+                );
                 if failing {
                     info!("live feed recovered; re-reading every watched room");
                     pending.extend(followed.keys().cloned());
@@ -241,6 +270,7 @@ async fn read_pending(
             }
             if let Some(f) = followed.get_mut(&room) {
                 f.position = last;
+                debug!(room = %room, events = events.len(), last = %last, "feed delivers");
                 sink.deliver(&room, events);
             }
         }

@@ -29,6 +29,7 @@ pub struct MemoryStore {
     inner: Arc<Mutex<Inner>>,
     changes: Arc<Changes>,
     options: StoreOptions,
+    incarnation: String,
 }
 
 #[derive(Default)]
@@ -80,6 +81,7 @@ impl MemoryStore {
             inner: Arc::default(),
             changes: Arc::default(),
             options,
+            incarnation: format!("{:016x}", rand::random::<u64>()),
         }
     }
 
@@ -259,6 +261,15 @@ impl Store for MemoryStore {
                     .sum()
             })
             .unwrap_or(0))
+    }
+
+    async fn incarnation(&self) -> Result<String, StoreError> {
+        // Data lives exactly as long as this process: one incarnation.
+        Ok(self.incarnation.clone())
+    }
+
+    fn connection_generation(&self) -> u64 {
+        0
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -18,6 +18,9 @@
 //!
 //!   Reading from [`Position::Oldest`] never reports a gap.
 //! - **Idle rooms expire** after the configured idle time, history and all.
+//! - **Lost data is detectable**: the store's [`incarnation`](Store::incarnation)
+//!   changes when it loses its data, which catches what predecessors cannot
+//!   (a room whose whole history, even its existence, was lost).
 //!
 //! Live delivery goes through a [`feed::Feed`]: the node tells it which rooms
 //! have local subscribers; it hands each new batch to a [`feed::FeedSink`].
@@ -110,6 +113,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Live subscribers of `room` summed over all nodes with fresh reports.
     async fn audience(&self, room: &RoomName) -> Result<usize, StoreError>;
+
+    /// A token that changes when the store loses its data (Redis restarted
+    /// empty, or failed over without it). The feed compares it after every
+    /// reconnection: events acked just before such a loss may never have
+    /// been read, so every followed room must be told of a possible gap.
+    async fn incarnation(&self) -> Result<String, StoreError>;
+
+    /// Increases with every (re)connection to the store, so the feed knows
+    /// when to compare incarnations. Constant for the embedded store.
+    fn connection_generation(&self) -> u64;
 
     /// Checks the store answers (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;

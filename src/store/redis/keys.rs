@@ -11,6 +11,7 @@
 //! {prefix}:{b<N>}:a:<room>     hash: node -> "<count>:<expires-ms>" (audience)
 //! {prefix}:{b<N>}:sig          stream of changed room names in bucket N
 //! {prefix}:ctl:<node>          a node's wake-up stream for its reader
+//! {prefix}:incarnation         random token; missing or changed = Redis lost its data
 //! ```
 
 use crate::protocol::RoomName;
@@ -57,6 +58,11 @@ impl Keys {
     /// A bucket's signal stream.
     pub fn signals(&self, bucket: u16) -> String {
         format!("{}:{{b{}}}:sig", self.prefix, bucket)
+    }
+
+    /// The deployment's incarnation token.
+    pub fn incarnation(&self) -> String {
+        format!("{}:incarnation", self.prefix)
     }
 
     /// A node's wake-up stream.

@@ -11,6 +11,8 @@ mod changes;
 pub mod keys;
 mod reply;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -37,6 +39,17 @@ redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return id
 "#;
 
+/// Returns the deployment's incarnation token, creating it if missing (as it
+/// is after Redis lost its data). KEYS: token key. ARGV: a fresh token.
+const INCARNATION_LUA: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], ARGV[1])
+  v = ARGV[1]
+end
+return v
+"#;
+
 /// Entries kept per bucket signal stream. A reader that falls further behind
 /// than this relies on the feed's periodic sweep.
 const SIGNALS_KEPT: u64 = 4096;
@@ -60,6 +73,9 @@ pub struct RedisOptions {
 pub struct RedisStore {
     client: Client,
     append: Script,
+    incarnation: Script,
+    /// Bumped by every (re)connection of this store's clients.
+    generation: Arc<AtomicU64>,
     keys: Keys,
     options: StoreOptions,
     redis: RedisOptions,
@@ -92,16 +108,31 @@ fn build_client(redis: &RedisOptions, command_timeout: Duration) -> Result<Clien
         .map_err(|e| StoreError::Unavailable(e.to_string()))
 }
 
+/// Bumps `generation` on every connection the client makes.
+fn count_connections(client: &Client, generation: &Arc<AtomicU64>) {
+    let generation = generation.clone();
+    client.on_reconnect(move |_| {
+        generation.fetch_add(1, Ordering::AcqRel);
+        async { Ok(()) }
+    });
+}
+
 impl RedisStore {
     /// Connects (failing if Redis cannot be reached now) and loads the scripts.
     pub async fn connect(redis: RedisOptions, options: StoreOptions) -> Result<Self, StoreError> {
         let client = build_client(&redis, redis.command_timeout)?;
+        let generation = Arc::new(AtomicU64::new(0));
+        count_connections(&client, &generation);
         client.init().await.map_err(unavailable)?;
         let append = Script::from_lua(APPEND_LUA);
         append.load(&client).await.map_err(unavailable)?;
+        let incarnation = Script::from_lua(INCARNATION_LUA);
+        incarnation.load(&client).await.map_err(unavailable)?;
         Ok(RedisStore {
             client,
             append,
+            incarnation,
+            generation,
             keys: Keys::new(&redis.prefix),
             options,
             redis,
@@ -260,6 +291,22 @@ impl Store for RedisStore {
             .sum())
     }
 
+    async fn incarnation(&self) -> Result<String, StoreError> {
+        let fresh = format!("{:016x}", rand::random::<u64>());
+        let value: Value = self
+            .incarnation
+            .evalsha_with_reload(&self.client, vec![self.keys.incarnation()], vec![fresh])
+            .await
+            .map_err(unavailable)?;
+        value
+            .into_string()
+            .ok_or_else(|| StoreError::Protocol("incarnation is not a string".into()))
+    }
+
+    fn connection_generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let _: Value = self.client.ping(None).await.map_err(unavailable)?;
         Ok(())
@@ -269,6 +316,7 @@ impl Store for RedisStore {
         // The blocking XREAD gets its own connection: fred queues other
         // commands behind a blocking one on the same client.
         let reader = build_client(&self.redis, Duration::ZERO)?;
+        count_connections(&reader, &self.generation);
         reader.init().await.map_err(unavailable)?;
         Ok(Box::new(changes::RedisChanges::new(
             reader,
