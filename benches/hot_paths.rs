@@ -16,10 +16,7 @@ use roomcast::store::memory::MemoryStore;
 use roomcast::store::{Position, Store, StoreOptions};
 
 fn events(n: u64, payload: usize) -> Vec<Event> {
-    let data = Bytes::from(format!(
-        "{{\"msg\":\"{}\"}}",
-        "x".repeat(payload.saturating_sub(10))
-    ));
+    let data = Bytes::from(format!("{{\"msg\":\"{}\"}}", "x".repeat(payload.saturating_sub(10))));
     (1..=n)
         .map(|i| Event {
             id: EventId::new(1_732_270_000_000 + i, 0),
@@ -34,19 +31,13 @@ fn encoding(c: &mut Criterion) {
     let mut group = c.benchmark_group("encode_batch_16x64B");
     let batch = events(16, 64);
     group.throughput(Throughput::Elements(16));
-    group.bench_function("json", |b| {
-        b.iter(|| encode_events(Format::Json, &room, black_box(&batch)))
-    });
-    group.bench_function("msgpack", |b| {
-        b.iter(|| encode_events(Format::MsgPack, &room, black_box(&batch)))
-    });
+    group.bench_function("json", |b| b.iter(|| encode_events(Format::Json, &room, black_box(&batch))));
+    group.bench_function("msgpack", |b| b.iter(|| encode_events(Format::MsgPack, &room, black_box(&batch))));
     group.finish();
 }
 
 fn event_ids(c: &mut Criterion) {
-    c.bench_function("event_id_parse", |b| {
-        b.iter(|| EventId::parse(black_box("1732270000000-42")))
-    });
+    c.bench_function("event_id_parse", |b| b.iter(|| EventId::parse(black_box("1732270000000-42"))));
     let a = EventId::new(1_732_270_000_000, 3);
     let z = EventId::new(1_732_270_000_000, 4);
     c.bench_function("event_id_cmp", |b| b.iter(|| black_box(a) < black_box(z)));
@@ -57,12 +48,7 @@ fn outbox(c: &mut Criterion) {
     let batch = Arc::new(Batch::new(room, events(1, 64)));
     c.bench_function("outbox_offer_recv", |b| {
         b.iter_batched(
-            || {
-                Outbox::new(OutboxLimits {
-                    frames: 1024,
-                    bytes: 1 << 20,
-                })
-            },
+            || Outbox::new(OutboxLimits { frames: 1024, bytes: 1 << 20 }),
             |(outbox, mut rx)| {
                 let lagged = AtomicBool::new(false);
                 for _ in 0..64 {
@@ -76,21 +62,13 @@ fn outbox(c: &mut Criterion) {
 }
 
 fn memory_store(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let options = StoreOptions {
-        history: 10_000,
-        room_ttl: Duration::from_secs(3600),
-        presence_ttl: Duration::from_secs(6),
-    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let options =
+        StoreOptions { history: 10_000, room_ttl: Duration::from_secs(3600), presence_ttl: Duration::from_secs(6) };
     let store = MemoryStore::new(options);
     let room = RoomName::parse("bench").unwrap();
     let data = Bytes::from_static(br#"{"msg":"hello, world"}"#);
-    c.bench_function("memory_append", |b| {
-        b.iter(|| runtime.block_on(store.append(&room, data.clone())))
-    });
+    c.bench_function("memory_append", |b| b.iter(|| runtime.block_on(store.append(&room, data.clone()))));
     let after = runtime.block_on(store.tail(&room)).unwrap();
     for _ in 0..100 {
         runtime.block_on(store.append(&room, data.clone())).unwrap();

@@ -1,5 +1,6 @@
 //! `App`: what every request handler and connection shares.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -27,4 +28,26 @@ pub struct App {
     pub tracker: TaskTracker,
     /// Renders `/metrics`.
     pub metrics: Option<PrometheusHandle>,
+    /// Open WebSocket and SSE connections.
+    pub connections: Arc<AtomicUsize>,
+}
+
+/// A slot among the node's `--max-connections`, released on drop.
+pub struct ConnectionSlot(Arc<AtomicUsize>);
+
+impl App {
+    /// Takes a connection slot, or `None` when the node is full.
+    pub fn connection_slot(&self) -> Option<ConnectionSlot> {
+        let max = self.config.max_connections;
+        self.connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| ConnectionSlot(self.connections.clone()))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }

@@ -16,11 +16,7 @@ impl Backoff {
     /// A backoff between `min` and `max` (swapped if given the wrong way round).
     pub fn new(min: Duration, max: Duration) -> Self {
         let (min, max) = if min <= max { (min, max) } else { (max, min) };
-        Backoff {
-            min,
-            max,
-            attempt: 0,
-        }
+        Backoff { min, max, attempt: 0 }
     }
 
     /// The ceiling for the current attempt, before jitter.
@@ -55,10 +51,7 @@ mod tests {
         let mut last = Duration::ZERO;
         for _ in 0..20 {
             let d = b.next_delay();
-            assert!(
-                d >= Duration::from_millis(100) && d <= Duration::from_secs(2),
-                "{d:?}"
-            );
+            assert!(d >= Duration::from_millis(100) && d <= Duration::from_secs(2), "{d:?}");
             assert!(b.ceiling() >= last);
             last = b.ceiling();
         }

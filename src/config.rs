@@ -1,9 +1,12 @@
 //! Command line and environment, validated before anything is bound.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::auth::{Auth, JwtKey, Origins};
 
 /// Largest accepted `--max-message-bytes` (16 MiB).
 const MAX_MESSAGE_CEILING: usize = 16 << 20;
@@ -87,6 +90,38 @@ pub struct ServeArgs {
     /// Milliseconds a Redis command may take before it fails (publishes fail fast in an outage).
     #[arg(long, env = "ROOMCAST_REDIS_TIMEOUT_MS", default_value_t = 2_000)]
     pub redis_timeout_ms: u64,
+
+    /// HS256 secret that signs client tokens (JWT).
+    #[arg(long, env = "ROOMCAST_JWT_SECRET", conflicts_with = "jwt_public_key", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// RS256 public key (PEM file) that verifies client tokens (JWT).
+    #[arg(long, env = "ROOMCAST_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Key for trusted publishers (`Authorization: Bearer KEY`); grants everything.
+    #[arg(long, env = "ROOMCAST_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Comma-separated browser origins allowed to connect (default: any).
+    #[arg(long, env = "ROOMCAST_ALLOWED_ORIGINS")]
+    pub allowed_origins: Option<String>,
+
+    /// Most open WebSocket and SSE connections on this node.
+    #[arg(long, env = "ROOMCAST_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Publishes per second one connection may make (sustained).
+    #[arg(long, env = "ROOMCAST_PUBLISH_RATE", default_value_t = 50)]
+    pub publish_rate: u32,
+
+    /// Publishes one connection may make in a burst.
+    #[arg(long, env = "ROOMCAST_PUBLISH_BURST", default_value_t = 100)]
+    pub publish_burst: u32,
+
+    /// Refused frames a connection may send per 10 seconds before it is closed (1008).
+    #[arg(long, env = "ROOMCAST_MAX_STRIKES", default_value_t = 20)]
+    pub max_strikes: u32,
 }
 
 /// A configuration error: the process exits 64 before binding anything.
@@ -123,6 +158,18 @@ pub struct Config {
     pub outbox_bytes: usize,
     /// Redis command timeout.
     pub redis_timeout: Duration,
+    /// Who may do what.
+    pub auth: Auth,
+    /// Browser origins allowed.
+    pub origins: Origins,
+    /// Most connections on this node.
+    pub max_connections: usize,
+    /// Sustained publishes per second per connection.
+    pub publish_rate: u32,
+    /// Publish burst per connection.
+    pub publish_burst: u32,
+    /// Refused frames tolerated per 10 s.
+    pub max_strikes: u32,
 }
 
 fn check(ok: bool, message: impl FnOnce() -> String) -> Result<(), ConfigError> {
@@ -137,32 +184,22 @@ impl TryFrom<ServeArgs> for Config {
     type Error = ConfigError;
 
     fn try_from(a: ServeArgs) -> Result<Self, ConfigError> {
-        let listen: SocketAddr = a.listen.parse().map_err(|_| {
-            ConfigError(format!(
-                "--listen {:?} is not an address like 127.0.0.1:8080",
-                a.listen
-            ))
-        })?;
+        let listen: SocketAddr = a
+            .listen
+            .parse()
+            .map_err(|_| ConfigError(format!("--listen {:?} is not an address like 127.0.0.1:8080", a.listen)))?;
         if let Some(url) = &a.redis {
-            check(
-                url.starts_with("redis://") || url.starts_with("rediss://"),
-                || format!("--redis {url:?} must be a redis:// URL"),
-            )?;
-            fred::prelude::Config::from_url(url)
-                .map_err(|e| ConfigError(format!("--redis {url:?}: {e}")))?;
+            check(url.starts_with("redis://") || url.starts_with("rediss://"), || {
+                format!("--redis {url:?} must be a redis:// URL")
+            })?;
+            fred::prelude::Config::from_url(url).map_err(|e| ConfigError(format!("--redis {url:?}: {e}")))?;
         }
-        check((1..=10_000_000).contains(&a.history), || {
-            "--history must be between 1 and 10000000".into()
-        })?;
-        check(a.room_ttl >= 1, || {
-            "--room-ttl must be at least 1 second".into()
-        })?;
+        check((1..=10_000_000).contains(&a.history), || "--history must be between 1 and 10000000".into())?;
+        check(a.room_ttl >= 1, || "--room-ttl must be at least 1 second".into())?;
         check(
             !a.key_prefix.is_empty()
                 && a.key_prefix.len() <= 64
-                && a.key_prefix
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')),
+                && a.key_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')),
             || "--key-prefix must be 1-64 bytes of A-Z a-z 0-9 _ . -".into(),
         )?;
         let node_id = match a.node_id {
@@ -170,31 +207,36 @@ impl TryFrom<ServeArgs> for Config {
                 check(
                     !id.is_empty()
                         && id.len() <= 64
-                        && id
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')),
+                        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')),
                     || "--node-id must be 1-64 bytes of A-Z a-z 0-9 _ . -".into(),
                 )?;
                 id
             }
             None => format!("{:016x}", rand::random::<u64>()),
         };
-        check(
-            (256..=MAX_MESSAGE_CEILING).contains(&a.max_message_bytes),
-            || format!("--max-message-bytes must be between 256 and {MAX_MESSAGE_CEILING}"),
-        )?;
-        check(a.max_subscriptions >= 1, || {
-            "--max-subscriptions must be at least 1".into()
+        check((256..=MAX_MESSAGE_CEILING).contains(&a.max_message_bytes), || {
+            format!("--max-message-bytes must be between 256 and {MAX_MESSAGE_CEILING}")
         })?;
-        check(a.outbox_frames >= 1, || {
-            "--outbox-frames must be at least 1".into()
+        check(a.max_subscriptions >= 1, || "--max-subscriptions must be at least 1".into())?;
+        check(a.outbox_frames >= 1, || "--outbox-frames must be at least 1".into())?;
+        check(a.outbox_bytes >= 4096, || "--outbox-bytes must be at least 4096".into())?;
+        check(a.redis_timeout_ms >= 10, || "--redis-timeout-ms must be at least 10".into())?;
+        check(a.max_connections >= 1, || "--max-connections must be at least 1".into())?;
+        check(a.publish_rate >= 1 && a.publish_burst >= 1, || {
+            "--publish-rate and --publish-burst must be at least 1".into()
         })?;
-        check(a.outbox_bytes >= 4096, || {
-            "--outbox-bytes must be at least 4096".into()
-        })?;
-        check(a.redis_timeout_ms >= 10, || {
-            "--redis-timeout-ms must be at least 10".into()
-        })?;
+        check(a.max_strikes >= 1, || "--max-strikes must be at least 1".into())?;
+        check(a.jwt_secret.as_ref().is_none_or(|s| s.len() >= 16), || "--jwt-secret must be at least 16 bytes".into())?;
+        check(a.api_key.as_ref().is_none_or(|k| k.len() >= 16), || "--api-key must be at least 16 bytes".into())?;
+        let jwt = match (a.jwt_secret, a.jwt_public_key) {
+            (Some(secret), _) => Some(JwtKey::Secret(secret)),
+            (None, Some(path)) => Some(JwtKey::RsaPem(
+                std::fs::read(&path).map_err(|e| ConfigError(format!("--jwt-public-key {}: {e}", path.display())))?,
+            )),
+            (None, None) => None,
+        };
+        let auth = Auth::new(jwt, a.api_key).map_err(|e| ConfigError(format!("--jwt-public-key: {e}")))?;
+        let origins = Origins::parse(a.allowed_origins.as_deref());
         Ok(Config {
             listen,
             redis: a.redis,
@@ -209,6 +251,12 @@ impl TryFrom<ServeArgs> for Config {
             outbox_frames: a.outbox_frames,
             outbox_bytes: a.outbox_bytes,
             redis_timeout: Duration::from_millis(a.redis_timeout_ms),
+            auth,
+            origins,
+            max_connections: a.max_connections,
+            publish_rate: a.publish_rate,
+            publish_burst: a.publish_burst,
+            max_strikes: a.max_strikes,
         })
     }
 }
@@ -218,8 +266,8 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Config, String> {
-        let cli = Cli::try_parse_from(std::iter::once("roomcast").chain(args.iter().copied()))
-            .map_err(|e| e.to_string())?;
+        let cli =
+            Cli::try_parse_from(std::iter::once("roomcast").chain(args.iter().copied())).map_err(|e| e.to_string())?;
         let Command::Serve(a) = cli.command;
         Config::try_from(a).map_err(|e| e.to_string())
     }
@@ -239,10 +287,7 @@ mod tests {
             (vec!["serve", "--redis", "http://x"], "--redis"),
             (vec!["serve", "--history", "0"], "--history"),
             (vec!["serve", "--key-prefix", "a b"], "--key-prefix"),
-            (
-                vec!["serve", "--max-message-bytes", "1"],
-                "--max-message-bytes",
-            ),
+            (vec!["serve", "--max-message-bytes", "1"], "--max-message-bytes"),
         ] {
             let err = parse(&args).unwrap_err();
             assert!(err.contains(flag), "{args:?}: {err}");

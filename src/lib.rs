@@ -18,6 +18,7 @@
 //! batch does not continue their cursor. See `docs/protocol.md`.
 
 pub mod app;
+pub mod auth;
 pub mod backoff;
 pub mod config;
 pub mod error;
@@ -52,17 +53,10 @@ use crate::store::{Store, StoreOptions};
 
 /// Runs a node on an already-bound listener until `shutdown` is cancelled,
 /// then closes every connection (1012) and returns within the grace period.
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> Result<(), Error> {
+pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), Error> {
     let tracker = TaskTracker::new();
-    let options = StoreOptions {
-        history: config.history,
-        room_ttl: config.room_ttl,
-        presence_ttl: presence::PRESENCE_TTL,
-    };
+    let options =
+        StoreOptions { history: config.history, room_ttl: config.room_ttl, presence_ttl: presence::PRESENCE_TTL };
     let store: Arc<dyn Store> = match &config.redis {
         Some(url) => {
             let redis = RedisOptions {
@@ -80,29 +74,18 @@ pub async fn run(
     };
     let hub = Hub::new(store.clone());
     let source = store.change_source(&config.node_id).await?;
-    hub.attach_feed(Feed::spawn(
-        store.clone(),
-        source,
-        hub.clone(),
-        shutdown.clone(),
-        &tracker,
-    ));
-    presence::spawn(
-        hub.clone(),
-        store.clone(),
-        config.node_id.clone(),
-        shutdown.clone(),
-        &tracker,
-    );
+    hub.attach_feed(Feed::spawn(store.clone(), source, hub.clone(), shutdown.clone(), &tracker));
+    presence::spawn(hub.clone(), store.clone(), config.node_id.clone(), shutdown.clone(), &tracker);
 
-    warn!("no --jwt-secret or --api-key: this node is OPEN, anyone who can reach it may publish and subscribe");
+    if config.auth.is_open() {
+        warn!("no --jwt-secret, --jwt-public-key or --api-key: this node is OPEN, anyone who can reach it may publish and subscribe");
+    }
     let limits = SessionLimits {
-        outbox: OutboxLimits {
-            frames: config.outbox_frames,
-            bytes: config.outbox_bytes,
-        },
+        outbox: OutboxLimits { frames: config.outbox_frames, bytes: config.outbox_bytes },
         max_subscriptions: config.max_subscriptions,
         max_payload: config.max_message_bytes,
+        publish_rate: config.publish_rate,
+        publish_burst: config.publish_burst,
     };
     let grace = config.shutdown_grace;
     let app = Arc::new(App {
@@ -113,18 +96,14 @@ pub async fn run(
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
         metrics: metrics::install(),
+        connections: Arc::default(),
     });
     info!(addr = %listener.local_addr()?, "listening");
-    axum::serve(listener, http::router(app))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await?;
+    axum::serve(listener, http::router(app)).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await?;
 
     tracker.close();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        warn!(
-            grace_secs = grace.as_secs(),
-            "connections still open after the grace period; exiting anyway"
-        );
+        warn!(grace_secs = grace.as_secs(), "connections still open after the grace period; exiting anyway");
     }
     info!("stopped");
     Ok(())

@@ -17,13 +17,7 @@ pub const REPORT_EVERY: Duration = Duration::from_secs(2);
 pub const PRESENCE_TTL: Duration = Duration::from_secs(6);
 
 /// Reports counts every [`REPORT_EVERY`] until shutdown, then withdraws them.
-pub fn spawn(
-    hub: Arc<Hub>,
-    store: Arc<dyn Store>,
-    node: String,
-    shutdown: CancellationToken,
-    tracker: &TaskTracker,
-) {
+pub fn spawn(hub: Arc<Hub>, store: Arc<dyn Store>, node: String, shutdown: CancellationToken, tracker: &TaskTracker) {
     tracker.spawn(async move {
         let mut tick = tokio::time::interval(REPORT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -38,12 +32,7 @@ pub fn spawn(
                 }
             }
         }
-        let zeros: Vec<_> = hub
-            .audience_report()
-            .into_iter()
-            .map(|(room, _)| (room, 0))
-            .collect();
-        let _ = tokio::time::timeout(Duration::from_secs(1), store.report_audience(&node, &zeros))
-            .await;
+        let zeros: Vec<_> = hub.audience_report().into_iter().map(|(room, _)| (room, 0)).collect();
+        let _ = tokio::time::timeout(Duration::from_secs(1), store.report_audience(&node, &zeros)).await;
     });
 }

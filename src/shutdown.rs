@@ -7,10 +7,7 @@ use tracing::{info, warn};
 pub fn on_signal(token: CancellationToken) {
     tokio::spawn(async move {
         let name = wait_for_signal().await;
-        info!(
-            signal = name,
-            "shutting down: closing connections with 1012"
-        );
+        info!(signal = name, "shutting down: closing connections with 1012");
         token.cancel();
     });
 }
@@ -18,10 +15,7 @@ pub fn on_signal(token: CancellationToken) {
 #[cfg(unix)]
 async fn wait_for_signal() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(mut term), Ok(mut int)) => tokio::select! {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",

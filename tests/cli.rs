@@ -9,41 +9,17 @@ fn bad_configuration_exits_64_naming_the_problem() {
     let port = free_port().to_string();
     let listen = format!("127.0.0.1:{port}");
     for (args, needle) in [
-        (
-            vec!["serve", "--listen", listen.as_str(), "--history", "0"],
-            "--history",
-        ),
+        (vec!["serve", "--listen", listen.as_str(), "--history", "0"], "--history"),
         (vec!["serve", "--listen", "not-an-address"], "--listen"),
-        (
-            vec![
-                "serve",
-                "--listen",
-                listen.as_str(),
-                "--redis",
-                "localhost:6379",
-            ],
-            "--redis",
-        ),
-        (
-            vec!["serve", "--listen", listen.as_str(), "--no-such-flag"],
-            "--no-such-flag",
-        ),
-        (
-            vec!["serve", "--listen", listen.as_str(), "--log-format", "xml"],
-            "xml",
-        ),
+        (vec!["serve", "--listen", listen.as_str(), "--redis", "localhost:6379"], "--redis"),
+        (vec!["serve", "--listen", listen.as_str(), "--no-such-flag"], "--no-such-flag"),
+        (vec!["serve", "--listen", listen.as_str(), "--log-format", "xml"], "xml"),
         (vec!["launch"], "launch"),
     ] {
         let (code, stderr) = run_to_exit(&args);
         assert_eq!(code, Some(64), "{args:?}: {stderr}");
-        assert!(
-            stderr.contains(needle),
-            "{args:?} should mention {needle}: {stderr}"
-        );
-        assert!(
-            !stderr.contains("listening"),
-            "nothing may be bound: {stderr}"
-        );
+        assert!(stderr.contains(needle), "{args:?} should mention {needle}: {stderr}");
+        assert!(!stderr.contains("listening"), "nothing may be bound: {stderr}");
     }
     // The port was never taken.
     assert!(std::net::TcpListener::bind(&listen).is_ok());

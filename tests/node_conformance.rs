@@ -34,14 +34,8 @@ async fn fanout_in_order(d: Deployment) {
         let (events, gaps) = c.events("show", 150).await;
         assert!(gaps.is_empty(), "no gap expected: {gaps:?}");
         let ids: Vec<String> = events.iter().map(|(id, _)| id.clone()).collect();
-        assert_eq!(
-            ids, published,
-            "every subscriber gets every event, in publish order"
-        );
-        assert!(events
-            .iter()
-            .enumerate()
-            .all(|(i, (_, data))| data["seq"] == i));
+        assert_eq!(ids, published, "every subscriber gets every event, in publish order");
+        assert!(events.iter().enumerate().all(|(i, (_, data))| data["seq"] == i));
         c.expect_silence(Duration::from_millis(300)).await;
     }
 }
@@ -61,18 +55,11 @@ async fn resume_on_another_node_exactly_once(d: Deployment) {
     }
 
     let mut second = Client::connect(&d.node(1).ws_url("")).await;
-    assert_eq!(
-        subscribed(&mut second, "match", Some(&resume_at)).await["resumed"],
-        true
-    );
+    assert_eq!(subscribed(&mut second, "match", Some(&resume_at)).await["resumed"], true);
     let (missed, gaps) = second.events("match", 50).await;
     assert!(gaps.is_empty());
     let got: Vec<String> = missed.iter().map(|(id, _)| id.clone()).collect();
-    assert_eq!(
-        got,
-        ids[20..70].to_vec(),
-        "exactly the events after the resume point"
-    );
+    assert_eq!(got, ids[20..70].to_vec(), "exactly the events after the resume point");
     // Then live, with nothing repeated.
     let live = d.publish(2, "match", json!("live")).await;
     let (after, _) = second.events("match", 1).await;
@@ -88,32 +75,19 @@ async fn resume_while_publishing_is_exact(d: Deployment) {
         ids.push(d.publish(i, "seam", json!(i)).await);
     }
     let publisher = {
-        let urls: Vec<String> = d
-            .nodes
-            .iter()
-            .map(|n| n.http("/rooms/seam/events"))
-            .collect();
+        let urls: Vec<String> = d.nodes.iter().map(|n| n.http("/rooms/seam/events")).collect();
         tokio::spawn(async move {
             let http = reqwest::Client::new();
             let mut ids = Vec::new();
             for i in 20..220 {
-                let r = http
-                    .post(&urls[i % urls.len()])
-                    .json(&json!(i))
-                    .send()
-                    .await
-                    .unwrap();
+                let r = http.post(&urls[i % urls.len()]).json(&json!(i)).send().await.unwrap();
                 let body: Value = r.json().await.unwrap();
                 ids.push(body["id"].as_str().unwrap().to_owned());
             }
             ids
         })
     };
-    let mut client = Client::connect(
-        &d.node(1)
-            .ws_url(&format!("?room=seam&last_event_id={}", ids[4])),
-    )
-    .await;
+    let mut client = Client::connect(&d.node(1).ws_url(&format!("?room=seam&last_event_id={}", ids[4]))).await;
     assert_eq!(client.expect_type("subscribed").await["resumed"], true);
     ids.extend(publisher.await.unwrap());
     let (events, gaps) = client.events("seam", ids.len() - 5).await;
@@ -130,11 +104,7 @@ async fn gap_after_trimming(d: Deployment) {
         last = d.publish(i, "busy", json!(i)).await;
     }
     let mut client = Client::connect(&d.node(1).ws_url("")).await;
-    assert_eq!(
-        subscribed(&mut client, "busy", Some(&oldest)).await["resumed"],
-        false,
-        "a gap is not a resume"
-    );
+    assert_eq!(subscribed(&mut client, "busy", Some(&oldest)).await["resumed"], false, "a gap is not a resume");
     let gap = client.expect_type("gap").await;
     assert_eq!(gap["after"], oldest.as_str());
     let mut ids = Vec::new();
@@ -142,18 +112,10 @@ async fn gap_after_trimming(d: Deployment) {
         let (events, _) = client.events("busy", 1).await;
         ids.extend(events.into_iter().map(|(id, _)| id));
     }
-    assert!(
-        ids.len() >= 10 && ids.len() < 799,
-        "kept history only: {}",
-        ids.len()
-    );
+    assert!(ids.len() >= 10 && ids.len() < 799, "kept history only: {}", ids.len());
     assert_ordered(&ids);
 
-    let (status, body) = get_json(
-        &d.node(2)
-            .http(&format!("/rooms/busy/events?after={oldest}&limit=5")),
-    )
-    .await;
+    let (status, body) = get_json(&d.node(2).http(&format!("/rooms/busy/events?after={oldest}&limit=5"))).await;
     assert_eq!(status, 200);
     assert_eq!(body["gap"], true);
     assert_eq!(body["events"].as_array().unwrap().len(), 5);
@@ -165,24 +127,15 @@ async fn from_zero_and_from_the_future(d: Deployment) {
         ids.push(d.publish(i, "replay", json!(i)).await);
     }
     let mut client = Client::connect(&d.node(0).ws_url("")).await;
-    assert_eq!(
-        subscribed(&mut client, "replay", Some("0")).await["resumed"],
-        true
-    );
+    assert_eq!(subscribed(&mut client, "replay", Some("0")).await["resumed"], true);
     let (events, gaps) = client.events("replay", 5).await;
     assert!(gaps.is_empty());
-    assert_eq!(
-        events.into_iter().map(|(id, _)| id).collect::<Vec<_>>(),
-        ids
-    );
+    assert_eq!(events.into_iter().map(|(id, _)| id).collect::<Vec<_>>(), ids);
 
     let (ms, _) = ids[4].split_once('-').unwrap();
     let future = format!("{}-0", ms.parse::<u64>().unwrap() + 3_600_000);
     let mut other = Client::connect(&d.node(1).ws_url("")).await;
-    assert_eq!(
-        subscribed(&mut other, "replay", Some(&future)).await["resumed"],
-        false
-    );
+    assert_eq!(subscribed(&mut other, "replay", Some(&future)).await["resumed"], false);
     assert_eq!(other.expect_type("gap").await["after"], future.as_str());
     // Live delivery follows the gap.
     let next = d.publish(2, "replay", json!("next")).await;
@@ -191,30 +144,20 @@ async fn from_zero_and_from_the_future(d: Deployment) {
 }
 
 async fn json_and_msgpack_interoperate(d: Deployment) {
-    let value =
-        json!({"n": 1, "f": 2.5, "s": "é✓", "a": [1, null, true], "o": {"k": "v"}, "neg": -7});
-    let mut mp_sub =
-        Client::connect_with(&d.node(0).ws_url("?format=msgpack"), Format::MsgPack, None).await;
+    let value = json!({"n": 1, "f": 2.5, "s": "é✓", "a": [1, null, true], "o": {"k": "v"}, "neg": -7});
+    let mut mp_sub = Client::connect_with(&d.node(0).ws_url("?format=msgpack"), Format::MsgPack, None).await;
     let mut json_sub = Client::connect(&d.node(1).ws_url("")).await;
     subscribed(&mut mp_sub, "mixed", None).await;
     subscribed(&mut json_sub, "mixed", None).await;
 
     let mut json_pub = Client::connect(&d.node(2).ws_url("")).await;
     let a = json_pub.publish("mixed", value.clone(), 1).await;
-    let mut mp_pub = Client::connect_with(
-        &d.node(1).ws_url(""),
-        Format::MsgPack,
-        Some("roomcast.v1.msgpack"),
-    )
-    .await;
+    let mut mp_pub = Client::connect_with(&d.node(1).ws_url(""), Format::MsgPack, Some("roomcast.v1.msgpack")).await;
     let b = mp_pub.publish("mixed", value.clone(), 2).await;
 
     for sub in [&mut mp_sub, &mut json_sub] {
         let (events, _) = sub.events("mixed", 2).await;
-        assert_eq!(
-            events,
-            vec![(a.clone(), value.clone()), (b.clone(), value.clone())]
-        );
+        assert_eq!(events, vec![(a.clone(), value.clone()), (b.clone(), value.clone())]);
     }
     // HTTP MessagePack bodies too.
     let body = rmp_serde::to_vec_named(&value).unwrap();
@@ -236,9 +179,7 @@ async fn sse_events(response: reqwest::Response, n: usize) -> (Vec<(String, Valu
     let mut buffer = String::new();
     let (mut events, mut gaps) = (Vec::new(), Vec::new());
     while events.len() < n {
-        let chunk = tokio::time::timeout(support::PATIENCE, stream.next())
-            .await
-            .expect("SSE stalled");
+        let chunk = tokio::time::timeout(support::PATIENCE, stream.next()).await.expect("SSE stalled");
         buffer.push_str(std::str::from_utf8(&chunk.expect("SSE ended").unwrap()).unwrap());
         while let Some(end) = buffer.find("\n\n") {
             let block: String = buffer.drain(..end + 2).collect();
@@ -268,50 +209,30 @@ async fn sse_resumes_from_last_event_id(d: Deployment) {
         ids.push(d.publish(i, "feed", json!({"i": i})).await);
     }
     let url = d.node(1).http("/rooms/feed/sse");
-    let response = reqwest::Client::new()
-        .get(&url)
-        .header("Last-Event-ID", &ids[2])
-        .send()
-        .await
-        .unwrap();
+    let response = reqwest::Client::new().get(&url).header("Last-Event-ID", &ids[2]).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let publisher = {
         let url = d.node(2).http("/rooms/feed/events");
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            let r = reqwest::Client::new()
-                .post(url)
-                .json(&json!({"i": 6}))
-                .send()
-                .await
-                .unwrap();
-            r.json::<Value>().await.unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
+            let r = reqwest::Client::new().post(url).json(&json!({"i": 6})).send().await.unwrap();
+            r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
         })
     };
     let (events, gaps) = sse_events(response, 4).await;
     ids.push(publisher.await.unwrap());
     assert!(gaps.is_empty());
-    assert_eq!(
-        events.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(),
-        ids[3..7].to_vec()
-    );
+    assert_eq!(events.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(), ids[3..7].to_vec());
     assert_eq!(events[3].1, json!({"i": 6}));
 
     // ?last_event_id= works as well, and a lost position is an `event: gap`.
-    let response = reqwest::get(format!("{url}?last_event_id=1-0"))
-        .await
-        .unwrap();
+    let response = reqwest::get(format!("{url}?last_event_id=1-0")).await.unwrap();
     let (events, gaps) = sse_events(response, 1).await;
     assert_eq!(gaps, vec!["1-0".to_owned()]);
     assert_eq!(events[0].0, ids[0]);
 
-    let bad = reqwest::get(format!("{url}?last_event_id=nope"))
-        .await
-        .unwrap();
+    let bad = reqwest::get(format!("{url}?last_event_id=nope")).await.unwrap();
     assert_eq!(bad.status(), 400);
 }
 
@@ -323,41 +244,16 @@ async fn bad_input_gets_errors_and_harms_nobody(d: Deployment) {
         (Message::Text("{not json".into()), "bad_frame"),
         (Message::Text("[1,2,3]".into()), "bad_frame"),
         (Message::Text(r#"{"type":"dance"}"#.into()), "unknown_type"),
-        (
-            Message::Text(r#"{"type":"subscribe","room":"no spaces"}"#.into()),
-            "bad_room",
-        ),
-        (
-            Message::Text(r#"{"type":"subscribe","room":""}"#.into()),
-            "bad_room",
-        ),
-        (
-            Message::Text(r#"{"type":"subscribe","room":"ok","last_event_id":"abc"}"#.into()),
-            "bad_event_id",
-        ),
-        (
-            Message::Text(r#"{"type":"subscribe","room":7}"#.into()),
-            "bad_frame",
-        ),
-        (
-            Message::Text(r#"{"type":"publish","room":"ok"}"#.into()),
-            "bad_frame",
-        ),
-        (
-            Message::Text(r#"{"type":"unsubscribe","room":"never"}"#.into()),
-            "not_subscribed",
-        ),
-        (
-            Message::Binary(vec![0xc1, 0x00, 0xff].into()),
-            "unsupported_frame",
-        ),
+        (Message::Text(r#"{"type":"subscribe","room":"no spaces"}"#.into()), "bad_room"),
+        (Message::Text(r#"{"type":"subscribe","room":""}"#.into()), "bad_room"),
+        (Message::Text(r#"{"type":"subscribe","room":"ok","last_event_id":"abc"}"#.into()), "bad_event_id"),
+        (Message::Text(r#"{"type":"subscribe","room":7}"#.into()), "bad_frame"),
+        (Message::Text(r#"{"type":"publish","room":"ok"}"#.into()), "bad_frame"),
+        (Message::Text(r#"{"type":"unsubscribe","room":"never"}"#.into()), "not_subscribed"),
+        (Message::Binary(vec![0xc1, 0x00, 0xff].into()), "unsupported_frame"),
         (
             Message::Text(
-                format!(
-                    r#"{{"type":"publish","room":"ok","data":{}}}"#,
-                    "[".repeat(300) + &"]".repeat(300)
-                )
-                .into(),
+                format!(r#"{{"type":"publish","room":"ok","data":{}}}"#, "[".repeat(300) + &"]".repeat(300)).into(),
             ),
             "bad_frame",
         ),
@@ -369,13 +265,9 @@ async fn bad_input_gets_errors_and_harms_nobody(d: Deployment) {
         assert!(frame["message"].as_str().is_some_and(|m| !m.is_empty()));
         d.publish(i, "calm", json!(i)).await;
     }
-    bad.send(json!({"type": "publish", "room": "bad room", "data": 1, "ref": 77}))
-        .await;
+    bad.send(json!({"type": "publish", "room": "bad room", "data": 1, "ref": 77})).await;
     let frame = bad.expect_type("error").await;
-    assert_eq!(
-        (frame["code"].as_str(), frame["ref"].as_u64()),
-        (Some("bad_room"), Some(77))
-    );
+    assert_eq!((frame["code"].as_str(), frame["ref"].as_u64()), (Some("bad_room"), Some(77)));
     subscribed(&mut bad, "twice", None).await;
     bad.subscribe("twice", None).await;
     assert_eq!(bad.expect_type("error").await["code"], "already_subscribed");
@@ -384,17 +276,12 @@ async fn bad_input_gets_errors_and_harms_nobody(d: Deployment) {
     assert!(acked.contains('-'), "ack carries an event id: {acked}");
     let (events, gaps) = watcher.events("calm", 12).await;
     assert!(gaps.is_empty());
-    assert!(events
-        .iter()
-        .take(11)
-        .enumerate()
-        .all(|(i, (_, v))| *v == json!(i)));
+    assert!(events.iter().take(11).enumerate().all(|(i, (_, v))| *v == json!(i)));
     assert_eq!(events[11].1, json!("still here"));
 
     // Oversized messages close the connection with 1009 and a reason.
     let mut huge = Client::connect(&d.node(0).ws_url("")).await;
-    huge.send_raw(Message::Text("x".repeat(200_000).into()))
-        .await;
+    huge.send_raw(Message::Text("x".repeat(200_000).into())).await;
     match huge.closed().await {
         Closed::Code(code, reason) => assert_eq!((code, reason.is_empty()), (1009, false)),
         other => panic!("expected close 1009, got {other:?}"),
@@ -408,12 +295,7 @@ async fn bad_input_gets_errors_and_harms_nobody(d: Deployment) {
         .await
         .unwrap();
     assert_eq!(too_big.status(), 413);
-    let broken = reqwest::Client::new()
-        .post(d.node(0).http("/rooms/calm/events"))
-        .body("{oops")
-        .send()
-        .await
-        .unwrap();
+    let broken = reqwest::Client::new().post(d.node(0).http("/rooms/calm/events")).body("{oops").send().await.unwrap();
     assert_eq!(broken.status(), 400);
 }
 
@@ -426,20 +308,14 @@ async fn unsubscribe_stops_delivery(d: Deployment) {
     d.publish(1, "a", json!("not for you")).await;
     let b = d.publish(2, "b", json!("for you")).await;
     let frame = c.expect_type("events").await;
-    assert_eq!(
-        (frame["room"].as_str(), frame["events"][0]["id"].as_str()),
-        (Some("b"), Some(b.as_str()))
-    );
+    assert_eq!((frame["room"].as_str(), frame["events"][0]["id"].as_str()), (Some("b"), Some(b.as_str())));
     c.expect_silence(Duration::from_millis(300)).await;
 }
 
 async fn room_info_and_history(d: Deployment) {
     let (status, body) = get_json(&d.node(0).http("/rooms/info")).await;
     assert_eq!(status, 200);
-    assert_eq!(
-        body,
-        json!({"room": "info", "last_event_id": null, "audience": 0})
-    );
+    assert_eq!(body, json!({"room": "info", "last_event_id": null, "audience": 0}));
     let mut viewers = Vec::new();
     for i in 0..4 {
         let mut c = Client::connect(&d.node(i).ws_url("?room=info")).await;
@@ -460,17 +336,8 @@ async fn room_info_and_history(d: Deployment) {
         }
     })
     .await;
-    let (_, page) = get_json(
-        &d.node(2)
-            .http(&format!("/rooms/info/events?after={}", ids[0])),
-    )
-    .await;
-    let got: Vec<&str> = page["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["id"].as_str().unwrap())
-        .collect();
+    let (_, page) = get_json(&d.node(2).http(&format!("/rooms/info/events?after={}", ids[0]))).await;
+    let got: Vec<&str> = page["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(got, vec![ids[1].as_str(), ids[2].as_str()]);
     assert_eq!(page["gap"], false);
     let (_, all) = get_json(&d.node(0).http("/rooms/info/events?limit=2")).await;

@@ -58,36 +58,21 @@ async fn history_lost_in_a_redis_restart_is_a_gap_and_live_carries_on() {
     let after = eventually("a publish to succeed after the restart", || {
         let url = url.clone();
         async move {
-            let r = reqwest::Client::new()
-                .post(&url)
-                .json(&json!("after"))
-                .send()
-                .await
-                .ok()?;
+            let r = reqwest::Client::new().post(&url).json(&json!("after")).send().await.ok()?;
             (r.status() == 201).then_some(())?;
-            r.json::<Value>().await.ok()?["id"]
-                .as_str()
-                .map(str::to_owned)
+            r.json::<Value>().await.ok()?["id"].as_str().map(str::to_owned)
         }
     })
     .await;
 
     // The client that stayed connected is told about the loss, then gets live events.
     let (events, gaps) = live.events("show", 1).await;
-    assert_eq!(
-        gaps,
-        vec![ids[9].clone()],
-        "the live client must be told its history is gone"
-    );
+    assert_eq!(gaps, vec![ids[9].clone()], "the live client must be told its history is gone");
     assert_eq!(events[0].0, after);
 
     let quiet_id = d.publish(1, "quiet", json!("first after restart")).await;
     let (events, gaps) = quiet.events("quiet", 1).await;
-    assert_eq!(
-        gaps,
-        vec!["0-0".to_owned()],
-        "a possible loss must be reported, never hidden"
-    );
+    assert_eq!(gaps, vec!["0-0".to_owned()], "a possible loss must be reported, never hidden");
     assert_eq!(events[0].0, quiet_id);
 
     // A client resuming from an old ID on another node gets a gap, not silence.
@@ -116,30 +101,13 @@ async fn redis_outage_fails_publishes_clearly_and_recovers() {
         async move { (reqwest::get(&ready).await.ok()?.status() == 503).then_some(()) }
     })
     .await;
-    let refused = reqwest::Client::new()
-        .post(d.node(1).http("/rooms/up/events"))
-        .json(&json!(1))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        refused.status(),
-        503,
-        "a publish during an outage is refused, never acked"
-    );
-    assert_eq!(
-        refused.json::<Value>().await.unwrap()["error"],
-        "store_unavailable"
-    );
+    let refused = reqwest::Client::new().post(d.node(1).http("/rooms/up/events")).json(&json!(1)).send().await.unwrap();
+    assert_eq!(refused.status(), 503, "a publish during an outage is refused, never acked");
+    assert_eq!(refused.json::<Value>().await.unwrap()["error"], "store_unavailable");
     let mut ws_pub = Client::connect(&d.node(1).ws_url("")).await;
-    ws_pub
-        .send(json!({"type": "publish", "room": "up", "data": 1, "ref": 9}))
-        .await;
+    ws_pub.send(json!({"type": "publish", "room": "up", "data": 1, "ref": 9})).await;
     let error = ws_pub.expect_type("error").await;
-    assert_eq!(
-        (error["code"].as_str(), error["ref"].as_u64()),
-        (Some("store_unavailable"), Some(9))
-    );
+    assert_eq!((error["code"].as_str(), error["ref"].as_u64()), (Some("store_unavailable"), Some(9)));
 
     d.redis.as_mut().unwrap().restart_empty();
     eventually("readyz to recover", || {
@@ -153,25 +121,14 @@ async fn redis_outage_fails_publishes_clearly_and_recovers() {
     let after = eventually("publishing to work again", || {
         let url = url.clone();
         async move {
-            let r = reqwest::Client::new()
-                .post(&url)
-                .json(&json!("after"))
-                .send()
-                .await
-                .ok()?;
+            let r = reqwest::Client::new().post(&url).json(&json!("after")).send().await.ok()?;
             (r.status() == 201).then_some(())?;
-            r.json::<Value>().await.ok()?["id"]
-                .as_str()
-                .map(str::to_owned)
+            r.json::<Value>().await.ok()?["id"].as_str().map(str::to_owned)
         }
     })
     .await;
     let (events, gaps) = client.events("up", 1).await;
-    assert_eq!(
-        gaps,
-        vec![first.clone()],
-        "the open connection learns the history is gone"
-    );
+    assert_eq!(gaps, vec![first.clone()], "the open connection learns the history is gone");
     assert_eq!(events[0].0, after);
     assert_ordered(&[first, after]);
 }
@@ -220,8 +177,5 @@ async fn clients_resume_across_a_killed_node() {
     assert_eq!(again.expect_type("subscribed").await["resumed"], true);
     let (rest, gaps) = again.events("relay", 20).await;
     assert!(gaps.is_empty());
-    assert_eq!(
-        rest.into_iter().map(|(id, _)| id).collect::<Vec<_>>(),
-        ids[20..].to_vec()
-    );
+    assert_eq!(rest.into_iter().map(|(id, _)| id).collect::<Vec<_>>(), ids[20..].to_vec());
 }

@@ -14,11 +14,7 @@ use roomcast::store::{Position, Store, StoreOptions};
 use support::{eventually, Redis};
 
 fn options(history: usize, room_ttl: Duration) -> StoreOptions {
-    StoreOptions {
-        history,
-        room_ttl,
-        presence_ttl: Duration::from_secs(60),
-    }
+    StoreOptions { history, room_ttl, presence_ttl: Duration::from_secs(60) }
 }
 
 fn room(name: &str) -> RoomName {
@@ -44,24 +40,14 @@ struct Fixture {
 }
 
 async fn memory(opts: StoreOptions) -> Fixture {
-    Fixture {
-        store: Arc::new(MemoryStore::new(opts)),
-        _redis: None,
-    }
+    Fixture { store: Arc::new(MemoryStore::new(opts)), _redis: None }
 }
 
 async fn redis(opts: StoreOptions) -> Fixture {
     let server = Redis::start();
-    let redis = RedisOptions {
-        url: server.url(),
-        prefix: "t".into(),
-        command_timeout: Duration::from_secs(2),
-    };
+    let redis = RedisOptions { url: server.url(), prefix: "t".into(), command_timeout: Duration::from_secs(2) };
     let store = RedisStore::connect(redis, opts).await.unwrap();
-    Fixture {
-        store: Arc::new(store),
-        _redis: Some(server),
-    }
+    Fixture { store: Arc::new(store), _redis: Some(server) }
 }
 
 mod cases {
@@ -70,18 +56,11 @@ mod cases {
     pub async fn ids_increase_and_chain(f: Fixture) {
         let r = room("chain");
         let ids = append_n(&*f.store, &r, 50).await;
-        assert!(
-            ids.windows(2).all(|w| w[0] < w[1]),
-            "IDs must strictly increase: {ids:?}"
-        );
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "IDs must strictly increase: {ids:?}");
         let page = f.store.read(&r, Position::Oldest, 100).await.unwrap();
         assert!(!page.gap);
         assert_eq!(page.events.iter().map(|e| e.id).collect::<Vec<_>>(), ids);
-        assert_eq!(
-            page.events[0].prev,
-            EventId::ZERO,
-            "a room's first event follows 0-0"
-        );
+        assert_eq!(page.events[0].prev, EventId::ZERO, "a room's first event follows 0-0");
         for w in page.events.windows(2) {
             assert_eq!(w[1].prev, w[0].id, "each event names its predecessor");
         }
@@ -93,10 +72,7 @@ mod cases {
         let ids = append_n(&*f.store, &r, 10).await;
         let page = f.store.read(&r, Position::After(ids[2]), 3).await.unwrap();
         assert!(!page.gap);
-        assert_eq!(
-            page.events.iter().map(|e| e.id).collect::<Vec<_>>(),
-            ids[3..6].to_vec()
-        );
+        assert_eq!(page.events.iter().map(|e| e.id).collect::<Vec<_>>(), ids[3..6].to_vec());
         let end = f.store.read(&r, Position::After(ids[9]), 3).await.unwrap();
         assert!(!end.gap && end.events.is_empty());
         assert_eq!(end.tail, ids[9]);
@@ -108,32 +84,18 @@ mod cases {
         let ids = append_n(&*f.store, &r, 600).await;
         let kept = f.store.read(&r, Position::Oldest, 1000).await.unwrap();
         assert!(!kept.gap, "reading from the oldest is never a gap");
-        assert!(
-            kept.events.len() >= 10,
-            "kept {} < history",
-            kept.events.len()
-        );
+        assert!(kept.events.len() >= 10, "kept {} < history", kept.events.len());
         assert!(kept.events.len() < 600, "nothing was trimmed");
         assert_eq!(kept.events.last().unwrap().id, ids[599]);
         let first_kept = kept.events[0].clone();
 
         let stale = f.store.read(&r, Position::After(ids[0]), 10).await.unwrap();
-        assert!(
-            stale.gap,
-            "the client at the first ID missed trimmed events"
-        );
+        assert!(stale.gap, "the client at the first ID missed trimmed events");
         assert_eq!(stale.events[0].id, first_kept.id);
 
         // The last trimmed event's successor is kept: no gap there, exactly.
-        let boundary = f
-            .store
-            .read(&r, Position::After(first_kept.prev), 10)
-            .await
-            .unwrap();
-        assert!(
-            !boundary.gap,
-            "nothing is missing after the newest trimmed ID"
-        );
+        let boundary = f.store.read(&r, Position::After(first_kept.prev), 10).await.unwrap();
+        assert!(!boundary.gap, "nothing is missing after the newest trimmed ID");
         assert_eq!(boundary.events[0].id, first_kept.id);
     }
 
@@ -147,26 +109,12 @@ mod cases {
         assert_eq!(page.tail, ids[2], "the reader continues from the real tail");
 
         let fresh = room("never-used");
-        let page = f
-            .store
-            .read(&fresh, Position::After(ids[0]), 10)
-            .await
-            .unwrap();
+        let page = f.store.read(&fresh, Position::After(ids[0]), 10).await.unwrap();
         assert!(page.gap, "a position in a room without history is a gap");
         assert_eq!(page.tail, EventId::ZERO);
-        let zero = f
-            .store
-            .read(&fresh, Position::After(EventId::ZERO), 10)
-            .await
-            .unwrap();
+        let zero = f.store.read(&fresh, Position::After(EventId::ZERO), 10).await.unwrap();
         assert!(!zero.gap, "0-0 in an empty room misses nothing");
-        assert!(
-            !f.store
-                .read(&fresh, Position::Oldest, 10)
-                .await
-                .unwrap()
-                .gap
-        );
+        assert!(!f.store.read(&fresh, Position::Oldest, 10).await.unwrap().gap);
         assert_eq!(f.store.tail(&fresh).await.unwrap(), EventId::ZERO);
     }
 
@@ -194,45 +142,19 @@ mod cases {
         let (a, b, c) = (room("many-a"), room("many-b"), room("many-c"));
         let ia = append_n(&*f.store, &a, 3).await;
         let ib = append_n(&*f.store, &b, 2).await;
-        let got = f
-            .store
-            .read_many(
-                &[
-                    (a.clone(), ia[0]),
-                    (b.clone(), ib[1]),
-                    (c.clone(), EventId::ZERO),
-                ],
-                10,
-            )
-            .await
-            .unwrap();
-        assert_eq!(
-            got.len(),
-            1,
-            "only room a has events after its position: {got:?}"
-        );
+        let got =
+            f.store.read_many(&[(a.clone(), ia[0]), (b.clone(), ib[1]), (c.clone(), EventId::ZERO)], 10).await.unwrap();
+        assert_eq!(got.len(), 1, "only room a has events after its position: {got:?}");
         assert_eq!(got[0].0, a);
-        assert_eq!(
-            got[0].1.iter().map(|e| e.id).collect::<Vec<_>>(),
-            ia[1..].to_vec()
-        );
+        assert_eq!(got[0].1.iter().map(|e| e.id).collect::<Vec<_>>(), ia[1..].to_vec());
     }
 
     pub async fn audience_sums_nodes_and_withdraws(f: Fixture) {
         let r = room("stage");
-        f.store
-            .report_audience("node-a", &[(r.clone(), 3)])
-            .await
-            .unwrap();
-        f.store
-            .report_audience("node-b", &[(r.clone(), 2)])
-            .await
-            .unwrap();
+        f.store.report_audience("node-a", &[(r.clone(), 3)]).await.unwrap();
+        f.store.report_audience("node-b", &[(r.clone(), 2)]).await.unwrap();
         assert_eq!(f.store.audience(&r).await.unwrap(), 5);
-        f.store
-            .report_audience("node-a", &[(r.clone(), 0)])
-            .await
-            .unwrap();
+        f.store.report_audience("node-a", &[(r.clone(), 0)]).await.unwrap();
         assert_eq!(f.store.audience(&r).await.unwrap(), 2);
         assert_eq!(f.store.audience(&room("empty-stage")).await.unwrap(), 0);
     }
@@ -250,10 +172,7 @@ mod cases {
                 break;
             }
         }
-        assert!(
-            seen.contains(&r),
-            "the append to a watched room was not signalled: {seen:?}"
-        );
+        assert!(seen.contains(&r), "the append to a watched room was not signalled: {seen:?}");
     }
 }
 
@@ -271,11 +190,7 @@ mod incarnation {
     async fn redis_incarnation_changes_when_redis_loses_its_data() {
         let f = redis(options(10, Duration::from_secs(60))).await;
         let a = f.store.incarnation().await.unwrap();
-        assert_eq!(
-            f.store.incarnation().await.unwrap(),
-            a,
-            "stable while the data is there"
-        );
+        assert_eq!(f.store.incarnation().await.unwrap(), a, "stable while the data is there");
         let server = f._redis.as_ref().unwrap();
         assert_eq!(server.command(&["FLUSHALL"]).as_deref(), Some("+OK"));
         let b = f.store.incarnation().await.unwrap();
@@ -291,16 +206,12 @@ macro_rules! conformance {
 
             #[tokio::test]
             async fn ids_increase_and_chain() {
-                cases::ids_increase_and_chain($store(options(1000, Duration::from_secs(60))).await)
-                    .await
+                cases::ids_increase_and_chain($store(options(1000, Duration::from_secs(60))).await).await
             }
 
             #[tokio::test]
             async fn reads_are_exclusive_and_paged() {
-                cases::reads_are_exclusive_and_paged(
-                    $store(options(1000, Duration::from_secs(60))).await,
-                )
-                .await
+                cases::reads_are_exclusive_and_paged($store(options(1000, Duration::from_secs(60))).await).await
             }
 
             #[tokio::test]
@@ -313,40 +224,28 @@ macro_rules! conformance {
 
             #[tokio::test]
             async fn unknown_positions_are_gaps() {
-                cases::unknown_positions_are_gaps(
-                    $store(options(1000, Duration::from_secs(60))).await,
-                )
-                .await
+                cases::unknown_positions_are_gaps($store(options(1000, Duration::from_secs(60))).await).await
             }
 
             #[tokio::test]
             async fn expired_history_is_a_gap() {
-                cases::expired_history_is_a_gap($store(options(1000, Duration::from_secs(1))).await)
-                    .await
+                cases::expired_history_is_a_gap($store(options(1000, Duration::from_secs(1))).await).await
             }
 
             #[tokio::test]
             async fn read_many_returns_only_rooms_with_news() {
-                cases::read_many_returns_only_rooms_with_news(
-                    $store(options(1000, Duration::from_secs(60))).await,
-                )
-                .await
+                cases::read_many_returns_only_rooms_with_news($store(options(1000, Duration::from_secs(60))).await)
+                    .await
             }
 
             #[tokio::test]
             async fn audience_sums_nodes_and_withdraws() {
-                cases::audience_sums_nodes_and_withdraws(
-                    $store(options(1000, Duration::from_secs(60))).await,
-                )
-                .await
+                cases::audience_sums_nodes_and_withdraws($store(options(1000, Duration::from_secs(60))).await).await
             }
 
             #[tokio::test]
             async fn change_source_reports_watched_rooms() {
-                cases::change_source_reports_watched_rooms(
-                    $store(options(1000, Duration::from_secs(60))).await,
-                )
-                .await
+                cases::change_source_reports_watched_rooms($store(options(1000, Duration::from_secs(60))).await).await
             }
         }
     };

@@ -3,11 +3,11 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::error_response;
+use super::{authorize, error_response, Access};
 use crate::app::App;
 use crate::protocol::{json_history, ErrorCode, EventId, RoomName};
 use crate::store::Position;
@@ -30,22 +30,18 @@ pub async fn list(
     State(app): State<Arc<App>>,
     Path(room): Path<String>,
     Query(q): Query<HistoryQuery>,
+    headers: HeaderMap,
 ) -> Response {
     let room = match RoomName::parse(&room) {
         Ok(room) => room,
-        Err(e) => {
-            return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadRoom, &e.to_string())
-        }
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadRoom, &e.to_string()),
     };
+    if let Err(refusal) = authorize(&app, &headers, &room, Access::Read) {
+        return refusal.into_response();
+    }
     let after = match q.after.as_deref().map(EventId::parse).transpose() {
         Ok(after) => after.unwrap_or(EventId::ZERO),
-        Err(e) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::BadEventId,
-                &e.to_string(),
-            )
-        }
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadEventId, &e.to_string()),
     };
     let limit = match q.limit.as_deref().map(str::parse::<usize>).transpose() {
         Ok(Some(n)) if (1..=MAX_LIMIT).contains(&n) => n,
@@ -55,21 +51,11 @@ pub async fn list(
             return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadFrame, &message);
         }
     };
-    let from = if after.is_zero() {
-        Position::Oldest
-    } else {
-        Position::After(after)
-    };
+    let from = if after.is_zero() { Position::Oldest } else { Position::After(after) };
     match app.store.read(&room, from, limit).await {
-        Ok(page) => (
-            [(header::CONTENT_TYPE, "application/json")],
-            json_history(&room, &page.events, page.gap),
-        )
-            .into_response(),
-        Err(e) => error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::StoreUnavailable,
-            &e.to_string(),
-        ),
+        Ok(page) => {
+            ([(header::CONTENT_TYPE, "application/json")], json_history(&room, &page.events, page.gap)).into_response()
+        }
+        Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StoreUnavailable, &e.to_string()),
     }
 }

@@ -8,13 +8,14 @@ mod rooms;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
 use crate::app::App;
-use crate::protocol::ErrorCode;
+use crate::auth::Grant;
+use crate::protocol::{ErrorCode, RoomName};
 use crate::transport::{sse, ws};
 
 /// Every route of a node.
@@ -23,10 +24,7 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/ws", get(ws::handler))
         .route("/rooms/{room}", get(rooms::info))
-        .route(
-            "/rooms/{room}/events",
-            get(history::list).post(publish::create),
-        )
+        .route("/rooms/{room}/events", get(history::list).post(publish::create))
         .route("/rooms/{room}/sse", get(sse::handler))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -35,11 +33,58 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
+/// What a request wants to do with a room.
+#[derive(Clone, Copy, Debug)]
+pub enum Access {
+    /// Read history, room info.
+    Read,
+    /// Publish.
+    Publish,
+}
+
+/// Checks the request's credential (`Authorization: Bearer`) for `access`
+/// to `room`: 401 without a valid one, 403 when it does not cover the room.
+pub fn authorize(app: &App, headers: &HeaderMap, room: &RoomName, access: Access) -> Result<(), Refusal> {
+    let grant = app
+        .config
+        .auth
+        .authenticate(headers, None)
+        .map_err(|e| Refusal::new(StatusCode::UNAUTHORIZED, ErrorCode::Forbidden, e.to_string()))?;
+    let allowed = match access {
+        Access::Read => grant.may_subscribe(room),
+        Access::Publish => grant.may_publish(room),
+    };
+    if allowed {
+        Ok(())
+    } else if matches!(grant, Grant::Anonymous) {
+        Err(Refusal::new(StatusCode::UNAUTHORIZED, ErrorCode::Forbidden, "publishing needs the API key or a token"))
+    } else {
+        Err(Refusal::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, "this credential does not cover this room"))
+    }
+}
+
+/// A refused HTTP request: status, error code and message.
+#[derive(Debug)]
+pub struct Refusal {
+    status: StatusCode,
+    code: ErrorCode,
+    message: String,
+}
+
+impl Refusal {
+    /// A refusal with this status and error body.
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+        Refusal { status, code, message: message.into() }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        error_response(self.status, self.code, &self.message)
+    }
+}
+
 /// A JSON error body: `{"error": code, "message": text}`.
 pub fn error_response(status: StatusCode, code: ErrorCode, message: &str) -> Response {
-    (
-        status,
-        Json(serde_json::json!({ "error": code.as_str(), "message": message })),
-    )
-        .into_response()
+    (status, Json(serde_json::json!({ "error": code.as_str(), "message": message }))).into_response()
 }

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::Value;
 
-use super::error_response;
+use super::{authorize, error_response, Access};
 use crate::app::App;
 use crate::protocol::{data_to_json, msgpack_to_value, ErrorCode, RoomName};
 
@@ -24,32 +24,24 @@ pub async fn create(
 ) -> Response {
     let room = match RoomName::parse(&room) {
         Ok(room) => room,
-        Err(e) => {
-            return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadRoom, &e.to_string())
-        }
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadRoom, &e.to_string()),
     };
+    if let Err(refusal) = authorize(&app, &headers, &room, Access::Publish) {
+        return refusal.into_response();
+    }
     let msgpack = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.starts_with("application/msgpack") || v.starts_with("application/x-msgpack")
-        });
-    let value: Result<Value, String> = if msgpack {
-        msgpack_to_value(&body)
-    } else {
-        serde_json::from_slice(&body).map_err(|e| e.to_string())
-    };
+        .is_some_and(|v| v.starts_with("application/msgpack") || v.starts_with("application/x-msgpack"));
+    let value: Result<Value, String> =
+        if msgpack { msgpack_to_value(&body) } else { serde_json::from_slice(&body).map_err(|e| e.to_string()) };
     let value = match value {
         Ok(value) => value,
         Err(e) => return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadFrame, &e),
     };
     let data = data_to_json(&value);
     if data.len() > app.limits.max_payload {
-        let message = format!(
-            "payload is {} bytes; the limit is {}",
-            data.len(),
-            app.limits.max_payload
-        );
+        let message = format!("payload is {} bytes; the limit is {}", data.len(), app.limits.max_payload);
         return error_response(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge, &message);
     }
     match app.store.append(&room, data).await {
@@ -57,10 +49,6 @@ pub async fn create(
             metrics::counter!("roomcast_published_total", "via" => "http").increment(1);
             (StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response()
         }
-        Err(e) => error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::StoreUnavailable,
-            &e.to_string(),
-        ),
+        Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StoreUnavailable, &e.to_string()),
     }
 }

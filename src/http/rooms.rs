@@ -3,22 +3,23 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::error_response;
+use super::{authorize, error_response, Access};
 use crate::app::App;
 use crate::protocol::{ErrorCode, RoomName};
 
 /// `{"room", "last_event_id" (null without history), "audience"}`.
-pub async fn info(State(app): State<Arc<App>>, Path(room): Path<String>) -> Response {
+pub async fn info(State(app): State<Arc<App>>, Path(room): Path<String>, headers: HeaderMap) -> Response {
     let room = match RoomName::parse(&room) {
         Ok(room) => room,
-        Err(e) => {
-            return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadRoom, &e.to_string())
-        }
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadRoom, &e.to_string()),
     };
+    if let Err(refusal) = authorize(&app, &headers, &room, Access::Read) {
+        return refusal.into_response();
+    }
     let (tail, audience) = tokio::join!(app.store.tail(&room), app.store.audience(&room));
     match (tail, audience) {
         (Ok(tail), Ok(audience)) => Json(serde_json::json!({
@@ -27,10 +28,8 @@ pub async fn info(State(app): State<Arc<App>>, Path(room): Path<String>) -> Resp
             "audience": audience,
         }))
         .into_response(),
-        (Err(e), _) | (_, Err(e)) => error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::StoreUnavailable,
-            &e.to_string(),
-        ),
+        (Err(e), _) | (_, Err(e)) => {
+            error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StoreUnavailable, &e.to_string())
+        }
     }
 }

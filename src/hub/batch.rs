@@ -26,14 +26,7 @@ impl Batch {
     /// Wraps a non-empty run of events.
     pub fn new(room: RoomName, events: Vec<Event>) -> Self {
         let size = events.iter().map(|e| e.data.len() + 64).sum::<usize>() + 128;
-        Batch {
-            room,
-            events,
-            json: OnceLock::new(),
-            msgpack: OnceLock::new(),
-            sse: OnceLock::new(),
-            size,
-        }
+        Batch { room, events, json: OnceLock::new(), msgpack: OnceLock::new(), sse: OnceLock::new(), size }
     }
 
     /// The `events` frame in `format`, encoded on first use.

@@ -99,12 +99,7 @@ impl Hub {
 
     /// Adds `conn` to `room`. Returns the live cursor: every event after it
     /// will be offered to this subscriber, none before it.
-    pub async fn join(
-        &self,
-        room: &RoomName,
-        conn: u64,
-        subscriber: Subscriber,
-    ) -> Result<EventId, StoreError> {
+    pub async fn join(&self, room: &RoomName, conn: u64, subscriber: Subscriber) -> Result<EventId, StoreError> {
         let (entry, last) = {
             let mut rooms = lock(&self.rooms);
             let entry = rooms
@@ -113,10 +108,7 @@ impl Hub {
                     Arc::new(RoomEntry {
                         generation: self.generations.fetch_add(1, Ordering::Relaxed),
                         start: OnceCell::new(),
-                        members: RwLock::new(Members {
-                            by_conn: HashMap::new(),
-                            last: None,
-                        }),
+                        members: RwLock::new(Members { by_conn: HashMap::new(), last: None }),
                     })
                 })
                 .clone();
@@ -177,10 +169,7 @@ impl Hub {
     pub fn audience_report(&self) -> Vec<(RoomName, usize)> {
         let mut report: Vec<(RoomName, usize)> = {
             let rooms = lock(&self.rooms);
-            rooms
-                .iter()
-                .map(|(room, entry)| (room.clone(), read(&entry.members).by_conn.len()))
-                .collect()
+            rooms.iter().map(|(room, entry)| (room.clone(), read(&entry.members).by_conn.len())).collect()
         };
         let departed = std::mem::take(&mut *lock(&self.departed));
         for room in departed {
@@ -228,8 +217,6 @@ impl FeedSink for Hub {
     }
 
     fn wants(&self, room: &RoomName, generation: u64) -> bool {
-        lock(&self.rooms)
-            .get(room)
-            .is_some_and(|e| e.generation == generation)
+        lock(&self.rooms).get(room).is_some_and(|e| e.generation == generation)
     }
 }

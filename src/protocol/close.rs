@@ -13,6 +13,11 @@ pub enum CloseReason {
     Stalled,
     /// A malformed WebSocket stream (1002, protocol error).
     ProtocolError,
+    /// The connection's token expired (1008, policy violation): reconnect
+    /// with a fresh token and your last event ID.
+    TokenExpired,
+    /// The client kept sending refused frames (1008, policy violation).
+    Misbehaving,
 }
 
 impl CloseReason {
@@ -23,6 +28,7 @@ impl CloseReason {
             CloseReason::TooBig => 1009,
             CloseReason::Stalled => 1013,
             CloseReason::ProtocolError => 1002,
+            CloseReason::TokenExpired | CloseReason::Misbehaving => 1008,
         }
     }
 
@@ -33,6 +39,8 @@ impl CloseReason {
             CloseReason::TooBig => "message too big",
             CloseReason::Stalled => "client too slow: reconnect with your last event id",
             CloseReason::ProtocolError => "websocket protocol error",
+            CloseReason::TokenExpired => "token expired: reconnect with a fresh token and your last event id",
+            CloseReason::Misbehaving => "too many refused frames",
         }
     }
 }

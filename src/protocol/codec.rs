@@ -70,9 +70,7 @@ pub fn encode_frame(format: Format, frame: &ServerFrame) -> Wire {
             // Serialising these plain structs cannot fail.
             serde_json::to_string(frame).unwrap_or_default(),
         )),
-        Format::MsgPack => Wire::Binary(Bytes::from(
-            rmp_serde::to_vec_named(frame).unwrap_or_default(),
-        )),
+        Format::MsgPack => Wire::Binary(Bytes::from(rmp_serde::to_vec_named(frame).unwrap_or_default())),
     }
 }
 
@@ -83,8 +81,7 @@ pub fn decode_client(format: Format, bytes: &[u8]) -> Result<ClientFrame, FrameE
         Format::MsgPack => {
             let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
             de.set_max_depth(MAX_MSGPACK_DEPTH);
-            serde::Deserialize::deserialize(&mut de)
-                .map_err(|e: rmp_serde::decode::Error| e.to_string())
+            serde::Deserialize::deserialize(&mut de).map_err(|e: rmp_serde::decode::Error| e.to_string())
         }
     };
     match raw {
@@ -136,11 +133,7 @@ pub fn json_history(room: &RoomName, events: &[Event], gap: bool) -> String {
     s.push_str(room.as_str());
     s.push_str(r#"","events":"#);
     push_json_events(&mut s, events);
-    s.push_str(if gap {
-        r#","gap":true}"#
-    } else {
-        r#","gap":false}"#
-    });
+    s.push_str(if gap { r#","gap":true}"# } else { r#","gap":false}"# });
     s
 }
 
@@ -184,10 +177,7 @@ fn msgpack_events(room: &RoomName, events: &[Event]) -> Bytes {
         room: room.as_str(),
         events: events
             .iter()
-            .map(|e| MsgPackEvent {
-                id: e.id,
-                data: serde_json::from_slice(&e.data).unwrap_or(Value::Null),
-            })
+            .map(|e| MsgPackEvent { id: e.id, data: serde_json::from_slice(&e.data).unwrap_or(Value::Null) })
             .collect(),
     };
     Bytes::from(rmp_serde::to_vec_named(&frame).unwrap_or_default())
@@ -214,21 +204,13 @@ mod tests {
     use super::*;
 
     fn ev(ms: u64, data: &str) -> Event {
-        Event {
-            id: EventId::new(ms, 0),
-            prev: EventId::ZERO,
-            data: Bytes::from(data.to_owned()),
-        }
+        Event { id: EventId::new(ms, 0), prev: EventId::ZERO, data: Bytes::from(data.to_owned()) }
     }
 
     #[test]
     fn json_events_frame_is_valid_json() {
         let room = RoomName::parse("r1").unwrap();
-        let Wire::Text(t) = encode_events(
-            Format::Json,
-            &room,
-            &[ev(1, r#"{"a":[1,"x"]}"#), ev(2, "null")],
-        ) else {
+        let Wire::Text(t) = encode_events(Format::Json, &room, &[ev(1, r#"{"a":[1,"x"]}"#), ev(2, "null")]) else {
             panic!("json must be text")
         };
         let v: Value = serde_json::from_str(t.as_str()).unwrap();
@@ -241,9 +223,7 @@ mod tests {
     #[test]
     fn msgpack_events_carry_the_same_values() {
         let room = RoomName::parse("r1").unwrap();
-        let Wire::Binary(b) =
-            encode_events(Format::MsgPack, &room, &[ev(7, r#"{"n":1.5,"s":"é"}"#)])
-        else {
+        let Wire::Binary(b) = encode_events(Format::MsgPack, &room, &[ev(7, r#"{"n":1.5,"s":"é"}"#)]) else {
             panic!("msgpack must be binary")
         };
         let v: Value = rmp_serde::from_slice(&b).unwrap();
@@ -257,36 +237,17 @@ mod tests {
         let code = |s: &str| decode_client(Format::Json, s.as_bytes()).unwrap_err().code;
         assert_eq!(code("{"), ErrorCode::BadFrame);
         assert_eq!(code(r#"{"type":"dance"}"#), ErrorCode::UnknownType);
-        assert_eq!(
-            code(r#"{"type":"subscribe","room":"a b"}"#),
-            ErrorCode::BadRoom
-        );
-        assert_eq!(
-            code(r#"{"type":"subscribe","room":"a","last_event_id":"x"}"#),
-            ErrorCode::BadEventId
-        );
-        assert_eq!(
-            code(r#"{"type":"publish","room":"a"}"#),
-            ErrorCode::BadFrame
-        );
-        assert_eq!(
-            code(r#"{"type":"subscribe","room":5}"#),
-            ErrorCode::BadFrame
-        );
+        assert_eq!(code(r#"{"type":"subscribe","room":"a b"}"#), ErrorCode::BadRoom);
+        assert_eq!(code(r#"{"type":"subscribe","room":"a","last_event_id":"x"}"#), ErrorCode::BadEventId);
+        assert_eq!(code(r#"{"type":"publish","room":"a"}"#), ErrorCode::BadFrame);
+        assert_eq!(code(r#"{"type":"subscribe","room":5}"#), ErrorCode::BadFrame);
         let deep = "[".repeat(500) + &"]".repeat(500);
-        assert_eq!(
-            code(&format!(r#"{{"type":"publish","room":"a","data":{deep}}}"#)),
-            ErrorCode::BadFrame
-        );
+        assert_eq!(code(&format!(r#"{{"type":"publish","room":"a","data":{deep}}}"#)), ErrorCode::BadFrame);
     }
 
     #[test]
     fn ref_is_echoed_even_when_the_frame_is_refused() {
-        let e = decode_client(
-            Format::Json,
-            br#"{"type":"publish","room":"no way","ref":9}"#,
-        )
-        .unwrap_err();
+        let e = decode_client(Format::Json, br#"{"type":"publish","room":"no way","ref":9}"#).unwrap_err();
         assert_eq!(e.reference, Some(9));
         let e = decode_client(Format::Json, br#"{"type":7,"ref":4}"#).unwrap_err();
         assert_eq!(e.reference, Some(4));
@@ -294,26 +255,15 @@ mod tests {
 
     #[test]
     fn null_data_is_a_valid_publish() {
-        let f = decode_client(
-            Format::Json,
-            br#"{"type":"publish","room":"a","data":null}"#,
-        )
-        .unwrap();
-        assert!(matches!(
-            f,
-            ClientFrame::Publish {
-                data: Value::Null,
-                ..
-            }
-        ));
+        let f = decode_client(Format::Json, br#"{"type":"publish","room":"a","data":null}"#).unwrap();
+        assert!(matches!(f, ClientFrame::Publish { data: Value::Null, .. }));
     }
 
     #[test]
     fn msgpack_client_frames_decode() {
-        let bytes = rmp_serde::to_vec_named(
-            &serde_json::json!({"type":"publish","room":"a","data":{"k":[1,2]},"ref":3}),
-        )
-        .unwrap();
+        let bytes =
+            rmp_serde::to_vec_named(&serde_json::json!({"type":"publish","room":"a","data":{"k":[1,2]},"ref":3}))
+                .unwrap();
         let f = decode_client(Format::MsgPack, &bytes).unwrap();
         assert_eq!(
             f,
@@ -323,11 +273,6 @@ mod tests {
                 reference: Some(3),
             }
         );
-        assert_eq!(
-            decode_client(Format::MsgPack, &[0xc1, 0xff])
-                .unwrap_err()
-                .code,
-            ErrorCode::BadFrame
-        );
+        assert_eq!(decode_client(Format::MsgPack, &[0xc1, 0xff]).unwrap_err().code, ErrorCode::BadFrame);
     }
 }

@@ -97,16 +97,10 @@ mod tests {
 
     #[test]
     fn parses_full_and_bare_forms() {
-        assert_eq!(
-            EventId::parse("1732270000000-3"),
-            Ok(EventId::new(1732270000000, 3))
-        );
+        assert_eq!(EventId::parse("1732270000000-3"), Ok(EventId::new(1732270000000, 3)));
         assert_eq!(EventId::parse("0"), Ok(EventId::ZERO));
         assert_eq!(EventId::parse("17"), Ok(EventId::new(17, 0)));
-        assert_eq!(
-            EventId::parse("18446744073709551615-18446744073709551615"),
-            Ok(EventId::new(u64::MAX, u64::MAX))
-        );
+        assert_eq!(EventId::parse("18446744073709551615-18446744073709551615"), Ok(EventId::new(u64::MAX, u64::MAX)));
     }
 
     #[test]

@@ -55,6 +55,12 @@ pub enum ErrorCode {
     TooLarge,
     /// A per-connection limit (subscriptions) was reached.
     LimitExceeded,
+    /// The connection's token does not allow this room.
+    Forbidden,
+    /// Publishing faster than the per-connection rate limit.
+    RateLimited,
+    /// The node cannot take this now (shutting down, full); try another node.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -71,6 +77,9 @@ impl ErrorCode {
             ErrorCode::UnsupportedFrame => "unsupported_frame",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::LimitExceeded => "limit_exceeded",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }
@@ -89,11 +98,7 @@ pub struct FrameError {
 impl FrameError {
     /// Builds a refusal.
     pub fn new(code: ErrorCode, message: impl Into<String>, reference: Option<u64>) -> Self {
-        FrameError {
-            code,
-            message: message.into(),
-            reference,
-        }
+        FrameError { code, message: message.into(), reference }
     }
 }
 
@@ -143,11 +148,7 @@ pub enum ServerFrame {
 
 impl From<FrameError> for ServerFrame {
     fn from(e: FrameError) -> Self {
-        ServerFrame::Error {
-            code: e.code,
-            message: e.message,
-            reference: e.reference,
-        }
+        ServerFrame::Error { code: e.code, message: e.message, reference: e.reference }
     }
 }
 
@@ -185,45 +186,27 @@ impl RawClientFrame {
         let reference = self.reference;
         let err = |code, msg: String| FrameError::new(code, msg, reference);
         let room = |room: Option<String>| -> Result<RoomName, FrameError> {
-            let room =
-                room.ok_or_else(|| err(ErrorCode::BadFrame, "missing field `room`".into()))?;
+            let room = room.ok_or_else(|| err(ErrorCode::BadFrame, "missing field `room`".into()))?;
             RoomName::parse(&room).map_err(|e| err(ErrorCode::BadRoom, e.to_string()))
         };
         match self.kind.as_str() {
             "subscribe" => {
                 let room = room(self.room)?;
                 let last_event_id = match self.last_event_id {
-                    Some(id) => Some(
-                        EventId::parse(&id)
-                            .map_err(|e| err(ErrorCode::BadEventId, e.to_string()))?,
-                    ),
+                    Some(id) => Some(EventId::parse(&id).map_err(|e| err(ErrorCode::BadEventId, e.to_string()))?),
                     None => None,
                 };
-                Ok(ClientFrame::Subscribe {
-                    room,
-                    last_event_id,
-                })
+                Ok(ClientFrame::Subscribe { room, last_event_id })
             }
-            "unsubscribe" => Ok(ClientFrame::Unsubscribe {
-                room: room(self.room)?,
-            }),
+            "unsubscribe" => Ok(ClientFrame::Unsubscribe { room: room(self.room)? }),
             "publish" => {
                 let room = room(self.room)?;
-                let data = self
-                    .data
-                    .ok_or_else(|| err(ErrorCode::BadFrame, "missing field `data`".into()))?;
-                Ok(ClientFrame::Publish {
-                    room,
-                    data,
-                    reference,
-                })
+                let data = self.data.ok_or_else(|| err(ErrorCode::BadFrame, "missing field `data`".into()))?;
+                Ok(ClientFrame::Publish { room, data, reference })
             }
             other => Err(err(
                 ErrorCode::UnknownType,
-                format!(
-                    "unknown frame type {:?}",
-                    other.chars().take(32).collect::<String>()
-                ),
+                format!("unknown frame type {:?}", other.chars().take(32).collect::<String>()),
             )),
         }
     }

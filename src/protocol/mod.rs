@@ -12,8 +12,8 @@ mod room;
 
 pub use close::CloseReason;
 pub use codec::{
-    data_to_json, decode_client, encode_events, encode_frame, json_history, msgpack_to_value,
-    sse_events, sse_gap, Format, Wire, MSGPACK_SUBPROTOCOL,
+    data_to_json, decode_client, encode_events, encode_frame, json_history, msgpack_to_value, sse_events, sse_gap,
+    Format, Wire, MSGPACK_SUBPROTOCOL,
 };
 pub use event::Event;
 pub use event_id::{EventId, ParseEventIdError};

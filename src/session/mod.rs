@@ -17,12 +17,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::num::NonZeroU32;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::Value;
 use tokio::time::Instant;
 use tracing::debug;
 
 use self::cursor::{accept, Accept};
 use self::outbox::{Outbox, OutboxLimits, OutboxReceiver};
+use crate::auth::Grant;
 use crate::hub::{Batch, Hub, RoomFlags, Subscriber};
 use crate::protocol::{data_to_json, ErrorCode, Event, EventId, FrameError, RoomName, ServerFrame};
 use crate::store::{Page, Position, Store, StoreError};
@@ -85,6 +89,10 @@ pub struct SessionLimits {
     pub max_subscriptions: usize,
     /// Largest published payload (compact JSON bytes).
     pub max_payload: usize,
+    /// Sustained publishes per second.
+    pub publish_rate: u32,
+    /// Publishes allowed in a burst.
+    pub publish_burst: u32,
 }
 
 /// What woke the session up.
@@ -113,15 +121,15 @@ pub struct Session<S: Sink> {
     limits: SessionLimits,
     /// When a catch-up the store refused is retried.
     retry_at: Option<Instant>,
+    /// What this connection's credential allows.
+    grant: Grant,
+    /// Per-connection publish rate limit.
+    publishes: DefaultDirectRateLimiter,
     sink: S,
 }
 
 fn store_refusal(e: StoreError, reference: Option<u64>) -> SessionError {
-    SessionError::Refused(FrameError::new(
-        ErrorCode::StoreUnavailable,
-        e.to_string(),
-        reference,
-    ))
+    SessionError::Refused(FrameError::new(ErrorCode::StoreUnavailable, e.to_string(), reference))
 }
 
 fn refuse(code: ErrorCode, message: impl Into<String>, reference: Option<u64>) -> SessionError {
@@ -129,9 +137,11 @@ fn refuse(code: ErrorCode, message: impl Into<String>, reference: Option<u64>) -
 }
 
 impl<S: Sink> Session<S> {
-    /// A session writing to `sink`.
-    pub fn new(hub: Arc<Hub>, store: Arc<dyn Store>, sink: S, limits: SessionLimits) -> Self {
+    /// A session writing to `sink`, acting with `grant`'s permissions.
+    pub fn new(hub: Arc<Hub>, store: Arc<dyn Store>, sink: S, limits: SessionLimits, grant: Grant) -> Self {
         let (_, inbox) = Outbox::new(limits.outbox);
+        let rate = NonZeroU32::new(limits.publish_rate).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(limits.publish_burst).unwrap_or(NonZeroU32::MIN);
         Session {
             id: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
             hub,
@@ -140,8 +150,15 @@ impl<S: Sink> Session<S> {
             rooms: HashMap::new(),
             limits,
             retry_at: None,
+            grant,
+            publishes: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
             sink,
         }
+    }
+
+    /// What this connection's credential allows.
+    pub fn grant(&self) -> &Grant {
+        &self.grant
     }
 
     /// Writes one control frame and flushes.
@@ -153,58 +170,28 @@ impl<S: Sink> Session<S> {
     /// Joins `room`: live only (`None`), from the oldest kept (`0`), or
     /// resuming after an ID. Answers `subscribed`, then any `gap` and the
     /// missed events, then live events.
-    pub async fn subscribe(
-        &mut self,
-        room: RoomName,
-        last_event_id: Option<EventId>,
-    ) -> Result<(), SessionError> {
+    pub async fn subscribe(&mut self, room: RoomName, last_event_id: Option<EventId>) -> Result<(), SessionError> {
+        if !self.grant.may_subscribe(&room) {
+            return Err(refuse(ErrorCode::Forbidden, format!("this token may not subscribe to {room}"), None));
+        }
         if self.rooms.contains_key(&room) {
-            return Err(refuse(
-                ErrorCode::AlreadySubscribed,
-                format!("already subscribed to {room}"),
-                None,
-            ));
+            return Err(refuse(ErrorCode::AlreadySubscribed, format!("already subscribed to {room}"), None));
         }
         if self.rooms.len() >= self.limits.max_subscriptions {
             return Err(refuse(
                 ErrorCode::LimitExceeded,
-                format!(
-                    "at most {} subscriptions per connection",
-                    self.limits.max_subscriptions
-                ),
+                format!("at most {} subscriptions per connection", self.limits.max_subscriptions),
                 None,
             ));
         }
         let flags = Arc::new(RoomFlags::default());
-        let subscriber = Subscriber {
-            outbox: self.inbox.outbox().clone(),
-            flags: flags.clone(),
-        };
-        let live = self
-            .hub
-            .join(&room, self.id, subscriber)
-            .await
-            .map_err(|e| store_refusal(e, None))?;
+        let subscriber = Subscriber { outbox: self.inbox.outbox().clone(), flags: flags.clone() };
+        let live = self.hub.join(&room, self.id, subscriber).await.map_err(|e| store_refusal(e, None))?;
         let Some(resume) = last_event_id else {
-            self.rooms.insert(
-                room.clone(),
-                RoomState {
-                    cursor: live,
-                    flags,
-                },
-            );
-            return Ok(self
-                .send(&ServerFrame::Subscribed {
-                    room,
-                    resumed: false,
-                })
-                .await?);
+            self.rooms.insert(room.clone(), RoomState { cursor: live, flags });
+            return Ok(self.send(&ServerFrame::Subscribed { room, resumed: false }).await?);
         };
-        let from = if resume.is_zero() {
-            Position::Oldest
-        } else {
-            Position::After(resume)
-        };
+        let from = if resume.is_zero() { Position::Oldest } else { Position::After(resume) };
         let page = match self.store.read(&room, from, PAGE).await {
             Ok(page) => page,
             Err(e) => {
@@ -212,20 +199,9 @@ impl<S: Sink> Session<S> {
                 return Err(store_refusal(e, None));
             }
         };
-        self.rooms.insert(
-            room.clone(),
-            RoomState {
-                cursor: resume,
-                flags,
-            },
-        );
+        self.rooms.insert(room.clone(), RoomState { cursor: resume, flags });
         let more = page.events.len() >= PAGE;
-        self.sink
-            .write(Outgoing::Frame(&ServerFrame::Subscribed {
-                room: room.clone(),
-                resumed: !page.gap,
-            }))
-            .await?;
+        self.sink.write(Outgoing::Frame(&ServerFrame::Subscribed { room: room.clone(), resumed: !page.gap })).await?;
         self.apply_page(&room, page).await?;
         if more {
             self.sync_or_retry(&room).await?;
@@ -236,11 +212,7 @@ impl<S: Sink> Session<S> {
     /// Leaves `room`.
     pub async fn unsubscribe(&mut self, room: RoomName) -> Result<(), SessionError> {
         if self.rooms.remove(&room).is_none() {
-            return Err(refuse(
-                ErrorCode::NotSubscribed,
-                format!("not subscribed to {room}"),
-                None,
-            ));
+            return Err(refuse(ErrorCode::NotSubscribed, format!("not subscribed to {room}"), None));
         }
         self.hub.leave(&room, self.id).await;
         Ok(self.send(&ServerFrame::Unsubscribed { room }).await?)
@@ -248,29 +220,26 @@ impl<S: Sink> Session<S> {
 
     /// Appends `data` to `room` and acks with its ID; never acks what the
     /// store did not confirm.
-    pub async fn publish(
-        &mut self,
-        room: RoomName,
-        data: Value,
-        reference: Option<u64>,
-    ) -> Result<(), SessionError> {
+    pub async fn publish(&mut self, room: RoomName, data: Value, reference: Option<u64>) -> Result<(), SessionError> {
+        if !self.grant.may_publish(&room) {
+            return Err(refuse(ErrorCode::Forbidden, format!("this connection may not publish to {room}"), reference));
+        }
+        if self.publishes.check().is_err() {
+            let message = format!(
+                "more than {} publishes per second (burst {})",
+                self.limits.publish_rate, self.limits.publish_burst
+            );
+            return Err(refuse(ErrorCode::RateLimited, message, reference));
+        }
         let json = data_to_json(&data);
         if json.len() > self.limits.max_payload {
             return Err(refuse(
                 ErrorCode::TooLarge,
-                format!(
-                    "payload is {} bytes; the limit is {}",
-                    json.len(),
-                    self.limits.max_payload
-                ),
+                format!("payload is {} bytes; the limit is {}", json.len(), self.limits.max_payload),
                 reference,
             ));
         }
-        let id = self
-            .store
-            .append(&room, json)
-            .await
-            .map_err(|e| store_refusal(e, reference))?;
+        let id = self.store.append(&room, json).await.map_err(|e| store_refusal(e, reference))?;
         metrics::counter!("roomcast_published_total", "via" => "ws").increment(1);
         Ok(self.send(&ServerFrame::Ack { reference, id }).await?)
     }
@@ -319,9 +288,7 @@ impl<S: Sink> Session<S> {
             }
             Accept::From(i) => {
                 state.cursor = last;
-                self.sink
-                    .write(Outgoing::Events(&batch.room, &batch.events[i..]))
-                    .await
+                self.sink.write(Outgoing::Events(&batch.room, &batch.events[i..])).await
             }
             Accept::Discontinuous => {
                 debug!(conn = self.id, room = %batch.room, "live batch does not follow the cursor; catching up");
@@ -358,12 +325,7 @@ impl<S: Sink> Session<S> {
             if state.flags.lost.swap(false, Ordering::AcqRel) {
                 metrics::counter!("roomcast_gaps_total").increment(1);
                 let after = std::mem::replace(&mut state.cursor, EventId::ZERO);
-                self.sink
-                    .write(Outgoing::Frame(&ServerFrame::Gap {
-                        room: room.clone(),
-                        after,
-                    }))
-                    .await?;
+                self.sink.write(Outgoing::Frame(&ServerFrame::Gap { room: room.clone(), after })).await?;
             }
         }
         loop {
@@ -401,18 +363,11 @@ impl<S: Sink> Session<S> {
             if page.events.is_empty() {
                 state.cursor = page.tail;
             }
-            self.sink
-                .write(Outgoing::Frame(&ServerFrame::Gap {
-                    room: room.clone(),
-                    after,
-                }))
-                .await?;
+            self.sink.write(Outgoing::Frame(&ServerFrame::Gap { room: room.clone(), after })).await?;
         }
         if let Some(last) = page.events.last() {
             state.cursor = last.id;
-            self.sink
-                .write(Outgoing::Events(room, &page.events))
-                .await?;
+            self.sink.write(Outgoing::Events(room, &page.events)).await?;
         }
         self.sink.flush().await
     }

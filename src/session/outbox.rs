@@ -37,12 +37,8 @@ impl Outbox {
     /// A new outbox and its receiving end.
     pub fn new(limits: OutboxLimits) -> (Arc<Outbox>, OutboxReceiver) {
         let (tx, rx) = mpsc::channel(limits.frames.max(1));
-        let outbox = Arc::new(Outbox {
-            tx,
-            queued_bytes: AtomicUsize::new(0),
-            max_bytes: limits.bytes,
-            lag: Notify::new(),
-        });
+        let outbox =
+            Arc::new(Outbox { tx, queued_bytes: AtomicUsize::new(0), max_bytes: limits.bytes, lag: Notify::new() });
         (outbox.clone(), OutboxReceiver { outbox, rx })
     }
 
@@ -97,9 +93,7 @@ impl OutboxReceiver {
     }
 
     fn release(&self, batch: &Batch) {
-        self.outbox
-            .queued_bytes
-            .fetch_sub(batch.size(), Ordering::Relaxed);
+        self.outbox.queued_bytes.fetch_sub(batch.size(), Ordering::Relaxed);
     }
 
     /// Resolves when a room of this connection lagged (one permit is kept,
@@ -124,20 +118,13 @@ mod tests {
         let data = Bytes::from(vec![b'1'; size]);
         Arc::new(Batch::new(
             RoomName::parse("r").unwrap(),
-            vec![Event {
-                id: EventId::new(n, 0),
-                prev: EventId::new(n - 1, 0),
-                data,
-            }],
+            vec![Event { id: EventId::new(n, 0), prev: EventId::new(n - 1, 0), data }],
         ))
     }
 
     #[tokio::test]
     async fn full_outbox_marks_lagged_instead_of_blocking() {
-        let (outbox, mut rx) = Outbox::new(OutboxLimits {
-            frames: 2,
-            bytes: 1 << 20,
-        });
+        let (outbox, mut rx) = Outbox::new(OutboxLimits { frames: 2, bytes: 1 << 20 });
         let lagged = AtomicBool::new(false);
         outbox.offer(&batch(1, 10), &lagged);
         outbox.offer(&batch(2, 10), &lagged);
@@ -150,17 +137,12 @@ mod tests {
         assert_eq!(rx.recv().await.unwrap().events[0].id.ms, 2);
         assert!(rx.try_recv().is_none());
         // The lag wake-up was remembered.
-        tokio::time::timeout(std::time::Duration::from_secs(1), rx.lagged())
-            .await
-            .unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(1), rx.lagged()).await.unwrap();
     }
 
     #[tokio::test]
     async fn byte_bound_applies_and_is_released() {
-        let (outbox, mut rx) = Outbox::new(OutboxLimits {
-            frames: 100,
-            bytes: 3000,
-        });
+        let (outbox, mut rx) = Outbox::new(OutboxLimits { frames: 100, bytes: 3000 });
         let lagged = AtomicBool::new(false);
         outbox.offer(&batch(1, 2000), &lagged);
         assert!(outbox.queued_bytes() > 2000);

@@ -108,12 +108,7 @@ impl Feed {
     /// its tail when the first local subscriber joined. Takes effect
     /// promptly, even if the loop is waiting.
     pub async fn watch(&self, room: RoomName, generation: u64, from: EventId) {
-        if self
-            .commands
-            .send(Command::Watch(room, generation, from))
-            .await
-            .is_ok()
-        {
+        if self.commands.send(Command::Watch(room, generation, from)).await.is_ok() {
             self.waker.wake();
         }
     }
@@ -155,22 +150,13 @@ async fn run(
                         }
                         None => {
                             source.watch(&room);
-                            followed.insert(
-                                room.clone(),
-                                Followed {
-                                    generation,
-                                    position: from,
-                                },
-                            );
+                            followed.insert(room.clone(), Followed { generation, position: from });
                         }
                     }
                     pending.insert(room);
                 }
                 Command::Unwatch(room, generation) => {
-                    if followed
-                        .get(&room)
-                        .is_some_and(|f| f.generation == generation)
-                    {
+                    if followed.get(&room).is_some_and(|f| f.generation == generation) {
                         source.unwatch(&room);
                         followed.remove(&room);
                         pending.remove(&room);
@@ -197,10 +183,7 @@ async fn run(
                 let now = store.incarnation().await?;
                 seen_generation = generation;
                 if incarnation.as_ref().is_some_and(|old| *old != now) {
-                    warn!(
-                        rooms = followed.len(),
-                        "the store lost its data; telling every followed room's subscribers"
-                    );
+                    warn!(rooms = followed.len(), "the store lost its data; telling every followed room's subscribers");
                     for (room, f) in followed.iter_mut() {
                         sink.lost(room);
                         f.position = EventId::ZERO;
@@ -219,11 +202,7 @@ async fn run(
         };
         match outcome {
             Ok(changed) => {
-                debug!(
-                    changed = changed.len(),
-                    followed = followed.len(),
-                    "feed woke"
-                );
+                debug!(changed = changed.len(), followed = followed.len(), "feed woke");
                 if failing {
                     info!("live feed recovered; re-reading every watched room");
                     pending.extend(followed.keys().cloned());

@@ -68,10 +68,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl MemoryStore {
@@ -102,9 +99,7 @@ impl MemoryStore {
     fn expire(&self, now: Instant) {
         let mut inner = lock(&self.inner);
         let ttl = self.options.room_ttl;
-        inner
-            .rooms
-            .retain(|_, log| now.duration_since(log.touched) < ttl);
+        inner.rooms.retain(|_, log| now.duration_since(log.touched) < ttl);
         let presence_ttl = self.options.presence_ttl;
         inner.audience.retain(|_, nodes| {
             nodes.retain(|_, (_, at)| now.duration_since(*at) < presence_ttl);
@@ -114,10 +109,7 @@ impl MemoryStore {
 
     /// The room's log if it exists and has not expired.
     fn live_log<'a>(&self, inner: &'a Inner, room: &RoomName) -> Option<&'a RoomLog> {
-        inner
-            .rooms
-            .get(room)
-            .filter(|log| log.touched.elapsed() < self.options.room_ttl)
+        inner.rooms.get(room).filter(|log| log.touched.elapsed() < self.options.room_ttl)
     }
 }
 
@@ -139,11 +131,7 @@ impl Store for MemoryStore {
                 log.last = EventId::ZERO;
             }
             let ms = now_ms();
-            let id = if ms > log.last.ms {
-                EventId::new(ms, 0)
-            } else {
-                EventId::new(log.last.ms, log.last.seq + 1)
-            };
+            let id = if ms > log.last.ms { EventId::new(ms, 0) } else { EventId::new(log.last.ms, log.last.seq + 1) };
             let prev = log.events.back().map(|e| e.id).unwrap_or(EventId::ZERO);
             log.events.push_back(Event { id, prev, data });
             log.last = id;
@@ -160,20 +148,11 @@ impl Store for MemoryStore {
         Ok(id)
     }
 
-    async fn read(
-        &self,
-        room: &RoomName,
-        from: Position,
-        limit: usize,
-    ) -> Result<Page, StoreError> {
+    async fn read(&self, room: &RoomName, from: Position, limit: usize) -> Result<Page, StoreError> {
         let inner = lock(&self.inner);
         let Some(log) = self.live_log(&inner, room) else {
             let gap = matches!(from, Position::After(x) if !x.is_zero());
-            return Ok(Page {
-                events: Vec::new(),
-                gap,
-                tail: EventId::ZERO,
-            });
+            return Ok(Page { events: Vec::new(), gap, tail: EventId::ZERO });
         };
         let tail = log.events.back().map(|e| e.id).unwrap_or(EventId::ZERO);
         let start = match from {
@@ -193,10 +172,7 @@ impl Store for MemoryStore {
 
     async fn tail(&self, room: &RoomName) -> Result<EventId, StoreError> {
         let inner = lock(&self.inner);
-        Ok(self
-            .live_log(&inner, room)
-            .and_then(|log| log.events.back().map(|e| e.id))
-            .unwrap_or(EventId::ZERO))
+        Ok(self.live_log(&inner, room).and_then(|log| log.events.back().map(|e| e.id)).unwrap_or(EventId::ZERO))
     }
 
     async fn read_many(
@@ -212,20 +188,13 @@ impl Store for MemoryStore {
             };
             let start = log.events.partition_point(|e| e.id <= *after);
             if start < log.events.len() {
-                out.push((
-                    room.clone(),
-                    log.events.iter().skip(start).take(limit).cloned().collect(),
-                ));
+                out.push((room.clone(), log.events.iter().skip(start).take(limit).cloned().collect()));
             }
         }
         Ok(out)
     }
 
-    async fn report_audience(
-        &self,
-        node: &str,
-        counts: &[(RoomName, usize)],
-    ) -> Result<(), StoreError> {
+    async fn report_audience(&self, node: &str, counts: &[(RoomName, usize)]) -> Result<(), StoreError> {
         let mut inner = lock(&self.inner);
         let now = Instant::now();
         for (room, count) in counts {
@@ -237,11 +206,7 @@ impl Store for MemoryStore {
                     }
                 }
             } else {
-                inner
-                    .audience
-                    .entry(room.clone())
-                    .or_default()
-                    .insert(node.to_owned(), (*count, now));
+                inner.audience.entry(room.clone()).or_default().insert(node.to_owned(), (*count, now));
             }
         }
         Ok(())
@@ -253,13 +218,7 @@ impl Store for MemoryStore {
         Ok(inner
             .audience
             .get(room)
-            .map(|nodes| {
-                nodes
-                    .values()
-                    .filter(|(_, at)| at.elapsed() < ttl)
-                    .map(|(n, _)| n)
-                    .sum()
-            })
+            .map(|nodes| nodes.values().filter(|(_, at)| at.elapsed() < ttl).map(|(n, _)| n).sum())
             .unwrap_or(0))
     }
 
@@ -277,9 +236,7 @@ impl Store for MemoryStore {
     }
 
     async fn change_source(&self, _node: &str) -> Result<Box<dyn ChangeSource>, StoreError> {
-        Ok(Box::new(MemoryChanges {
-            changes: self.changes.clone(),
-        }))
+        Ok(Box::new(MemoryChanges { changes: self.changes.clone() }))
     }
 }
 

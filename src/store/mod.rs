@@ -88,8 +88,7 @@ pub trait Store: Send + Sync + 'static {
     async fn append(&self, room: &RoomName, data: Bytes) -> Result<EventId, StoreError>;
 
     /// Reads up to `limit` kept events from `from`, with exact gap detection.
-    async fn read(&self, room: &RoomName, from: Position, limit: usize)
-        -> Result<Page, StoreError>;
+    async fn read(&self, room: &RoomName, from: Position, limit: usize) -> Result<Page, StoreError>;
 
     /// The room's last ID, or `0-0` if it has no history.
     async fn tail(&self, room: &RoomName) -> Result<EventId, StoreError>;
@@ -105,11 +104,7 @@ pub trait Store: Send + Sync + 'static {
     /// Records this node's live subscriber counts; a count of 0 removes the
     /// node's entry. Reports expire after `presence_ttl` unless refreshed,
     /// so a crashed node's audience vanishes on its own.
-    async fn report_audience(
-        &self,
-        node: &str,
-        counts: &[(RoomName, usize)],
-    ) -> Result<(), StoreError>;
+    async fn report_audience(&self, node: &str, counts: &[(RoomName, usize)]) -> Result<(), StoreError>;
 
     /// Live subscribers of `room` summed over all nodes with fresh reports.
     async fn audience(&self, room: &RoomName) -> Result<usize, StoreError>;

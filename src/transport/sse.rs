@@ -14,7 +14,9 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::{admit, sleep_until_some, slot};
 use crate::app::App;
+use crate::auth::Grant;
 use crate::http::error_response;
 use crate::protocol::{sse_events, sse_gap, ErrorCode, EventId, RoomName, ServerFrame};
 use crate::session::{Outgoing, Session, SessionError, Sink, SinkError, Wakeup};
@@ -30,6 +32,7 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 #[derive(Debug, Deserialize)]
 pub struct SseQuery {
     last_event_id: Option<String>,
+    token: Option<String>,
 }
 
 /// Streams `room` as `text/event-stream`, resuming from `Last-Event-ID`
@@ -42,41 +45,33 @@ pub async fn handler(
 ) -> Response {
     let room = match RoomName::parse(&room) {
         Ok(room) => room,
-        Err(e) => {
-            return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadRoom, &e.to_string())
-        }
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadRoom, &e.to_string()),
     };
-    let header_id = headers
-        .get("last-event-id")
-        .map(|v| v.to_str().unwrap_or("\u{0}").to_owned());
-    let last = match header_id
-        .or(query.last_event_id)
-        .map(|s| EventId::parse(&s))
-    {
+    let header_id = headers.get("last-event-id").map(|v| v.to_str().unwrap_or("\u{0}").to_owned());
+    let last = match header_id.or(query.last_event_id).map(|s| EventId::parse(&s)) {
         None => None,
         Some(Ok(id)) => Some(id),
-        Some(Err(e)) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::BadEventId,
-                &e.to_string(),
-            )
-        }
+        Some(Err(e)) => return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadEventId, &e.to_string()),
     };
-    if app.shutdown.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    let grant = match admit(&app, &headers, query.token.as_deref()) {
+        Ok(grant) => grant,
+        Err(refusal) => return refusal.into_response(),
+    };
+    if !grant.may_subscribe(&room) {
+        return error_response(StatusCode::FORBIDDEN, ErrorCode::Forbidden, "this token may not read this room");
     }
+    let slot = match slot(&app) {
+        Ok(slot) => slot,
+        Err(refusal) => return refusal.into_response(),
+    };
     let (tx, rx) = mpsc::channel::<Bytes>(BODY_QUEUE);
-    app.tracker.spawn(run(app.clone(), room, last, tx));
+    let tracker = app.tracker.clone();
+    tracker.spawn(async move {
+        run(app, room, last, tx, grant).await;
+        drop(slot);
+    });
     let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, Infallible>));
-    (
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        body,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], body).into_response()
 }
 
 struct SseSink {
@@ -93,9 +88,7 @@ impl Sink for SseSink {
                 let json = serde_json::to_string(frame).unwrap_or_default();
                 Bytes::from(format!("event: error\ndata: {json}\n\n"))
             }
-            Outgoing::Frame(ServerFrame::Subscribed { .. }) => {
-                Bytes::from_static(b": subscribed\n\n")
-            }
+            Outgoing::Frame(ServerFrame::Subscribed { .. }) => Bytes::from_static(b": subscribed\n\n"),
             Outgoing::Frame(_) => return Ok(()),
         };
         match tokio::time::timeout(WRITE_TIMEOUT, self.tx.send(chunk)).await {
@@ -110,14 +103,10 @@ impl Sink for SseSink {
     }
 }
 
-async fn run(app: Arc<App>, room: RoomName, last: Option<EventId>, tx: mpsc::Sender<Bytes>) {
+async fn run(app: Arc<App>, room: RoomName, last: Option<EventId>, tx: mpsc::Sender<Bytes>, grant: Grant) {
     let closed = tx.clone();
-    let mut session = Session::new(
-        app.hub.clone(),
-        app.store.clone(),
-        SseSink { tx },
-        app.limits,
-    );
+    let expiry = grant.remaining().map(|left| tokio::time::Instant::now() + left);
+    let mut session = Session::new(app.hub.clone(), app.store.clone(), SseSink { tx }, app.limits, grant);
     metrics::gauge!("roomcast_connections", "transport" => "sse").increment(1.0);
     let mut alive = match session.subscribe(room, last).await {
         Ok(()) => true,
@@ -133,6 +122,7 @@ async fn run(app: Arc<App>, room: RoomName, last: Option<EventId>, tx: mpsc::Sen
         tokio::select! {
             _ = app.shutdown.cancelled() => alive = false,
             _ = closed.closed() => alive = false,
+            _ = sleep_until_some(expiry) => alive = false,
             _ = keepalive.tick() => {
                 alive = closed.try_send(Bytes::from_static(b": keepalive\n\n")).is_ok()
                     || !closed.is_closed();

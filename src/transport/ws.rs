@@ -5,17 +5,23 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tracing::debug;
 
+use std::num::NonZeroU32;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+use super::{admit, sleep_until_some, slot};
 use crate::app::App;
+use crate::auth::Grant;
 use crate::protocol::{
-    decode_client, encode_events, encode_frame, ClientFrame, CloseReason, ErrorCode, EventId,
-    Format, FrameError, RoomName, ServerFrame, Wire, MSGPACK_SUBPROTOCOL,
+    decode_client, encode_events, encode_frame, ClientFrame, CloseReason, ErrorCode, EventId, Format, FrameError,
+    RoomName, ServerFrame, Wire, MSGPACK_SUBPROTOCOL,
 };
 use crate::session::{Outgoing, Session, SessionError, Sink, SinkError, Wakeup};
 
@@ -27,31 +33,40 @@ const WRITE_BUFFER: usize = 64 * 1024;
 /// A write that takes longer than this means the client stopped reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Refused frames are counted over this window (see `--max-strikes`).
+const STRIKE_WINDOW: Duration = Duration::from_secs(10);
+
 /// Query parameters of `/ws`.
 #[derive(Debug, Deserialize)]
 pub struct WsQuery {
     room: Option<String>,
     last_event_id: Option<String>,
     format: Option<String>,
+    token: Option<String>,
 }
 
-/// Upgrades to a WebSocket session.
+/// Upgrades to a WebSocket session, after checking origin, credential and
+/// the node's connection limit.
 pub async fn handler(
     State(app): State<Arc<App>>,
     Query(query): Query<WsQuery>,
+    headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let forced = match query.format.as_deref() {
         None => None,
         Some("json") => Some(Format::Json),
         Some("msgpack") => Some(Format::MsgPack),
-        Some(_) => {
-            return (StatusCode::BAD_REQUEST, "format must be json or msgpack\n").into_response()
-        }
+        Some(_) => return (StatusCode::BAD_REQUEST, "format must be json or msgpack\n").into_response(),
     };
-    if app.shutdown.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
-    }
+    let grant = match admit(&app, &headers, query.token.as_deref()) {
+        Ok(grant) => grant,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let slot = match slot(&app) {
+        Ok(slot) => slot,
+        Err(refusal) => return refusal.into_response(),
+    };
     let max = app.config.max_message_bytes;
     let tracker = app.tracker.clone();
     upgrade
@@ -61,15 +76,12 @@ pub async fn handler(
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
-            let negotiated = socket
-                .protocol()
-                .is_some_and(|p| p.as_bytes() == MSGPACK_SUBPROTOCOL.as_bytes());
-            let format = forced.unwrap_or(if negotiated {
-                Format::MsgPack
-            } else {
-                Format::Json
-            });
-            tracker.track_future(run(app, socket, format, query))
+            let negotiated = socket.protocol().is_some_and(|p| p.as_bytes() == MSGPACK_SUBPROTOCOL.as_bytes());
+            let format = forced.unwrap_or(if negotiated { Format::MsgPack } else { Format::Json });
+            tracker.track_future(async move {
+                run(app, socket, format, query, grant).await;
+                drop(slot);
+            })
         })
 }
 
@@ -86,9 +98,7 @@ fn message(wire: Wire) -> Message {
     }
 }
 
-async fn timed<F: std::future::Future<Output = Result<(), axum::Error>>>(
-    f: F,
-) -> Result<(), SinkError> {
+async fn timed<F: std::future::Future<Output = Result<(), axum::Error>>>(f: F) -> Result<(), SinkError> {
     match tokio::time::timeout(WRITE_TIMEOUT, f).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(SinkError::Closed),
@@ -119,17 +129,15 @@ enum End {
     Close(CloseReason),
 }
 
-async fn run(app: Arc<App>, socket: WebSocket, format: Format, query: WsQuery) {
+async fn run(app: Arc<App>, socket: WebSocket, format: Format, query: WsQuery, grant: Grant) {
     let (sink, mut stream) = socket.split();
-    let mut session = Session::new(
-        app.hub.clone(),
-        app.store.clone(),
-        WsSink { sink, format },
-        app.limits,
-    );
+    let expiry = grant.remaining().map(|left| tokio::time::Instant::now() + left);
+    let subject = grant.subject().to_owned();
+    let mut session = Session::new(app.hub.clone(), app.store.clone(), WsSink { sink, format }, app.limits, grant);
+    let strikes = strike_limiter(app.config.max_strikes);
     let conn = session.id();
     metrics::gauge!("roomcast_connections", "transport" => "ws").increment(1.0);
-    debug!(conn, ?format, "websocket connected");
+    debug!(conn, ?format, subject, "websocket connected");
 
     let mut end = match auto_subscribe(&mut session, query).await {
         Err(e) => Some(end_of(e)),
@@ -138,6 +146,7 @@ async fn run(app: Arc<App>, socket: WebSocket, format: Format, query: WsQuery) {
     while end.is_none() {
         tokio::select! {
             _ = app.shutdown.cancelled() => end = Some(End::Close(CloseReason::Restart)),
+            _ = sleep_until_some(expiry) => end = Some(End::Close(CloseReason::TokenExpired)),
             wakeup = session.next() => {
                 let written = match wakeup {
                     Wakeup::Batch(batch) => session.deliver(batch).await,
@@ -150,7 +159,12 @@ async fn run(app: Arc<App>, socket: WebSocket, format: Format, query: WsQuery) {
             incoming = stream.next() => {
                 end = match incoming {
                     None | Some(Ok(Message::Close(_))) => Some(End::Gone),
-                    Some(Ok(msg)) => handle(&mut session, format, msg).await.err().map(end_of),
+                    Some(Ok(msg)) => match handle(&mut session, format, msg).await {
+                        Ok(Answer::Done) => None,
+                        Ok(Answer::Refused) if strikes.check().is_err() => Some(End::Close(CloseReason::Misbehaving)),
+                        Ok(Answer::Refused) => None,
+                        Err(e) => Some(end_of(e)),
+                    },
                     Some(Err(e)) => Some(read_error(e)),
                 };
             }
@@ -159,10 +173,7 @@ async fn run(app: Arc<App>, socket: WebSocket, format: Format, query: WsQuery) {
 
     let mut sink = session.close().await;
     if let Some(End::Close(reason)) = end {
-        let frame = CloseFrame {
-            code: reason.code(),
-            reason: Utf8Bytes::from_static(reason.reason()),
-        };
+        let frame = CloseFrame { code: reason.code(), reason: Utf8Bytes::from_static(reason.reason()) };
         let _ = timed(sink.sink.send(Message::Close(Some(frame)))).await;
     }
     metrics::gauge!("roomcast_connections", "transport" => "ws").decrement(1.0);
@@ -185,43 +196,54 @@ fn read_error(e: axum::Error) -> End {
     }
 }
 
+/// Counts refused frames: more than `max` per [`STRIKE_WINDOW`] ends the connection.
+fn strike_limiter(max: u32) -> DefaultDirectRateLimiter {
+    let max = NonZeroU32::new(max).unwrap_or(NonZeroU32::MIN);
+    let quota = Quota::with_period(STRIKE_WINDOW / max.get()).unwrap_or_else(|| Quota::per_second(max));
+    RateLimiter::direct(quota.allow_burst(max))
+}
+
+/// How a client frame was answered.
+enum Answer {
+    /// Done as asked.
+    Done,
+    /// Refused with an `error` frame (a strike).
+    Refused,
+}
+
 /// `?room=` subscribes as a `subscribe` frame would, answered the same way.
 async fn auto_subscribe(session: &mut Session<WsSink>, query: WsQuery) -> Result<(), SessionError> {
     let Some(room) = query.room else {
         return Ok(());
     };
-    let parsed = RoomName::parse(&room)
-        .map_err(|e| FrameError::new(ErrorCode::BadRoom, e.to_string(), None))
-        .and_then(
-            |room| match query.last_event_id.as_deref().map(EventId::parse) {
+    let parsed =
+        RoomName::parse(&room).map_err(|e| FrameError::new(ErrorCode::BadRoom, e.to_string(), None)).and_then(|room| {
+            match query.last_event_id.as_deref().map(EventId::parse) {
                 None => Ok((room, None)),
                 Some(Ok(id)) => Ok((room, Some(id))),
                 Some(Err(e)) => Err(FrameError::new(ErrorCode::BadEventId, e.to_string(), None)),
-            },
-        );
+            }
+        });
     let outcome = match parsed {
         Ok((room, last)) => session.subscribe(room, last).await,
         Err(e) => Err(SessionError::Refused(e)),
     };
-    answer(session, outcome).await
+    answer(session, outcome).await.map(|_| ())
 }
 
 /// Turns a refusal into an `error` frame; other failures end the connection.
-async fn answer(
-    session: &mut Session<WsSink>,
-    outcome: Result<(), SessionError>,
-) -> Result<(), SessionError> {
+async fn answer(session: &mut Session<WsSink>, outcome: Result<(), SessionError>) -> Result<Answer, SessionError> {
     match outcome {
-        Err(SessionError::Refused(e)) => Ok(session.send(&ServerFrame::from(e)).await?),
-        other => other,
+        Ok(()) => Ok(Answer::Done),
+        Err(SessionError::Refused(e)) => {
+            session.send(&ServerFrame::from(e)).await?;
+            Ok(Answer::Refused)
+        }
+        Err(e) => Err(e),
     }
 }
 
-async fn handle(
-    session: &mut Session<WsSink>,
-    format: Format,
-    msg: Message,
-) -> Result<(), SessionError> {
+async fn handle(session: &mut Session<WsSink>, format: Format, msg: Message) -> Result<Answer, SessionError> {
     let decoded = match (&msg, format) {
         (Message::Text(text), _) => decode_client(Format::Json, text.as_bytes()),
         (Message::Binary(bytes), Format::MsgPack) => decode_client(Format::MsgPack, bytes),
@@ -231,20 +253,13 @@ async fn handle(
             None,
         )),
         // Pings are answered by tungstenite itself.
-        _ => return Ok(()),
+        _ => return Ok(Answer::Done),
     };
     let outcome = match decoded {
         Err(e) => Err(SessionError::Refused(e)),
-        Ok(ClientFrame::Subscribe {
-            room,
-            last_event_id,
-        }) => session.subscribe(room, last_event_id).await,
+        Ok(ClientFrame::Subscribe { room, last_event_id }) => session.subscribe(room, last_event_id).await,
         Ok(ClientFrame::Unsubscribe { room }) => session.unsubscribe(room).await,
-        Ok(ClientFrame::Publish {
-            room,
-            data,
-            reference,
-        }) => session.publish(room, data, reference).await,
+        Ok(ClientFrame::Publish { room, data, reference }) => session.publish(room, data, reference).await,
     };
     answer(session, outcome).await
 }

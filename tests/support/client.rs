@@ -38,17 +38,29 @@ impl Client {
         Client::connect_with(url, Format::Json, None).await
     }
 
+    /// Connects with extra request headers; `Err(status)` when the upgrade is refused.
+    pub async fn try_connect(url: &str, headers: &[(&str, &str)]) -> Result<Client, u16> {
+        let mut request = url.into_client_request().expect("request");
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                value.parse().expect("header value"),
+            );
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((ws, _)) => Ok(Client { ws, format: Format::Json }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
+            Err(e) => panic!("websocket connect failed: {e}"),
+        }
+    }
+
     /// Connects with a format; `subprotocol` asks for one in the handshake.
     pub async fn connect_with(url: &str, format: Format, subprotocol: Option<&str>) -> Client {
         let mut request = url.into_client_request().expect("request");
         if let Some(p) = subprotocol {
-            request
-                .headers_mut()
-                .insert("Sec-WebSocket-Protocol", p.parse().expect("header"));
+            request.headers_mut().insert("Sec-WebSocket-Protocol", p.parse().expect("header"));
         }
-        let (ws, _) = tokio_tungstenite::connect_async(request)
-            .await
-            .expect("websocket connect");
+        let (ws, _) = tokio_tungstenite::connect_async(request).await.expect("websocket connect");
         Client { ws, format }
     }
 
@@ -56,9 +68,7 @@ impl Client {
     pub async fn send(&mut self, frame: Value) {
         let msg = match self.format {
             Format::Json => Message::Text(frame.to_string().into()),
-            Format::MsgPack => {
-                Message::Binary(rmp_serde::to_vec_named(&frame).expect("msgpack").into())
-            }
+            Format::MsgPack => Message::Binary(rmp_serde::to_vec_named(&frame).expect("msgpack").into()),
         };
         self.ws.send(msg).await.expect("send");
     }
@@ -78,8 +88,7 @@ impl Client {
 
     /// Publishes and waits for the ack; returns the ID.
     pub async fn publish(&mut self, room: &str, data: Value, reference: u64) -> String {
-        self.send(json!({"type": "publish", "room": room, "data": data, "ref": reference}))
-            .await;
+        self.send(json!({"type": "publish", "room": room, "data": data, "ref": reference})).await;
         let ack = self.expect_type("ack").await;
         assert_eq!(ack["ref"], reference, "ack for another ref: {ack}");
         ack["id"].as_str().expect("ack id").to_owned()
@@ -87,9 +96,7 @@ impl Client {
 
     /// The next frame, decoded; `Err` if the connection closed.
     pub async fn next(&mut self) -> Result<Value, Closed> {
-        self.next_within(PATIENCE)
-            .await
-            .unwrap_or_else(|| panic!("no frame within {PATIENCE:?}"))
+        self.next_within(PATIENCE).await.unwrap_or_else(|| panic!("no frame within {PATIENCE:?}"))
     }
 
     /// The next frame within `wait`; `None` when nothing arrived.
@@ -101,20 +108,12 @@ impl Client {
                 Ok(Some(Ok(msg))) => msg,
             };
             return Some(match msg {
-                Message::Text(t) => {
-                    Ok(serde_json::from_str(t.as_str()).expect("server sent invalid JSON"))
-                }
+                Message::Text(t) => Ok(serde_json::from_str(t.as_str()).expect("server sent invalid JSON")),
                 Message::Binary(b) => {
-                    assert_eq!(
-                        self.format,
-                        Format::MsgPack,
-                        "binary frame on a JSON connection"
-                    );
+                    assert_eq!(self.format, Format::MsgPack, "binary frame on a JSON connection");
                     Ok(rmp_serde::from_slice(&b).expect("server sent invalid MessagePack"))
                 }
-                Message::Close(Some(frame)) => {
-                    Err(Closed::Code(frame.code.into(), frame.reason.to_string()))
-                }
+                Message::Close(Some(frame)) => Err(Closed::Code(frame.code.into(), frame.reason.to_string())),
                 Message::Close(None) => Err(Closed::Eof),
                 _ => continue,
             });
@@ -123,10 +122,7 @@ impl Client {
 
     /// The next frame, which must be of `kind`.
     pub async fn expect_type(&mut self, kind: &str) -> Value {
-        let frame = self
-            .next()
-            .await
-            .unwrap_or_else(|c| panic!("closed ({c:?}) while expecting {kind}"));
+        let frame = self.next().await.unwrap_or_else(|c| panic!("closed ({c:?}) while expecting {kind}"));
         assert_eq!(frame["type"], kind, "expected a {kind} frame, got {frame}");
         frame
     }
@@ -137,19 +133,14 @@ impl Client {
         let mut events: Vec<(String, Value)> = Vec::new();
         let mut gaps = Vec::new();
         while events.len() < n {
-            let frame = self
-                .next()
-                .await
-                .unwrap_or_else(|c| panic!("closed ({c:?}) after {} events", events.len()));
+            let frame = self.next().await.unwrap_or_else(|c| panic!("closed ({c:?}) after {} events", events.len()));
             match frame["type"].as_str() {
                 Some("events") if frame["room"] == room => {
                     for e in frame["events"].as_array().expect("events array") {
                         events.push((e["id"].as_str().expect("id").to_owned(), e["data"].clone()));
                     }
                 }
-                Some("gap") if frame["room"] == room => {
-                    gaps.push(frame["after"].as_str().unwrap_or("").to_owned())
-                }
+                Some("gap") if frame["room"] == room => gaps.push(frame["after"].as_str().unwrap_or("").to_owned()),
                 _ => {}
             }
         }
@@ -183,11 +174,6 @@ pub fn id_key(id: &str) -> (u64, u64) {
 /// Asserts IDs strictly increase.
 pub fn assert_ordered(ids: &[String]) {
     for pair in ids.windows(2) {
-        assert!(
-            id_key(&pair[0]) < id_key(&pair[1]),
-            "out of order: {} then {}",
-            pair[0],
-            pair[1]
-        );
+        assert!(id_key(&pair[0]) < id_key(&pair[1]), "out of order: {} then {}", pair[0], pair[1]);
     }
 }

@@ -16,10 +16,7 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 
 /// A free loopback port (bound then released; fine for tests).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free port")
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after [`PATIENCE`].
@@ -49,11 +46,7 @@ pub struct Redis {
 impl Redis {
     pub fn start() -> Redis {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut redis = Redis {
-            port: free_port(),
-            dir,
-            child: None,
-        };
+        let mut redis = Redis { port: free_port(), dir, child: None };
         redis.spawn();
         redis
     }
@@ -64,16 +57,7 @@ impl Redis {
 
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -83,11 +67,7 @@ impl Redis {
         self.child = Some(child);
         let deadline = Instant::now() + PATIENCE;
         while self.command(&["PING"]).as_deref() != Some("+PONG") {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start on port {}",
-                self.port
-            );
+            assert!(Instant::now() < deadline, "redis-server did not start on port {}", self.port);
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -186,18 +166,10 @@ impl Node {
             Ok(addr) => addr.parse().expect("listening address"),
             Err(_) => {
                 let _ = child.kill();
-                panic!(
-                    "node did not start; args {args:?}; logs:\n{}",
-                    logs.lock().unwrap().join("\n")
-                )
+                panic!("node did not start; args {args:?}; logs:\n{}", logs.lock().unwrap().join("\n"))
             }
         };
-        Node {
-            addr,
-            child,
-            logs,
-            args,
-        }
+        Node { addr, child, logs, args }
     }
 
     pub fn http(&self, path: &str) -> String {
@@ -210,9 +182,7 @@ impl Node {
 
     /// Sends SIGTERM.
     pub fn sigterm(&self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
     }
 
     /// Waits for the process to exit.
@@ -222,10 +192,7 @@ impl Node {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "node did not exit within {within:?}"
-            );
+            assert!(Instant::now() < deadline, "node did not exit within {within:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -249,12 +216,8 @@ impl Drop for Node {
 
 /// Runs the binary to completion with `args`; returns (exit code, stderr).
 pub fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
-    let mut child = Command::new(binary())
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start roomcast");
+    let mut child =
+        Command::new(binary()).args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start roomcast");
     let mut err = String::new();
     if let Some(mut stderr) = child.stderr.take() {
         let _ = stderr.read_to_string(&mut err);
@@ -272,19 +235,13 @@ pub struct Deployment {
 
 impl Deployment {
     pub fn memory(extra: &[&str]) -> Deployment {
-        Deployment {
-            redis: None,
-            nodes: vec![Node::memory(extra)],
-        }
+        Deployment { redis: None, nodes: vec![Node::memory(extra)] }
     }
 
     pub fn redis(nodes: usize, extra: &[&str]) -> Deployment {
         let redis = Redis::start();
         let nodes = (0..nodes).map(|_| Node::redis(&redis, extra)).collect();
-        Deployment {
-            redis: Some(redis),
-            nodes,
-        }
+        Deployment { redis: Some(redis), nodes }
     }
 
     /// Node `i`, wrapping around (a memory deployment has one).
@@ -315,8 +272,5 @@ pub async fn publish(node: &Node, room: &str, data: serde_json::Value) -> String
 pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
     let response = reqwest::get(url).await.expect("GET");
     let status = response.status().as_u16();
-    (
-        status,
-        response.json().await.unwrap_or(serde_json::Value::Null),
-    )
+    (status, response.json().await.unwrap_or(serde_json::Value::Null))
 }

@@ -53,26 +53,13 @@ pub(super) struct RedisChanges {
 impl RedisChanges {
     pub(super) fn new(reader: Client, commands: Client, keys: Keys, node: &str) -> Self {
         let control_key = keys.control(node);
-        let waker = Arc::new(ControlWake {
-            client: commands,
-            key: control_key.clone(),
-        });
-        RedisChanges {
-            reader,
-            keys,
-            control_key,
-            control_position: None,
-            buckets: HashMap::new(),
-            waker,
-        }
+        let waker = Arc::new(ControlWake { client: commands, key: control_key.clone() });
+        RedisChanges { reader, keys, control_key, control_position: None, buckets: HashMap::new(), waker }
     }
 
     async fn last_id(&self, key: &str) -> Result<EventId, StoreError> {
-        let value: Value = self
-            .reader
-            .xrevrange(key, "+", "-", Some(1))
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let value: Value =
+            self.reader.xrevrange(key, "+", "-", Some(1)).await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let Value::Array(items) = value else {
             return Ok(EventId::ZERO);
         };
@@ -86,13 +73,7 @@ impl RedisChanges {
 #[async_trait]
 impl ChangeSource for RedisChanges {
     fn watch(&mut self, room: &RoomName) {
-        self.buckets
-            .entry(bucket(room))
-            .or_insert(Bucket {
-                rooms: 0,
-                position: None,
-            })
-            .rooms += 1;
+        self.buckets.entry(bucket(room)).or_insert(Bucket { rooms: 0, position: None }).rooms += 1;
     }
 
     fn unwatch(&mut self, room: &RoomName) {
@@ -109,12 +90,7 @@ impl ChangeSource for RedisChanges {
         if self.control_position.is_none() {
             self.control_position = Some(self.last_id(&self.control_key).await?);
         }
-        let unresolved: Vec<u16> = self
-            .buckets
-            .iter()
-            .filter(|(_, b)| b.position.is_none())
-            .map(|(k, _)| *k)
-            .collect();
+        let unresolved: Vec<u16> = self.buckets.iter().filter(|(_, b)| b.position.is_none()).map(|(k, _)| *k).collect();
         for b in unresolved {
             let position = self.last_id(&self.keys.signals(b)).await?;
             if let Some(entry) = self.buckets.get_mut(&b) {
@@ -135,19 +111,11 @@ impl ChangeSource for RedisChanges {
                 order.push(Some(*b));
             }
         }
-        let options = Options {
-            timeout: Some(timeout + REPLY_SLACK),
-            ..Default::default()
-        };
+        let options = Options { timeout: Some(timeout + REPLY_SLACK), ..Default::default() };
         let value: Value = self
             .reader
             .with_options(&options)
-            .xread(
-                Some(SIGNALS_PER_CALL),
-                Some(timeout.as_millis() as u64),
-                keys.clone(),
-                ids,
-            )
+            .xread(Some(SIGNALS_PER_CALL), Some(timeout.as_millis() as u64), keys.clone(), ids)
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let mut changed = Vec::new();
@@ -159,11 +127,9 @@ impl ChangeSource for RedisChanges {
             for item in &items {
                 let (id, room) = reply::id_and_field(item, b"r")?;
                 last = Some(id);
-                if let Some(room) = room.and_then(|r| {
-                    std::str::from_utf8(&r)
-                        .ok()
-                        .and_then(|s| RoomName::parse(s).ok())
-                }) {
+                if let Some(room) =
+                    room.and_then(|r| std::str::from_utf8(&r).ok().and_then(|s| RoomName::parse(s).ok()))
+                {
                     changed.push(room);
                 }
             }
@@ -198,9 +164,8 @@ impl Wake for ControlWake {
         let client = self.client.clone();
         let key = self.key.clone();
         tokio::spawn(async move {
-            let added: Result<Value, _> = client
-                .xadd(&key, false, ("MAXLEN", "~", CONTROL_KEPT), "*", ("w", "1"))
-                .await;
+            let added: Result<Value, _> =
+                client.xadd(&key, false, ("MAXLEN", "~", CONTROL_KEPT), "*", ("w", "1")).await;
             if let Err(e) = added {
                 // The reader's block timeout is the backstop.
                 debug!(cause = %e, "could not wake the live feed");

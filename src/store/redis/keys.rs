@@ -40,9 +40,7 @@ pub struct Keys {
 impl Keys {
     /// Keys under `prefix` (several deployments can share one Redis).
     pub fn new(prefix: &str) -> Self {
-        Keys {
-            prefix: prefix.to_owned(),
-        }
+        Keys { prefix: prefix.to_owned() }
     }
 
     /// The room's event stream.
@@ -91,13 +89,9 @@ mod tests {
     #[test]
     fn buckets_are_stable_and_spread() {
         // Pinned: the layout is shared by every node of a deployment.
-        assert_eq!(
-            bucket(&RoomName::parse("a").unwrap()),
-            0xe40c292c_u32 as u16 % BUCKETS
-        );
-        let used: std::collections::HashSet<u16> = (0..1000)
-            .map(|i| bucket(&RoomName::parse(&format!("room-{i}")).unwrap()))
-            .collect();
+        assert_eq!(bucket(&RoomName::parse("a").unwrap()), 0xe40c292c_u32 as u16 % BUCKETS);
+        let used: std::collections::HashSet<u16> =
+            (0..1000).map(|i| bucket(&RoomName::parse(&format!("room-{i}")).unwrap())).collect();
         assert_eq!(used.len(), BUCKETS as usize);
     }
 }

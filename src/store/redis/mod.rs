@@ -86,16 +86,12 @@ fn unavailable(e: Error) -> StoreError {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Builds a client that reconnects forever with backoff.
 fn build_client(redis: &RedisOptions, command_timeout: Duration) -> Result<Client, StoreError> {
-    let config =
-        Config::from_url(&redis.url).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let config = Config::from_url(&redis.url).map_err(|e| StoreError::Unavailable(e.to_string()))?;
     Builder::from_config(config)
         .with_performance_config(|p| p.default_command_timeout = command_timeout)
         .with_connection_config(|c| {
@@ -128,23 +124,11 @@ impl RedisStore {
         append.load(&client).await.map_err(unavailable)?;
         let incarnation = Script::from_lua(INCARNATION_LUA);
         incarnation.load(&client).await.map_err(unavailable)?;
-        Ok(RedisStore {
-            client,
-            append,
-            incarnation,
-            generation,
-            keys: Keys::new(&redis.prefix),
-            options,
-            redis,
-        })
+        Ok(RedisStore { client, append, incarnation, generation, keys: Keys::new(&redis.prefix), options, redis })
     }
 
     async fn last_entry(&self, key: &str) -> Result<Option<EventId>, StoreError> {
-        let value: Value = self
-            .client
-            .xrevrange(key, "+", "-", Some(1))
-            .await
-            .map_err(unavailable)?;
+        let value: Value = self.client.xrevrange(key, "+", "-", Some(1)).await.map_err(unavailable)?;
         Ok(reply::entries(value)?.last().map(|e| e.id))
     }
 }
@@ -160,30 +144,17 @@ impl Store for RedisStore {
             Value::from(room.as_str()),
             Value::from(SIGNALS_KEPT as i64),
         ];
-        let id: Value = self
-            .append
-            .evalsha_with_reload(&self.client, keys, args)
-            .await
-            .map_err(unavailable)?;
+        let id: Value = self.append.evalsha_with_reload(&self.client, keys, args).await.map_err(unavailable)?;
         reply::event_id(&id)
     }
 
-    async fn read(
-        &self,
-        room: &RoomName,
-        from: Position,
-        limit: usize,
-    ) -> Result<Page, StoreError> {
+    async fn read(&self, room: &RoomName, from: Position, limit: usize) -> Result<Page, StoreError> {
         let key = self.keys.room(room);
         let start = match from {
             Position::Oldest => "-".to_owned(),
             Position::After(x) => format!("({x}"),
         };
-        let value: Value = self
-            .client
-            .xrange(&key, start, "+", Some(limit as u64))
-            .await
-            .map_err(unavailable)?;
+        let value: Value = self.client.xrange(&key, start, "+", Some(limit as u64)).await.map_err(unavailable)?;
         let events = reply::entries(value)?;
         if let Some(first) = events.first() {
             let gap = matches!(from, Position::After(x) if first.prev != x);
@@ -196,18 +167,11 @@ impl Store for RedisStore {
             (Position::After(x), None) => !x.is_zero(),
             (Position::After(x), Some(tail)) => x > tail,
         };
-        Ok(Page {
-            events,
-            gap,
-            tail: tail.unwrap_or(EventId::ZERO),
-        })
+        Ok(Page { events, gap, tail: tail.unwrap_or(EventId::ZERO) })
     }
 
     async fn tail(&self, room: &RoomName) -> Result<EventId, StoreError> {
-        Ok(self
-            .last_entry(&self.keys.room(room))
-            .await?
-            .unwrap_or(EventId::ZERO))
+        Ok(self.last_entry(&self.keys.room(room)).await?.unwrap_or(EventId::ZERO))
     }
 
     async fn read_many(
@@ -218,16 +182,9 @@ impl Store for RedisStore {
         if positions.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = positions
-            .iter()
-            .map(|(room, _)| self.keys.room(room))
-            .collect();
+        let keys: Vec<String> = positions.iter().map(|(room, _)| self.keys.room(room)).collect();
         let ids: Vec<String> = positions.iter().map(|(_, id)| id.to_string()).collect();
-        let value: Value = self
-            .client
-            .xread(Some(limit as u64), None, keys.clone(), ids)
-            .await
-            .map_err(unavailable)?;
+        let value: Value = self.client.xread(Some(limit as u64), None, keys.clone(), ids).await.map_err(unavailable)?;
         let mut out = Vec::new();
         for (key, items) in reply::xread_streams(value)? {
             let Some(index) = keys.iter().position(|k| k.as_bytes() == key.as_ref()) else {
@@ -241,11 +198,7 @@ impl Store for RedisStore {
         Ok(out)
     }
 
-    async fn report_audience(
-        &self,
-        node: &str,
-        counts: &[(RoomName, usize)],
-    ) -> Result<(), StoreError> {
+    async fn report_audience(&self, node: &str, counts: &[(RoomName, usize)]) -> Result<(), StoreError> {
         if counts.is_empty() {
             return Ok(());
         }
@@ -258,15 +211,9 @@ impl Store for RedisStore {
                 let _: () = pipeline.hdel(&key, node).await.map_err(unavailable)?;
             } else {
                 let value = format!("{count}:{expires}");
-                let _: () = pipeline
-                    .hset(&key, (node, value))
-                    .await
-                    .map_err(unavailable)?;
+                let _: () = pipeline.hset(&key, (node, value)).await.map_err(unavailable)?;
                 // The whole hash goes once no node refreshes it.
-                let _: () = pipeline
-                    .pexpire(&key, (ttl.as_millis() * 2) as i64, None)
-                    .await
-                    .map_err(unavailable)?;
+                let _: () = pipeline.pexpire(&key, (ttl.as_millis() * 2) as i64, None).await.map_err(unavailable)?;
             }
         }
         let _: Vec<Value> = pipeline.all().await.map_err(unavailable)?;
@@ -274,18 +221,13 @@ impl Store for RedisStore {
     }
 
     async fn audience(&self, room: &RoomName) -> Result<usize, StoreError> {
-        let reports: std::collections::HashMap<String, String> = self
-            .client
-            .hgetall(self.keys.audience(room))
-            .await
-            .map_err(unavailable)?;
+        let reports: std::collections::HashMap<String, String> =
+            self.client.hgetall(self.keys.audience(room)).await.map_err(unavailable)?;
         let now = now_ms();
         Ok(reports
             .values()
             .filter_map(|v| v.split_once(':'))
-            .filter_map(|(count, expires)| {
-                Some((count.parse::<usize>().ok()?, expires.parse::<u64>().ok()?))
-            })
+            .filter_map(|(count, expires)| Some((count.parse::<usize>().ok()?, expires.parse::<u64>().ok()?)))
             .filter(|(_, expires)| *expires > now)
             .map(|(count, _)| count)
             .sum())
@@ -298,9 +240,7 @@ impl Store for RedisStore {
             .evalsha_with_reload(&self.client, vec![self.keys.incarnation()], vec![fresh])
             .await
             .map_err(unavailable)?;
-        value
-            .into_string()
-            .ok_or_else(|| StoreError::Protocol("incarnation is not a string".into()))
+        value.into_string().ok_or_else(|| StoreError::Protocol("incarnation is not a string".into()))
     }
 
     fn connection_generation(&self) -> u64 {
@@ -318,11 +258,6 @@ impl Store for RedisStore {
         let reader = build_client(&self.redis, Duration::ZERO)?;
         count_connections(&reader, &self.generation);
         reader.init().await.map_err(unavailable)?;
-        Ok(Box::new(changes::RedisChanges::new(
-            reader,
-            self.client.clone(),
-            self.keys.clone(),
-            node,
-        )))
+        Ok(Box::new(changes::RedisChanges::new(reader, self.client.clone(), self.keys.clone(), node)))
     }
 }

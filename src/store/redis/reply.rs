@@ -39,11 +39,7 @@ fn entry(value: Value) -> Result<Event, StoreError> {
     let id = event_id(&parts[0])?;
     let fields = match fields {
         Value::Array(fields) => fields,
-        Value::Map(map) => map
-            .inner()
-            .into_iter()
-            .flat_map(|(k, v)| [Value::from(k), v])
-            .collect(),
+        Value::Map(map) => map.inner().into_iter().flat_map(|(k, v)| [Value::from(k), v]).collect(),
         _ => return Err(protocol("entry fields are not an array")),
     };
     let mut prev = None;
@@ -56,8 +52,7 @@ fn entry(value: Value) -> Result<Event, StoreError> {
             _ => {}
         }
     }
-    let prev =
-        prev.ok_or_else(|| protocol("entry has no predecessor field (not written by roomcast?)"))?;
+    let prev = prev.ok_or_else(|| protocol("entry has no predecessor field (not written by roomcast?)"))?;
     let data = match data {
         Some(d) if serde_json::from_slice::<serde::de::IgnoredAny>(&d).is_ok() => d,
         _ => {
@@ -93,11 +88,7 @@ pub fn xread_streams(value: Value) -> Result<Vec<(Bytes, Vec<Value>)>, StoreErro
                 _ => Err(protocol("XREAD stream is not [key, entries]")),
             })
             .collect::<Result<_, _>>()?,
-        Value::Map(map) => map
-            .inner()
-            .into_iter()
-            .map(|(k, v)| (Value::from(k), v))
-            .collect(),
+        Value::Map(map) => map.inner().into_iter().map(|(k, v)| (Value::from(k), v)).collect(),
         _ => return Err(protocol("XREAD reply is not an array")),
     };
     streams
@@ -124,10 +115,7 @@ pub fn id_and_field(item: &Value, field: &[u8]) -> Result<(EventId, Option<Bytes
     let Value::Array(parts) = item else {
         return Err(protocol("entry is not an array"));
     };
-    let id = parts
-        .first()
-        .map(event_id)
-        .ok_or_else(|| protocol("entry has no id"))??;
+    let id = parts.first().map(event_id).ok_or_else(|| protocol("entry has no id"))??;
     let mut found = None;
     if let Some(Value::Array(fields)) = parts.get(1) {
         for pair in fields.chunks(2) {
