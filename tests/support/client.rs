@@ -54,6 +54,16 @@ impl Client {
         }
     }
 
+    /// Connects through a socket whose receive buffer is tiny, so that a
+    /// client that stops reading stalls the server's writes quickly.
+    pub async fn connect_small_buffer(addr: std::net::SocketAddr, url: &str) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let stream = socket.connect(addr).await.expect("connect");
+        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await.expect("handshake");
+        Client { ws, format: Format::Json }
+    }
+
     /// Connects with a format; `subprotocol` asks for one in the handshake.
     pub async fn connect_with(url: &str, format: Format, subprotocol: Option<&str>) -> Client {
         let mut request = url.into_client_request().expect("request");
