@@ -14,7 +14,12 @@ const EVENTS: usize = 5_000;
 
 /// Reads until `want` events arrived, reconnecting with the last ID if the
 /// node closes the connection (1013: too slow). Returns events and gaps.
-async fn read_all_resuming(node: &Node, room: &str, mut client: Client, want: &HashSet<String>) -> (Vec<String>, usize) {
+async fn read_all_resuming(
+    node: &Node,
+    room: &str,
+    mut client: Client,
+    want: &HashSet<String>,
+) -> (Vec<String>, usize) {
     let (mut ids, mut gaps): (Vec<String>, usize) = (Vec::new(), 0);
     let mut reconnects = 0;
     while !want.iter().all(|id| ids.contains(id)) {
@@ -52,7 +57,9 @@ async fn a_stalled_client_harms_nobody_and_catches_up_exactly() {
     let started = Instant::now();
     let sender = tokio::spawn(async move {
         for i in 0..EVENTS as u64 {
-            publisher.send(json!({"type": "publish", "room": "firehose", "data": {"i": i, "p": payload}, "ref": i})).await;
+            publisher
+                .send(json!({"type": "publish", "room": "firehose", "data": {"i": i, "p": payload}, "ref": i}))
+                .await;
         }
         let mut acked = Vec::with_capacity(EVENTS);
         while acked.len() < EVENTS {
@@ -97,5 +104,8 @@ async fn a_stalled_client_harms_nobody_and_catches_up_exactly() {
         "slow consumer caught up: RSS now {} KiB; {overflows} outbox overflows, {catch_ups} catch-ups",
         node.rss_kib()
     );
-    assert!(overflows >= 1.0 && catch_ups >= 1.0, "the stalled client must have overflowed and caught up from the store");
+    assert!(
+        overflows >= 1.0 && catch_ups >= 1.0,
+        "the stalled client must have overflowed and caught up from the store"
+    );
 }
