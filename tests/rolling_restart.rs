@@ -97,18 +97,18 @@ async fn rolling_restart(crash: bool) {
     let publishing = tokio::spawn(publisher(alive.clone()));
 
     // Restart every node in turn while publishing goes on.
-    for i in 0..nodes.len() {
+    for node in nodes.iter_mut() {
         tokio::time::sleep(Duration::from_millis(400)).await;
-        let old = nodes[i].addr;
+        let old = node.addr;
         alive.lock().unwrap().retain(|a| *a != old);
         if crash {
-            nodes[i].kill();
+            node.kill();
         } else {
-            nodes[i].sigterm();
-            assert_eq!(nodes[i].wait_exit(Duration::from_secs(15)).code(), Some(0));
+            node.sigterm();
+            assert_eq!(node.wait_exit(Duration::from_secs(15)).code(), Some(0));
         }
-        nodes[i] = Node::redis(&redis, &[]);
-        alive.lock().unwrap().push(nodes[i].addr);
+        *node = Node::redis(&redis, &[]);
+        alive.lock().unwrap().push(node.addr);
     }
 
     let acked = publishing.await.unwrap();
