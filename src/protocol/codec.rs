@@ -260,6 +260,23 @@ mod tests {
     }
 
     #[test]
+    fn floats_survive_the_trip_through_stored_json_exactly() {
+        // Found by fuzzing: without exact float parsing, a MessagePack
+        // subscriber received this value one ULP off what was published.
+        let published = 4.6022780497643396e-92_f64;
+        let frame =
+            rmp_serde::to_vec_named(&serde_json::json!({"type":"publish","room":"r","data":published})).unwrap();
+        let ClientFrame::Publish { data, .. } = decode_client(Format::MsgPack, &frame).unwrap() else { panic!() };
+        let stored = data_to_json(&data);
+        let event = Event { id: EventId::new(1, 0), prev: EventId::ZERO, data: stored };
+        let Wire::Binary(b) = encode_events(Format::MsgPack, &RoomName::parse("r").unwrap(), &[event]) else {
+            panic!()
+        };
+        let delivered: Value = rmp_serde::from_slice(&b).unwrap();
+        assert_eq!(delivered["events"][0]["data"].as_f64().unwrap().to_bits(), published.to_bits());
+    }
+
+    #[test]
     fn msgpack_client_frames_decode() {
         let bytes =
             rmp_serde::to_vec_named(&serde_json::json!({"type":"publish","room":"a","data":{"k":[1,2]},"ref":3}))
