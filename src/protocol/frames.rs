@@ -47,7 +47,8 @@ pub enum ErrorCode {
     AlreadySubscribed,
     /// `unsubscribe` from a room this connection does not follow.
     NotSubscribed,
-    /// The store could not be reached or refused the command; nothing was written.
+    /// The store did not confirm in time. Nothing was acked; a publish whose
+    /// command had already reached the store may still be stored.
     StoreUnavailable,
     /// A frame type the transport does not accept (e.g. binary on a JSON socket).
     UnsupportedFrame,

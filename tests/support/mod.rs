@@ -80,6 +80,22 @@ impl Redis {
         }
     }
 
+    /// Freezes the server (SIGSTOP): an outage that keeps the data.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a frozen server (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill").args([signal, &child.id().to_string()]).status();
+        }
+    }
+
     /// Starts it again on the same port, empty.
     pub fn restart_empty(&mut self) {
         self.kill();
@@ -103,6 +119,7 @@ impl Redis {
 
 impl Drop for Redis {
     fn drop(&mut self) {
+        self.thaw();
         self.kill();
     }
 }
