@@ -197,7 +197,8 @@ async fn a_stalled_redis_delays_but_loses_nothing() {
         async move { (reqwest::get(&ready).await.ok()?.status() == 503).then_some(()) }
     })
     .await;
-    let refused = reqwest::Client::new().post(d.node(1).http("/rooms/steady/events")).json(&json!("x")).send().await.unwrap();
+    let refused =
+        reqwest::Client::new().post(d.node(1).http("/rooms/steady/events")).json(&json!("x")).send().await.unwrap();
     assert_eq!(refused.status(), 503, "no false ack while the store does not answer");
     redis.thaw();
     for i in 5..10 {

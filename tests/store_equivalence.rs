@@ -89,7 +89,12 @@ async fn apply(store: &dyn Store, room: &RoomName, ids: &mut Vec<EventId>, op: &
         Op::ReadMany(n) => {
             let after = if ids.is_empty() { EventId::ZERO } else { ids[(*n).min(ids.len() - 1)] };
             let got = store.read_many(&[(room.clone(), after)], 100).await.unwrap();
-            Answer::Many(got.into_iter().flat_map(|(_, events)| events).map(|e| (index(ids, e.id), index(ids, e.prev))).collect())
+            Answer::Many(
+                got.into_iter()
+                    .flat_map(|(_, events)| events)
+                    .map(|e| (index(ids, e.id), index(ids, e.prev)))
+                    .collect(),
+            )
         }
     }
 }
