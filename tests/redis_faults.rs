@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::client::{assert_ordered, Client};
-use support::{eventually, get_json, publish, Deployment, Node, Redis};
+use support::{eventually, get_json, publish, publish_when_ready, Deployment, Node, Redis};
 
 #[tokio::test]
 async fn a_new_rooms_first_event_arrives_while_the_reader_is_blocked() {
@@ -54,16 +54,7 @@ async fn history_lost_in_a_redis_restart_is_a_gap_and_live_carries_on() {
 
     d.redis.as_mut().unwrap().restart_empty();
     // Publishing works again once the nodes have reconnected.
-    let url = d.node(1).http("/rooms/show/events");
-    let after = eventually("a publish to succeed after the restart", || {
-        let url = url.clone();
-        async move {
-            let r = reqwest::Client::new().post(&url).json(&json!("after")).send().await.ok()?;
-            (r.status() == 201).then_some(())?;
-            r.json::<Value>().await.ok()?["id"].as_str().map(str::to_owned)
-        }
-    })
-    .await;
+    let after = publish_when_ready(d.node(1), "show", json!("after")).await;
 
     // The client that stayed connected is told about the loss, then gets live events.
     let (events, gaps) = live.events("show", 1).await;
@@ -117,16 +108,7 @@ async fn redis_outage_fails_publishes_clearly_and_recovers() {
     .await;
     // The connection stayed open throughout; it learns the history is gone,
     // then receives what is published after the outage.
-    let url = d.node(1).http("/rooms/up/events");
-    let after = eventually("publishing to work again", || {
-        let url = url.clone();
-        async move {
-            let r = reqwest::Client::new().post(&url).json(&json!("after")).send().await.ok()?;
-            (r.status() == 201).then_some(())?;
-            r.json::<Value>().await.ok()?["id"].as_str().map(str::to_owned)
-        }
-    })
-    .await;
+    let after = publish_when_ready(d.node(1), "up", json!("after")).await;
     let (events, gaps) = client.events("up", 1).await;
     assert_eq!(gaps, vec![first.clone()], "the open connection learns the history is gone");
     assert_eq!(events[0].0, after);
@@ -202,17 +184,7 @@ async fn a_stalled_redis_delays_but_loses_nothing() {
     assert_eq!(refused.status(), 503, "no false ack while the store does not answer");
     redis.thaw();
     for i in 5..10 {
-        let url = d.node(1).http("/rooms/steady/events");
-        let id = eventually("publishing to resume", || {
-            let url = url.clone();
-            async move {
-                let r = reqwest::Client::new().post(&url).json(&json!(i)).send().await.ok()?;
-                (r.status() == 201).then_some(())?;
-                r.json::<Value>().await.ok()?["id"].as_str().map(str::to_owned)
-            }
-        })
-        .await;
-        ids.push(id);
+        ids.push(publish_when_ready(d.node(1), "steady", json!(i)).await);
     }
     // Before and after the stall, every event arrives once, in order, no gap.
     // The refused publish was already on its way to Redis when it timed

@@ -7,9 +7,9 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::{authorize, error_response, Access};
+use super::{error_response, room_access, Access};
 use crate::app::App;
-use crate::protocol::{json_history, ErrorCode, EventId, RoomName};
+use crate::protocol::{json_history, ErrorCode, EventId};
 use crate::store::Position;
 
 /// Events per page unless `limit` says otherwise.
@@ -32,13 +32,10 @@ pub async fn list(
     Query(q): Query<HistoryQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let room = match RoomName::parse(&room) {
+    let room = match room_access(&app, &headers, &room, Access::Read) {
         Ok(room) => room,
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadRoom, &e.to_string()),
+        Err(refusal) => return refusal.into_response(),
     };
-    if let Err(refusal) = authorize(&app, &headers, &room, Access::Read) {
-        return refusal.into_response();
-    }
     let after = match q.after.as_deref().map(EventId::parse).transpose() {
         Ok(after) => after.unwrap_or(EventId::ZERO),
         Err(e) => return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadEventId, &e.to_string()),

@@ -42,6 +42,15 @@ pub enum Access {
     Publish,
 }
 
+/// Validates the room name in a path (400) and the request's credential for
+/// `access` to it (401/403): the first step of every room resource.
+pub fn room_access(app: &App, headers: &HeaderMap, raw: &str, access: Access) -> Result<RoomName, Refusal> {
+    let room =
+        RoomName::parse(raw).map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, ErrorCode::BadRoom, e.to_string()))?;
+    authorize(app, headers, &room, access)?;
+    Ok(room)
+}
+
 /// Checks the request's credential (`Authorization: Bearer`) for `access`
 /// to `room`: 401 without a valid one, 403 when it does not cover the room.
 pub fn authorize(app: &App, headers: &HeaderMap, room: &RoomName, access: Access) -> Result<(), Refusal> {

@@ -9,9 +9,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::Value;
 
-use super::{authorize, error_response, Access};
+use super::{error_response, room_access, Access};
 use crate::app::App;
-use crate::protocol::{data_to_json, msgpack_to_value, ErrorCode, RoomName};
+use crate::protocol::{data_to_json, msgpack_to_value, ErrorCode};
 
 /// Appends the body (JSON, or MessagePack with `Content-Type:
 /// application/msgpack`) and answers `201 {"id": ID}`; 503 if the store did
@@ -22,13 +22,10 @@ pub async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let room = match RoomName::parse(&room) {
+    let room = match room_access(&app, &headers, &room, Access::Publish) {
         Ok(room) => room,
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadRoom, &e.to_string()),
+        Err(refusal) => return refusal.into_response(),
     };
-    if let Err(refusal) = authorize(&app, &headers, &room, Access::Publish) {
-        return refusal.into_response();
-    }
     let msgpack = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

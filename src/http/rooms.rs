@@ -7,19 +7,16 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::{authorize, error_response, Access};
+use super::{error_response, room_access, Access};
 use crate::app::App;
-use crate::protocol::{ErrorCode, RoomName};
+use crate::protocol::ErrorCode;
 
 /// `{"room", "last_event_id" (null without history), "audience"}`.
 pub async fn info(State(app): State<Arc<App>>, Path(room): Path<String>, headers: HeaderMap) -> Response {
-    let room = match RoomName::parse(&room) {
+    let room = match room_access(&app, &headers, &room, Access::Read) {
         Ok(room) => room,
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadRoom, &e.to_string()),
+        Err(refusal) => return refusal.into_response(),
     };
-    if let Err(refusal) = authorize(&app, &headers, &room, Access::Read) {
-        return refusal.into_response();
-    }
     let (tail, audience) = tokio::join!(app.store.tail(&room), app.store.audience(&room));
     match (tail, audience) {
         (Ok(tail), Ok(audience)) => Json(serde_json::json!({

@@ -300,6 +300,21 @@ pub async fn publish(node: &Node, room: &str, data: serde_json::Value) -> String
     body["id"].as_str().expect("id").to_owned()
 }
 
+/// Publishes over HTTP, retrying until the node accepts (after an outage);
+/// returns the event ID.
+pub async fn publish_when_ready(node: &Node, room: &str, data: serde_json::Value) -> String {
+    let url = node.http(&format!("/rooms/{room}/events"));
+    eventually("a publish to be accepted", || {
+        let (url, data) = (url.clone(), data.clone());
+        async move {
+            let response = reqwest::Client::new().post(&url).json(&data).send().await.ok()?;
+            (response.status() == 201).then_some(())?;
+            response.json::<serde_json::Value>().await.ok()?["id"].as_str().map(str::to_owned)
+        }
+    })
+    .await
+}
+
 /// GETs a JSON resource.
 pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
     let response = reqwest::get(url).await.expect("GET");
