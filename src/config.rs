@@ -25,6 +25,11 @@ pub struct Cli {
 pub enum Command {
     /// Run a node.
     Serve(ServeArgs),
+    /// Load-test a deployment (spawned on loopback, or given by --url).
+    Bench(crate::bench::BenchArgs),
+    /// The bare broadcast server `bench --preset saturate` compares against.
+    #[command(hide = true)]
+    ReferenceServer(crate::bench::ReferenceArgs),
 }
 
 /// Log output format.
@@ -268,7 +273,7 @@ mod tests {
     fn parse(args: &[&str]) -> Result<Config, String> {
         let cli =
             Cli::try_parse_from(std::iter::once("roomcast").chain(args.iter().copied())).map_err(|e| e.to_string())?;
-        let Command::Serve(a) = cli.command;
+        let Command::Serve(a) = cli.command else { return Err("not serve".into()) };
         Config::try_from(a).map_err(|e| e.to_string())
     }
 

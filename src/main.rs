@@ -38,8 +38,32 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Bench(args) => match roomcast::bench::main(args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => {
+                eprintln!("roomcast bench: loss, duplicates, reordering or gaps: the run is not clean");
+                ExitCode::from(EXIT_UNCLEAN)
+            }
+            Err(e) => {
+                eprintln!("roomcast bench: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::ReferenceServer(args) => {
+            init_tracing(LogFormat::Text);
+            match roomcast::bench::reference_main(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("reference server: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
+
+/// `roomcast bench` found loss, duplicates, reordering or gaps.
+const EXIT_UNCLEAN: u8 = 3;
 
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));

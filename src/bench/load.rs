@@ -1,0 +1,566 @@
+//! The load: subscribers spread over nodes and loopback source addresses,
+//! open-loop publishers, and the checks on what arrives.
+//!
+//! Every payload carries its room's sequence number and its *intended* send
+//! time (`t`), taken from the schedule rather than the clock when it was
+//! sent, so a stalled server cannot hide latency by slowing the publisher.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpSocket;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Latency histogram shards (subscribers record into `index % SHARDS`).
+const SHARDS: usize = 16;
+/// One event in this many feeds the per-second latency series.
+const SERIES_SAMPLE: u64 = 4;
+/// Publisher connections per node.
+const PUBLISHERS_PER_NODE: usize = 4;
+
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+/// Microseconds since the harness started (one clock for all tasks).
+fn now_micros() -> u64 {
+    EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs to 10 min at 2 significant digits: constant, valid bounds.
+    Histogram::new_with_bounds(1, 600_000_000, 2).expect("valid histogram bounds")
+}
+
+/// One load run's shape.
+#[derive(Clone, Debug, Serialize)]
+pub struct LoadSpec {
+    /// Subscriber connections.
+    pub subscribers: usize,
+    /// Rooms; subscriber `i` joins room `i % rooms`, publishes go round-robin.
+    pub rooms: usize,
+    /// Offered publishes per second (0: connect only, for idle measurements).
+    pub rate: f64,
+    /// Payload size in bytes.
+    pub size: usize,
+    /// Publishing time.
+    pub duration: Duration,
+    /// Share of subscribers that drop at mid-run and resume with their last ID.
+    pub storm: f64,
+    /// Loopback source addresses used (127.0.0.2 and up).
+    pub source_ips: u8,
+    /// Prefix of the room names, unique per run.
+    pub room_prefix: String,
+}
+
+/// Per-second figures, for charts.
+#[derive(Clone, Debug, Serialize)]
+pub struct Second {
+    /// Seconds since publishing started.
+    pub t: u64,
+    /// Deliveries received in that second.
+    pub deliveries: u64,
+    /// Sampled latency percentiles (ms).
+    pub p50_ms: f64,
+    /// 99th percentile (ms).
+    pub p99_ms: f64,
+}
+
+/// What a run measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct Outcome {
+    /// Publishes sent.
+    pub published: u64,
+    /// Publishes acked.
+    pub acked: u64,
+    /// Publishes refused (error frames).
+    pub publish_errors: u64,
+    /// Deliveries expected: acked publishes times their room's subscribers.
+    pub expected: u64,
+    /// Distinct deliveries received.
+    pub received: u64,
+    /// Expected but never received.
+    pub lost: u64,
+    /// Received again.
+    pub duplicates: u64,
+    /// Received ahead of an earlier event of the same room.
+    pub out_of_order: u64,
+    /// `gap` frames received.
+    pub gaps: u64,
+    /// Deliveries per second over the publishing window.
+    pub delivered_per_sec: f64,
+    /// End-to-end latency percentiles (ms).
+    pub latency_ms: Percentiles,
+    /// Slowest storm subscriber's time to be live again after reconnecting.
+    pub storm_caught_up_ms: Option<f64>,
+    /// Storm subscribers that did not catch up.
+    pub storm_stragglers: usize,
+    /// Node RSS added per subscriber connection (spawned targets).
+    pub rss_per_connection_bytes: Option<f64>,
+    /// Server CPU seconds (nodes + Redis) per million deliveries (spawned targets).
+    pub cpu_seconds_per_million: Option<f64>,
+    /// Per-second series.
+    pub series: Vec<Second>,
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 99th.
+    pub p99: f64,
+    /// 99.9th.
+    pub p999: f64,
+    /// Maximum.
+    pub max: f64,
+}
+
+impl Outcome {
+    /// Loss, duplicates, reordering or gaps make a run fail.
+    pub fn clean(&self) -> bool {
+        self.lost == 0 && self.duplicates == 0 && self.out_of_order == 0 && self.gaps == 0 && self.publish_errors == 0
+    }
+}
+
+#[derive(Deserialize)]
+struct Frame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: &'a str,
+    #[serde(default, borrow)]
+    events: Vec<EventIn<'a>>,
+    #[serde(rename = "ref", default)]
+    reference: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct EventIn<'a> {
+    #[serde(borrow)]
+    id: &'a str,
+    data: Payload,
+}
+
+#[derive(Deserialize)]
+struct Payload {
+    t: u64,
+    s: u64,
+}
+
+/// State every task shares.
+struct Shared {
+    shards: Vec<Mutex<Histogram<u64>>>,
+    seconds: Vec<AtomicU64>,
+    series: Vec<Mutex<Histogram<u64>>>,
+    received: AtomicU64,
+    /// When publishing started (µs on the harness clock); 0 before.
+    publish_start: AtomicU64,
+    stop: AtomicBool,
+    storm_at: AtomicU64,
+}
+
+impl Shared {
+    fn record(&self, shard: usize, latency: u64, now: u64, n: u64) {
+        if let Ok(mut h) = self.shards[shard % SHARDS].lock() {
+            let _ = h.record(latency.max(1));
+        }
+        let start = self.publish_start.load(Ordering::Relaxed);
+        if start > 0 && now >= start {
+            let second = ((now - start) / 1_000_000) as usize;
+            if let Some(counter) = self.seconds.get(second) {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            if n % SERIES_SAMPLE == 0 {
+                if let Some(Ok(mut h)) = self.series.get(second).map(|m| m.lock()) {
+                    let _ = h.record(latency.max(1));
+                }
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct SubscriberStats {
+    received: u64,
+    duplicates: u64,
+    out_of_order: u64,
+    gaps: u64,
+    caught_up_after: Option<u64>,
+    stormed: bool,
+}
+
+/// Opens a WebSocket from a chosen loopback source address.
+async fn connect(node: SocketAddr, source: Ipv4Addr, query: &str) -> anyhow::Result<Socket> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
+    let stream = socket.connect(node).await.with_context(|| format!("connecting to {node}"))?;
+    stream.set_nodelay(true)?;
+    let url = format!("ws://{node}/ws{query}");
+    let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await?;
+    Ok(ws)
+}
+
+fn source_ip(i: usize, count: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, 2 + (i % count.max(1) as usize) as u8)
+}
+
+async fn subscriber(
+    index: usize,
+    node: SocketAddr,
+    source: Ipv4Addr,
+    room: String,
+    shared: Arc<Shared>,
+    subscribed: Arc<AtomicUsize>,
+    storm: bool,
+) -> anyhow::Result<SubscriberStats> {
+    let mut ws = connect(node, source, &format!("?room={room}")).await?;
+    let mut stats = SubscriberStats { stormed: storm, ..Default::default() };
+    let mut next: u64 = 0;
+    let mut last_id = String::from("0");
+    let mut counted = false;
+    let mut reconnected_at: Option<u64> = None;
+    loop {
+        if storm && reconnected_at.is_none() {
+            let at = shared.storm_at.load(Ordering::Acquire);
+            if at > 0 && now_micros() >= at {
+                let _ = ws.close(None).await;
+                let query = format!("?room={room}&last_event_id={last_id}");
+                ws = connect(node, source, &query).await?;
+                reconnected_at = Some(now_micros());
+            }
+        }
+        let msg = match tokio::time::timeout(Duration::from_millis(100), ws.next()).await {
+            Err(_) => {
+                if shared.stop.load(Ordering::Acquire) {
+                    break;
+                }
+                continue;
+            }
+            Ok(None) | Ok(Some(Err(_))) => break,
+            Ok(Some(Ok(msg))) => msg,
+        };
+        let Message::Text(text) = msg else { continue };
+        let Ok(frame) = serde_json::from_str::<Frame>(text.as_str()) else { continue };
+        match frame.kind {
+            "subscribed" if !counted => {
+                counted = true;
+                subscribed.fetch_add(1, Ordering::AcqRel);
+            }
+            "gap" => stats.gaps += 1,
+            "events" => {
+                let now = now_micros();
+                for event in &frame.events {
+                    let s = event.data.s;
+                    if s == next {
+                        next += 1;
+                        stats.received += 1;
+                        shared.received.fetch_add(1, Ordering::Relaxed);
+                        shared.record(index, now.saturating_sub(event.data.t), now, stats.received);
+                        last_id.clear();
+                        last_id.push_str(event.id);
+                        if let (Some(at), None) = (reconnected_at, stats.caught_up_after) {
+                            // Live again: receiving what was published after the reconnect.
+                            if event.data.t >= at {
+                                stats.caught_up_after = Some(now - shared.storm_at.load(Ordering::Acquire));
+                            }
+                        }
+                    } else if s < next {
+                        stats.duplicates += 1;
+                    } else {
+                        stats.out_of_order += 1;
+                        next = s + 1;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(stats)
+}
+
+/// How publish frames look: room name prefix and payload padding.
+struct Template {
+    prefix: Arc<str>,
+    padding: Arc<str>,
+}
+
+impl Template {
+    fn frame(&self, k: u64, room: usize, seq: u64, t: u64) -> Message {
+        let (prefix, padding) = (&self.prefix, &self.padding);
+        Message::Text(
+            format!(
+                r#"{{"type":"publish","room":"{prefix}{room}","data":{{"t":{t},"s":{seq},"p":"{padding}"}},"ref":{k}}}"#
+            )
+            .into(),
+        )
+    }
+}
+
+struct PublishStats {
+    acked: Vec<AtomicU64>,
+    errors: AtomicU64,
+}
+
+/// One publisher connection: sends what the scheduler hands it, counts acks.
+async fn publisher(
+    node: SocketAddr,
+    source: Ipv4Addr,
+    mut work: mpsc::Receiver<(u64, usize, u64, u64)>,
+    rooms: usize,
+    template: Arc<Template>,
+    stats: Arc<PublishStats>,
+    expected: Arc<AtomicU64>,
+) -> anyhow::Result<()> {
+    let ws = connect(node, source, "").await?;
+    let (mut sink, mut source_stream) = ws.split();
+    let reader = {
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = source_stream.next().await {
+                let Message::Text(text) = msg else { continue };
+                let Ok(frame) = serde_json::from_str::<Frame>(text.as_str()) else { continue };
+                match (frame.kind, frame.reference) {
+                    ("ack", Some(k)) => {
+                        stats.acked[(k as usize) % rooms].fetch_add(1, Ordering::AcqRel);
+                    }
+                    ("error", _) => {
+                        stats.errors.fetch_add(1, Ordering::AcqRel);
+                    }
+                    _ => {}
+                }
+                if expected.load(Ordering::Acquire) == 0 {
+                    break;
+                }
+            }
+        })
+    };
+    while let Some((k, room, seq, t)) = work.recv().await {
+        sink.feed(template.frame(k, room, seq, t)).await?;
+        while let Ok((k, room, seq, t)) = work.try_recv() {
+            sink.feed(template.frame(k, room, seq, t)).await?;
+        }
+        sink.flush().await?;
+    }
+    // Keep the connection open until the acks are in.
+    let _ = tokio::time::timeout(Duration::from_secs(10), reader).await;
+    Ok(())
+}
+
+/// Progress callback: (phase, done, total, delivered per second).
+pub type Progress = Arc<dyn Fn(&str, u64, u64, f64) + Send + Sync>;
+
+/// Runs one load against `nodes`; `measure` samples (cpu seconds, node rss).
+pub async fn run(
+    spec: &LoadSpec,
+    nodes: &[SocketAddr],
+    measure: &(dyn Fn() -> (f64, u64) + Send + Sync),
+    measured: bool,
+    progress: Progress,
+) -> anyhow::Result<Outcome> {
+    now_micros();
+    let seconds = spec.duration.as_secs() as usize + 60;
+    let shared = Arc::new(Shared {
+        shards: (0..SHARDS).map(|_| Mutex::new(histogram())).collect(),
+        seconds: (0..seconds).map(|_| AtomicU64::new(0)).collect(),
+        series: (0..seconds).map(|_| Mutex::new(histogram())).collect(),
+        received: AtomicU64::new(0),
+        publish_start: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+        storm_at: AtomicU64::new(0),
+    });
+    let rooms = spec.rooms.max(1);
+    let (_, rss_before) = measure();
+
+    // Connect and subscribe everyone.
+    let subscribed = Arc::new(AtomicUsize::new(0));
+    let storm_count = (spec.storm * spec.subscribers as f64).round() as usize;
+    let mut subscribers = Vec::with_capacity(spec.subscribers);
+    let mut per_room = vec![0u64; rooms];
+    for i in 0..spec.subscribers {
+        let node = nodes[i % nodes.len()];
+        per_room[i % rooms] += 1;
+        subscribers.push(tokio::spawn(subscriber(
+            i,
+            node,
+            source_ip(i, spec.source_ips),
+            format!("{}{}", spec.room_prefix, i % rooms),
+            shared.clone(),
+            subscribed.clone(),
+            i < storm_count,
+        )));
+        if i % 500 == 499 {
+            // Let the accept queues drain.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let connect_deadline = Instant::now() + Duration::from_secs(120);
+    while subscribed.load(Ordering::Acquire) < spec.subscribers {
+        anyhow::ensure!(
+            Instant::now() < connect_deadline,
+            "only {} subscribers got in",
+            subscribed.load(Ordering::Acquire)
+        );
+        if subscribers.iter().any(|s| s.is_finished()) {
+            // A subscriber failed to connect: surface its error.
+            for s in subscribers.iter_mut().filter(|s| s.is_finished()) {
+                s.await.context("subscriber task")??;
+            }
+        }
+        progress("connecting", subscribed.load(Ordering::Acquire) as u64, spec.subscribers as u64, 0.0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Let the nodes settle (audience reports, feed watches) before measuring.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, rss_after) = measure();
+    let rss_per_connection_bytes = (measured && spec.subscribers > 0)
+        .then(|| rss_after.saturating_sub(rss_before) as f64 / spec.subscribers as f64);
+
+    // Publish, open loop.
+    let template = Arc::new(Template {
+        prefix: Arc::from(spec.room_prefix.as_str()),
+        padding: Arc::from("x".repeat(spec.size.saturating_sub(40).max(1))),
+    });
+    let publish_stats =
+        Arc::new(PublishStats { acked: (0..rooms).map(|_| AtomicU64::new(0)).collect(), errors: AtomicU64::new(0) });
+    let keep_open = Arc::new(AtomicU64::new(1));
+    let mut lanes = Vec::new();
+    let mut publishers = Vec::new();
+    if spec.rate > 0.0 {
+        for (i, node) in nodes.iter().cycle().take(nodes.len() * PUBLISHERS_PER_NODE).enumerate() {
+            let (tx, rx) = mpsc::channel(1 << 16);
+            lanes.push(tx);
+            publishers.push(tokio::spawn(publisher(
+                *node,
+                source_ip(i, spec.source_ips),
+                rx,
+                rooms,
+                template.clone(),
+                publish_stats.clone(),
+                keep_open.clone(),
+            )));
+        }
+    }
+    let total = (spec.rate * spec.duration.as_secs_f64()).round() as u64;
+    let (cpu_start, _) = measure();
+    let start = now_micros();
+    shared.publish_start.store(start, Ordering::Release);
+    if storm_count > 0 {
+        shared.storm_at.store(start + spec.duration.as_micros() as u64 / 2, Ordering::Release);
+    }
+    let mut room_seq = vec![0u64; rooms];
+    let mut sent = 0u64;
+    let interval = 1_000_000.0 / spec.rate.max(f64::MIN_POSITIVE);
+    let mut last_report = Instant::now();
+    while sent < total {
+        let due = (((now_micros() - start) as f64 / interval) as u64 + 1).min(total);
+        while sent < due {
+            let room = (sent as usize) % rooms;
+            let intended = start + (sent as f64 * interval) as u64;
+            let lane = &lanes[(sent as usize) % lanes.len()];
+            lane.send((sent, room, room_seq[room], intended)).await.map_err(|_| anyhow::anyhow!("a publisher died"))?;
+            room_seq[room] += 1;
+            sent += 1;
+        }
+        if last_report.elapsed() > Duration::from_millis(250) {
+            let elapsed = (now_micros() - start) as f64 / 1e6;
+            progress("publishing", sent, total, shared.received.load(Ordering::Relaxed) as f64 / elapsed.max(0.001));
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    drop(lanes);
+
+    // Drain: wait for acks, then for deliveries to stop arriving.
+    let acked_total = |s: &PublishStats| s.acked.iter().map(|a| a.load(Ordering::Acquire)).sum::<u64>();
+    let ack_deadline = Instant::now() + Duration::from_secs(15);
+    while acked_total(&publish_stats) + publish_stats.errors.load(Ordering::Acquire) < total
+        && Instant::now() < ack_deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let expected: u64 = publish_stats.acked.iter().zip(&per_room).map(|(a, n)| a.load(Ordering::Acquire) * n).sum();
+    let mut last_seen = (shared.received.load(Ordering::Acquire), Instant::now());
+    loop {
+        let received = shared.received.load(Ordering::Acquire);
+        if received >= expected {
+            break;
+        }
+        if received != last_seen.0 {
+            last_seen = (received, Instant::now());
+        } else if last_seen.1.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        progress("draining", received, expected, 0.0);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let end = now_micros();
+    let (cpu_end, _) = measure();
+    keep_open.store(0, Ordering::Release);
+    shared.stop.store(true, Ordering::Release);
+
+    let mut outcome_stats = Vec::new();
+    for s in subscribers {
+        outcome_stats.push(s.await.context("subscriber task")??);
+    }
+    for p in publishers {
+        let _ = tokio::time::timeout(Duration::from_secs(1), p).await;
+    }
+    let received: u64 = outcome_stats.iter().map(|s| s.received).sum();
+    let mut latency = histogram();
+    for shard in &shared.shards {
+        if let Ok(h) = shard.lock() {
+            let _ = latency.add(&*h);
+        }
+    }
+    let ms = |v: u64| v as f64 / 1000.0;
+    let window = ((end - start) as f64 / 1e6).max(0.001);
+    let stormed: Vec<&SubscriberStats> = outcome_stats.iter().filter(|s| s.stormed).collect();
+    let series = shared
+        .seconds
+        .iter()
+        .zip(&shared.series)
+        .enumerate()
+        .take_while(|(t, _)| (*t as f64) < window.ceil())
+        .map(|(t, (count, h))| {
+            let h = h.lock().map(|h| h.clone()).unwrap_or_else(|_| histogram());
+            Second {
+                t: t as u64,
+                deliveries: count.load(Ordering::Relaxed),
+                p50_ms: ms(h.value_at_quantile(0.5)),
+                p99_ms: ms(h.value_at_quantile(0.99)),
+            }
+        })
+        .collect();
+    Ok(Outcome {
+        published: sent,
+        acked: acked_total(&publish_stats),
+        publish_errors: publish_stats.errors.load(Ordering::Acquire),
+        expected,
+        received,
+        lost: expected.saturating_sub(received),
+        duplicates: outcome_stats.iter().map(|s| s.duplicates).sum(),
+        out_of_order: outcome_stats.iter().map(|s| s.out_of_order).sum(),
+        gaps: outcome_stats.iter().map(|s| s.gaps).sum(),
+        delivered_per_sec: received as f64 / window,
+        latency_ms: Percentiles {
+            p50: ms(latency.value_at_quantile(0.5)),
+            p99: ms(latency.value_at_quantile(0.99)),
+            p999: ms(latency.value_at_quantile(0.999)),
+            max: ms(latency.max()),
+        },
+        storm_caught_up_ms: (!stormed.is_empty())
+            .then(|| stormed.iter().filter_map(|s| s.caught_up_after).max().map(ms).unwrap_or(f64::NAN)),
+        storm_stragglers: stormed.iter().filter(|s| s.caught_up_after.is_none()).count(),
+        rss_per_connection_bytes,
+        cpu_seconds_per_million: (measured && received > 0).then(|| (cpu_end - cpu_start) / (received as f64 / 1e6)),
+        series,
+    })
+}

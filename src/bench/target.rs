@@ -1,0 +1,215 @@
+//! What the harness drives: processes it spawns on loopback (a
+//! `redis-server` and nodes of this same build, or the bare reference
+//! server), or an existing deployment given by URL.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// A process the harness started; killed on drop.
+pub struct Spawned {
+    child: Child,
+    /// What it is, for reports.
+    pub name: String,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Spawned {
+    /// Process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// CPU seconds (user + system) a process has used, from /proc.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after ')'.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
+    (ticks(11) + ticks(12)) / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    // The kernel's USER_HZ is 100 on every mainstream Linux configuration.
+    100.0
+}
+
+/// Resident memory of a process in bytes, from /proc.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .unwrap_or(0)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Starts a `redis-server` without persistence on a free loopback port.
+pub fn spawn_redis() -> anyhow::Result<(Spawned, String)> {
+    let port = free_port()?;
+    let dir = std::env::temp_dir().join(format!("roomcast-bench-{port}"));
+    std::fs::create_dir_all(&dir)?;
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting redis-server (is it installed?)")?;
+    let spawned = Spawned { child, name: "redis-server".into() };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("redis-server did not start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((spawned, format!("redis://127.0.0.1:{port}")))
+}
+
+/// Starts this binary with `args`, waiting for its "listening addr=" line.
+pub fn spawn_self(name: &str, args: &[String]) -> anyhow::Result<(Spawned, SocketAddr)> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(args)
+        .env("RUST_LOG", "warn,roomcast=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting a node")?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("listening") {
+                if let Some(addr) = line.split("addr=").nth(1).and_then(|a| a.split_whitespace().next()) {
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        }
+    });
+    let spawned = Spawned { child, name: name.to_owned() };
+    let addr = rx.recv_timeout(Duration::from_secs(20)).context("a spawned node did not start")?;
+    Ok((spawned, addr.parse()?))
+}
+
+/// The deployment under load.
+pub struct Target {
+    /// Node addresses (host:port).
+    pub nodes: Vec<SocketAddr>,
+    /// Processes the harness owns (measured for CPU and RSS).
+    pub processes: Vec<Spawned>,
+}
+
+/// How to get a target.
+#[derive(Clone, Debug)]
+pub enum TargetSpec {
+    /// Spawn `nodes` roomcast nodes on one spawned Redis.
+    Redis { nodes: usize },
+    /// Spawn one roomcast node on the embedded store.
+    Embedded,
+    /// Spawn the bare broadcast reference server (no Redis, no roomcast).
+    Reference,
+    /// Drive an existing deployment.
+    Urls(Vec<SocketAddr>),
+}
+
+impl TargetSpec {
+    /// Short name for reports.
+    pub fn label(&self) -> String {
+        match self {
+            TargetSpec::Redis { nodes } => format!("roomcast, {nodes} nodes on Redis"),
+            TargetSpec::Embedded => "roomcast, 1 node on the embedded store".into(),
+            TargetSpec::Reference => "bare tokio-tungstenite broadcast (reference)".into(),
+            TargetSpec::Urls(urls) => format!("{} given node(s)", urls.len()),
+        }
+    }
+}
+
+/// Flags every spawned node gets, so the harness measures fanout rather
+/// than the per-connection safety limits.
+fn node_args(listen: &str) -> Vec<String> {
+    [
+        "serve",
+        "--listen",
+        listen,
+        "--publish-rate",
+        "1000000",
+        "--publish-burst",
+        "1000000",
+        "--max-connections",
+        "1000000",
+        "--history",
+        "100000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Starts (or connects to) the target.
+pub fn start(spec: &TargetSpec) -> anyhow::Result<Target> {
+    let mut processes = Vec::new();
+    let mut nodes = Vec::new();
+    match spec {
+        TargetSpec::Redis { nodes: count } => {
+            let (redis, url) = spawn_redis()?;
+            processes.push(redis);
+            for i in 0..*count {
+                let mut args = node_args("127.0.0.1:0");
+                args.extend(["--redis".into(), url.clone(), "--node-id".into(), format!("bench-{i}")]);
+                let (node, addr) = spawn_self(&format!("node-{i}"), &args)?;
+                processes.push(node);
+                nodes.push(addr);
+            }
+        }
+        TargetSpec::Embedded => {
+            let (node, addr) = spawn_self("node-0", &node_args("127.0.0.1:0"))?;
+            processes.push(node);
+            nodes.push(addr);
+        }
+        TargetSpec::Reference => {
+            let args = vec!["reference-server".to_string(), "--listen".into(), "127.0.0.1:0".into()];
+            let (server, addr) = spawn_self("reference", &args)?;
+            processes.push(server);
+            nodes.push(addr);
+        }
+        TargetSpec::Urls(urls) => nodes.extend(urls),
+    }
+    Ok(Target { nodes, processes })
+}
+
+impl Target {
+    /// CPU seconds used so far by every spawned process together.
+    pub fn cpu_seconds(&self) -> f64 {
+        self.processes.iter().map(|p| cpu_seconds(p.pid())).sum()
+    }
+
+    /// RSS of the spawned roomcast nodes (not Redis), in bytes.
+    pub fn node_rss(&self) -> u64 {
+        self.processes.iter().filter(|p| p.name != "redis-server").map(|p| rss_bytes(p.pid())).sum()
+    }
+
+    /// Whether processes are measured (spawned targets only).
+    pub fn measured(&self) -> bool {
+        !self.processes.is_empty()
+    }
+}
