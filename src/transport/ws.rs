@@ -25,9 +25,11 @@ use crate::protocol::{
 };
 use crate::session::{Outgoing, Session, SessionError, Sink, SinkError, Wakeup};
 
-/// tungstenite's read buffer: its 128 KiB default costs that much per idle
-/// connection; client frames are small.
-const READ_BUFFER: usize = 4 * 1024;
+/// tungstenite's read buffer, allocated for every connection: its 128 KiB
+/// default costs that much per idle connection. Client frames are small; a
+/// larger one just takes more reads. Measured with the `idle` preset:
+/// 11.8 KiB of RSS per idle connection with 4 KiB here, 8.6 KiB with 1 KiB.
+const READ_BUFFER: usize = 1024;
 /// Write buffering target; `flush` always writes everything anyway.
 const WRITE_BUFFER: usize = 64 * 1024;
 /// A write that takes longer than this means the client stopped reading.
