@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v redis-server >/dev/null 2>&1 || { echo "bench.sh: redis-server is needed (apt-get install redis-server)" >&2; exit 1; }
 cargo build --release
-ulimit -n 65536 2>/dev/null || true
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 mkdir -p docs/bench
 presets=("$@")
 [ ${#presets[@]} -gt 0 ] || presets=(fanout saturate idle rooms resume-storm)

@@ -186,14 +186,37 @@ impl Shared {
     }
 }
 
-#[derive(Default)]
+/// One subscriber's counts, shared so the harness can read them after
+/// aborting the task (a read loop with no timer per message).
 struct SubscriberStats {
-    received: u64,
-    duplicates: u64,
-    out_of_order: u64,
-    gaps: u64,
-    caught_up_after: Option<u64>,
+    received: AtomicU64,
+    duplicates: AtomicU64,
+    out_of_order: AtomicU64,
+    gaps: AtomicU64,
+    /// µs from the storm to being live again; `u64::MAX` until then.
+    caught_up_after: AtomicU64,
     stormed: bool,
+}
+
+impl SubscriberStats {
+    fn new(stormed: bool) -> Self {
+        SubscriberStats {
+            received: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            out_of_order: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+            caught_up_after: AtomicU64::new(u64::MAX),
+            stormed,
+        }
+    }
+
+    fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Acquire)
+    }
+
+    fn caught_up(&self) -> Option<u64> {
+        Some(Self::get(&self.caught_up_after)).filter(|v| *v != u64::MAX)
+    }
 }
 
 /// Opens a WebSocket from a chosen loopback source address.
@@ -219,11 +242,12 @@ async fn subscriber(
     room: String,
     shared: Arc<Shared>,
     subscribed: Arc<AtomicUsize>,
-    storm: bool,
-) -> anyhow::Result<SubscriberStats> {
+    stats: Arc<SubscriberStats>,
+) -> anyhow::Result<()> {
+    let storm = stats.stormed;
     let mut ws = connect(node, source, &format!("?room={room}")).await?;
-    let mut stats = SubscriberStats { stormed: storm, ..Default::default() };
-    let mut next: u64 = 0;
+    let mut seen = SeqSet::default();
+    let mut last: (u64, u64) = (0, 0);
     let mut last_id = String::from("0");
     let mut counted = false;
     let mut reconnected_at: Option<u64> = None;
@@ -237,15 +261,9 @@ async fn subscriber(
                 reconnected_at = Some(now_micros());
             }
         }
-        let msg = match tokio::time::timeout(Duration::from_millis(100), ws.next()).await {
-            Err(_) => {
-                if shared.stop.load(Ordering::Acquire) {
-                    break;
-                }
-                continue;
-            }
-            Ok(None) | Ok(Some(Err(_))) => break,
-            Ok(Some(Ok(msg))) => msg,
+        let msg = match ws.next().await {
+            None | Some(Err(_)) => break,
+            Some(Ok(msg)) => msg,
         };
         let Message::Text(text) = msg else { continue };
         let Ok(frame) = serde_json::from_str::<Frame>(text.as_str()) else { continue };
@@ -254,36 +272,42 @@ async fn subscriber(
                 counted = true;
                 subscribed.fetch_add(1, Ordering::AcqRel);
             }
-            "gap" => stats.gaps += 1,
+            "gap" => {
+                stats.gaps.fetch_add(1, Ordering::Relaxed);
+            }
             "events" => {
                 let now = now_micros();
                 for event in &frame.events {
-                    let s = event.data.s;
-                    if s == next {
-                        next += 1;
-                        stats.received += 1;
-                        shared.received.fetch_add(1, Ordering::Relaxed);
-                        shared.record(index, now.saturating_sub(event.data.t), now, stats.received);
-                        last_id.clear();
-                        last_id.push_str(event.id);
-                        if let (Some(at), None) = (reconnected_at, stats.caught_up_after) {
-                            // Live again: receiving what was published after the reconnect.
-                            if event.data.t >= at {
-                                stats.caught_up_after = Some(now - shared.storm_at.load(Ordering::Acquire));
-                            }
+                    // Order is the store's ID order, which several
+                    // publisher connections may interleave: check IDs for
+                    // order, sequence numbers only for loss and duplicates.
+                    let id = parse_id(event.id);
+                    if id <= last {
+                        stats.out_of_order.fetch_add(1, Ordering::Relaxed);
+                    }
+                    last = last.max(id);
+                    if !seen.insert(event.data.s) {
+                        stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    let n = stats.received.fetch_add(1, Ordering::Relaxed) + 1;
+                    shared.received.fetch_add(1, Ordering::Relaxed);
+                    shared.record(index, now.saturating_sub(event.data.t), now, n);
+                    last_id.clear();
+                    last_id.push_str(event.id);
+                    if let (Some(at), None) = (reconnected_at, stats.caught_up()) {
+                        // Live again: receiving what was published after the reconnect.
+                        if event.data.t >= at {
+                            let storm_at = shared.storm_at.load(Ordering::Acquire);
+                            stats.caught_up_after.store(now - storm_at, Ordering::Release);
                         }
-                    } else if s < next {
-                        stats.duplicates += 1;
-                    } else {
-                        stats.out_of_order += 1;
-                        next = s + 1;
                     }
                 }
             }
             _ => {}
         }
     }
-    Ok(stats)
+    Ok(())
 }
 
 /// How publish frames look: room name prefix and payload padding.
@@ -302,6 +326,29 @@ impl Template {
             .into(),
         )
     }
+}
+
+/// Sequence numbers received, as a growable bitset.
+#[derive(Default)]
+struct SeqSet(Vec<u64>);
+
+impl SeqSet {
+    /// Adds `s`; false if it was already there.
+    fn insert(&mut self, s: u64) -> bool {
+        let (word, bit) = ((s / 64) as usize, s % 64);
+        if word >= self.0.len() {
+            self.0.resize(word + 1, 0);
+        }
+        let fresh = self.0[word] & (1 << bit) == 0;
+        self.0[word] |= 1 << bit;
+        fresh
+    }
+}
+
+/// `ms-seq` as a sortable pair (malformed IDs sort first).
+fn parse_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
 struct PublishStats {
@@ -383,6 +430,7 @@ pub async fn run(
     let subscribed = Arc::new(AtomicUsize::new(0));
     let storm_count = (spec.storm * spec.subscribers as f64).round() as usize;
     let mut subscribers = Vec::with_capacity(spec.subscribers);
+    let mut cells = Vec::with_capacity(spec.subscribers);
     let mut per_room = vec![0u64; rooms];
     for i in 0..spec.subscribers {
         let node = nodes[i % nodes.len()];
@@ -394,7 +442,11 @@ pub async fn run(
             format!("{}{}", spec.room_prefix, i % rooms),
             shared.clone(),
             subscribed.clone(),
-            i < storm_count,
+            {
+                let cell = Arc::new(SubscriberStats::new(i < storm_count));
+                cells.push(cell.clone());
+                cell
+            },
         )));
         if i % 500 == 499 {
             // Let the accept queues drain.
@@ -506,14 +558,15 @@ pub async fn run(
     keep_open.store(0, Ordering::Release);
     shared.stop.store(true, Ordering::Release);
 
-    let mut outcome_stats = Vec::new();
-    for s in subscribers {
-        outcome_stats.push(s.await.context("subscriber task")??);
+    for s in &subscribers {
+        s.abort();
     }
+    let outcome_stats = cells;
     for p in publishers {
         let _ = tokio::time::timeout(Duration::from_secs(1), p).await;
     }
-    let received: u64 = outcome_stats.iter().map(|s| s.received).sum();
+    let get = SubscriberStats::get;
+    let received: u64 = outcome_stats.iter().map(|s| get(&s.received)).sum();
     let mut latency = histogram();
     for shard in &shared.shards {
         if let Ok(h) = shard.lock() {
@@ -522,7 +575,7 @@ pub async fn run(
     }
     let ms = |v: u64| v as f64 / 1000.0;
     let window = ((end - start) as f64 / 1e6).max(0.001);
-    let stormed: Vec<&SubscriberStats> = outcome_stats.iter().filter(|s| s.stormed).collect();
+    let stormed: Vec<&Arc<SubscriberStats>> = outcome_stats.iter().filter(|s| s.stormed).collect();
     let series = shared
         .seconds
         .iter()
@@ -546,9 +599,9 @@ pub async fn run(
         expected,
         received,
         lost: expected.saturating_sub(received),
-        duplicates: outcome_stats.iter().map(|s| s.duplicates).sum(),
-        out_of_order: outcome_stats.iter().map(|s| s.out_of_order).sum(),
-        gaps: outcome_stats.iter().map(|s| s.gaps).sum(),
+        duplicates: outcome_stats.iter().map(|s| get(&s.duplicates)).sum(),
+        out_of_order: outcome_stats.iter().map(|s| get(&s.out_of_order)).sum(),
+        gaps: outcome_stats.iter().map(|s| get(&s.gaps)).sum(),
         delivered_per_sec: received as f64 / window,
         latency_ms: Percentiles {
             p50: ms(latency.value_at_quantile(0.5)),
@@ -557,8 +610,8 @@ pub async fn run(
             max: ms(latency.max()),
         },
         storm_caught_up_ms: (!stormed.is_empty())
-            .then(|| stormed.iter().filter_map(|s| s.caught_up_after).max().map(ms).unwrap_or(f64::NAN)),
-        storm_stragglers: stormed.iter().filter(|s| s.caught_up_after.is_none()).count(),
+            .then(|| stormed.iter().filter_map(|s| s.caught_up()).max().map(ms).unwrap_or(f64::NAN)),
+        storm_stragglers: stormed.iter().filter(|s| s.caught_up().is_none()).count(),
         rss_per_connection_bytes,
         cpu_seconds_per_million: (measured && received > 0).then(|| (cpu_end - cpu_start) / (received as f64 / 1e6)),
         series,
