@@ -49,6 +49,10 @@ pub struct BenchArgs {
     /// A named preset (sets the load and the targets).
     #[arg(long, value_enum)]
     pub preset: Option<Preset>,
+    /// Spawn the target on loopback: a redis-server and `--nodes` nodes of
+    /// this build (the default when no `--url` is given), cleaned up after.
+    #[arg(long, conflicts_with = "url")]
+    pub spawn: bool,
     /// Drive an existing deployment instead of spawning one (repeatable: host:port).
     #[arg(long)]
     pub url: Vec<String>,

@@ -37,17 +37,28 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
     info!(addr = %listener.local_addr()?, "listening");
     let (tx, _) = broadcast::channel::<Message>(BACKLOG);
     let seq = Arc::new(AtomicU64::new(0));
+    let order = Arc::new(std::sync::Mutex::new(()));
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
-        tokio::spawn(connection(stream, tx.clone(), seq.clone()));
+        tokio::spawn(connection(stream, tx.clone(), seq.clone(), order.clone()));
     }
 }
 
-async fn connection(stream: TcpStream, tx: broadcast::Sender<Message>, seq: Arc<AtomicU64>) {
+async fn connection(
+    stream: TcpStream,
+    tx: broadcast::Sender<Message>,
+    seq: Arc<AtomicU64>,
+    order: Arc<std::sync::Mutex<()>>,
+) {
     let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
     let Ok(ws) = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await else { return };
     let (mut sink, mut source) = ws.split();
     let mut rx = tx.subscribe();
+    // Every connection is in the one broadcast; answer `?room=` at once.
+    let subscribed = r#"{"type":"subscribed","room":"r","resumed":false}"#;
+    if sink.send(Message::Text(subscribed.into())).await.is_err() {
+        return;
+    }
     loop {
         tokio::select! {
             got = rx.recv() => {
@@ -76,11 +87,16 @@ async fn connection(stream: TcpStream, tx: broadcast::Sender<Message>, seq: Arc<
                 };
                 let Ok(frame) = serde_json::from_str::<Incoming>(text.as_str()) else { continue };
                 let reply = match (frame.kind, frame.data) {
-                    ("subscribe", _) => r#"{"type":"subscribed","room":"r","resumed":false}"#.to_owned(),
+                    ("subscribe", _) => subscribed.to_owned(),
                     ("publish", Some(data)) => {
-                        let n = seq.fetch_add(1, Ordering::Relaxed) + 1;
-                        let event = format!(r#"{{"type":"events","room":"r","events":[{{"id":"{n}-0","data":{}}}]}}"#, data.get());
-                        let _ = tx.send(Message::Text(event.into()));
+                        // Numbering and sending under one lock keeps IDs in broadcast order.
+                        let n = {
+                            let _order = order.lock().unwrap_or_else(|p| p.into_inner());
+                            let n = seq.fetch_add(1, Ordering::Relaxed) + 1;
+                            let event = format!(r#"{{"type":"events","room":"r","events":[{{"id":"{n}-0","data":{}}}]}}"#, data.get());
+                            let _ = tx.send(Message::Text(event.into()));
+                            n
+                        };
                         format!(r#"{{"type":"ack","ref":{},"id":"{n}-0"}}"#, frame.reference.unwrap_or(0))
                     }
                     _ => continue,
