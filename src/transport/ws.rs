@@ -32,6 +32,8 @@ use crate::session::{Outgoing, Session, SessionError, Sink, SinkError, Wakeup};
 const READ_BUFFER: usize = 1024;
 /// Write buffering target; `flush` always writes everything anyway.
 const WRITE_BUFFER: usize = 64 * 1024;
+/// How long a closing connection waits for the client's close reply.
+const CLOSE_HANDSHAKE: Duration = Duration::from_secs(1);
 /// A write that takes longer than this means the client stopped reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -183,7 +185,20 @@ async fn run(app: Arc<App>, socket: WebSocket, format: Format, query: WsQuery, g
     let mut sink = session.close().await;
     if let Some(End::Close(reason)) = end {
         let frame = CloseFrame { code: reason.code(), reason: Utf8Bytes::from_static(reason.reason()) };
-        let _ = timed(sink.sink.send(Message::Close(Some(frame)))).await;
+        if timed(sink.sink.send(Message::Close(Some(frame)))).await.is_ok() {
+            // Close handshake: read (and drop) what the client still sends
+            // until its close reply. Closing the socket with unread input
+            // would reset the connection, and the client might never see
+            // the close frame and its reason.
+            let drain = async {
+                while let Some(Ok(msg)) = stream.next().await {
+                    if matches!(msg, Message::Close(_)) {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(CLOSE_HANDSHAKE, drain).await;
+        }
     }
     metrics::gauge!("roomcast_connections", "transport" => "ws").decrement(1.0);
     debug!(conn, "websocket closed");
