@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::client::{assert_ordered, Client};
-use support::{eventually, get_json, publish, publish_when_ready, Deployment, Node, Redis};
+use support::{eventually, get_json, publish, publish_when_ready, wait_ready_status, Deployment, Node, Redis};
 
 #[tokio::test]
 async fn a_new_rooms_first_event_arrives_while_the_reader_is_blocked() {
@@ -86,12 +86,7 @@ async fn redis_outage_fails_publishes_clearly_and_recovers() {
     let redis = d.redis.as_mut().unwrap();
     redis.kill();
 
-    let ready = d.node(0).http("/readyz");
-    eventually("readyz to report the outage", || {
-        let ready = ready.clone();
-        async move { (reqwest::get(&ready).await.ok()?.status() == 503).then_some(()) }
-    })
-    .await;
+    wait_ready_status(d.node(0), 503).await;
     let refused = reqwest::Client::new().post(d.node(1).http("/rooms/up/events")).json(&json!(1)).send().await.unwrap();
     assert_eq!(refused.status(), 503, "a publish during an outage is refused, never acked");
     assert_eq!(refused.json::<Value>().await.unwrap()["error"], "store_unavailable");
@@ -101,11 +96,7 @@ async fn redis_outage_fails_publishes_clearly_and_recovers() {
     assert_eq!((error["code"].as_str(), error["ref"].as_u64()), (Some("store_unavailable"), Some(9)));
 
     d.redis.as_mut().unwrap().restart_empty();
-    eventually("readyz to recover", || {
-        let ready = ready.clone();
-        async move { (reqwest::get(&ready).await.ok()?.status() == 200).then_some(()) }
-    })
-    .await;
+    wait_ready_status(d.node(0), 200).await;
     // The connection stayed open throughout; it learns the history is gone,
     // then receives what is published after the outage.
     let after = publish_when_ready(d.node(1), "up", json!("after")).await;
@@ -173,12 +164,7 @@ async fn a_stalled_redis_delays_but_loses_nothing() {
     }
     let redis = d.redis.as_ref().unwrap();
     redis.freeze();
-    let ready = d.node(1).http("/readyz");
-    eventually("readyz to report the stalled store", || {
-        let ready = ready.clone();
-        async move { (reqwest::get(&ready).await.ok()?.status() == 503).then_some(()) }
-    })
-    .await;
+    wait_ready_status(d.node(1), 503).await;
     let refused =
         reqwest::Client::new().post(d.node(1).http("/rooms/steady/events")).json(&json!("x")).send().await.unwrap();
     assert_eq!(refused.status(), 503, "no false ack while the store does not answer");

@@ -162,7 +162,6 @@ struct Shared {
     received: AtomicU64,
     /// When publishing started (µs on the harness clock); 0 before.
     publish_start: AtomicU64,
-    stop: AtomicBool,
     storm_at: AtomicU64,
 }
 
@@ -364,7 +363,7 @@ async fn publisher(
     rooms: usize,
     template: Arc<Template>,
     stats: Arc<PublishStats>,
-    expected: Arc<AtomicU64>,
+    keep_open: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     let ws = connect(node, source, "").await?;
     let (mut sink, mut source_stream) = ws.split();
@@ -383,7 +382,7 @@ async fn publisher(
                     }
                     _ => {}
                 }
-                if expected.load(Ordering::Acquire) == 0 {
+                if !keep_open.load(Ordering::Acquire) {
                     break;
                 }
             }
@@ -420,7 +419,6 @@ pub async fn run(
         series: (0..seconds).map(|_| Mutex::new(histogram())).collect(),
         received: AtomicU64::new(0),
         publish_start: AtomicU64::new(0),
-        stop: AtomicBool::new(false),
         storm_at: AtomicU64::new(0),
     });
     let rooms = spec.rooms.max(1);
@@ -482,7 +480,7 @@ pub async fn run(
     });
     let publish_stats =
         Arc::new(PublishStats { acked: (0..rooms).map(|_| AtomicU64::new(0)).collect(), errors: AtomicU64::new(0) });
-    let keep_open = Arc::new(AtomicU64::new(1));
+    let keep_open = Arc::new(AtomicBool::new(true));
     let mut lanes = Vec::new();
     let mut publishers = Vec::new();
     if spec.rate > 0.0 {
@@ -555,8 +553,7 @@ pub async fn run(
     }
     let end = now_micros();
     let (cpu_end, _) = measure();
-    keep_open.store(0, Ordering::Release);
-    shared.stop.store(true, Ordering::Release);
+    keep_open.store(false, Ordering::Release);
 
     for s in &subscribers {
         s.abort();

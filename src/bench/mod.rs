@@ -138,8 +138,7 @@ impl Bench {
     async fn run(&mut self, target: &TargetSpec, spec: LoadSpec) -> anyhow::Result<Outcome> {
         let deployment = target::start(target)?;
         let measured = deployment.measured();
-        let measure = |_: ()| (deployment.cpu_seconds(), deployment.node_rss());
-        let measure = move || measure(());
+        let measure = || (deployment.cpu_seconds(), deployment.node_rss());
         let bar = self.bar.clone();
         let label = target.label();
         bar.set_prefix(label.clone());

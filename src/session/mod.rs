@@ -156,11 +156,6 @@ impl<S: Sink> Session<S> {
         }
     }
 
-    /// What this connection's credential allows.
-    pub fn grant(&self) -> &Grant {
-        &self.grant
-    }
-
     /// Writes one control frame and flushes.
     pub async fn send(&mut self, frame: &ServerFrame) -> Result<(), SinkError> {
         self.sink.write(Outgoing::Frame(frame)).await?;
@@ -323,9 +318,8 @@ impl<S: Sink> Session<S> {
     async fn sync_or_retry(&mut self, room: &RoomName) -> Result<(), SinkError> {
         if let Some(state) = self.rooms.get_mut(room) {
             if state.flags.lost.swap(false, Ordering::AcqRel) {
-                metrics::counter!("roomcast_gaps_total").increment(1);
                 let after = std::mem::replace(&mut state.cursor, EventId::ZERO);
-                self.sink.write(Outgoing::Frame(&ServerFrame::Gap { room: room.clone(), after })).await?;
+                self.write_gap(room, after).await?;
             }
         }
         loop {
@@ -357,19 +351,26 @@ impl<S: Sink> Session<S> {
         let Some(state) = self.rooms.get_mut(room) else {
             return Ok(());
         };
-        if page.gap {
-            metrics::counter!("roomcast_gaps_total").increment(1);
-            let after = state.cursor;
-            if page.events.is_empty() {
-                state.cursor = page.tail;
-            }
-            self.sink.write(Outgoing::Frame(&ServerFrame::Gap { room: room.clone(), after })).await?;
+        let before = state.cursor;
+        match page.events.last() {
+            Some(last) => state.cursor = last.id,
+            // A gap with nothing after it: continue from the room's real tail.
+            None if page.gap => state.cursor = page.tail,
+            None => {}
         }
-        if let Some(last) = page.events.last() {
-            state.cursor = last.id;
+        if page.gap {
+            self.write_gap(room, before).await?;
+        }
+        if !page.events.is_empty() {
             self.sink.write(Outgoing::Events(room, &page.events)).await?;
         }
         self.sink.flush().await
+    }
+
+    /// Tells the client that events of `room` after `after` are gone.
+    async fn write_gap(&mut self, room: &RoomName, after: EventId) -> Result<(), SinkError> {
+        metrics::counter!("roomcast_gaps_total").increment(1);
+        self.sink.write(Outgoing::Frame(&ServerFrame::Gap { room: room.clone(), after })).await
     }
 
     /// Leaves every room and hands back the sink (to close it).

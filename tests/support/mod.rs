@@ -315,6 +315,16 @@ pub async fn publish_when_ready(node: &Node, room: &str, data: serde_json::Value
     .await
 }
 
+/// Waits until the node's `/readyz` answers `status`.
+pub async fn wait_ready_status(node: &Node, status: u16) {
+    let url = node.http("/readyz");
+    eventually(&format!("/readyz to answer {status}"), || {
+        let url = url.clone();
+        async move { (reqwest::get(&url).await.ok()?.status() == status).then_some(()) }
+    })
+    .await
+}
+
 /// GETs a JSON resource.
 pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
     let response = reqwest::get(url).await.expect("GET");

@@ -64,7 +64,7 @@ impl RedisChanges {
             return Ok(EventId::ZERO);
         };
         match items.first() {
-            Some(item) => Ok(reply::id_and_field(item, b"")?.0),
+            Some(item) => reply::entry_id(item),
             None => Ok(EventId::ZERO),
         }
     }

@@ -110,12 +110,20 @@ pub fn events_of(items: Vec<Value>) -> Result<Vec<Event>, StoreError> {
     items.into_iter().map(entry).collect()
 }
 
-/// The ID and the value of field `field` of a raw entry (signals, control).
-pub fn id_and_field(item: &Value, field: &[u8]) -> Result<(EventId, Option<Bytes>), StoreError> {
+/// The ID of a raw `[id, fields]` entry.
+pub fn entry_id(item: &Value) -> Result<EventId, StoreError> {
     let Value::Array(parts) = item else {
         return Err(protocol("entry is not an array"));
     };
-    let id = parts.first().map(event_id).ok_or_else(|| protocol("entry has no id"))??;
+    parts.first().map(event_id).ok_or_else(|| protocol("entry has no id"))?
+}
+
+/// The ID and the value of field `field` of a raw entry (signals, control).
+pub fn id_and_field(item: &Value, field: &[u8]) -> Result<(EventId, Option<Bytes>), StoreError> {
+    let id = entry_id(item)?;
+    let Value::Array(parts) = item else {
+        return Err(protocol("entry is not an array"));
+    };
     let mut found = None;
     if let Some(Value::Array(fields)) = parts.get(1) {
         for pair in fields.chunks(2) {
