@@ -10,8 +10,8 @@
 
 pub mod cursor;
 pub mod outbox;
+pub mod rooms;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,7 +25,8 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use self::cursor::{accept, Accept};
-use self::outbox::{Outbox, OutboxLimits, OutboxReceiver};
+use self::outbox::{Outbox, OutboxLimits, OutboxReceiver, Pending};
+use self::rooms::{RoomState, Rooms};
 use crate::auth::Grant;
 use crate::hub::{Batch, Hub, RoomFlags, Subscriber};
 use crate::protocol::{data_to_json, ErrorCode, Event, EventId, FrameError, RoomName, ServerFrame};
@@ -103,21 +104,13 @@ pub enum Wakeup {
     CatchUp,
 }
 
-struct RoomState {
-    /// Last event delivered (or the position the client is complete up to).
-    cursor: EventId,
-    /// Set by the hub (outbox full, store lost data) or by the session
-    /// (discontinuity).
-    flags: Arc<RoomFlags>,
-}
-
 /// One connection's rooms, cursors and outbox.
 pub struct Session<S: Sink> {
     id: u64,
     hub: Arc<Hub>,
     store: Arc<dyn Store>,
     inbox: OutboxReceiver,
-    rooms: HashMap<RoomName, RoomState>,
+    rooms: Rooms,
     limits: SessionLimits,
     /// When a catch-up the store refused is retried.
     retry_at: Option<Instant>,
@@ -147,7 +140,7 @@ impl<S: Sink> Session<S> {
             hub,
             store,
             inbox,
-            rooms: HashMap::new(),
+            rooms: Rooms::default(),
             limits,
             retry_at: None,
             grant,
@@ -169,7 +162,7 @@ impl<S: Sink> Session<S> {
         if !self.grant.may_subscribe(&room) {
             return Err(refuse(ErrorCode::Forbidden, format!("this token may not subscribe to {room}"), None));
         }
-        if self.rooms.contains_key(&room) {
+        if self.rooms.contains(&room) {
             return Err(refuse(ErrorCode::AlreadySubscribed, format!("already subscribed to {room}"), None));
         }
         if self.rooms.len() >= self.limits.max_subscriptions {
@@ -241,16 +234,16 @@ impl<S: Sink> Session<S> {
 
     /// Waits for the next thing to write. Cancel-safe.
     pub async fn next(&mut self) -> Wakeup {
-        let retry = self.retry_at;
-        let outbox = self.inbox.outbox().clone();
-        tokio::select! {
-            batch = self.inbox.recv() => match batch {
-                Some(batch) => Wakeup::Batch(batch),
-                // Unreachable while the session holds its outbox; treat as a catch-up.
-                None => Wakeup::CatchUp,
+        let pending = match self.retry_at {
+            None => self.inbox.next().await,
+            Some(retry) => tokio::select! {
+                pending = self.inbox.next() => pending,
+                _ = tokio::time::sleep_until(retry) => Pending::Signal,
             },
-            _ = outbox.lagged() => Wakeup::CatchUp,
-            _ = tokio::time::sleep_until(retry.unwrap_or_else(Instant::now)), if retry.is_some() => Wakeup::CatchUp,
+        };
+        match pending {
+            Pending::Batch(batch) => Wakeup::Batch(batch),
+            Pending::Signal => Wakeup::CatchUp,
         }
     }
 
@@ -375,7 +368,7 @@ impl<S: Sink> Session<S> {
 
     /// Leaves every room and hands back the sink (to close it).
     pub async fn close(mut self) -> S {
-        for room in std::mem::take(&mut self.rooms).into_keys() {
+        for room in self.rooms.drain_names().collect::<Vec<_>>() {
             self.hub.leave(&room, self.id).await;
         }
         self.sink

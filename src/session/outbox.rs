@@ -1,9 +1,14 @@
 //! A connection's outbox: bounded in batches and in bytes.
+//!
+//! One per connection, so it is kept small: a mutex-guarded deque that
+//! allocates only once something is queued (an idle subscriber's outbox
+//! holds no buffer) and one [`Notify`] for every kind of wake-up.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 use crate::hub::Batch;
 
@@ -20,55 +25,84 @@ pub struct OutboxLimits {
 /// does not fit marks the room lagged, and the connection catches up from
 /// the store, so a slow client costs neither the feed nor other clients.
 pub struct Outbox {
-    tx: mpsc::Sender<Arc<Batch>>,
+    queue: Mutex<VecDeque<Arc<Batch>>>,
     queued_bytes: AtomicUsize,
-    max_bytes: usize,
-    /// Wakes the connection when one of its rooms lagged.
-    lag: Notify,
+    limits: OutboxLimits,
+    /// Set when one of the connection's rooms needs its flags looked at.
+    signalled: AtomicBool,
+    /// Set once the connection is gone: nothing more is queued.
+    closed: AtomicBool,
+    /// Wakes the connection (a batch was queued, or it was signalled).
+    wake: Notify,
 }
 
-/// The connection's side of its queue.
+/// The connection's side of its queue; dropping it closes the outbox.
 pub struct OutboxReceiver {
     outbox: Arc<Outbox>,
-    rx: mpsc::Receiver<Arc<Batch>>,
+}
+
+/// What is waiting in an outbox.
+pub enum Pending {
+    /// A room was signalled (lagged, or its store lost data).
+    Signal,
+    /// A queued batch.
+    Batch(Arc<Batch>),
 }
 
 impl Outbox {
     /// A new outbox and its receiving end.
     pub fn new(limits: OutboxLimits) -> (Arc<Outbox>, OutboxReceiver) {
-        let (tx, rx) = mpsc::channel(limits.frames.max(1));
-        let outbox =
-            Arc::new(Outbox { tx, queued_bytes: AtomicUsize::new(0), max_bytes: limits.bytes, lag: Notify::new() });
-        (outbox.clone(), OutboxReceiver { outbox, rx })
+        let outbox = Arc::new(Outbox {
+            queue: Mutex::new(VecDeque::new()),
+            queued_bytes: AtomicUsize::new(0),
+            limits: OutboxLimits { frames: limits.frames.max(1), bytes: limits.bytes },
+            signalled: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            wake: Notify::new(),
+        });
+        (outbox.clone(), OutboxReceiver { outbox })
+    }
+
+    fn queue(&self) -> MutexGuard<'_, VecDeque<Arc<Batch>>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Queues `batch`, or marks the room `lagged` when it does not fit.
     pub fn offer(&self, batch: &Arc<Batch>, lagged: &AtomicBool) {
-        if lagged.load(Ordering::Acquire) {
-            // Already catching up from the store, which will cover this batch.
+        if lagged.load(Ordering::Acquire) || self.closed.load(Ordering::Acquire) {
+            // Already catching up from the store, which will cover this
+            // batch; or nobody is listening any more.
             return;
         }
         let size = batch.size();
-        let fits = self.queued_bytes.load(Ordering::Relaxed) + size <= self.max_bytes;
-        if fits && self.tx.try_send(batch.clone()).is_ok() {
-            self.queued_bytes.fetch_add(size, Ordering::Relaxed);
-            return;
-        }
-        if !self.tx.is_closed() {
-            lagged.store(true, Ordering::Release);
-            self.signal();
-            metrics::counter!("roomcast_outbox_overflows_total").increment(1);
+        let was_empty = {
+            let mut queue = self.queue();
+            let fits = queue.len() < self.limits.frames
+                && self.queued_bytes.load(Ordering::Relaxed) + size <= self.limits.bytes;
+            if fits {
+                queue.push_back(batch.clone());
+                self.queued_bytes.fetch_add(size, Ordering::Relaxed);
+                Some(queue.len() == 1)
+            } else {
+                None
+            }
+        };
+        match was_empty {
+            // A non-empty queue already has a wake-up on its way.
+            Some(true) => self.wake.notify_one(),
+            Some(false) => {}
+            None => {
+                lagged.store(true, Ordering::Release);
+                self.signal();
+                metrics::counter!("roomcast_outbox_overflows_total").increment(1);
+            }
         }
     }
 
     /// Wakes the connection to look at its rooms' flags.
     pub fn signal(&self) {
-        self.lag.notify_one();
-    }
-
-    /// Resolves when a room of this connection lagged (one permit is kept).
-    pub async fn lagged(&self) {
-        self.lag.notified().await;
+        self.signalled.store(true, Ordering::Release);
+        self.wake.notify_one();
     }
 
     /// Bytes currently queued.
@@ -78,33 +112,54 @@ impl Outbox {
 }
 
 impl OutboxReceiver {
-    /// The next batch; `None` once every sender is gone.
-    pub async fn recv(&mut self) -> Option<Arc<Batch>> {
-        let batch = self.rx.recv().await?;
-        self.release(&batch);
-        Some(batch)
+    /// What is waiting now, if anything: a signal first, then batches in order.
+    pub fn try_next(&mut self) -> Option<Pending> {
+        if self.outbox.signalled.swap(false, Ordering::AcqRel) {
+            return Some(Pending::Signal);
+        }
+        self.try_recv().map(Pending::Batch)
+    }
+
+    /// Waits for what is waiting. Cancel-safe: nothing is taken before it
+    /// is returned.
+    pub async fn next(&mut self) -> Pending {
+        loop {
+            if let Some(pending) = self.try_next() {
+                return pending;
+            }
+            // A wake-up sent since the check above is kept as a permit.
+            self.outbox.wake.notified().await;
+        }
     }
 
     /// The next batch if one is queued now.
     pub fn try_recv(&mut self) -> Option<Arc<Batch>> {
-        let batch = self.rx.try_recv().ok()?;
-        self.release(&batch);
-        Some(batch)
-    }
-
-    fn release(&self, batch: &Batch) {
+        let mut queue = self.outbox.queue();
+        let batch = queue.pop_front()?;
         self.outbox.queued_bytes.fetch_sub(batch.size(), Ordering::Relaxed);
-    }
-
-    /// Resolves when a room of this connection lagged (one permit is kept,
-    /// so a lag signalled before the call is not missed).
-    pub async fn lagged(&self) {
-        self.outbox.lagged().await;
+        if queue.is_empty() && queue.capacity() > SHRINK_ABOVE {
+            // A burst is over: give back what an idle connection need not hold.
+            queue.shrink_to(SHRINK_ABOVE);
+        }
+        Some(batch)
     }
 
     /// The shared outbox, to register with the hub.
     pub fn outbox(&self) -> &Arc<Outbox> {
         &self.outbox
+    }
+}
+
+/// Queue slots kept once a burst has drained.
+const SHRINK_ABOVE: usize = 32;
+
+impl Drop for OutboxReceiver {
+    fn drop(&mut self) {
+        self.outbox.closed.store(true, Ordering::Release);
+        let mut queue = self.outbox.queue();
+        queue.clear();
+        queue.shrink_to_fit();
+        self.outbox.queued_bytes.store(0, Ordering::Relaxed);
     }
 }
 
@@ -131,13 +186,13 @@ mod tests {
         assert!(!lagged.load(Ordering::Acquire));
         outbox.offer(&batch(3, 10), &lagged);
         assert!(lagged.load(Ordering::Acquire));
-        // Once lagged, later batches are left to the catch-up.
-        assert_eq!(rx.recv().await.unwrap().events[0].id.ms, 1);
+        // The lag is reported first; later batches are left to the catch-up.
+        assert!(matches!(rx.next().await, Pending::Signal));
+        assert_eq!(rx.try_recv().unwrap().events[0].id.ms, 1);
         outbox.offer(&batch(4, 10), &lagged);
-        assert_eq!(rx.recv().await.unwrap().events[0].id.ms, 2);
+        assert_eq!(rx.try_recv().unwrap().events[0].id.ms, 2);
         assert!(rx.try_recv().is_none());
-        // The lag wake-up was remembered.
-        tokio::time::timeout(std::time::Duration::from_secs(1), rx.lagged()).await.unwrap();
+        assert!(rx.try_next().is_none());
     }
 
     #[tokio::test]
@@ -148,7 +203,32 @@ mod tests {
         assert!(outbox.queued_bytes() > 2000);
         outbox.offer(&batch(2, 2000), &lagged);
         assert!(lagged.load(Ordering::Acquire));
-        rx.recv().await.unwrap();
+        assert!(matches!(rx.next().await, Pending::Signal));
+        assert!(matches!(rx.next().await, Pending::Batch(_)));
+        assert_eq!(outbox.queued_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_batch_offered_while_waiting_wakes_the_receiver() {
+        let (outbox, mut rx) = Outbox::new(OutboxLimits { frames: 4, bytes: 1 << 20 });
+        let waiter = tokio::spawn(async move {
+            let Pending::Batch(b) = rx.next().await else { panic!("expected a batch") };
+            b.events[0].id.ms
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        outbox.offer(&batch(7, 10), &AtomicBool::new(false));
+        let got = tokio::time::timeout(std::time::Duration::from_secs(2), waiter).await.unwrap().unwrap();
+        assert_eq!(got, 7);
+    }
+
+    #[test]
+    fn a_closed_outbox_takes_nothing_and_flags_nothing() {
+        let (outbox, rx) = Outbox::new(OutboxLimits { frames: 1, bytes: 1 << 20 });
+        drop(rx);
+        let lagged = AtomicBool::new(false);
+        outbox.offer(&batch(1, 10), &lagged);
+        outbox.offer(&batch(2, 10), &lagged);
+        assert!(!lagged.load(Ordering::Acquire));
         assert_eq!(outbox.queued_bytes(), 0);
     }
 }
