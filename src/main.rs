@@ -11,6 +11,12 @@ use tracing_subscriber::EnvFilter;
 /// `EX_USAGE`: bad command line or configuration.
 const EXIT_USAGE: u8 = 64;
 
+/// mimalloc rather than the system allocator: per-connection state is many
+/// small allocations, and a connection storm's transient buffers (HTTP
+/// upgrade, handshakes) are freed back instead of staying resident.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

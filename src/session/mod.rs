@@ -102,6 +102,8 @@ pub enum Wakeup {
     Batch(Arc<Batch>),
     /// Some room must catch up from the store.
     CatchUp,
+    /// The credential expired: the connection must end.
+    Expired,
 }
 
 /// One connection's rooms, cursors and outbox.
@@ -114,6 +116,8 @@ pub struct Session<S: Sink> {
     limits: SessionLimits,
     /// When a catch-up the store refused is retried.
     retry_at: Option<Instant>,
+    /// When the credential expires.
+    expires_at: Option<Instant>,
     /// What this connection's credential allows.
     grant: Grant,
     /// Per-connection publish rate limit.
@@ -143,6 +147,7 @@ impl<S: Sink> Session<S> {
             rooms: Rooms::default(),
             limits,
             retry_at: None,
+            expires_at: grant.remaining().map(|left| Instant::now() + left),
             grant,
             publishes: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
             sink,
@@ -232,13 +237,24 @@ impl<S: Sink> Session<S> {
         Ok(self.send(&ServerFrame::Ack { reference, id }).await?)
     }
 
-    /// Waits for the next thing to write. Cancel-safe.
+    /// Waits for the next thing to do. Cancel-safe. One timer serves both
+    /// deadlines (a catch-up retry, the credential's expiry), and none is
+    /// armed without one: this future lives in every idle connection.
     pub async fn next(&mut self) -> Wakeup {
-        let pending = match self.retry_at {
+        let deadline = match (self.retry_at, self.expires_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let pending = match deadline {
             None => self.inbox.next().await,
-            Some(retry) => tokio::select! {
+            Some(at) => tokio::select! {
                 pending = self.inbox.next() => pending,
-                _ = tokio::time::sleep_until(retry) => Pending::Signal,
+                _ = tokio::time::sleep_until(at) => {
+                    if self.expires_at.is_some_and(|e| e <= Instant::now()) {
+                        return Wakeup::Expired;
+                    }
+                    Pending::Signal
+                }
             },
         };
         match pending {

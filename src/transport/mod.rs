@@ -32,11 +32,3 @@ pub(crate) fn slot(app: &App) -> Result<ConnectionSlot, Refusal> {
         Refusal::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "too many connections on this node")
     })
 }
-
-/// Sleeps until `deadline`, or forever without one.
-pub(crate) async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
-}

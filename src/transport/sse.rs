@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{admit, sleep_until_some, slot};
+use super::{admit, slot};
 use crate::app::App;
 use crate::auth::Grant;
 use crate::http::error_response;
@@ -105,7 +105,6 @@ impl Sink for SseSink {
 
 async fn run(app: Arc<App>, room: RoomName, last: Option<EventId>, tx: mpsc::Sender<Bytes>, grant: Grant) {
     let closed = tx.clone();
-    let expiry = grant.remaining().map(|left| tokio::time::Instant::now() + left);
     let mut session = Session::new(app.hub.clone(), app.store.clone(), SseSink { tx }, app.limits, grant);
     metrics::gauge!("roomcast_connections", "transport" => "sse").increment(1.0);
     let mut alive = match session.subscribe(room, last).await {
@@ -122,7 +121,6 @@ async fn run(app: Arc<App>, room: RoomName, last: Option<EventId>, tx: mpsc::Sen
         tokio::select! {
             _ = app.shutdown.cancelled() => alive = false,
             _ = closed.closed() => alive = false,
-            _ = sleep_until_some(expiry) => alive = false,
             _ = keepalive.tick() => {
                 alive = closed.try_send(Bytes::from_static(b": keepalive\n\n")).is_ok()
                     || !closed.is_closed();
@@ -131,6 +129,7 @@ async fn run(app: Arc<App>, room: RoomName, last: Option<EventId>, tx: mpsc::Sen
                 let written = match wakeup {
                     Wakeup::Batch(batch) => session.deliver(batch).await,
                     Wakeup::CatchUp => session.catch_up().await,
+                    Wakeup::Expired => Err(SinkError::Closed),
                 };
                 alive = written.is_ok();
             }
