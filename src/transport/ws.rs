@@ -193,6 +193,7 @@ impl Connection {
 /// Serves the connection until it ends. A plain function returning an
 /// `async move` block: an `async fn` would copy its `mut` argument into a
 /// second slot of the future, doubling what every idle connection holds.
+#[allow(clippy::manual_async_fn)] // deliberate: see above
 fn run(mut c: Connection, query: Box<WsQuery>, slot: ConnectionSlot) -> impl std::future::Future<Output = ()> {
     async move {
         let conn = c.session.id();
