@@ -8,6 +8,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::auth::{Auth, JwtKey, Origins};
 
+/// Largest accepted `--coalesce-ms`: beyond this the wait is a delay, not batching.
+const MAX_COALESCE_MS: u64 = 1_000;
 /// Largest accepted `--max-message-bytes` (16 MiB).
 const MAX_MESSAGE_CEILING: usize = 16 << 20;
 
@@ -92,6 +94,14 @@ pub struct ServeArgs {
     #[arg(long, env = "ROOMCAST_OUTBOX_BYTES", default_value_t = 1 << 20)]
     pub outbox_bytes: usize,
 
+    /// Coalescing window of the live feed, in milliseconds (0: off). Events
+    /// arriving within this time of the feed's previous delivery wait out
+    /// the rest of it and go out together, one frame per room: it caps
+    /// frames per room per second, so high rates cost fewer writes and
+    /// wake-ups. When events are further apart than this, nothing waits.
+    #[arg(long, env = "ROOMCAST_COALESCE_MS", default_value_t = 10)]
+    pub coalesce_ms: u64,
+
     /// Milliseconds a Redis command may take before it fails (publishes fail fast in an outage).
     #[arg(long, env = "ROOMCAST_REDIS_TIMEOUT_MS", default_value_t = 2_000)]
     pub redis_timeout_ms: u64,
@@ -163,6 +173,8 @@ pub struct Config {
     pub outbox_bytes: usize,
     /// Redis command timeout.
     pub redis_timeout: Duration,
+    /// Shortest time between two live deliveries (the coalescing window).
+    pub coalesce: Duration,
     /// Who may do what.
     pub auth: Auth,
     /// Browser origins allowed.
@@ -223,6 +235,7 @@ impl TryFrom<ServeArgs> for Config {
             format!("--max-message-bytes must be between 256 and {MAX_MESSAGE_CEILING}")
         })?;
         check(a.max_subscriptions >= 1, || "--max-subscriptions must be at least 1".into())?;
+        check(a.coalesce_ms <= MAX_COALESCE_MS, || format!("--coalesce-ms must be at most {MAX_COALESCE_MS}"))?;
         check(a.outbox_frames >= 1, || "--outbox-frames must be at least 1".into())?;
         check(a.outbox_bytes >= 4096, || "--outbox-bytes must be at least 4096".into())?;
         check(a.redis_timeout_ms >= 10, || "--redis-timeout-ms must be at least 10".into())?;
@@ -256,6 +269,7 @@ impl TryFrom<ServeArgs> for Config {
             outbox_frames: a.outbox_frames,
             outbox_bytes: a.outbox_bytes,
             redis_timeout: Duration::from_millis(a.redis_timeout_ms),
+            coalesce: Duration::from_millis(a.coalesce_ms),
             auth,
             origins,
             max_connections: a.max_connections,

@@ -33,12 +33,13 @@ pub mod shutdown;
 pub mod store;
 pub mod transport;
 
+use axum::serve::ListenerExt;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use crate::config::Config;
 pub use crate::error::Error;
@@ -75,7 +76,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     };
     let hub = Hub::new(store.clone());
     let source = store.change_source(&config.node_id).await?;
-    hub.attach_feed(Feed::spawn(store.clone(), source, hub.clone(), shutdown.clone(), &tracker));
+    hub.attach_feed(Feed::spawn(store.clone(), source, hub.clone(), config.coalesce, shutdown.clone(), &tracker));
     presence::spawn(hub.clone(), store.clone(), config.node_id.clone(), shutdown.clone(), &tracker);
 
     if config.auth.is_open() {
@@ -100,6 +101,13 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         connections: Arc::default(),
     });
     info!(addr = %listener.local_addr()?, "listening");
+    // Live events are small writes that must leave at once: no Nagle delay
+    // (it held frames back for the client's delayed ACK, tens of ms).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            debug!(cause = %e, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, http::router(app)).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await?;
 
     tracker.close();

@@ -95,12 +95,13 @@ impl Feed {
         store: Arc<dyn Store>,
         source: Box<dyn ChangeSource>,
         sink: Arc<dyn FeedSink>,
+        coalesce: Duration,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Feed {
         let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
         let waker = source.waker();
-        tracker.spawn(run(store, source, sink, rx, shutdown));
+        tracker.spawn(run(store, source, sink, rx, coalesce, shutdown));
         Feed { commands, waker }
     }
 
@@ -125,6 +126,7 @@ async fn run(
     mut source: Box<dyn ChangeSource>,
     sink: Arc<dyn FeedSink>,
     mut commands: mpsc::Receiver<Command>,
+    coalesce: Duration,
     shutdown: CancellationToken,
 ) {
     let mut followed: HashMap<RoomName, Followed> = HashMap::new();
@@ -135,6 +137,8 @@ async fn run(
     // The store's incarnation, compared after every reconnection and sweep.
     let mut incarnation: Option<String> = None;
     let mut seen_generation = u64::MAX;
+    // When the feed last delivered anything (see `coalesce`).
+    let mut delivered_at: Option<Instant> = None;
 
     loop {
         while let Ok(command) = commands.try_recv() {
@@ -193,7 +197,19 @@ async fn run(
                 incarnation = Some(now);
             }
             source.prepare().await?;
-            read_pending(&*store, &*sink, &mut followed, &mut pending).await?;
+            // Coalescing: events arriving within `coalesce` of the last
+            // delivery wait out the rest of it and go out together, so a
+            // busy room costs each subscriber one write per window rather
+            // than one per event. When deliveries are further apart than
+            // the window, nothing waits.
+            if let Some(rest) = delivered_at.and_then(|at| coalesce.checked_sub(at.elapsed())) {
+                if !pending.is_empty() && !rest.is_zero() {
+                    tokio::time::sleep(rest).await;
+                }
+            }
+            if read_pending(&*store, &*sink, &mut followed, &mut pending).await? {
+                delivered_at = Some(Instant::now());
+            }
             source.wait(WAIT_TIMEOUT).await
         };
         let outcome = tokio::select! {
@@ -226,12 +242,14 @@ async fn run(
 }
 
 /// Reads every pending room until it has nothing new, delivering in order.
+/// Returns whether anything was delivered.
 async fn read_pending(
     store: &dyn Store,
     sink: &dyn FeedSink,
     followed: &mut HashMap<RoomName, Followed>,
     pending: &mut HashSet<RoomName>,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
+    let mut delivered = false;
     while !pending.is_empty() {
         let chunk: Vec<(RoomName, EventId)> = pending
             .iter()
@@ -251,6 +269,7 @@ async fn read_pending(
                 f.position = last;
                 debug!(room = %room, events = events.len(), last = %last, "feed delivers");
                 sink.deliver(&room, events);
+                delivered = true;
             }
         }
         for (room, _) in &chunk {
@@ -261,5 +280,5 @@ async fn read_pending(
         // Rooms no longer watched can linger in `pending`; drop them too.
         pending.retain(|room| followed.contains_key(room));
     }
-    Ok(())
+    Ok(delivered)
 }
