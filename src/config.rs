@@ -297,6 +297,7 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(c.history, 10_000);
         assert!(c.redis.is_none());
+        assert_eq!(c.coalesce, Duration::from_millis(10));
     }
 
     #[test]
@@ -307,6 +308,7 @@ mod tests {
             (vec!["serve", "--history", "0"], "--history"),
             (vec!["serve", "--key-prefix", "a b"], "--key-prefix"),
             (vec!["serve", "--max-message-bytes", "1"], "--max-message-bytes"),
+            (vec!["serve", "--coalesce-ms", "5000"], "--coalesce-ms"),
         ] {
             let err = parse(&args).unwrap_err();
             assert!(err.contains(flag), "{args:?}: {err}");

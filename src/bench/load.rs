@@ -16,7 +16,8 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpSocket;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use super::reader::Reader;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -26,10 +27,6 @@ type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 const SHARDS: usize = 16;
 /// One event in this many feeds the per-second latency series.
 const SERIES_SAMPLE: u64 = 4;
-/// The generator's tungstenite read buffer. tungstenite zeroes the free part
-/// of its buffer before every read; at the 128 KiB default that memset was a
-/// fifth of the generator's CPU (perf), stolen from the servers it measures.
-const CLIENT_READ_BUFFER: usize = 8 * 1024;
 /// Publisher connections per node.
 const PUBLISHERS_PER_NODE: usize = 4;
 
@@ -223,17 +220,27 @@ impl SubscriberStats {
     }
 }
 
-/// Opens a WebSocket from a chosen loopback source address.
-async fn connect(node: SocketAddr, source: Ipv4Addr, query: &str) -> anyhow::Result<Socket> {
+/// Opens a TCP connection from a chosen loopback source address.
+async fn tcp(node: SocketAddr, source: Ipv4Addr) -> anyhow::Result<tokio::net::TcpStream> {
     let socket = TcpSocket::new_v4()?;
     socket.set_reuseaddr(true)?;
     socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
     let stream = socket.connect(node).await.with_context(|| format!("connecting to {node}"))?;
     stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Opens a (publisher's) WebSocket from a chosen loopback source address.
+async fn connect(node: SocketAddr, source: Ipv4Addr, query: &str) -> anyhow::Result<Socket> {
+    let stream = tcp(node, source).await?;
     let url = format!("ws://{node}/ws{query}");
-    let config = WebSocketConfig::default().read_buffer_size(CLIENT_READ_BUFFER);
-    let (ws, _) = tokio_tungstenite::client_async_with_config(url, MaybeTlsStream::Plain(stream), Some(config)).await?;
+    let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await?;
     Ok(ws)
+}
+
+/// Opens a subscriber's receive-only WebSocket (see [`Reader`]).
+async fn subscribe(node: SocketAddr, source: Ipv4Addr, query: &str) -> anyhow::Result<Reader> {
+    Reader::handshake(tcp(node, source).await?, node, query).await
 }
 
 fn source_ip(i: usize, count: u8) -> Ipv4Addr {
@@ -250,7 +257,7 @@ async fn subscriber(
     stats: Arc<SubscriberStats>,
 ) -> anyhow::Result<()> {
     let storm = stats.stormed;
-    let mut ws = connect(node, source, &format!("?room={room}")).await?;
+    let mut ws = subscribe(node, source, &format!("?room={room}")).await?;
     let mut seen = SeqSet::default();
     let mut last: (u64, u64) = (0, 0);
     let mut last_id = String::from("0");
@@ -260,18 +267,15 @@ async fn subscriber(
         if storm && reconnected_at.is_none() {
             let at = shared.storm_at.load(Ordering::Acquire);
             if at > 0 && now_micros() >= at {
-                let _ = ws.close(None).await;
+                // Drop the connection, as a network blip would.
+                drop(ws);
                 let query = format!("?room={room}&last_event_id={last_id}");
-                ws = connect(node, source, &query).await?;
+                ws = subscribe(node, source, &query).await?;
                 reconnected_at = Some(now_micros());
             }
         }
-        let msg = match ws.next().await {
-            None | Some(Err(_)) => break,
-            Some(Ok(msg)) => msg,
-        };
-        let Message::Text(text) = msg else { continue };
-        let Ok(frame) = serde_json::from_str::<Frame>(text.as_str()) else { continue };
+        let Ok(Some(payload)) = ws.next().await else { break };
+        let Ok(frame) = serde_json::from_slice::<Frame>(&payload) else { continue };
         match frame.kind {
             "subscribed" if !counted => {
                 counted = true;

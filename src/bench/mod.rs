@@ -8,6 +8,7 @@
 //! the figures in `docs/benchmarks.md`.
 
 pub mod load;
+pub mod reader;
 pub mod reference;
 pub mod report;
 pub mod target;

@@ -282,3 +282,83 @@ async fn read_pending(
     }
     Ok(delivered)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::store::memory::MemoryStore;
+    use crate::store::StoreOptions;
+
+    /// Records each delivery's size and time.
+    #[derive(Default)]
+    struct Recorder {
+        batches: Mutex<Vec<(Instant, usize)>>,
+    }
+
+    impl FeedSink for Recorder {
+        fn deliver(&self, _: &RoomName, events: Vec<Event>) {
+            self.batches.lock().unwrap().push((Instant::now(), events.len()));
+        }
+        fn lost(&self, _: &RoomName) {}
+        fn wants(&self, _: &RoomName, _: u64) -> bool {
+            true
+        }
+    }
+
+    async fn until_batches(recorder: &Recorder, n: usize) -> Vec<(Instant, usize)> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let batches = recorder.batches.lock().unwrap().clone();
+            if batches.len() >= n || Instant::now() > deadline {
+                return batches;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn events_inside_the_window_share_a_delivery_and_a_lone_event_does_not_wait() {
+        const WINDOW: Duration = Duration::from_millis(400);
+        let options =
+            StoreOptions { history: 1000, room_ttl: Duration::from_secs(60), presence_ttl: Duration::from_secs(6) };
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(options));
+        let recorder = Arc::new(Recorder::default());
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let source = store.change_source("test").await.unwrap();
+        let feed = Feed::spawn(store.clone(), source, recorder.clone(), WINDOW, shutdown.clone(), &tracker);
+        let room = RoomName::parse("r").unwrap();
+        feed.watch(room.clone(), 1, EventId::ZERO).await;
+
+        let first = Instant::now();
+        store.append(&room, Bytes::from_static(b"0")).await.unwrap();
+        let batches = until_batches(&recorder, 1).await;
+        assert_eq!(batches.first().map(|b| b.1), Some(1));
+        assert!(batches[0].0 - first < WINDOW, "the first event waited for nothing");
+
+        // A burst right after a delivery gathers for the rest of the window.
+        for i in 1..=5 {
+            store.append(&room, Bytes::from(i.to_string())).await.unwrap();
+        }
+        let batches = until_batches(&recorder, 2).await;
+        assert_eq!(batches.len(), 2, "one delivery for the burst: {batches:?}");
+        assert_eq!(batches[1].1, 5);
+        assert!(batches[1].0 - batches[0].0 >= WINDOW - Duration::from_millis(20));
+
+        // After a quiet spell longer than the window, nothing waits.
+        tokio::time::sleep(WINDOW + Duration::from_millis(100)).await;
+        let lone = Instant::now();
+        store.append(&room, Bytes::from_static(b"6")).await.unwrap();
+        let batches = until_batches(&recorder, 3).await;
+        assert_eq!(batches.get(2).map(|b| b.1), Some(1));
+        assert!(batches[2].0 - lone < WINDOW, "a lone event was held back");
+
+        shutdown.cancel();
+        tracker.close();
+        tracker.wait().await;
+    }
+}
