@@ -201,9 +201,12 @@ fn run(mut c: Connection, query: Box<WsQuery>, slot: ConnectionSlot) -> impl std
         debug!(conn, format = ?c.format, "websocket connected");
 
         let mut end = Box::pin(auto_subscribe(&mut c.session, *query)).await.err().map(end_of);
+        // Registered once: a fresh `cancelled()` per wake-up would take the
+        // token's lock, shared by every connection, twice per delivery.
+        let mut shutdown = std::pin::pin!(c.app.shutdown.clone().cancelled_owned());
         while end.is_none() {
             end = tokio::select! {
-                _ = c.app.shutdown.cancelled() => Some(End::Close(CloseReason::Restart)),
+                _ = &mut shutdown => Some(End::Close(CloseReason::Restart)),
                 wakeup = c.session.next() => c.step(wakeup).await,
                 incoming = c.stream.next() => c.receive(incoming).await,
             };
