@@ -8,6 +8,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::auth::{Auth, JwtKey, Origins};
 
+/// Largest accepted `--threads`.
+const MAX_THREADS: usize = 1024;
 /// Largest accepted `--coalesce-ms`: beyond this the wait is a delay, not batching.
 const MAX_COALESCE_MS: u64 = 1_000;
 /// Largest accepted `--max-message-bytes` (16 MiB).
@@ -94,6 +96,11 @@ pub struct ServeArgs {
     #[arg(long, env = "ROOMCAST_OUTBOX_BYTES", default_value_t = 1 << 20)]
     pub outbox_bytes: usize,
 
+    /// Runtime worker threads (0: one per core). Running several nodes on
+    /// one host, give each its share of the cores.
+    #[arg(long, env = "ROOMCAST_THREADS", default_value_t = 0)]
+    pub threads: usize,
+
     /// Coalescing window of the live feed, in milliseconds (0: off). Events
     /// arriving within this time of the feed's previous delivery wait out
     /// the rest of it and go out together, one frame per room: it caps
@@ -175,6 +182,8 @@ pub struct Config {
     pub redis_timeout: Duration,
     /// Shortest time between two live deliveries (the coalescing window).
     pub coalesce: Duration,
+    /// Runtime worker threads; `None` for one per core.
+    pub threads: Option<usize>,
     /// Who may do what.
     pub auth: Auth,
     /// Browser origins allowed.
@@ -235,6 +244,7 @@ impl TryFrom<ServeArgs> for Config {
             format!("--max-message-bytes must be between 256 and {MAX_MESSAGE_CEILING}")
         })?;
         check(a.max_subscriptions >= 1, || "--max-subscriptions must be at least 1".into())?;
+        check(a.threads <= MAX_THREADS, || format!("--threads must be at most {MAX_THREADS}"))?;
         check(a.coalesce_ms <= MAX_COALESCE_MS, || format!("--coalesce-ms must be at most {MAX_COALESCE_MS}"))?;
         check(a.outbox_frames >= 1, || "--outbox-frames must be at least 1".into())?;
         check(a.outbox_bytes >= 4096, || "--outbox-bytes must be at least 4096".into())?;
@@ -270,6 +280,7 @@ impl TryFrom<ServeArgs> for Config {
             outbox_bytes: a.outbox_bytes,
             redis_timeout: Duration::from_millis(a.redis_timeout_ms),
             coalesce: Duration::from_millis(a.coalesce_ms),
+            threads: (a.threads > 0).then_some(a.threads),
             auth,
             origins,
             max_connections: a.max_connections,
@@ -309,6 +320,7 @@ mod tests {
             (vec!["serve", "--key-prefix", "a b"], "--key-prefix"),
             (vec!["serve", "--max-message-bytes", "1"], "--max-message-bytes"),
             (vec!["serve", "--coalesce-ms", "5000"], "--coalesce-ms"),
+            (vec!["serve", "--threads", "100000"], "--threads"),
         ] {
             let err = parse(&args).unwrap_err();
             assert!(err.contains(flag), "{args:?}: {err}");
