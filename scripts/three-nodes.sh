@@ -13,7 +13,7 @@ redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >/d
 pids+=($!)
 until redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; do sleep 0.1; done
 for i in 1 2 3; do
-  ./target/release/roomcast serve --listen "127.0.0.1:808$i" --redis "redis://127.0.0.1:$REDIS_PORT" --node-id "node-$i" &
+  ./target/release/roomcast serve --threads 1 --listen "127.0.0.1:808$i" --redis "redis://127.0.0.1:$REDIS_PORT" --node-id "node-$i" &
   pids+=($!)
 done
 echo "three nodes: ws://127.0.0.1:8081/ws ws://127.0.0.1:8082/ws ws://127.0.0.1:8083/ws" >&2
