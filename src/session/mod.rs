@@ -384,10 +384,15 @@ impl<S: Sink> Session<S> {
 
     /// Leaves every room and hands back the sink (to close it).
     pub async fn close(mut self) -> S {
-        for room in self.rooms.drain_names().collect::<Vec<_>>() {
+        for room in std::mem::take(&mut self.rooms).into_names() {
             self.hub.leave(&room, self.id).await;
         }
         self.sink
+    }
+
+    /// Who the connection's credential names (for logs).
+    pub fn subject(&self) -> &str {
+        self.grant.subject()
     }
 
     /// The connection's ID (for logs).

@@ -73,9 +73,9 @@ impl Rooms {
         self.entries.iter().map(|(name, state)| (name, state))
     }
 
-    /// Takes every followed room, leaving none.
-    pub fn drain_names(&mut self) -> impl Iterator<Item = RoomName> {
-        std::mem::take(&mut self.entries).into_iter().map(|(name, _)| name)
+    /// Every followed room's name, consuming the set.
+    pub fn into_names(self) -> impl Iterator<Item = RoomName> {
+        self.entries.into_iter().map(|(name, _)| name)
     }
 }
 
@@ -99,7 +99,7 @@ mod tests {
         rooms.get_mut(&b).unwrap().cursor = EventId::new(9, 0);
         assert_eq!(rooms.remove(&b).map(|s| s.cursor.ms), Some(9));
         assert!(!rooms.contains(&b) && rooms.contains(&a));
-        assert_eq!(rooms.drain_names().collect::<Vec<_>>(), vec![a]);
-        assert!(rooms.is_empty());
+        assert!(!rooms.is_empty());
+        assert_eq!(rooms.into_names().collect::<Vec<_>>(), vec![a]);
     }
 }

@@ -126,12 +126,12 @@ async fn run(app: Arc<App>, room: RoomName, last: Option<EventId>, tx: mpsc::Sen
                     || !closed.is_closed();
             }
             wakeup = session.next() => {
-                let written = match wakeup {
-                    Wakeup::Batch(batch) => session.deliver(batch).await,
-                    Wakeup::CatchUp => session.catch_up().await,
-                    Wakeup::Expired => Err(SinkError::Closed),
+                alive = match wakeup {
+                    Wakeup::Batch(batch) => session.deliver(batch).await.is_ok(),
+                    Wakeup::CatchUp => session.catch_up().await.is_ok(),
+                    // The credential ran out: end the stream.
+                    Wakeup::Expired => false,
                 };
-                alive = written.is_ok();
             }
         }
     }

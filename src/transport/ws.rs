@@ -198,7 +198,7 @@ fn run(mut c: Connection, query: Box<WsQuery>, slot: ConnectionSlot) -> impl std
     async move {
         let conn = c.session.id();
         metrics::gauge!("roomcast_connections", "transport" => "ws").increment(1.0);
-        debug!(conn, format = ?c.format, "websocket connected");
+        debug!(conn, format = ?c.format, subject = c.session.subject(), "websocket connected");
 
         let mut end = Box::pin(auto_subscribe(&mut c.session, *query)).await.err().map(end_of);
         // Registered once: a fresh `cancelled()` per wake-up would take the
