@@ -13,12 +13,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::net::TcpSocket;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use super::decode::{self, decode, Kind};
 use super::reader::Reader;
 
 type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
@@ -133,29 +134,6 @@ impl Outcome {
     }
 }
 
-#[derive(Deserialize)]
-struct Frame<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: &'a str,
-    #[serde(default, borrow)]
-    events: Vec<EventIn<'a>>,
-    #[serde(rename = "ref", default)]
-    reference: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct EventIn<'a> {
-    #[serde(borrow)]
-    id: &'a str,
-    data: Payload,
-}
-
-#[derive(Deserialize)]
-struct Payload {
-    t: u64,
-    s: u64,
-}
-
 /// State every task shares.
 struct Shared {
     shards: Vec<Mutex<Histogram<u64>>>,
@@ -260,7 +238,9 @@ async fn subscriber(
     let mut ws = subscribe(node, source, &format!("?room={room}")).await?;
     let mut seen = SeqSet::default();
     let mut last: (u64, u64) = (0, 0);
-    let mut last_id = String::from("0");
+    // The last event received (not a duplicate): the resume token.
+    let mut last_id: Option<(u64, u64)> = None;
+    let mut events = Vec::new();
     let mut counted = false;
     let mut reconnected_at: Option<u64> = None;
     loop {
@@ -269,44 +249,44 @@ async fn subscriber(
             if at > 0 && now_micros() >= at {
                 // Drop the connection, as a network blip would.
                 drop(ws);
-                let query = format!("?room={room}&last_event_id={last_id}");
+                let query = match last_id {
+                    Some((ms, seq)) => format!("?room={room}&last_event_id={ms}-{seq}"),
+                    None => format!("?room={room}&last_event_id=0"),
+                };
                 ws = subscribe(node, source, &query).await?;
                 reconnected_at = Some(now_micros());
             }
         }
         let Ok(Some(payload)) = ws.next().await else { break };
-        let Ok(frame) = serde_json::from_slice::<Frame>(&payload) else { continue };
-        match frame.kind {
-            "subscribed" if !counted => {
+        match decode(&payload, &mut events) {
+            Kind::Subscribed if !counted => {
                 counted = true;
                 subscribed.fetch_add(1, Ordering::AcqRel);
             }
-            "gap" => {
+            Kind::Gap => {
                 stats.gaps.fetch_add(1, Ordering::Relaxed);
             }
-            "events" => {
+            Kind::Events => {
                 let now = now_micros();
-                for event in &frame.events {
+                for event in &events {
                     // Order is the store's ID order, which several
                     // publisher connections may interleave: check IDs for
                     // order, sequence numbers only for loss and duplicates.
-                    let id = parse_id(event.id);
-                    if id <= last {
+                    if event.id <= last {
                         stats.out_of_order.fetch_add(1, Ordering::Relaxed);
                     }
-                    last = last.max(id);
-                    if !seen.insert(event.data.s) {
+                    last = last.max(event.id);
+                    if !seen.insert(event.s) {
                         stats.duplicates.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
                     let n = stats.received.fetch_add(1, Ordering::Relaxed) + 1;
                     shared.received.fetch_add(1, Ordering::Relaxed);
-                    shared.record(index, now.saturating_sub(event.data.t), now, n);
-                    last_id.clear();
-                    last_id.push_str(event.id);
+                    shared.record(index, now.saturating_sub(event.t), now, n);
+                    last_id = Some(event.id);
                     if let (Some(at), None) = (reconnected_at, stats.caught_up()) {
                         // Live again: receiving what was published after the reconnect.
-                        if event.data.t >= at {
+                        if event.t >= at {
                             let storm_at = shared.storm_at.load(Ordering::Acquire);
                             stats.caught_up_after.store(now - storm_at, Ordering::Release);
                         }
@@ -354,12 +334,6 @@ impl SeqSet {
     }
 }
 
-/// `ms-seq` as a sortable pair (malformed IDs sort first).
-fn parse_id(id: &str) -> (u64, u64) {
-    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
-}
-
 struct PublishStats {
     acked: Vec<AtomicU64>,
     errors: AtomicU64,
@@ -382,7 +356,7 @@ async fn publisher(
         tokio::spawn(async move {
             while let Some(Ok(msg)) = source_stream.next().await {
                 let Message::Text(text) = msg else { continue };
-                let Ok(frame) = serde_json::from_str::<Frame>(text.as_str()) else { continue };
+                let Ok(frame) = serde_json::from_str::<decode::Frame>(text.as_str()) else { continue };
                 match (frame.kind, frame.reference) {
                     ("ack", Some(k)) => {
                         stats.acked[(k as usize) % rooms].fetch_add(1, Ordering::AcqRel);

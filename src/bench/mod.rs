@@ -7,6 +7,7 @@
 //! RSS per connection, as JSON and as an SVG chart. Named presets reproduce
 //! the figures in `docs/benchmarks.md`.
 
+pub mod decode;
 pub mod load;
 pub mod reader;
 pub mod reference;
@@ -191,6 +192,15 @@ fn summary_line(label: &str, spec: &LoadSpec, o: &Outcome) -> String {
 const SATURATE_RATES: [f64; 11] = [100.0, 250.0, 500.0, 600.0, 800.0, 1000.0, 1250.0, 1500.0, 2000.0, 2500.0, 3000.0];
 /// A saturate step fails above this p99.
 const SATURATE_P99_MS: f64 = 250.0;
+/// Redis/embedded pairs the fanout preset runs; its verdict is the median pair's.
+const FANOUT_PAIRS: usize = 3;
+
+/// The median item by `key` (the lower middle for an even count); `None` when empty.
+fn median_by<T>(mut items: Vec<T>, key: impl Fn(&T) -> f64) -> Option<T> {
+    items.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    let middle = items.len().checked_sub(1)? / 2;
+    Some(items.swap_remove(middle))
+}
 
 /// Runs the harness; returns whether every run that had to be clean was.
 pub fn main(args: BenchArgs) -> anyhow::Result<bool> {
@@ -203,6 +213,8 @@ pub fn main(args: BenchArgs) -> anyhow::Result<bool> {
         );
         let mut bench = Bench { args: args.clone(), bar, runs: Vec::new() };
         let preset = args.preset;
+        // The runs the chart shows, when not all of them (repeated presets chart their median runs).
+        let mut charted: Option<Vec<usize>> = None;
         let (clean, summary) = match preset {
             None => {
                 let target = bench.target()?;
@@ -217,35 +229,69 @@ pub fn main(args: BenchArgs) -> anyhow::Result<bool> {
                 (o.clean() && o.storm_stragglers == 0, json!({ "clean": o.clean(), "storm_stragglers": o.storm_stragglers }))
             }
             Some(Preset::Fanout) => {
-                let redis = bench.run(&TargetSpec::Redis { nodes: 2 }, bench.spec(2000, 1, 100.0, 20, 0.0)).await?;
-                let embedded = bench.run(&TargetSpec::Embedded, bench.spec(2000, 1, 100.0, 20, 0.0)).await?;
-                let ratio = redis.latency_ms.p99 / embedded.latency_ms.p99.max(0.001);
-                let ok = redis.clean() && embedded.clean();
-                (ok, json!({ "clean": ok, "p99_redis_ms": redis.latency_ms.p99, "p99_embedded_ms": embedded.latency_ms.p99, "p99_ratio": ratio, "target_ratio": 1.5 }))
+                // Three pairs, each target right after the other; the verdict
+                // is the median pair's ratio (single runs on shared cores swing).
+                let mut pairs = Vec::new();
+                for _ in 0..FANOUT_PAIRS {
+                    let redis = bench.run(&TargetSpec::Redis { nodes: 2 }, bench.spec(2000, 1, 100.0, 20, 0.0)).await?;
+                    let embedded = bench.run(&TargetSpec::Embedded, bench.spec(2000, 1, 100.0, 20, 0.0)).await?;
+                    let ratio = redis.latency_ms.p99 / embedded.latency_ms.p99.max(0.001);
+                    pairs.push((ratio, redis, embedded, bench.runs.len() - 2));
+                }
+                let ok = pairs.iter().all(|(_, r, e, _)| r.clean() && e.clean());
+                let ratios: Vec<f64> = pairs.iter().map(|p| p.0).collect();
+                let (ratio, redis, embedded, first) = median_by(pairs, |p| p.0).context("no fanout pairs ran")?;
+                charted = Some(vec![first, first + 1]);
+                (ok, json!({
+                    "clean": ok,
+                    "p99_redis_ms": redis.latency_ms.p99,
+                    "p99_embedded_ms": embedded.latency_ms.p99,
+                    "p99_ratio": ratio,
+                    "p99_ratios_of_every_pair": ratios,
+                    "target_ratio": 1.5,
+                }))
             }
             Some(Preset::Saturate) => {
                 let mut best = Vec::new();
+                let mut steps = Vec::new();
                 let mut cpu_at_500 = None;
+                let mut median_runs = Vec::new();
                 for target in [TargetSpec::Redis { nodes: 2 }, TargetSpec::Reference] {
                     let mut clean_best = 0.0;
                     for rate in SATURATE_RATES {
-                        let o = bench.run(&target, bench.spec(1000, 1, rate, 5, 0.0)).await?;
-                        if matches!(target, TargetSpec::Redis { .. }) && rate == 500.0 {
-                            cpu_at_500 = o.cpu_seconds_per_million;
+                        // Two runs per step and a third when they disagree:
+                        // the step's verdict is the majority, its figures the
+                        // median run's. Applied alike to both targets.
+                        let mut tries: Vec<(usize, bool, Outcome)> = Vec::new();
+                        while tries.len() < 2 || (tries.len() == 2 && tries[0].1 != tries[1].1) {
+                            let o = bench.run(&target, bench.spec(1000, 1, rate, 5, 0.0)).await?;
+                            let pass = o.clean() && o.latency_ms.p99 <= SATURATE_P99_MS;
+                            tries.push((bench.runs.len() - 1, pass, o));
                         }
-                        if !o.clean() || o.latency_ms.p99 > SATURATE_P99_MS {
+                        let passes = tries.iter().filter(|t| t.1).count();
+                        let pass = passes * 2 > tries.len();
+                        let p99s: Vec<f64> = tries.iter().map(|t| t.2.latency_ms.p99).collect();
+                        let (index, _, median) = median_by(tries, |t| t.2.latency_ms.p99).context("no runs at this step")?;
+                        median_runs.push(index);
+                        steps.push(json!({ "target": target.label(), "rate": rate, "p99_ms_of_each_run": p99s, "passed": pass }));
+                        if matches!(target, TargetSpec::Redis { .. }) && rate == 500.0 {
+                            cpu_at_500 = median.cpu_seconds_per_million;
+                        }
+                        if !pass {
                             break;
                         }
                         clean_best = rate;
                     }
                     best.push((target.label(), clean_best));
                 }
+                charted = Some(median_runs);
                 let (roomcast, reference) = (best[0].1, best[1].1);
                 (true, json!({
                     "best_clean_rate": { "roomcast": roomcast, "reference": reference },
                     "share_of_reference": roomcast / reference.max(1.0),
                     "multiple_of_socket_io_40": roomcast / 40.0,
                     "cpu_seconds_per_million_at_500": cpu_at_500,
+                    "steps": steps,
                 }))
             }
             Some(Preset::Idle) => {
@@ -273,9 +319,13 @@ pub fn main(args: BenchArgs) -> anyhow::Result<bool> {
         }
         std::fs::write(&out, serde_json::to_vec_pretty(&report)?)?;
         let svg_path = args.svg.clone().unwrap_or_else(|| out.with_extension("svg"));
+        let shown: Vec<Run> = match &charted {
+            Some(indices) => indices.iter().filter_map(|&i| report.runs.get(i).cloned()).collect(),
+            None => report.runs.clone(),
+        };
         let svg = if preset == Some(Preset::Saturate) {
             let mut groups: Vec<(String, Vec<&Run>)> = Vec::new();
-            for run in &report.runs {
+            for run in &shown {
                 match groups.iter_mut().find(|(t, _)| *t == run.target) {
                     Some((_, runs)) => runs.push(run),
                     None => groups.push((run.target.clone(), vec![run])),
@@ -283,7 +333,7 @@ pub fn main(args: BenchArgs) -> anyhow::Result<bool> {
             }
             report::sweep_chart(&groups)
         } else {
-            report::time_chart(&report.runs)
+            report::time_chart(&shown)
         };
         std::fs::write(&svg_path, svg)?;
         println!("{}", serde_json::to_string_pretty(&report.summary)?);
@@ -296,4 +346,16 @@ pub fn main(args: BenchArgs) -> anyhow::Result<bool> {
 pub fn reference_main(args: ReferenceArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(reference::serve(args.listen))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median_by;
+
+    #[test]
+    fn median_by_takes_the_middle_by_key_and_the_lower_middle_of_an_even_count() {
+        assert_eq!(median_by(vec![(0, 3.0), (1, 1.0), (2, 2.0)], |x| x.1), Some((2, 2.0)));
+        assert_eq!(median_by(vec![(0, 9.0), (1, 1.0)], |x| x.1), Some((1, 1.0)));
+        assert_eq!(median_by(Vec::<(u8, f64)>::new(), |x| x.1), None);
+    }
 }
