@@ -214,13 +214,17 @@ mod tests {
         assert_eq!(decode(br#"{"type":"pong"}"#, &mut out), Kind::Other);
         assert_eq!(decode(b"not json", &mut out), Kind::Other);
         // A truncated events frame is not half-read.
-        assert_eq!(decode(br#"{"type":"events","room":"r","events":[{"id":"1-0","data":{"t":1,"s":1,"p":""}}"#, &mut out), Kind::Other);
+        assert_eq!(
+            decode(br#"{"type":"events","room":"r","events":[{"id":"1-0","data":{"t":1,"s":1,"p":""}}"#, &mut out),
+            Kind::Other
+        );
         assert!(out.is_empty());
     }
 
     #[test]
     fn numbers_that_would_overflow_are_not_taken_by_the_fast_path() {
-        let frame = r#"{"type":"events","room":"r","events":[{"id":"99999999999999999999-0","data":{"t":1,"s":1,"p":""}}]}"#;
+        let frame =
+            r#"{"type":"events","room":"r","events":[{"id":"99999999999999999999-0","data":{"t":1,"s":1,"p":""}}]}"#;
         let (_, _, fast) = both(frame);
         assert!(fast.is_none());
         // Nor a repeated field, which serde refuses.

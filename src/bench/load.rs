@@ -146,19 +146,32 @@ struct Shared {
 }
 
 impl Shared {
-    fn record(&self, shard: usize, latency: u64, now: u64, n: u64) {
+    /// Records one frame's fresh deliveries, all received at `now`, whose
+    /// last brought the subscriber's count to `n`. One lock and one shared
+    /// counter update per frame, not per event: the generator shares the
+    /// cores with what it measures.
+    fn record(&self, shard: usize, now: u64, latencies: &[u64], n: u64) {
         if let Ok(mut h) = self.shards[shard % SHARDS].lock() {
-            let _ = h.record(latency.max(1));
+            for &latency in latencies {
+                let _ = h.record(latency.max(1));
+            }
         }
+        let count = latencies.len() as u64;
+        self.received.fetch_add(count, Ordering::Relaxed);
         let start = self.publish_start.load(Ordering::Relaxed);
         if start > 0 && now >= start {
             let second = ((now - start) / 1_000_000) as usize;
             if let Some(counter) = self.seconds.get(second) {
-                counter.fetch_add(1, Ordering::Relaxed);
+                counter.fetch_add(count, Ordering::Relaxed);
             }
-            if n % SERIES_SAMPLE == 0 {
+            let first = n + 1 - count;
+            let sampled = latencies.iter().zip(first..).filter(|(_, k)| k % SERIES_SAMPLE == 0);
+            let mut sampled = sampled.peekable();
+            if sampled.peek().is_some() {
                 if let Some(Ok(mut h)) = self.series.get(second).map(|m| m.lock()) {
-                    let _ = h.record(latency.max(1));
+                    for (&latency, _) in sampled {
+                        let _ = h.record(latency.max(1));
+                    }
                 }
             }
         }
@@ -241,6 +254,7 @@ async fn subscriber(
     // The last event received (not a duplicate): the resume token.
     let mut last_id: Option<(u64, u64)> = None;
     let mut events = Vec::new();
+    let mut latencies = Vec::new();
     let mut counted = false;
     let mut reconnected_at: Option<u64> = None;
     loop {
@@ -268,6 +282,7 @@ async fn subscriber(
             }
             Kind::Events => {
                 let now = now_micros();
+                latencies.clear();
                 for event in &events {
                     // Order is the store's ID order, which several
                     // publisher connections may interleave: check IDs for
@@ -280,9 +295,7 @@ async fn subscriber(
                         stats.duplicates.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    let n = stats.received.fetch_add(1, Ordering::Relaxed) + 1;
-                    shared.received.fetch_add(1, Ordering::Relaxed);
-                    shared.record(index, now.saturating_sub(event.t), now, n);
+                    latencies.push(now.saturating_sub(event.t));
                     last_id = Some(event.id);
                     if let (Some(at), None) = (reconnected_at, stats.caught_up()) {
                         // Live again: receiving what was published after the reconnect.
@@ -291,6 +304,11 @@ async fn subscriber(
                             stats.caught_up_after.store(now - storm_at, Ordering::Release);
                         }
                     }
+                }
+                if !latencies.is_empty() {
+                    let count = latencies.len() as u64;
+                    let n = stats.received.fetch_add(count, Ordering::Relaxed) + count;
+                    shared.record(index, now, &latencies, n);
                 }
             }
             _ => {}
