@@ -5,9 +5,10 @@
 //! validates and matches every key and string (perf: 40% of the generator's
 //! CPU at a million deliveries per second). `events` frames in the exact
 //! compact shape roomcast and the reference server write, carrying the
-//! harness's own payloads, take a direct scan instead; anything else (other
-//! frame kinds, escapes, reordered keys, foreign payloads) goes through
-//! serde, so the fast path can only be faster, never more lenient.
+//! harness's own payloads (their keys in any order), take a direct scan
+//! instead; anything else (other frame kinds, escapes, whitespace, frame or
+//! event keys in another order, foreign payloads) goes through serde, so the
+//! fast path can only be faster, never more lenient.
 
 use serde::Deserialize;
 
