@@ -117,9 +117,12 @@ async fn run(app: Arc<App>, room: RoomName, last: Option<EventId>, tx: mpsc::Sen
     };
     let mut keepalive = tokio::time::interval(KEEPALIVE);
     keepalive.tick().await;
+    // Registered once, as the WebSocket loop does: a fresh `cancelled()` per
+    // wake-up would take the token's lock, shared by every connection.
+    let mut shutdown = std::pin::pin!(app.shutdown.clone().cancelled_owned());
     while alive {
         tokio::select! {
-            _ = app.shutdown.cancelled() => alive = false,
+            _ = &mut shutdown => alive = false,
             _ = closed.closed() => alive = false,
             _ = keepalive.tick() => {
                 alive = closed.try_send(Bytes::from_static(b": keepalive\n\n")).is_ok()
