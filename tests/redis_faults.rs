@@ -184,3 +184,81 @@ async fn a_stalled_redis_delays_but_loses_nothing() {
     assert_eq!(got, ids);
     client.expect_silence(Duration::from_millis(300)).await;
 }
+
+/// Reads frames of `room` until `want` events arrived or `quiet` passed
+/// without any frame; returns every event ID and gap in arrival order.
+async fn drain_room(client: &mut Client, room: &str, want: usize, quiet: Duration) -> (Vec<String>, Vec<String>) {
+    let (mut ids, mut gaps) = (Vec::new(), Vec::new());
+    while ids.len() < want {
+        let Some(Ok(frame)) = client.next_within(quiet).await else { break };
+        if frame["room"] != room {
+            continue;
+        }
+        match frame["type"].as_str() {
+            Some("events") => {
+                ids.extend(frame["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()))
+            }
+            Some("gap") => gaps.push(frame["after"].as_str().unwrap().to_owned()),
+            _ => {}
+        }
+    }
+    (ids, gaps)
+}
+
+#[tokio::test]
+async fn a_lost_incarnation_key_replays_nothing_and_costs_no_gap() {
+    let d = Deployment::redis(2, &[]);
+    let mut live = Client::connect(&d.node(0).ws_url("?room=show")).await;
+    live.expect_type("subscribed").await;
+    let mut ids = Vec::new();
+    for i in 0..100 {
+        ids.push(d.publish(1, "show", json!(i)).await);
+    }
+    let (got, _) = live.events("show", 100).await;
+    assert_eq!(got.len(), 100);
+    let redis = d.redis.as_ref().unwrap();
+    assert_eq!(redis.command(&["DEL", "rc:incarnation"]).as_deref(), Some(":1"));
+    // The feed notices at its next sweep, and must recreate the token.
+    eventually("the incarnation token is recreated", || async {
+        (redis.command(&["EXISTS", "rc:incarnation"]).as_deref() == Some(":1")).then_some(())
+    })
+    .await;
+    let after = d.publish(1, "show", json!("after")).await;
+    let (events, gaps) = drain_room(&mut live, "show", 1, Duration::from_secs(3)).await;
+    assert_eq!(events, vec![after], "nothing replayed, nothing skipped");
+    assert!(gaps.is_empty(), "the history is intact: no gap is due ({gaps:?})");
+    live.expect_silence(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn deleted_room_keys_and_flushall_are_gaps_never_replays() {
+    let d = Deployment::redis(2, &[]);
+    let redis = d.redis.as_ref().unwrap();
+    let mut live = Client::connect(&d.node(0).ws_url("?room=show")).await;
+    live.expect_type("subscribed").await;
+    let mut seen: Vec<String> = Vec::new();
+    for (round, fault) in ["DEL", "FLUSHALL"].iter().enumerate() {
+        let mut acked = Vec::new();
+        for i in 0..20 {
+            acked.push(d.publish(1, "show", json!([round, i])).await);
+        }
+        let (got, gaps) = drain_room(&mut live, "show", 20, Duration::from_secs(3)).await;
+        assert_eq!(got, acked, "round {round}: live delivery before the fault");
+        assert!(gaps.is_empty());
+        seen.extend(got);
+        match *fault {
+            "DEL" => {
+                let key = roomcast::store::redis::keys::Keys::new("rc")
+                    .room(&roomcast::protocol::RoomName::parse("show").unwrap());
+                assert_eq!(redis.command(&["DEL", &key]).as_deref(), Some(":1"));
+            }
+            _ => assert_eq!(redis.command(&["FLUSHALL"]).as_deref(), Some("+OK")),
+        }
+        let next = d.publish(1, "show", json!([round, "after"])).await;
+        let (got, gaps) = drain_room(&mut live, "show", 1, Duration::from_secs(8)).await;
+        assert_eq!(gaps.first(), Some(seen.last().unwrap()), "round {round} ({fault}): the rebuild is a gap");
+        assert_eq!(got, vec![next.clone()], "round {round} ({fault}): only the new event, once");
+        seen.push(next);
+    }
+    assert_ordered(&seen);
+}

@@ -176,6 +176,95 @@ mod cases {
     }
 }
 
+/// Redis can lose any key at any time (DEL, eviction, expiry, FLUSHALL):
+/// whatever it loses, a room's IDs never repeat and a rebuild is a gap.
+mod key_loss {
+    use super::*;
+    use futures::StreamExt;
+    use roomcast::store::redis::keys::Keys;
+    use roomcast::store::Change;
+
+    #[tokio::test]
+    async fn a_stream_rebuilt_within_a_millisecond_never_reissues_an_id() {
+        let f = redis(options(100_000, Duration::from_secs(60))).await;
+        let r = room("rebuilt");
+        let keys = Keys::new("t");
+        let server = f._redis.as_ref().unwrap();
+        let (port, key, floor) = (server.port, keys.room(&r), keys.floor(&r));
+        // Publishes arrive several per millisecond while the stream is
+        // deleted again and again; half the time its floor goes with it.
+        let store = f.store.clone();
+        let appends = tokio::spawn(async move {
+            futures::stream::iter(0..4000)
+                .map(|i| {
+                    let (store, r) = (store.clone(), r.clone());
+                    async move { store.append(&r, data(i)).await.unwrap() }
+                })
+                .buffer_unordered(64)
+                .collect::<Vec<EventId>>()
+                .await
+        });
+        let deleter = std::thread::spawn(move || {
+            let server = support::RedisClient::connect(port);
+            for i in 0..60 {
+                if i % 2 == 0 {
+                    server.command(&["DEL", &key]);
+                } else {
+                    server.command(&["DEL", &key, &floor]);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        let mut ids = appends.await.unwrap();
+        deleter.join().unwrap();
+        let n = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), n, "{} IDs were handed out twice", n - ids.len());
+    }
+
+    #[tokio::test]
+    async fn a_deleted_stream_is_a_gap_and_its_ids_carry_on_above_the_old_ones() {
+        let f = redis(options(1000, Duration::from_secs(60))).await;
+        let server = f._redis.as_ref().unwrap();
+        let keys = Keys::new("t");
+        for (name, lose) in [("kept-floor", 1), ("lost-floor", 2)] {
+            let r = room(name);
+            let old = append_n(&*f.store, &r, 20).await;
+            let last = *old.last().unwrap();
+            let mut del = vec!["DEL".to_owned(), keys.room(&r)];
+            if lose == 2 {
+                del.push(keys.floor(&r));
+            }
+            server.command(&del.iter().map(String::as_str).collect::<Vec<_>>());
+            // Nothing kept: a client past the old history is told.
+            let page = f.store.read(&r, Position::After(old[4]), 10).await.unwrap();
+            assert!(page.gap && page.events.is_empty(), "{name}: {page:?}");
+            let new = f.store.append(&r, data(99)).await.unwrap();
+            assert!(new > last, "{name}: the rebuilt room reissued {new} (old last {last})");
+            for after in [old[4], last] {
+                let page = f.store.read(&r, Position::After(after), 10).await.unwrap();
+                assert!(page.gap, "{name}: a rebuild must be a gap after {after}: {page:?}");
+                assert_eq!(page.events.first().map(|e| e.id), Some(new));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn incarnation_tells_touched_data_from_a_changed_server() {
+        let mut f = redis(options(10, Duration::from_secs(60))).await;
+        let a = f.store.incarnation().await.unwrap();
+        assert_eq!(f.store.incarnation().await.unwrap().since(&a), Change::None);
+        let server = f._redis.as_mut().unwrap();
+        assert_eq!(server.command(&["DEL", "t:incarnation"]).as_deref(), Some(":1"));
+        let b = f.store.incarnation().await.unwrap();
+        assert_eq!(b.since(&a), Change::DataTouched, "a lost token on the same server");
+        server.restart_empty();
+        let c = eventually("the store reconnects", || async { f.store.incarnation().await.ok() }).await;
+        assert_eq!(c.since(&b), Change::ServerChanged);
+    }
+}
+
 mod incarnation {
     use super::*;
 

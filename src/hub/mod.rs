@@ -37,7 +37,8 @@ pub struct Subscriber {
 pub struct RoomFlags {
     /// A batch could not be queued: catch up from the store.
     pub lagged: AtomicBool,
-    /// The store lost its data: report a gap, then follow the new history.
+    /// The store may have lost events: report a gap after the cursor, then
+    /// carry on from it.
     pub lost: AtomicBool,
 }
 
@@ -207,9 +208,9 @@ impl FeedSink for Hub {
         let Some(entry) = lock(&self.rooms).get(room).cloned() else {
             return;
         };
-        let mut members = write(&entry.members);
-        // The room's history starts over; joiners from now on follow it from the start.
-        members.last = Some(EventId::ZERO);
+        // Cursors, and `last` for joiners, stay: every ID the store hands
+        // out after a loss is above them, so nothing is delivered twice.
+        let members = read(&entry.members);
         for subscriber in members.by_conn.values() {
             subscriber.flags.lost.store(true, Ordering::Release);
             subscriber.outbox.signal();

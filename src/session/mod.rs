@@ -284,8 +284,15 @@ impl<S: Sink> Session<S> {
         let Some(last) = batch.events.last().map(|e| e.id) else {
             return Ok(());
         };
+        // A possible loss is reported before anything that follows it.
+        let lost = state.flags.lost.load(Ordering::Acquire);
         match accept(state.cursor, &batch.events) {
             Accept::Skip => Ok(()),
+            Accept::All | Accept::From(_) if lost => {
+                state.flags.lagged.store(true, Ordering::Release);
+                self.retry_at = Some(Instant::now());
+                Ok(())
+            }
             Accept::All => {
                 state.cursor = last;
                 self.sink.write(Outgoing::Batch(batch)).await
@@ -325,11 +332,14 @@ impl<S: Sink> Session<S> {
     /// Reads `room`'s history after its cursor until nothing is left; if
     /// the store refuses, flags the room to be retried shortly.
     async fn sync_or_retry(&mut self, room: &RoomName) -> Result<(), SinkError> {
-        if let Some(state) = self.rooms.get_mut(room) {
-            if state.flags.lost.swap(false, Ordering::AcqRel) {
-                let after = std::mem::replace(&mut state.cursor, EventId::ZERO);
-                self.write_gap(room, after).await?;
-            }
+        // A possible loss is a gap after the cursor, which stays: what the
+        // store hands out next is above it, and what it kept is not resent.
+        let mut told = false;
+        if let Some(after) =
+            self.rooms.get(room).filter(|s| s.flags.lost.swap(false, Ordering::AcqRel)).map(|s| s.cursor)
+        {
+            self.write_gap(room, after).await?;
+            told = true;
         }
         loop {
             let Some(cursor) = self.rooms.get(room).map(|s| s.cursor) else {
@@ -338,6 +348,7 @@ impl<S: Sink> Session<S> {
             match self.store.read(room, Position::After(cursor), PAGE).await {
                 Ok(page) => {
                     let more = page.events.len() >= PAGE;
+                    let page = Page { gap: page.gap && !std::mem::take(&mut told), ..page };
                     self.apply_page(room, page).await?;
                     if !more {
                         return Ok(());
@@ -363,8 +374,10 @@ impl<S: Sink> Session<S> {
         let before = state.cursor;
         match page.events.last() {
             Some(last) => state.cursor = last.id,
-            // A gap with nothing after it: continue from the room's real tail.
-            None if page.gap => state.cursor = page.tail,
+            // A gap with nothing after it: continue from the room's real
+            // tail, never going back (a token from the future keeps its
+            // place, so nothing at or below it is ever delivered).
+            None if page.gap => state.cursor = state.cursor.max(page.tail),
             None => {}
         }
         if page.gap {

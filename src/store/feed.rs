@@ -17,7 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::{Store, StoreError};
+use futures::StreamExt;
+
+use super::{Change, Position, Store, StoreError};
 use crate::backoff::Backoff;
 use crate::protocol::{Event, EventId, RoomName};
 
@@ -25,6 +27,8 @@ use crate::protocol::{Event, EventId, RoomName};
 const ROOMS_PER_READ: usize = 256;
 /// Most events read per room per call.
 const EVENTS_PER_ROOM: usize = 512;
+/// Rooms checked at once after the store's incarnation changed.
+const RECOVERY_READS: usize = 32;
 /// Bound on queued watch/unwatch commands.
 const COMMAND_QUEUE: usize = 4096;
 /// How long one wait for changes may block before the loop looks around.
@@ -37,8 +41,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 pub trait FeedSink: Send + Sync + 'static {
     /// Called with one or more new events of `room`.
     fn deliver(&self, room: &RoomName, events: Vec<Event>);
-    /// The store lost its data: events of `room` may be gone unseen. Every
-    /// subscriber must be told (a `gap`) before the room's new history.
+    /// The store may have lost events of `room` that nobody here saw. Every
+    /// subscriber must be told (a `gap` after its cursor) before the room's
+    /// next events; cursors stay where they are.
     fn lost(&self, room: &RoomName);
     /// Whether this life (`generation`) of `room` still has local subscribers;
     /// the feed drops rooms nobody wants at its periodic sweep.
@@ -135,7 +140,7 @@ async fn run(
     let mut failing = false;
     let mut last_sweep = Instant::now();
     // The store's incarnation, compared after every reconnection and sweep.
-    let mut incarnation: Option<String> = None;
+    let mut incarnation: Option<super::Incarnation> = None;
     let mut seen_generation = u64::MAX;
     // When the feed last delivered anything (see `coalesce`).
     let mut delivered_at: Option<Instant> = None;
@@ -186,12 +191,10 @@ async fn run(
             if failing || sweep || generation != seen_generation {
                 let now = store.incarnation().await?;
                 seen_generation = generation;
-                if incarnation.as_ref().is_some_and(|old| *old != now) {
-                    warn!(rooms = followed.len(), "the store lost its data; telling every followed room's subscribers");
-                    for (room, f) in followed.iter_mut() {
-                        sink.lost(room);
-                        f.position = EventId::ZERO;
-                        pending.insert(room.clone());
+                if let Some(change) = incarnation.as_ref().map(|old| now.since(old)) {
+                    if change != Change::None {
+                        recover(&*store, &*sink, &mut followed, change).await?;
+                        pending.extend(followed.keys().cloned());
                     }
                 }
                 incarnation = Some(now);
@@ -239,6 +242,53 @@ async fn run(
         }
     }
     debug!("live feed stopped");
+}
+
+/// After the store's incarnation changed, finds the followed rooms whose
+/// subscribers must be told of a possible loss, and tells them. Positions
+/// never move past what was delivered and never rewind into history that
+/// is still kept, so nobody is handed an event twice: a room's position
+/// only drops to its tail when the tail is below it (the history is gone,
+/// and every ID the store hands out from now on is above both).
+///
+/// - [`Change::DataTouched`]: keys were deleted or evicted on a running
+///   server. Each room's history after its position is checked exactly; a
+///   lost incarnation token alone costs one read per room and no gap.
+/// - [`Change::ServerChanged`]: the store restarted or failed over, and
+///   writes acknowledged before may be gone without a trace: every room is
+///   told.
+async fn recover(
+    store: &dyn Store,
+    sink: &dyn FeedSink,
+    followed: &mut HashMap<RoomName, Followed>,
+    change: Change,
+) -> Result<(), StoreError> {
+    let rooms: Vec<(RoomName, EventId)> = followed.iter().map(|(room, f)| (room.clone(), f.position)).collect();
+    let checks = futures::stream::iter(rooms.into_iter().map(|(room, position)| async move {
+        let page = store.read(&room, Position::After(position), 1).await?;
+        Ok::<_, StoreError>((room, page))
+    }))
+    .buffer_unordered(RECOVERY_READS)
+    .collect::<Vec<_>>()
+    .await;
+    let mut told = 0usize;
+    for check in checks {
+        let (room, page) = check?;
+        let Some(f) = followed.get_mut(&room) else { continue };
+        if page.gap || change == Change::ServerChanged {
+            sink.lost(&room);
+            f.position = f.position.min(page.tail);
+            told += 1;
+        }
+    }
+    metrics::counter!("roomcast_store_incarnation_changes_total", "change" => change.label()).increment(1);
+    warn!(
+        rooms = followed.len(),
+        told,
+        change = change.label(),
+        "the store's incarnation changed; followed rooms checked"
+    );
+    Ok(())
 }
 
 /// Reads every pending room until it has nothing new, delivering in order.

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::feed::{ChangeSource, Wake};
-use super::{Page, Position, Store, StoreError, StoreOptions};
+use super::{Incarnation, Page, Position, Store, StoreError, StoreOptions};
 use crate::protocol::{Event, EventId, RoomName};
 
 /// Entries dropped together when trimming, like a Redis stream's macro node.
@@ -29,7 +29,7 @@ pub struct MemoryStore {
     inner: Arc<Mutex<Inner>>,
     changes: Arc<Changes>,
     options: StoreOptions,
-    incarnation: String,
+    incarnation: Incarnation,
 }
 
 #[derive(Default)]
@@ -78,7 +78,7 @@ impl MemoryStore {
             inner: Arc::default(),
             changes: Arc::default(),
             options,
-            incarnation: format!("{:016x}", rand::random::<u64>()),
+            incarnation: Incarnation { data: format!("{:016x}", rand::random::<u64>()), server: "embedded".to_owned() },
         }
     }
 
@@ -126,9 +126,9 @@ impl Store for MemoryStore {
                 touched: now,
             });
             if now.duration_since(log.touched) >= ttl {
-                // Idle past its expiry: the room starts over, as an expired Redis key would.
+                // Idle past its expiry: the history starts over, as an
+                // expired Redis key would, but the IDs carry on above `last`.
                 log.events.clear();
-                log.last = EventId::ZERO;
             }
             let ms = now_ms();
             let id = if ms > log.last.ms { EventId::new(ms, 0) } else { EventId::new(log.last.ms, log.last.seq + 1) };
@@ -222,7 +222,7 @@ impl Store for MemoryStore {
             .unwrap_or(0))
     }
 
-    async fn incarnation(&self) -> Result<String, StoreError> {
+    async fn incarnation(&self) -> Result<Incarnation, StoreError> {
         // Data lives exactly as long as this process: one incarnation.
         Ok(self.incarnation.clone())
     }

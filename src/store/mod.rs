@@ -18,9 +18,15 @@
 //!
 //!   Reading from [`Position::Oldest`] never reports a gap.
 //! - **Idle rooms expire** after the configured idle time, history and all.
+//! - **IDs never repeat**, even when a room's history is deleted, evicted
+//!   or expired and rebuilt: a rebuilt room's first ID is above every ID
+//!   the room ever had, and its predecessor is `0-0`, so the rebuild is a
+//!   gap to anyone who was past it.
 //! - **Lost data is detectable**: the store's [`incarnation`](Store::incarnation)
-//!   changes when it loses its data, which catches what predecessors cannot
-//!   (a room whose whole history, even its existence, was lost).
+//!   changes when it may have lost data, which catches what predecessors
+//!   cannot (a room whose whole history, even its existence, was lost).
+//!   Losing the incarnation's own record must never rewind anyone: at worst
+//!   it costs a check of every followed room.
 //!
 //! Live delivery goes through a [`feed::Feed`]: the node tells it which rooms
 //! have local subscribers; it hands each new batch to a [`feed::FeedSink`].
@@ -64,9 +70,74 @@ pub enum StoreError {
     /// The store could not be reached in time.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The store refuses writes because it is out of memory (Redis
+    /// `maxmemory` with a `noeviction` policy). Distinct from an outage: the
+    /// store answers, and an operator must make room.
+    #[error("store out of memory: {0}")]
+    OutOfMemory(String),
     /// The store answered something this node cannot read.
     #[error("unexpected store reply: {0}")]
     Protocol(String),
+}
+
+impl StoreError {
+    /// The metric label and log word for this failure.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::OutOfMemory(_) => "out_of_memory",
+            StoreError::Protocol(_) => "protocol",
+        }
+    }
+}
+
+/// Who holds the data now, compared by the feed after reconnections.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Incarnation {
+    /// A token stored beside the data; it changes when the data (or just the
+    /// token) was deleted while the server kept running.
+    pub data: String,
+    /// The server process answering (Redis `run_id`); it changes when the
+    /// store restarted or failed over, when acknowledged writes may be lost
+    /// even though every key looks intact (a snapshot older than the acks).
+    pub server: String,
+}
+
+/// How two incarnations differ, which decides what the feed must do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Same data, same server: nothing happened.
+    None,
+    /// Same server, new token: keys were deleted or evicted. Each followed
+    /// room's history can be checked exactly from its position.
+    DataTouched,
+    /// Another server process: acked writes may be gone without a trace.
+    /// Every followed room gets a gap.
+    ServerChanged,
+}
+
+impl Change {
+    /// The metric label and log word for this change.
+    pub fn label(self) -> &'static str {
+        match self {
+            Change::None => "none",
+            Change::DataTouched => "data_touched",
+            Change::ServerChanged => "server_changed",
+        }
+    }
+}
+
+impl Incarnation {
+    /// What changed from `earlier` to `self`.
+    pub fn since(&self, earlier: &Incarnation) -> Change {
+        if self.server != earlier.server {
+            Change::ServerChanged
+        } else if self.data != earlier.data {
+            Change::DataTouched
+        } else {
+            Change::None
+        }
+    }
 }
 
 /// Settings both stores share.
@@ -109,11 +180,11 @@ pub trait Store: Send + Sync + 'static {
     /// Live subscribers of `room` summed over all nodes with fresh reports.
     async fn audience(&self, room: &RoomName) -> Result<usize, StoreError>;
 
-    /// A token that changes when the store loses its data (Redis restarted
-    /// empty, or failed over without it). The feed compares it after every
-    /// reconnection: events acked just before such a loss may never have
-    /// been read, so every followed room must be told of a possible gap.
-    async fn incarnation(&self) -> Result<String, StoreError>;
+    /// Identifies the data and the server holding it (see [`Incarnation`]).
+    /// The feed compares it after every reconnection and sweep: events acked
+    /// just before a loss may never have been read, so followed rooms must be
+    /// checked, or told of a possible gap.
+    async fn incarnation(&self) -> Result<Incarnation, StoreError>;
 
     /// Increases with every (re)connection to the store, so the feed knows
     /// when to compare incarnations. Constant for the embedded store.

@@ -117,6 +117,33 @@ impl Redis {
     }
 }
 
+/// One kept connection to a `redis-server`, for commands sent faster than
+/// a connection each allows.
+pub struct RedisClient {
+    stream: std::cell::RefCell<BufReader<TcpStream>>,
+}
+
+impl RedisClient {
+    pub fn connect(port: u16) -> RedisClient {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to redis-server");
+        stream.set_read_timeout(Some(Duration::from_secs(5))).expect("read timeout");
+        RedisClient { stream: std::cell::RefCell::new(BufReader::new(stream)) }
+    }
+
+    /// Sends one command; returns the first line of its reply.
+    pub fn command(&self, args: &[&str]) -> Option<String> {
+        let mut cmd = format!("*{}\r\n", args.len());
+        for a in args {
+            cmd.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
+        }
+        let mut stream = self.stream.borrow_mut();
+        stream.get_mut().write_all(cmd.as_bytes()).ok()?;
+        let mut line = String::new();
+        stream.read_line(&mut line).ok()?;
+        Some(line.trim_end().to_owned())
+    }
+}
+
 impl Drop for Redis {
     fn drop(&mut self) {
         self.thaw();

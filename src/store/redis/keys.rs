@@ -9,6 +9,7 @@
 //! ```text
 //! {prefix}:{b<N>}:r:<room>     the room's stream: fields p (predecessor ID), d (JSON)
 //! {prefix}:{b<N>}:a:<room>     hash: node -> "<count>:<expires-ms>" (audience)
+//! {prefix}:{b<N>}:f:<room>     the last ID the room ever handed out (its ID floor)
 //! {prefix}:{b<N>}:sig          stream of changed room names in bucket N
 //! {prefix}:ctl:<node>          a node's wake-up stream for its reader
 //! {prefix}:incarnation         random token; missing or changed = Redis lost its data
@@ -53,6 +54,12 @@ impl Keys {
         format!("{}:{{b{}}}:a:{}", self.prefix, bucket(room), room)
     }
 
+    /// The room's ID floor: the last ID it handed out, kept apart from the
+    /// stream so a rebuilt stream never reissues an ID.
+    pub fn floor(&self, room: &RoomName) -> String {
+        format!("{}:{{b{}}}:f:{}", self.prefix, bucket(room), room)
+    }
+
     /// A bucket's signal stream.
     pub fn signals(&self, bucket: u16) -> String {
         format!("{}:{{b{}}}:sig", self.prefix, bucket)
@@ -82,6 +89,7 @@ mod tests {
         let tag = format!("{{b{b}}}");
         assert!(keys.room(&room).contains(&tag));
         assert!(keys.audience(&room).contains(&tag));
+        assert!(keys.floor(&room).contains(&tag));
         assert!(keys.signals(b).contains(&tag));
         assert_eq!(keys.room(&room), format!("rc:{tag}:r:show-42"));
     }

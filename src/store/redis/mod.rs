@@ -19,28 +19,53 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::scripts::Script;
+use fred::types::InfoKind;
 
 use self::keys::{bucket, Keys};
 use super::feed::ChangeSource;
-use super::{Page, Position, Store, StoreError, StoreOptions};
+use super::{Incarnation, Page, Position, Store, StoreError, StoreOptions};
 use crate::protocol::{Event, EventId, RoomName};
 
-/// Appends one event: predecessor, trim, expiry and bucket signal, atomically.
-/// KEYS: room stream, bucket signals. ARGV: history, data, room ttl ms, room
-/// name, signal stream length.
+/// Appends one event: predecessor, trim, expiry, ID floor and bucket
+/// signal, atomically. KEYS: room stream, bucket signals, room floor. ARGV:
+/// history, data, room ttl ms, room name, signal stream length, floor ttl ms.
+///
+/// A room whose stream is gone (deleted, evicted, expired) would restart at
+/// `<now>-0` and hand out IDs it already gave to other events. So every
+/// append also records its ID in the room's floor key, and a stream with no
+/// entry starts strictly above the floor, or, if the floor is gone too,
+/// above the current millisecond (which no ID of a stream built before this
+/// call can have reached, unless it was itself built within it). Its first
+/// entry names `0-0` as predecessor: a gap to anyone who was past it.
 const APPEND_LUA: &str = r#"
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-local prev = '0-0'
-if last[1] then prev = last[1][1] end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'p', prev, 'd', ARGV[2])
+local id
+if last[1] then
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'p', last[1][1], 'd', ARGV[2])
+else
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local ms, seq = now + 1, 0
+  local floor = redis.call('GET', KEYS[3])
+  if floor then
+    local fms, fseq = string.match(floor, '^(%d+)-(%d+)$')
+    if fms then
+      fms, fseq = tonumber(fms), tonumber(fseq)
+      if now > fms then ms = now else ms, seq = fms, fseq + 1 end
+    end
+  end
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], string.format('%.0f-%.0f', ms, seq), 'p', '0-0', 'd', ARGV[2])
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('SET', KEYS[3], id, 'PX', ARGV[6])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'r', ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return id
 "#;
 
-/// Returns the deployment's incarnation token, creating it if missing (as it
-/// is after Redis lost its data). KEYS: token key. ARGV: a fresh token.
+/// Returns the deployment's data token, creating it if missing (as it is
+/// after Redis lost its data, or just this key). KEYS: token key. ARGV: a
+/// fresh token.
 const INCARNATION_LUA: &str = r#"
 local v = redis.call('GET', KEYS[1])
 if not v then
@@ -81,8 +106,14 @@ pub struct RedisStore {
     redis: RedisOptions,
 }
 
-fn unavailable(e: Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+/// Maps a Redis failure: `OOM` refusals are told apart from outages.
+pub(crate) fn unavailable(e: Error) -> StoreError {
+    let text = e.to_string();
+    if e.details().starts_with("OOM") || text.contains("OOM command not allowed") {
+        StoreError::OutOfMemory(text)
+    } else {
+        StoreError::Unavailable(text)
+    }
 }
 
 fn now_ms() -> u64 {
@@ -113,6 +144,11 @@ fn count_connections(client: &Client, generation: &Arc<AtomicU64>) {
     });
 }
 
+/// One `field:value` line of an `INFO` reply.
+fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
+    info.lines().find_map(|line| line.strip_prefix(field)?.strip_prefix(':')).map(str::trim)
+}
+
 impl RedisStore {
     /// Connects (failing if Redis cannot be reached now) and loads the scripts.
     pub async fn connect(redis: RedisOptions, options: StoreOptions) -> Result<Self, StoreError> {
@@ -136,13 +172,17 @@ impl RedisStore {
 #[async_trait]
 impl Store for RedisStore {
     async fn append(&self, room: &RoomName, data: Bytes) -> Result<EventId, StoreError> {
-        let keys = vec![self.keys.room(room), self.keys.signals(bucket(room))];
+        let keys = vec![self.keys.room(room), self.keys.signals(bucket(room)), self.keys.floor(room)];
+        let ttl_ms = self.options.room_ttl.as_millis() as i64;
         let args: Vec<Value> = vec![
             Value::from(self.options.history as i64),
             Value::Bytes(data),
-            Value::from(self.options.room_ttl.as_millis() as i64),
+            Value::from(ttl_ms),
             Value::from(room.as_str()),
             Value::from(SIGNALS_KEPT as i64),
+            // The floor outlives the room: it matters exactly when the
+            // stream vanished early, and costs one small key per room.
+            Value::from(ttl_ms.saturating_mul(2)),
         ];
         let id: Value = self.append.evalsha_with_reload(&self.client, keys, args).await.map_err(unavailable)?;
         reply::event_id(&id)
@@ -233,14 +273,19 @@ impl Store for RedisStore {
             .sum())
     }
 
-    async fn incarnation(&self) -> Result<String, StoreError> {
+    async fn incarnation(&self) -> Result<Incarnation, StoreError> {
         let fresh = format!("{:016x}", rand::random::<u64>());
         let value: Value = self
             .incarnation
             .evalsha_with_reload(&self.client, vec![self.keys.incarnation()], vec![fresh])
             .await
             .map_err(unavailable)?;
-        value.into_string().ok_or_else(|| StoreError::Protocol("incarnation is not a string".into()))
+        let data = value.into_string().ok_or_else(|| StoreError::Protocol("incarnation is not a string".into()))?;
+        let info: String = self.client.info(Some(InfoKind::Server)).await.map_err(unavailable)?;
+        let server = info_field(&info, "run_id")
+            .ok_or_else(|| StoreError::Protocol("INFO server has no run_id".into()))?
+            .to_owned();
+        Ok(Incarnation { data, server })
     }
 
     fn connection_generation(&self) -> u64 {
