@@ -129,6 +129,21 @@ pub struct ServeArgs {
     #[arg(long, env = "ROOMCAST_ALLOWED_ORIGINS")]
     pub allowed_origins: Option<String>,
 
+    /// Seconds a connection has to send complete request headers (on
+    /// arrival and between keep-alive requests) before it is closed.
+    #[arg(long, env = "ROOMCAST_HEADER_TIMEOUT", default_value_t = 10)]
+    pub header_timeout: u64,
+
+    /// Most connections that have not sent a request yet; past it the
+    /// oldest of them is closed to admit a new one.
+    #[arg(long, env = "ROOMCAST_MAX_PENDING_CONNECTIONS", default_value_t = 4096)]
+    pub max_pending_connections: usize,
+
+    /// Serve `/metrics` on this address instead of the main one (which then
+    /// has no `/metrics`): keep it off the public listener.
+    #[arg(long, env = "ROOMCAST_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+
     /// Most open WebSocket and SSE connections on this node.
     #[arg(long, env = "ROOMCAST_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
@@ -190,6 +205,12 @@ pub struct Config {
     pub origins: Origins,
     /// Most connections on this node.
     pub max_connections: usize,
+    /// Time to send complete request headers.
+    pub header_timeout: Duration,
+    /// Most connections without a request yet.
+    pub max_pending_connections: usize,
+    /// Where `/metrics` is served, when not on the main listener.
+    pub metrics_listen: Option<SocketAddr>,
     /// Sustained publishes per second per connection.
     pub publish_rate: u32,
     /// Publish burst per connection.
@@ -250,6 +271,15 @@ impl TryFrom<ServeArgs> for Config {
         check(a.outbox_bytes >= 4096, || "--outbox-bytes must be at least 4096".into())?;
         check(a.redis_timeout_ms >= 10, || "--redis-timeout-ms must be at least 10".into())?;
         check(a.max_connections >= 1, || "--max-connections must be at least 1".into())?;
+        check((1..=3600).contains(&a.header_timeout), || "--header-timeout must be between 1 and 3600 seconds".into())?;
+        check(a.max_pending_connections >= 1, || "--max-pending-connections must be at least 1".into())?;
+        let metrics_listen =
+            match &a.metrics_listen {
+                None => None,
+                Some(raw) => Some(raw.parse::<SocketAddr>().map_err(|_| {
+                    ConfigError(format!("--metrics-listen {raw:?} is not an address like 127.0.0.1:9090"))
+                })?),
+            };
         check(a.publish_rate >= 1 && a.publish_burst >= 1, || {
             "--publish-rate and --publish-burst must be at least 1".into()
         })?;
@@ -284,6 +314,9 @@ impl TryFrom<ServeArgs> for Config {
             auth,
             origins,
             max_connections: a.max_connections,
+            header_timeout: Duration::from_secs(a.header_timeout),
+            max_pending_connections: a.max_pending_connections,
+            metrics_listen,
             publish_rate: a.publish_rate,
             publish_burst: a.publish_burst,
             max_strikes: a.max_strikes,
@@ -317,6 +350,8 @@ mod tests {
             (vec!["serve", "--listen", "nowhere"], "--listen"),
             (vec!["serve", "--redis", "http://x"], "--redis"),
             (vec!["serve", "--history", "0"], "--history"),
+            (vec!["serve", "--header-timeout", "0"], "--header-timeout"),
+            (vec!["serve", "--metrics-listen", "nowhere"], "--metrics-listen"),
             (vec!["serve", "--key-prefix", "a b"], "--key-prefix"),
             (vec!["serve", "--max-message-bytes", "1"], "--max-message-bytes"),
             (vec!["serve", "--coalesce-ms", "5000"], "--coalesce-ms"),

@@ -28,24 +28,25 @@ pub mod hub;
 pub mod metrics;
 pub mod presence;
 pub mod protocol;
+pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod store;
 pub mod transport;
 
-use axum::serve::ListenerExt;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 pub use crate::config::Config;
 pub use crate::error::Error;
 
 use crate::app::App;
 use crate::hub::Hub;
+use crate::server::AcceptLimits;
 use crate::session::outbox::OutboxLimits;
 use crate::session::SessionLimits;
 use crate::store::feed::Feed;
@@ -100,15 +101,20 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         metrics: metrics::install(),
         connections: Arc::default(),
     });
+    let accept = AcceptLimits {
+        header_timeout: app.config.header_timeout,
+        max_pending: app.config.max_pending_connections,
+        grace,
+    };
+    if let Some(addr) = app.config.metrics_listen {
+        let metrics_listener = TcpListener::bind(addr).await?;
+        info!(addr = %metrics_listener.local_addr()?, "serving /metrics");
+        let router = http::metrics_router(app.clone());
+        let (shutdown, tracker) = (shutdown.clone(), tracker.clone());
+        tracker.clone().spawn(async move { server::serve(metrics_listener, router, accept, shutdown, &tracker).await });
+    }
     info!(addr = %listener.local_addr()?, "listening");
-    // Live events are small writes that must leave at once: no Nagle delay
-    // (it held frames back for the client's delayed ACK, tens of ms).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            debug!(cause = %e, "could not set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, http::router(app)).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await?;
+    server::serve(listener, http::router(app), accept, shutdown.clone(), &tracker).await;
 
     tracker.close();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {

@@ -7,7 +7,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::{error_response, room_access, Access};
+use super::{error_response, room_access, store_error_response, Access};
 use crate::app::App;
 use crate::protocol::{json_history, ErrorCode, EventId};
 use crate::store::Position;
@@ -53,6 +53,6 @@ pub async fn list(
         Ok(page) => {
             ([(header::CONTENT_TYPE, "application/json")], json_history(&room, &page.events, page.gap)).into_response()
         }
-        Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StoreUnavailable, &e.to_string()),
+        Err(e) => store_error_response(&e),
     }
 }

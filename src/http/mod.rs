@@ -16,21 +16,30 @@ use axum::{Json, Router};
 use crate::app::App;
 use crate::auth::Grant;
 use crate::protocol::{ErrorCode, RoomName};
+use crate::store::StoreError;
 use crate::transport::{sse, ws};
 
-/// Every route of a node.
+/// Every route of a node (`/metrics` only when it has no address of its own).
 pub fn router(app: Arc<App>) -> Router {
     let body_limit = app.config.max_message_bytes;
-    Router::new()
+    let router = match app.config.metrics_listen {
+        None => Router::new().route("/metrics", get(health::metrics)),
+        Some(_) => Router::new(),
+    };
+    router
         .route("/ws", get(ws::handler))
         .route("/rooms/{room}", get(rooms::info))
         .route("/rooms/{room}/events", get(history::list).post(publish::create))
         .route("/rooms/{room}/sse", get(sse::handler))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(app)
+}
+
+/// The routes of the separate metrics address (`--metrics-listen`).
+pub fn metrics_router(app: Arc<App>) -> Router {
+    Router::new().route("/metrics", get(health::metrics)).route("/healthz", get(health::healthz)).with_state(app)
 }
 
 /// What a request wants to do with a room.
@@ -91,6 +100,16 @@ impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         error_response(self.status, self.code, &self.message)
     }
+}
+
+/// A store failure as an HTTP answer: 507 when the store is out of memory
+/// (an operator must act), 503 otherwise (retry, perhaps on another node).
+pub fn store_error_response(e: &StoreError) -> Response {
+    let status = match e {
+        StoreError::OutOfMemory(_) => StatusCode::INSUFFICIENT_STORAGE,
+        StoreError::Unavailable(_) | StoreError::Protocol(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error_response(status, e.error_code(), &e.to_string())
 }
 
 /// A JSON error body: `{"error": code, "message": text}`.

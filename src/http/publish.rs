@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::Value;
 
-use super::{error_response, room_access, Access};
+use super::{error_response, room_access, store_error_response, Access};
 use crate::app::App;
 use crate::protocol::{data_to_json, msgpack_to_value, ErrorCode};
 
@@ -46,6 +46,6 @@ pub async fn create(
             metrics::counter!("roomcast_published_total", "via" => "http").increment(1);
             (StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response()
         }
-        Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StoreUnavailable, &e.to_string()),
+        Err(e) => store_error_response(&e),
     }
 }

@@ -3,13 +3,12 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::{error_response, room_access, Access};
+use super::{room_access, store_error_response, Access};
 use crate::app::App;
-use crate::protocol::ErrorCode;
 
 /// `{"room", "last_event_id" (null without history), "audience"}`.
 pub async fn info(State(app): State<Arc<App>>, Path(room): Path<String>, headers: HeaderMap) -> Response {
@@ -25,8 +24,6 @@ pub async fn info(State(app): State<Arc<App>>, Path(room): Path<String>, headers
             "audience": audience,
         }))
         .into_response(),
-        (Err(e), _) | (_, Err(e)) => {
-            error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StoreUnavailable, &e.to_string())
-        }
+        (Err(e), _) | (_, Err(e)) => store_error_response(&e),
     }
 }

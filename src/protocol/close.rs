@@ -18,6 +18,10 @@ pub enum CloseReason {
     TokenExpired,
     /// The client kept sending refused frames (1008, policy violation).
     Misbehaving,
+    /// A text frame was not valid UTF-8 (1007, invalid frame payload data).
+    InvalidData,
+    /// The client sent pings faster than the node answers them (1008).
+    PingFlood,
 }
 
 impl CloseReason {
@@ -28,7 +32,8 @@ impl CloseReason {
             CloseReason::TooBig => 1009,
             CloseReason::Stalled => 1013,
             CloseReason::ProtocolError => 1002,
-            CloseReason::TokenExpired | CloseReason::Misbehaving => 1008,
+            CloseReason::TokenExpired | CloseReason::Misbehaving | CloseReason::PingFlood => 1008,
+            CloseReason::InvalidData => 1007,
         }
     }
 
@@ -41,6 +46,8 @@ impl CloseReason {
             CloseReason::ProtocolError => "websocket protocol error",
             CloseReason::TokenExpired => "token expired: reconnect with a fresh token and your last event id",
             CloseReason::Misbehaving => "too many refused frames",
+            CloseReason::InvalidData => "invalid utf-8 in a text frame",
+            CloseReason::PingFlood => "too many pings",
         }
     }
 }

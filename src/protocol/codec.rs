@@ -7,10 +7,10 @@
 
 use std::fmt::Write as _;
 
-use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::frames::{RawClientFrame, RefOnly};
 use super::{ClientFrame, ErrorCode, Event, EventId, FrameError, RoomName, ServerFrame};

@@ -50,6 +50,9 @@ pub enum ErrorCode {
     /// The store did not confirm in time. Nothing was acked; a publish whose
     /// command had already reached the store may still be stored.
     StoreUnavailable,
+    /// The store refuses writes for lack of memory: nothing was stored, and
+    /// retrying soon will not help until an operator makes room.
+    StoreFull,
     /// A frame type the transport does not accept (e.g. binary on a JSON socket).
     UnsupportedFrame,
     /// The frame or payload exceeds a size limit.
@@ -75,6 +78,7 @@ impl ErrorCode {
             ErrorCode::AlreadySubscribed => "already_subscribed",
             ErrorCode::NotSubscribed => "not_subscribed",
             ErrorCode::StoreUnavailable => "store_unavailable",
+            ErrorCode::StoreFull => "store_full",
             ErrorCode::UnsupportedFrame => "unsupported_frame",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::LimitExceeded => "limit_exceeded",

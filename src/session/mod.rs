@@ -126,7 +126,7 @@ pub struct Session<S: Sink> {
 }
 
 fn store_refusal(e: StoreError, reference: Option<u64>) -> SessionError {
-    SessionError::Refused(FrameError::new(ErrorCode::StoreUnavailable, e.to_string(), reference))
+    SessionError::Refused(FrameError::new(e.error_code(), e.to_string(), reference))
 }
 
 fn refuse(code: ErrorCode, message: impl Into<String>, reference: Option<u64>) -> SessionError {
@@ -195,7 +195,7 @@ impl<S: Sink> Session<S> {
         self.rooms.insert(room.clone(), RoomState { cursor: resume, flags });
         let more = page.events.len() >= PAGE;
         self.sink.write(Outgoing::Frame(&ServerFrame::Subscribed { room: room.clone(), resumed: !page.gap })).await?;
-        self.apply_page(&room, page).await?;
+        self.apply_page(&room, page, false).await?;
         if more {
             self.sync_or_retry(&room).await?;
         }
@@ -348,8 +348,7 @@ impl<S: Sink> Session<S> {
             match self.store.read(room, Position::After(cursor), PAGE).await {
                 Ok(page) => {
                     let more = page.events.len() >= PAGE;
-                    let page = Page { gap: page.gap && !std::mem::take(&mut told), ..page };
-                    self.apply_page(room, page).await?;
+                    self.apply_page(room, page, std::mem::take(&mut told)).await?;
                     if !more {
                         return Ok(());
                     }
@@ -366,8 +365,9 @@ impl<S: Sink> Session<S> {
         }
     }
 
-    /// Sends a page of history (with its gap, if any) and advances the cursor.
-    async fn apply_page(&mut self, room: &RoomName, page: Page) -> Result<(), SinkError> {
+    /// Sends a page of history (with its gap, unless the client was just
+    /// told of one) and advances the cursor.
+    async fn apply_page(&mut self, room: &RoomName, page: Page, gap_told: bool) -> Result<(), SinkError> {
         let Some(state) = self.rooms.get_mut(room) else {
             return Ok(());
         };
@@ -375,12 +375,12 @@ impl<S: Sink> Session<S> {
         match page.events.last() {
             Some(last) => state.cursor = last.id,
             // A gap with nothing after it: continue from the room's real
-            // tail, never going back (a token from the future keeps its
-            // place, so nothing at or below it is ever delivered).
-            None if page.gap => state.cursor = state.cursor.max(page.tail),
+            // tail (below a token from the future: live delivery follows
+            // the gap, and nothing kept at or below the tail is resent).
+            None if page.gap => state.cursor = page.tail,
             None => {}
         }
-        if page.gap {
+        if page.gap && !gap_told {
             self.write_gap(room, before).await?;
         }
         if !page.events.is_empty() {

@@ -40,7 +40,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::protocol::{Event, EventId, RoomName};
+use crate::protocol::{ErrorCode, Event, EventId, RoomName};
 
 /// Where a history read starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +81,14 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The error code a client is told.
+    pub fn error_code(&self) -> ErrorCode {
+        match self {
+            StoreError::OutOfMemory(_) => ErrorCode::StoreFull,
+            StoreError::Unavailable(_) | StoreError::Protocol(_) => ErrorCode::StoreUnavailable,
+        }
+    }
+
     /// The metric label and log word for this failure.
     pub fn kind(&self) -> &'static str {
         match self {

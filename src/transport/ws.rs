@@ -1,30 +1,40 @@
 //! `GET /ws`: the WebSocket transport.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use serde::Deserialize;
-use tracing::debug;
-
-use std::num::NonZeroU32;
-
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+use tracing::debug;
 
 use super::{admit, slot};
 use crate::app::App;
 use crate::app::ConnectionSlot;
 use crate::auth::Grant;
+use crate::http::Refusal;
 use crate::protocol::{
     decode_client, encode_events, encode_frame, ClientFrame, CloseReason, ErrorCode, EventId, Format, FrameError,
     RoomName, ServerFrame, Wire, MSGPACK_SUBPROTOCOL,
 };
 use crate::session::{Outgoing, Session, SessionError, Sink, SinkError, Wakeup};
+
+/// The upgraded connection, straight into tokio-tungstenite: the close path
+/// needs the raw socket back (see [`close_handshake`]).
+type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
 /// tungstenite's read buffer, allocated for every connection: its 128 KiB
 /// default costs that much per idle connection. Client frames are small; a
@@ -35,13 +45,27 @@ use crate::session::{Outgoing, Session, SessionError, Sink, SinkError, Wakeup};
 const READ_BUFFER: usize = 512;
 /// Write buffering target; `flush` always writes everything anyway.
 const WRITE_BUFFER: usize = 64 * 1024;
+/// Most bytes tungstenite may hold unwritten beyond [`WRITE_BUFFER`]: a
+/// client that sends pings and never reads fills it with pongs, and is
+/// then closed rather than growing the node's memory.
+const MAX_WRITE_SLACK: usize = 1 << 20;
 /// How long a closing connection waits for the client's close reply.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(1);
+/// Most bytes read and dropped while closing (a client in the middle of an
+/// oversized message): reading them is what lets the close frame arrive
+/// instead of a reset.
+const CLOSE_DRAIN_BYTES: usize = 32 << 20;
 /// A write that takes longer than this means the client stopped reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Refused frames are counted over this window (see `--max-strikes`).
 const STRIKE_WINDOW: Duration = Duration::from_secs(10);
+/// Pings a client may send in a burst; browsers send none, libraries one
+/// every few seconds.
+const PING_BURST: u32 = 10;
+/// Pings per second a client may keep sending; past it the connection is
+/// closed (1008).
+const PINGS_PER_SECOND: u32 = 2;
 
 /// Query parameters of `/ws`.
 #[derive(Debug, Deserialize)]
@@ -52,49 +76,86 @@ pub struct WsQuery {
     token: Option<String>,
 }
 
-/// Upgrades to a WebSocket session, after checking origin, credential and
-/// the node's connection limit.
-pub async fn handler(
-    State(app): State<Arc<App>>,
-    Query(query): Query<WsQuery>,
-    headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
-) -> Response {
+fn bad_handshake(message: &str) -> Response {
+    Refusal::new(StatusCode::BAD_REQUEST, ErrorCode::UnsupportedFrame, message).into_response()
+}
+
+/// Whether a comma-separated header holds `token` (case-insensitive).
+fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Upgrades to a WebSocket session, after checking the handshake, origin,
+/// credential and the node's connection limit.
+pub async fn handler(State(app): State<Arc<App>>, Query(query): Query<WsQuery>, mut request: Request) -> Response {
+    let headers = request.headers();
+    if !header_has(headers, header::CONNECTION, "upgrade") || !header_has(headers, header::UPGRADE, "websocket") {
+        return bad_handshake("a WebSocket upgrade request is expected here");
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != b"13") {
+        return bad_handshake("Sec-WebSocket-Version must be 13");
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).map(|k| derive_accept_key(k.as_bytes())) else {
+        return bad_handshake("Sec-WebSocket-Key is missing");
+    };
+    let negotiated = header_has(headers, header::SEC_WEBSOCKET_PROTOCOL, MSGPACK_SUBPROTOCOL);
     let forced = match query.format.as_deref() {
         None => None,
         Some("json") => Some(Format::Json),
         Some("msgpack") => Some(Format::MsgPack),
         Some(_) => return (StatusCode::BAD_REQUEST, "format must be json or msgpack\n").into_response(),
     };
-    let grant = match admit(&app, &headers, query.token.as_deref()) {
+    let grant = match admit(&app, headers, query.token.as_deref()) {
         Ok(grant) => grant,
         Err(refusal) => return refusal.into_response(),
+    };
+    let Some(on_upgrade) = request.extensions_mut().remove::<OnUpgrade>() else {
+        return bad_handshake("this connection cannot be upgraded");
     };
     let slot = match slot(&app) {
         Ok(slot) => slot,
         Err(refusal) => return refusal.into_response(),
     };
+    let format = forced.unwrap_or(if negotiated { Format::MsgPack } else { Format::Json });
     let max = app.config.max_message_bytes;
-    let tracker = app.tracker.clone();
-    upgrade
-        .protocols([MSGPACK_SUBPROTOCOL])
+    let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| async move {
-            let negotiated = socket.protocol().is_some_and(|p| p.as_bytes() == MSGPACK_SUBPROTOCOL.as_bytes());
-            let format = forced.unwrap_or(if negotiated { Format::MsgPack } else { Format::Json });
-            // A task of its own rather than axum's upgrade task, whose
-            // state would stay allocated beside ours for the connection's
-            // whole life.
-            tracker.spawn(run(Connection::new(app, socket, format, grant), Box::new(query), slot));
-        })
+        .max_write_buffer_size(WRITE_BUFFER + max + MAX_WRITE_SLACK)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    let tracker = app.tracker.clone();
+    // A task of its own rather than the upgrade's, whose state would stay
+    // allocated beside ours for the connection's whole life.
+    tracker.clone().spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            debug!("websocket upgrade did not complete");
+            return;
+        };
+        let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+        tracker.spawn(run(Connection::new(app, socket, format, grant), Box::new(query), slot));
+    });
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let out = response.headers_mut();
+    out.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    out.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&key) {
+        out.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if negotiated {
+        out.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(MSGPACK_SUBPROTOCOL));
+    }
+    response
 }
 
 /// The write half of a WebSocket, as a session sink.
 struct WsSink {
-    sink: SplitSink<WebSocket, Message>,
+    sink: SplitSink<Socket, Message>,
     format: Format,
 }
 
@@ -109,7 +170,7 @@ fn message(wire: Wire) -> Message {
 /// complete on the first poll; only those that do not arm a timer, which
 /// keeps two timer-wheel operations per delivery off the hot path (and the
 /// timer, boxed, out of every connection's future).
-async fn timed<F: std::future::Future<Output = Result<(), axum::Error>>>(f: F) -> Result<(), SinkError> {
+async fn timed<F: std::future::Future<Output = Result<(), WsError>>>(f: F) -> Result<(), SinkError> {
     let mut f = std::pin::pin!(f);
     let outcome = match futures::poll!(f.as_mut()) {
         std::task::Poll::Ready(outcome) => outcome,
@@ -118,7 +179,11 @@ async fn timed<F: std::future::Future<Output = Result<(), axum::Error>>>(f: F) -
             Err(_) => return Err(SinkError::Stalled),
         },
     };
-    outcome.map_err(|_| SinkError::Closed)
+    outcome.map_err(|e| match e {
+        // tungstenite's buffer bound: the client is not taking what it is sent.
+        WsError::WriteBufferFull(_) => SinkError::Stalled,
+        _ => SinkError::Closed,
+    })
 }
 
 impl Sink for WsSink {
@@ -138,8 +203,11 @@ impl Sink for WsSink {
 
 /// How a connection ended.
 enum End {
-    /// The client closed or vanished.
+    /// The client vanished.
     Gone,
+    /// The client sent a close frame; tungstenite has queued the reply (an
+    /// echo, or 1002 for an invalid code), which must still be flushed.
+    PeerClosed,
     /// The node closes it.
     Close(CloseReason),
 }
@@ -152,17 +220,22 @@ enum End {
 struct Connection {
     app: Arc<App>,
     session: Session<WsSink>,
-    stream: SplitStream<WebSocket>,
+    stream: SplitStream<Socket>,
     strikes: DefaultDirectRateLimiter,
+    pings: DefaultDirectRateLimiter,
     format: Format,
 }
 
 impl Connection {
-    fn new(app: Arc<App>, socket: WebSocket, format: Format, grant: Grant) -> Self {
+    fn new(app: Arc<App>, socket: Socket, format: Format, grant: Grant) -> Self {
         let (sink, stream) = socket.split();
         let session = Session::new(app.hub.clone(), app.store.clone(), WsSink { sink, format }, app.limits, grant);
         let strikes = strike_limiter(app.config.max_strikes);
-        Connection { app, session, stream, strikes, format }
+        let pings = RateLimiter::direct(
+            Quota::per_second(NonZeroU32::new(PINGS_PER_SECOND).unwrap_or(NonZeroU32::MIN))
+                .allow_burst(NonZeroU32::new(PING_BURST).unwrap_or(NonZeroU32::MIN)),
+        );
+        Connection { app, session, stream, strikes, pings, format }
     }
 
     /// Reacts to what woke the connection; `Some` ends it.
@@ -176,9 +249,14 @@ impl Connection {
     }
 
     /// Answers one client message; `Some` ends the connection.
-    async fn receive(&mut self, incoming: Option<Result<Message, axum::Error>>) -> Option<End> {
+    async fn receive(&mut self, incoming: Option<Result<Message, WsError>>) -> Option<End> {
         match incoming {
-            None | Some(Ok(Message::Close(_))) => Some(End::Gone),
+            None => Some(End::Gone),
+            Some(Ok(Message::Close(_))) => Some(End::PeerClosed),
+            Some(Ok(Message::Ping(_))) if self.pings.check().is_err() => {
+                metrics::counter!("roomcast_ping_floods_total").increment(1);
+                Some(End::Close(CloseReason::PingFlood))
+            }
             Some(Ok(msg)) => match Box::pin(handle(&mut self.session, self.format, msg)).await {
                 Ok(Answer::Done) => None,
                 Ok(Answer::Refused) if self.strikes.check().is_err() => Some(End::Close(CloseReason::Misbehaving)),
@@ -213,9 +291,16 @@ fn run(mut c: Connection, query: Box<WsQuery>, slot: ConnectionSlot) -> impl std
         }
 
         let Connection { session, stream, .. } = c;
-        let sink = Box::pin(session.close()).await;
-        if let Some(End::Close(reason)) = end {
-            Box::pin(close_handshake(sink, stream, reason)).await;
+        let mut sink = Box::pin(session.close()).await;
+        match end {
+            Some(End::Close(reason)) => {
+                metrics::counter!("roomcast_closes_total", "code" => reason.code().to_string()).increment(1);
+                Box::pin(close_handshake(sink, stream, reason)).await;
+            }
+            Some(End::PeerClosed) => {
+                let _ = tokio::time::timeout(CLOSE_HANDSHAKE, sink.sink.flush()).await;
+            }
+            Some(End::Gone) | None => {}
         }
         metrics::gauge!("roomcast_connections", "transport" => "ws").decrement(1.0);
         debug!(conn, "websocket closed");
@@ -224,21 +309,30 @@ fn run(mut c: Connection, query: Box<WsQuery>, slot: ConnectionSlot) -> impl std
 }
 
 /// Sends the close frame, then reads (and drops) what the client still
-/// sends until its close reply. Closing the socket with unread input would
-/// reset the connection, and the client might never see the close frame
-/// and its reason.
-async fn close_handshake(mut sink: WsSink, mut stream: SplitStream<WebSocket>, reason: CloseReason) {
-    let frame = CloseFrame { code: reason.code(), reason: Utf8Bytes::from_static(reason.reason()) };
-    if timed(sink.sink.send(Message::Close(Some(frame)))).await.is_ok() {
-        let drain = async {
-            while let Some(Ok(msg)) = stream.next().await {
-                if matches!(msg, Message::Close(_)) {
-                    break;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(CLOSE_HANDSHAKE, drain).await;
+/// sends until it closes too. Closing a socket with unread input resets the
+/// connection, and the client may never see the close frame and its reason:
+/// the case of a client in the middle of an oversized message, whose rest
+/// tungstenite cannot parse. So after the close frame the write side is
+/// shut and the raw socket drained, bounded in time and bytes.
+async fn close_handshake(mut sink: WsSink, stream: SplitStream<Socket>, reason: CloseReason) {
+    let frame = CloseFrame { code: CloseCode::from(reason.code()), reason: Utf8Bytes::from_static(reason.reason()) };
+    if timed(sink.sink.send(Message::Close(Some(frame)))).await.is_err() {
+        return;
     }
+    let Ok(mut socket) = stream.reunite(sink.sink) else { return };
+    let drain = async {
+        let raw = socket.get_mut();
+        let _ = raw.shutdown().await;
+        let mut buf = [0u8; 8192];
+        let mut drained = 0;
+        while drained < CLOSE_DRAIN_BYTES {
+            match raw.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_HANDSHAKE, drain).await;
 }
 
 fn end_of(e: SessionError) -> End {
@@ -248,11 +342,12 @@ fn end_of(e: SessionError) -> End {
     }
 }
 
-fn read_error(e: axum::Error) -> End {
-    use tokio_tungstenite::tungstenite::Error as WsError;
-    match e.into_inner().downcast_ref::<WsError>() {
-        Some(WsError::Capacity(_)) => End::Close(CloseReason::TooBig),
-        Some(WsError::Protocol(_)) => End::Close(CloseReason::ProtocolError),
+fn read_error(e: WsError) -> End {
+    match e {
+        WsError::Capacity(_) => End::Close(CloseReason::TooBig),
+        WsError::Protocol(_) => End::Close(CloseReason::ProtocolError),
+        WsError::Utf8(_) => End::Close(CloseReason::InvalidData),
+        WsError::WriteBufferFull(_) => End::Close(CloseReason::Stalled),
         _ => End::Gone,
     }
 }

@@ -33,10 +33,12 @@ use crate::protocol::{Event, EventId, RoomName};
 /// A room whose stream is gone (deleted, evicted, expired) would restart at
 /// `<now>-0` and hand out IDs it already gave to other events. So every
 /// append also records its ID in the room's floor key, and a stream with no
-/// entry starts strictly above the floor, or, if the floor is gone too,
-/// above the current millisecond (which no ID of a stream built before this
-/// call can have reached, unless it was itself built within it). Its first
-/// entry names `0-0` as predecessor: a gap to anyone who was past it.
+/// entry starts strictly above the floor. If the floor is gone too, it
+/// starts at `<now_ms + 1>-<µs within the ms × 1000>`: that virtual clock
+/// grows by 1,000 sequence numbers per microsecond, faster than any stream
+/// (even one rebuilt the same way a moment earlier) can append, so it is
+/// above every ID handed out before. Its first entry names `0-0` as
+/// predecessor: a gap to anyone who was past it.
 const APPEND_LUA: &str = r#"
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local id
@@ -44,14 +46,15 @@ if last[1] then
   id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'p', last[1][1], 'd', ARGV[2])
 else
   local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local ms, seq = now + 1, 0
+  local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local now = math.floor(us / 1000)
+  local ms, seq = now + 1, (us % 1000) * 1000
   local floor = redis.call('GET', KEYS[3])
   if floor then
     local fms, fseq = string.match(floor, '^(%d+)-(%d+)$')
     if fms then
       fms, fseq = tonumber(fms), tonumber(fseq)
-      if now > fms then ms = now else ms, seq = fms, fseq + 1 end
+      if now > fms then ms, seq = now, 0 else ms, seq = fms, fseq + 1 end
     end
   end
   id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], string.format('%.0f-%.0f', ms, seq), 'p', '0-0', 'd', ARGV[2])
@@ -109,11 +112,13 @@ pub struct RedisStore {
 /// Maps a Redis failure: `OOM` refusals are told apart from outages.
 pub(crate) fn unavailable(e: Error) -> StoreError {
     let text = e.to_string();
-    if e.details().starts_with("OOM") || text.contains("OOM command not allowed") {
+    let error = if e.details().starts_with("OOM") || text.contains("OOM command not allowed") {
         StoreError::OutOfMemory(text)
     } else {
         StoreError::Unavailable(text)
-    }
+    };
+    metrics::counter!("roomcast_store_errors_total", "kind" => error.kind()).increment(1);
+    error
 }
 
 fn now_ms() -> u64 {
