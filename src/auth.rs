@@ -6,8 +6,9 @@
 //! | `--api-key` only | open | the API key |
 //! | a JWT key (± API key) | a token whose `rooms` match (or the API key) | a token whose `publish` match (or the API key) |
 //!
-//! Tokens come in `?token=` or `Authorization: Bearer`. Claims: `sub`,
-//! `exp` (required), `rooms` and `publish` (room patterns, `*` matches any run).
+//! Tokens come in `?token=` or `Authorization: Bearer`; the API key only in
+//! the header. Claims: `sub`, `exp` (required), `nbf` (honoured), `rooms`
+//! and `publish` (room patterns, `*` matches any run).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -52,7 +53,10 @@ pub enum AuthError {
     /// No credential where one is needed.
     #[error("a token is required (?token= or Authorization: Bearer)")]
     Missing,
-    /// The token did not verify, or has expired.
+    /// The API key was sent in the URL, where proxies and browsers log it.
+    #[error("the API key is accepted only in the Authorization header, never in a URL")]
+    KeyInUrl,
+    /// The token did not verify, has expired, or is not valid yet (`nbf`).
     #[error("invalid token: {0}")]
     Invalid(String),
 }
@@ -111,6 +115,7 @@ impl Auth {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .map(str::trim);
+        let from_header = bearer.filter(|c| !c.is_empty()).is_some();
         let Some(credential) = bearer.or(query_token).filter(|c| !c.is_empty()) else {
             return match self.jwt {
                 Some(_) => Err(AuthError::Missing),
@@ -118,7 +123,8 @@ impl Auth {
             };
         };
         if self.api_key.as_deref().is_some_and(|key| constant_time_eq(key.as_bytes(), credential.as_bytes())) {
-            return Ok(Grant::ApiKey);
+            // A key in a URL ends up in proxy logs and browser history.
+            return if from_header { Ok(Grant::ApiKey) } else { Err(AuthError::KeyInUrl) };
         }
         match &self.jwt {
             Some((key, validation)) => decode::<Claims>(credential, key, validation)
@@ -132,6 +138,8 @@ impl Auth {
 fn validation(algorithm: Algorithm) -> Validation {
     let mut v = Validation::new(algorithm);
     v.leeway = 0;
+    // RFC 7519: a token is not to be accepted before its `nbf`.
+    v.validate_nbf = true;
     v.validate_aud = false;
     v.set_required_spec_claims(&["exp"]);
     v
@@ -301,6 +309,19 @@ mod tests {
         assert!(auth.authenticate(&HeaderMap::new(), Some(&no_exp)).is_err());
         assert!(auth.authenticate(&HeaderMap::new(), Some("not.a.jwt")).is_err());
         assert!(matches!(auth.authenticate(&bearer("key-1"), None), Ok(Grant::ApiKey)));
+        let not_yet = token("s3cret", serde_json::json!({"exp": now() + 600, "nbf": now() + 300, "rooms": ["*"]}));
+        assert!(matches!(auth.authenticate(&HeaderMap::new(), Some(&not_yet)), Err(AuthError::Invalid(_))));
+        let started = token("s3cret", serde_json::json!({"exp": now() + 600, "nbf": now() - 5, "rooms": ["*"]}));
+        assert!(auth.authenticate(&HeaderMap::new(), Some(&started)).is_ok());
+    }
+
+    #[test]
+    fn the_api_key_is_refused_in_a_url() {
+        for jwt in [None, Some(JwtKey::Secret("s3cret".into()))] {
+            let auth = Auth::new(jwt, Some("key-1".into())).unwrap();
+            assert!(matches!(auth.authenticate(&HeaderMap::new(), Some("key-1")), Err(AuthError::KeyInUrl)));
+            assert!(matches!(auth.authenticate(&bearer("key-1"), None), Ok(Grant::ApiKey)));
+        }
     }
 
     #[test]

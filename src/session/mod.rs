@@ -96,6 +96,13 @@ pub struct SessionLimits {
     pub publish_burst: u32,
 }
 
+/// Subscribes and unsubscribes one connection may make per second: each
+/// costs the store a read, so churn is bounded like publishing.
+const SUBSCRIBE_RATE: u32 = 20;
+/// Subscribes and unsubscribes allowed in a burst: enough to join the most
+/// rooms a connection may follow at once.
+const SUBSCRIBE_BURST: u32 = 100;
+
 /// What woke the session up.
 pub enum Wakeup {
     /// A live batch arrived.
@@ -120,8 +127,10 @@ pub struct Session<S: Sink> {
     expires_at: Option<Instant>,
     /// What this connection's credential allows.
     grant: Grant,
-    /// Per-connection publish rate limit.
+    /// Per-connection publish rate limit (not applied to the API key).
     publishes: DefaultDirectRateLimiter,
+    /// Per-connection subscribe/unsubscribe rate limit.
+    churn: DefaultDirectRateLimiter,
     sink: S,
 }
 
@@ -150,6 +159,10 @@ impl<S: Sink> Session<S> {
             expires_at: grant.remaining().map(|left| Instant::now() + left),
             grant,
             publishes: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+            churn: RateLimiter::direct(
+                Quota::per_second(NonZeroU32::new(SUBSCRIBE_RATE).unwrap_or(NonZeroU32::MIN))
+                    .allow_burst(NonZeroU32::new(SUBSCRIBE_BURST).unwrap_or(NonZeroU32::MIN)),
+            ),
             sink,
         }
     }
@@ -167,6 +180,7 @@ impl<S: Sink> Session<S> {
         if !self.grant.may_subscribe(&room) {
             return Err(refuse(ErrorCode::Forbidden, format!("this token may not subscribe to {room}"), None));
         }
+        self.check_churn()?;
         if self.rooms.contains(&room) {
             return Err(refuse(ErrorCode::AlreadySubscribed, format!("already subscribed to {room}"), None));
         }
@@ -202,8 +216,20 @@ impl<S: Sink> Session<S> {
         Ok(())
     }
 
+    /// Refuses subscribe/unsubscribe churn past the per-connection rate.
+    fn check_churn(&self) -> Result<(), SessionError> {
+        if matches!(self.grant, Grant::ApiKey) || self.churn.check().is_ok() {
+            return Ok(());
+        }
+        metrics::counter!("roomcast_rate_limited_total", "what" => "subscribe").increment(1);
+        let message =
+            format!("more than {SUBSCRIBE_RATE} subscribes or unsubscribes per second (burst {SUBSCRIBE_BURST})");
+        Err(refuse(ErrorCode::RateLimited, message, None))
+    }
+
     /// Leaves `room`.
     pub async fn unsubscribe(&mut self, room: RoomName) -> Result<(), SessionError> {
+        self.check_churn()?;
         if self.rooms.remove(&room).is_none() {
             return Err(refuse(ErrorCode::NotSubscribed, format!("not subscribed to {room}"), None));
         }
@@ -217,7 +243,9 @@ impl<S: Sink> Session<S> {
         if !self.grant.may_publish(&room) {
             return Err(refuse(ErrorCode::Forbidden, format!("this connection may not publish to {room}"), reference));
         }
-        if self.publishes.check().is_err() {
+        // The API key is the broadcaster's own backend: never throttled.
+        if !matches!(self.grant, Grant::ApiKey) && self.publishes.check().is_err() {
+            metrics::counter!("roomcast_rate_limited_total", "what" => "publish").increment(1);
             let message = format!(
                 "more than {} publishes per second (burst {})",
                 self.limits.publish_rate, self.limits.publish_burst

@@ -88,6 +88,11 @@ impl Client {
         let _ = self.ws.send(msg).await;
     }
 
+    /// Sends a raw message; false once the connection no longer takes any.
+    pub async fn try_send(&mut self, msg: Message) -> bool {
+        self.ws.send(msg).await.is_ok()
+    }
+
     pub async fn subscribe(&mut self, room: &str, last_event_id: Option<&str>) {
         let mut frame = json!({"type": "subscribe", "room": room});
         if let Some(id) = last_event_id {

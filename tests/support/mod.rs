@@ -183,8 +183,30 @@ impl Node {
         Node::spawn(args)
     }
 
+    /// Starts a node whose process may hold at most `nofile` descriptors.
+    pub fn start_with_fd_limit(redis: Option<&str>, extra: &[&str], nofile: u32) -> Node {
+        let mut args: Vec<String> = vec!["serve".into(), "--listen".into(), "127.0.0.1:0".into()];
+        if let Some(url) = redis {
+            args.extend(["--redis".into(), url.into()]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Node::spawn_limited(args, Some(nofile))
+    }
+
     fn spawn(args: Vec<String>) -> Node {
-        let mut child = Command::new(binary())
+        Node::spawn_limited(args, None)
+    }
+
+    fn spawn_limited(args: Vec<String>, nofile: Option<u32>) -> Node {
+        let mut command = match nofile {
+            None => Command::new(binary()),
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c").arg(format!("ulimit -n {n} && exec \"$0\" \"$@\"")).arg(binary());
+                sh
+            }
+        };
+        let mut child = command
             .args(&args)
             .env("RUST_LOG", "info,roomcast=debug")
             .env_remove("REDIS_URL")

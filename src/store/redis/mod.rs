@@ -20,6 +20,8 @@ use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use fred::types::InfoKind;
+use std::collections::HashMap;
+use tracing::{debug, info, warn};
 
 use self::keys::{bucket, Keys};
 use super::feed::ChangeSource;
@@ -154,12 +156,41 @@ fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
     info.lines().find_map(|line| line.strip_prefix(field)?.strip_prefix(':')).map(str::trim)
 }
 
+/// Warns loudly when Redis may evict keys: an evicted room stream is a gap
+/// for its subscribers (never a silent hole or a replay, but lost history),
+/// and room keys carry a TTL, so `volatile-*` policies evict them too.
+async fn check_eviction_policy(client: &Client) {
+    let policy: Result<HashMap<String, String>, Error> = client.config_get("maxmemory-policy").await;
+    match policy {
+        Ok(map) => {
+            let policy = map.get("maxmemory-policy").map(String::as_str).unwrap_or("unknown");
+            let evicts = policy.starts_with("allkeys-") || policy.starts_with("volatile-");
+            metrics::gauge!("roomcast_store_may_evict").set(if evicts { 1.0 } else { 0.0 });
+            if evicts {
+                warn!(policy, "Redis maxmemory-policy can EVICT keys: when memory runs out, rooms lose their history and subscribers get gaps; use maxmemory-policy noeviction (publishes then fail with store_full instead)");
+            } else {
+                debug!(policy, "Redis maxmemory-policy keeps keys");
+            }
+        }
+        Err(e) => {
+            info!(cause = %e, "could not read Redis maxmemory-policy (CONFIG may be disabled); make sure it is noeviction")
+        }
+    }
+}
+
 impl RedisStore {
     /// Connects (failing if Redis cannot be reached now) and loads the scripts.
     pub async fn connect(redis: RedisOptions, options: StoreOptions) -> Result<Self, StoreError> {
         let client = build_client(&redis, redis.command_timeout)?;
         let generation = Arc::new(AtomicU64::new(0));
         count_connections(&client, &generation);
+        // Checked on every (re)connection: the server may have changed.
+        let checker = client.clone();
+        client.on_reconnect(move |_| {
+            let checker = checker.clone();
+            tokio::spawn(async move { check_eviction_policy(&checker).await });
+            async { Ok(()) }
+        });
         client.init().await.map_err(unavailable)?;
         let append = Script::from_lua(APPEND_LUA);
         append.load(&client).await.map_err(unavailable)?;
