@@ -31,6 +31,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Load-test a deployment (spawned on loopback, or given by --url).
     Bench(crate::bench::BenchArgs),
+    /// Break a spawned deployment at random and check the resume promise.
+    Chaos(crate::bench::chaos::ChaosArgs),
     /// The bare broadcast server `bench --preset saturate` compares against.
     #[command(hide = true)]
     ReferenceServer(crate::bench::ReferenceArgs),

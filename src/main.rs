@@ -55,6 +55,19 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Chaos(args) => match roomcast::bench::chaos::main(args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => {
+                eprintln!(
+                    "roomcast chaos: the promise broke (loss without a gap, duplicates, reordering or reused IDs)"
+                );
+                ExitCode::from(EXIT_UNCLEAN)
+            }
+            Err(e) => {
+                eprintln!("roomcast chaos: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::ReferenceServer(args) => {
             init_tracing(LogFormat::Text);
             match roomcast::bench::reference_main(args) {

@@ -7,6 +7,7 @@
 //! RSS per connection, as JSON and as an SVG chart. Named presets reproduce
 //! the figures in `docs/benchmarks.md`.
 
+pub mod chaos;
 pub mod decode;
 pub mod load;
 pub mod reader;

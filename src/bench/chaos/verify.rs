@@ -1,0 +1,187 @@
+//! Holding each subscriber's record against what the deployment
+//! acknowledged: the promise, checked event by event.
+//!
+//! - **Duplicate**: an ID handed to the same subscriber twice.
+//! - **Order violation**: an ID not above the one handed over before it.
+//! - **ID reuse**: one ID carrying two different events (tags).
+//! - **Silent loss**: an acknowledged event the subscriber never got, with
+//!   no `gap` covering it. A gap with `after = A` covers every event above
+//!   `A` and below the next event the subscriber was handed after the gap.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Serialize;
+
+use super::clients::{Entry, SubLog};
+use crate::protocol::EventId;
+
+/// The verdict over every subscriber.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Verdict {
+    /// Events handed to subscribers, all together.
+    pub delivered: u64,
+    /// Acknowledged events missing from a subscriber without a gap.
+    pub silent_losses: u64,
+    /// Events handed to the same subscriber more than once.
+    pub duplicates: u64,
+    /// Events handed over below or at the ID before them.
+    pub order_violations: u64,
+    /// IDs seen carrying two different events.
+    pub id_reuse: u64,
+    /// Events delivered that no publisher ever sent.
+    pub phantoms: u64,
+    /// Acknowledged events a subscriber missed and was told of (a gap).
+    pub reported_missing: u64,
+    /// `gap` frames received.
+    pub gaps: u64,
+    /// Subscribers that did not reach their room's fence in time.
+    pub stuck: u64,
+    /// A few concrete findings, for the report.
+    pub examples: Vec<String>,
+}
+
+impl Verdict {
+    /// No loss, duplicate, reordering, reuse, phantom or stuck subscriber.
+    pub fn clean(&self) -> bool {
+        self.silent_losses == 0
+            && self.duplicates == 0
+            && self.order_violations == 0
+            && self.id_reuse == 0
+            && self.phantoms == 0
+            && self.stuck == 0
+    }
+
+    fn note(&mut self, finding: String) {
+        if self.examples.len() < 20 {
+            self.examples.push(finding);
+        }
+    }
+}
+
+/// Checks every subscriber's log against the acknowledged events.
+pub fn check(logs: &[SubLog], acked: &HashMap<String, Vec<(EventId, u64)>>, uncertain: &HashSet<u64>) -> Verdict {
+    let mut v = Verdict::default();
+    // One ID, one event, across every acknowledgement and delivery.
+    let mut owner: HashMap<(String, EventId), u64> = HashMap::new();
+    let known: HashSet<u64> = acked.values().flatten().map(|(_, t)| *t).collect();
+    for (room, events) in acked {
+        for (id, tag) in events {
+            if let Some(other) = owner.insert((room.clone(), *id), *tag) {
+                if other != *tag {
+                    v.id_reuse += 1;
+                    v.note(format!("{room}: id {id} acknowledged for two events"));
+                }
+            }
+        }
+    }
+    for log in logs {
+        if !log.finished {
+            v.stuck += 1;
+            v.note(format!("a subscriber of {} did not reach the fence", log.room));
+        }
+        check_one(log, acked.get(&log.room).map(Vec::as_slice).unwrap_or(&[]), &mut owner, &known, uncertain, &mut v);
+    }
+    v
+}
+
+fn check_one(
+    log: &SubLog,
+    acked: &[(EventId, u64)],
+    owner: &mut HashMap<(String, EventId), u64>,
+    known: &HashSet<u64>,
+    uncertain: &HashSet<u64>,
+    v: &mut Verdict,
+) {
+    let mut seen: HashSet<EventId> = HashSet::new();
+    let mut previous: Option<EventId> = None;
+    // Gap intervals (after, next event handed over after the gap).
+    let mut covered: Vec<(EventId, Option<EventId>)> = Vec::new();
+    let mut open: Vec<usize> = Vec::new();
+    for entry in &log.entries {
+        match entry {
+            Entry::Gap(after, _) => {
+                v.gaps += 1;
+                covered.push((*after, None));
+                open.push(covered.len() - 1);
+            }
+            Entry::Event(id, tag) => {
+                v.delivered += 1;
+                for i in open.drain(..) {
+                    covered[i].1 = Some(*id);
+                }
+                if !seen.insert(*id) {
+                    v.duplicates += 1;
+                    v.note(format!("{}: {id} delivered twice", log.room));
+                }
+                if previous.is_some_and(|p| *id <= p) {
+                    v.order_violations += 1;
+                    v.note(format!("{}: {id} after {}", log.room, previous.unwrap_or_default()));
+                }
+                previous = Some(previous.map_or(*id, |p| p.max(*id)));
+                match tag {
+                    Some(t) if known.contains(t) || uncertain.contains(t) => {
+                        let first = *owner.entry((log.room.clone(), *id)).or_insert(*t);
+                        if first != *t {
+                            v.id_reuse += 1;
+                            v.note(format!("{}: id {id} carried two events", log.room));
+                        }
+                    }
+                    _ => {
+                        v.phantoms += 1;
+                        v.note(format!("{}: {id} was never published", log.room));
+                    }
+                }
+            }
+        }
+    }
+    for (id, _) in acked {
+        if seen.contains(id) {
+            continue;
+        }
+        if covered.iter().any(|(after, next)| after < id && next.is_none_or(|n| *id < n)) {
+            v.reported_missing += 1;
+        } else {
+            v.silent_losses += 1;
+            v.note(format!("{}: acknowledged {id} never delivered, no gap", log.room));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    fn id(ms: u64) -> EventId {
+        EventId::new(ms, 0)
+    }
+
+    fn log(entries: Vec<Entry>) -> SubLog {
+        SubLog { room: "r".into(), entries, connections: 1, finished: true }
+    }
+
+    #[test]
+    fn finds_every_kind_of_broken_promise_and_accepts_a_gap() {
+        let acked: HashMap<String, Vec<(EventId, u64)>> =
+            [("r".to_owned(), (1..=6).map(|i| (id(i), i)).collect())].into_iter().collect();
+        let none = HashSet::new();
+        let ev = |i: u64| Entry::Event(id(i), Some(i));
+        let clean = log(vec![ev(1), ev(2), Entry::Gap(id(2), Instant::now()), ev(5), ev(6)]);
+        let v = check(&[clean], &acked, &none);
+        assert!(v.clean(), "{v:?}");
+        assert_eq!((v.reported_missing, v.gaps), (2, 1));
+
+        let silent = log(vec![ev(1), ev(2), ev(4), ev(5), ev(6)]);
+        assert_eq!(check(&[silent], &acked, &none).silent_losses, 1);
+        let doubled = log(vec![ev(1), ev(2), ev(3), ev(3), ev(4), ev(5), ev(6)]);
+        let v = check(&[doubled], &acked, &none);
+        assert_eq!((v.duplicates, v.order_violations), (1, 1));
+        let reused = log(vec![ev(1), Entry::Event(id(2), Some(5)), ev(3), ev(4), ev(5), ev(6)]);
+        assert_eq!(check(&[reused], &acked, &none).id_reuse, 1);
+        let phantom = log(vec![ev(1), ev(2), ev(3), ev(4), ev(5), ev(6), Entry::Event(id(7), Some(99))]);
+        assert_eq!(check(&[phantom], &acked, &none).phantoms, 1);
+        let unfinished = SubLog { finished: false, ..log(vec![ev(1)]) };
+        assert!(!check(&[unfinished], &acked, &none).clean());
+    }
+}
