@@ -20,6 +20,7 @@ fn the_promise_holds_through_every_kind_of_fault() {
     for field in ["silent_losses", "duplicates", "order_violations", "id_reuse", "phantoms", "stuck"] {
         assert_eq!(verdict[field], 0, "{field}: {verdict}");
     }
+    assert_eq!(report["fault_failures"], 0, "every fault was applied: {stderr}");
     assert!(report["acknowledged"].as_u64().unwrap() > 1000, "the run carried traffic: {report}");
     assert!(verdict["delivered"].as_u64().unwrap() > 5000);
     assert!(report["subscriber_connections"].as_u64().unwrap() > 100, "subscribers resumed across nodes");

@@ -145,6 +145,8 @@ impl Netns {
         exec(&["ip", "addr", "add", &format!("{}/30", self.ns_ip), "dev", ns_if])?;
         exec(&["ip", "link", "set", ns_if, "up"])?;
         exec(&["ip", "link", "set", "lo", "up"])?;
+        // Partitions are iptables rules inside the namespace.
+        exec(&["iptables", "-L", "-n"]).context("iptables is needed for partitions")?;
         Ok(())
     }
 

@@ -87,6 +87,8 @@ pub struct FaultRecord {
     pub fault: Fault,
     /// What exactly it did.
     pub detail: String,
+    /// Whether applying it failed (the run then proves less than it says).
+    pub failed: bool,
 }
 
 /// The run's report.
@@ -108,6 +110,8 @@ pub struct Report {
     pub partitions: bool,
     /// Faults by kind.
     pub fault_counts: BTreeMap<Fault, u64>,
+    /// Faults that could not be applied.
+    pub fault_failures: u64,
     /// Publishes attempted, acknowledged, and unanswered.
     pub published: u64,
     /// Acknowledged publishes.
@@ -214,12 +218,12 @@ async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
             }
             let Some(fault) = round.pop() else { break };
             let at_s = started.elapsed().as_secs_f64();
-            let detail = match cluster.apply(fault, &mut rng) {
-                Ok(detail) => detail,
-                Err(e) => format!("failed: {e:#}"),
+            let (detail, failed) = match cluster.apply(fault, &mut rng) {
+                Ok(detail) => (detail, false),
+                Err(e) => (format!("failed: {e:#}"), true),
             };
             eprintln!("chaos: {at_s:7.1} s  {fault:?} {detail}");
-            records.push(FaultRecord { at_s, fault, detail });
+            records.push(FaultRecord { at_s, fault, detail, failed });
         }
         (cluster, records)
     })
@@ -262,6 +266,7 @@ async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
             *m.entry(r.fault).or_insert(0) += 1;
             m
         }),
+        fault_failures: records.iter().filter(|r| r.failed).count() as u64,
         published: ledger.attempts(),
         acknowledged: acked.values().map(|v| v.len() as u64).sum(),
         uncertain: uncertain.len() as u64,
@@ -303,7 +308,7 @@ async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
         report.gaps_by_fault,
         args.out.display()
     );
-    Ok(v.clean())
+    Ok(v.clean() && report.fault_failures == 0)
 }
 
 /// Counts gaps by the fault that explains each: the last fault that can
