@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use roomcast::hub::outbox::{Outbox, OutboxLimits};
 use roomcast::hub::Batch;
 use roomcast::protocol::{encode_events, Event, EventId, Format, RoomName};
-use roomcast::session::outbox::{Outbox, OutboxLimits};
 use roomcast::store::memory::MemoryStore;
 use roomcast::store::{Position, Store, StoreOptions};
 

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, ValueEnum};
 
 use crate::auth::{Auth, JwtKey, Origins};
 
@@ -14,29 +14,6 @@ const MAX_THREADS: usize = 1024;
 const MAX_COALESCE_MS: u64 = 1_000;
 /// Largest accepted `--max-message-bytes` (16 MiB).
 const MAX_MESSAGE_CEILING: usize = 16 << 20;
-
-/// roomcast: live-event fanout over WebSocket and SSE, on Redis Streams.
-#[derive(Debug, Parser)]
-#[command(name = "roomcast", version, about)]
-pub struct Cli {
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-/// Subcommands.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run a node.
-    Serve(ServeArgs),
-    /// Load-test a deployment (spawned on loopback, or given by --url).
-    Bench(crate::bench::BenchArgs),
-    /// Break a spawned deployment at random and check the resume promise.
-    Chaos(crate::bench::chaos::ChaosArgs),
-    /// The bare broadcast server `bench --preset saturate` compares against.
-    #[command(hide = true)]
-    ReferenceServer(crate::bench::ReferenceArgs),
-}
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -329,12 +306,18 @@ impl TryFrom<ServeArgs> for Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    /// `roomcast serve`'s flags as a command of their own.
+    #[derive(Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
 
     fn parse(args: &[&str]) -> Result<Config, String> {
-        let cli =
-            Cli::try_parse_from(std::iter::once("roomcast").chain(args.iter().copied())).map_err(|e| e.to_string())?;
-        let Command::Serve(a) = cli.command else { return Err("not serve".into()) };
-        Config::try_from(a).map_err(|e| e.to_string())
+        let serve = Serve::try_parse_from(args.iter().copied()).map_err(|e| e.to_string())?;
+        Config::try_from(serve.args).map_err(|e| e.to_string())
     }
 
     #[test]

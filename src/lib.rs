@@ -36,6 +36,10 @@ pub mod transport;
 
 use std::sync::Arc;
 
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use axum::Router;
+
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -45,14 +49,39 @@ pub use crate::config::Config;
 pub use crate::error::Error;
 
 use crate::app::App;
+use crate::http::{health, history, publish, rooms};
+use crate::hub::outbox::OutboxLimits;
 use crate::hub::Hub;
 use crate::server::AcceptLimits;
-use crate::session::outbox::OutboxLimits;
 use crate::session::SessionLimits;
 use crate::store::feed::Feed;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::{RedisOptions, RedisStore};
 use crate::store::{Store, StoreOptions};
+use crate::transport::{sse, ws};
+
+/// Every route of a node (`/metrics` only when it has no address of its own).
+fn router(app: Arc<App>) -> Router {
+    let body_limit = app.config.max_message_bytes;
+    let router = match app.config.metrics_listen {
+        None => Router::new().route("/metrics", get(health::metrics)),
+        Some(_) => Router::new(),
+    };
+    router
+        .route("/ws", get(ws::handler))
+        .route("/rooms/{room}", get(rooms::info))
+        .route("/rooms/{room}/events", get(history::list).post(publish::create))
+        .route("/rooms/{room}/sse", get(sse::handler))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(app)
+}
+
+/// The routes of the separate metrics address (`--metrics-listen`).
+fn metrics_router(app: Arc<App>) -> Router {
+    Router::new().route("/metrics", get(health::metrics)).route("/healthz", get(health::healthz)).with_state(app)
+}
 
 /// Runs a node on an already-bound listener until `shutdown` is cancelled,
 /// then closes every connection (1012) and returns within the grace period.
@@ -109,12 +138,12 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     if let Some(addr) = app.config.metrics_listen {
         let metrics_listener = TcpListener::bind(addr).await?;
         info!(addr = %metrics_listener.local_addr()?, "serving /metrics");
-        let router = http::metrics_router(app.clone());
+        let router = metrics_router(app.clone());
         let (shutdown, tracker) = (shutdown.clone(), tracker.clone());
         tracker.clone().spawn(async move { server::serve(metrics_listener, router, accept, shutdown, &tracker).await });
     }
     info!(addr = %listener.local_addr()?, "listening");
-    server::serve(listener, http::router(app), accept, shutdown.clone(), &tracker).await;
+    server::serve(listener, router(app), accept, shutdown.clone(), &tracker).await;
 
     tracker.close();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {

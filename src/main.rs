@@ -3,10 +3,33 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
-use roomcast::config::{Cli, Command, Config, LogFormat};
+use clap::{Parser, Subcommand};
+use roomcast::config::{Config, LogFormat, ServeArgs};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
+
+/// roomcast: live-event fanout over WebSocket and SSE, on Redis Streams.
+#[derive(Debug, Parser)]
+#[command(name = "roomcast", version, about)]
+struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node.
+    Serve(ServeArgs),
+    /// Load-test a deployment (spawned on loopback, or given by --url).
+    Bench(roomcast::bench::BenchArgs),
+    /// Break a spawned deployment at random and check the resume promise.
+    Chaos(roomcast::bench::chaos::ChaosArgs),
+    /// The bare broadcast server `bench --preset saturate` compares against.
+    #[command(hide = true)]
+    ReferenceServer(roomcast::bench::ReferenceArgs),
+}
 
 /// `EX_USAGE`: bad command line or configuration.
 const EXIT_USAGE: u8 = 64;

@@ -9,6 +9,7 @@
 //! starts following it from the room's tail) and leaves it with its last.
 
 mod batch;
+pub mod outbox;
 
 pub use batch::Batch;
 
@@ -18,8 +19,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 
 use tokio::sync::OnceCell;
 
+use self::outbox::Outbox;
 use crate::protocol::{Event, EventId, RoomName};
-use crate::session::outbox::Outbox;
 use crate::store::feed::{Feed, FeedSink};
 use crate::store::{Store, StoreError};
 

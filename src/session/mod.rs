@@ -9,7 +9,6 @@
 //! missed history in pages; the same merge makes the seam exact.
 
 pub mod cursor;
-pub mod outbox;
 pub mod rooms;
 
 use std::future::Future;
@@ -25,9 +24,9 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use self::cursor::{accept, Accept};
-use self::outbox::{Outbox, OutboxLimits, OutboxReceiver, Pending};
 use self::rooms::{RoomState, Rooms};
 use crate::auth::Grant;
+use crate::hub::outbox::{Outbox, OutboxLimits, OutboxReceiver, Pending};
 use crate::hub::{Batch, Hub, RoomFlags, Subscriber};
 use crate::protocol::{data_to_json, ErrorCode, Event, EventId, FrameError, RoomName, ServerFrame};
 use crate::store::{Page, Position, Store, StoreError};

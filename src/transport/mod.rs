@@ -8,7 +8,7 @@ use tracing::debug;
 
 use crate::app::{App, ConnectionSlot};
 use crate::auth::Grant;
-use crate::http::Refusal;
+use crate::http::error::Refusal;
 use crate::protocol::ErrorCode;
 
 /// The checks every streaming endpoint makes before it starts: shutting

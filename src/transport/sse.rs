@@ -17,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::{admit, slot};
 use crate::app::App;
 use crate::auth::Grant;
-use crate::http::error_response;
+use crate::http::error::error_response;
 use crate::protocol::{sse_events, sse_gap, ErrorCode, EventId, RoomName, ServerFrame};
 use crate::session::{Outgoing, Session, SessionError, Sink, SinkError, Wakeup};
 

@@ -25,7 +25,7 @@ use super::{admit, slot};
 use crate::app::App;
 use crate::app::ConnectionSlot;
 use crate::auth::Grant;
-use crate::http::Refusal;
+use crate::http::error::Refusal;
 use crate::protocol::{
     decode_client, encode_events, encode_frame, ClientFrame, CloseReason, ErrorCode, EventId, Format, FrameError,
     RoomName, ServerFrame, Wire, MSGPACK_SUBPROTOCOL,

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
-use crate::hub::Batch;
+use super::Batch;
 
 /// Bounds of one connection's outbox.
 #[derive(Clone, Copy, Debug)]
