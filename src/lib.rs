@@ -20,7 +20,6 @@
 pub mod app;
 pub mod auth;
 pub mod backoff;
-pub mod bench;
 pub mod config;
 pub mod error;
 pub mod http;

@@ -23,12 +23,12 @@ enum Command {
     /// Run a node.
     Serve(ServeArgs),
     /// Load-test a deployment (spawned on loopback, or given by --url).
-    Bench(roomcast::bench::BenchArgs),
+    Bench(roomcast_bench::BenchArgs),
     /// Break a spawned deployment at random and check the resume promise.
-    Chaos(roomcast::bench::chaos::ChaosArgs),
+    Chaos(roomcast_bench::chaos::ChaosArgs),
     /// The bare broadcast server `bench --preset saturate` compares against.
     #[command(hide = true)]
-    ReferenceServer(roomcast::bench::ReferenceArgs),
+    ReferenceServer(roomcast_bench::ReferenceArgs),
 }
 
 /// `EX_USAGE`: bad command line or configuration.
@@ -67,7 +67,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Bench(args) => match roomcast::bench::main(args) {
+        Command::Bench(args) => match roomcast_bench::main(args) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => {
                 eprintln!("roomcast bench: loss, duplicates, reordering or gaps: the run is not clean");
@@ -78,7 +78,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Chaos(args) => match roomcast::bench::chaos::main(args) {
+        Command::Chaos(args) => match roomcast_bench::chaos::main(args) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => {
                 eprintln!(
@@ -93,7 +93,7 @@ fn main() -> ExitCode {
         },
         Command::ReferenceServer(args) => {
             init_tracing(LogFormat::Text);
-            match roomcast::bench::reference_main(args) {
+            match roomcast_bench::reference_main(args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("reference server: {e:#}");

@@ -14,6 +14,7 @@
 
 pub mod clients;
 pub mod faults;
+pub mod id;
 pub mod verify;
 
 use std::collections::{BTreeMap, HashMap};
@@ -21,7 +22,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::Args;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -31,8 +31,8 @@ use tokio_util::sync::CancellationToken;
 
 use self::clients::{Entry, Ledger, SubLog};
 use self::faults::{Cluster, Fault};
+use self::id::EventId;
 use self::verify::Verdict;
-use crate::protocol::{EventId, RoomName};
 
 /// A gap is put down to the last fault that began at most this long before it.
 const BLAME_WINDOW: Duration = Duration::from_secs(30);
@@ -139,10 +139,7 @@ async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
     });
-    let rooms: Vec<RoomName> = (0..args.rooms.max(1))
-        .map(|i| RoomName::parse(&format!("chaos-{i}")))
-        .collect::<Result<_, _>>()
-        .context("room names")?;
+    let rooms: Vec<String> = (0..args.rooms.max(1)).map(|i| format!("chaos-{i}")).collect();
     let exe = match &args.node_binary {
         Some(path) => path.clone(),
         None => std::env::current_exe()?,
@@ -166,7 +163,7 @@ async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
     let deadline: Arc<Mutex<Option<Instant>>> = Arc::default();
     let subscribers: Vec<_> = (0..args.subscribers.max(1))
         .map(|i| {
-            let room = rooms[i % rooms.len()].to_string();
+            let room = rooms[i % rooms.len()].clone();
             let task = clients::subscriber(
                 room,
                 nodes.clone(),
@@ -239,7 +236,7 @@ async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
     *deadline.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + SETTLE);
     for (i, room) in rooms.iter().enumerate() {
         let tag = (0xfe00u64 + i as u64) << 32;
-        match clients::fence(room.as_str(), &nodes, &ledger, tag).await {
+        match clients::fence(room, &nodes, &ledger, tag).await {
             Some(id) => {
                 fences.lock().unwrap_or_else(|p| p.into_inner()).insert(room.to_string(), id);
             }

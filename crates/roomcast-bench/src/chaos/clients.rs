@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::EventId;
+use super::id::EventId;
 
 /// How long a publish may take before the publisher counts it uncertain.
 const ACK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -90,7 +90,7 @@ async fn next_json(ws: &mut Socket, wait: Duration) -> Result<Option<Value>, ()>
 }
 
 fn parse_id(v: &Value) -> Option<EventId> {
-    v.as_str().and_then(|s| EventId::parse(s).ok())
+    v.as_str().and_then(EventId::parse)
 }
 
 /// Publishes to `room` about `rate` times a second through random nodes

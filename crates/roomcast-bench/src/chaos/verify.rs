@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 
 use super::clients::{Entry, SubLog};
-use crate::protocol::EventId;
+use super::id::EventId;
 
 /// The verdict over every subscriber.
 #[derive(Clone, Debug, Default, Serialize)]

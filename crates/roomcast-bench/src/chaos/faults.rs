@@ -13,9 +13,6 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, RngCore};
 use serde::Serialize;
 
-use crate::protocol::RoomName;
-use crate::store::redis::keys::{bucket, Keys};
-
 /// Key prefix of the chaos deployment.
 pub const PREFIX: &str = "chaos";
 /// How long a process gets to come up.
@@ -90,6 +87,28 @@ pub fn redis_command(port: u16, args: &[&str]) -> anyhow::Result<String> {
         return Ok(String::from_utf8_lossy(&body).into_owned());
     }
     Ok(line)
+}
+
+/// `KEYS pattern` (a chaos deployment holds a few dozen keys).
+pub fn redis_keys(port: u16, pattern: &str) -> anyhow::Result<Vec<String>> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(format!("*2\r\n$4\r\nKEYS\r\n${}\r\n{pattern}\r\n", pattern.len()).as_bytes())?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let count: usize = line.trim_end().strip_prefix('*').and_then(|n| n.parse().ok()).context("KEYS reply")?;
+    let mut keys = Vec::with_capacity(count);
+    for _ in 0..count {
+        line.clear();
+        reader.read_line(&mut line)?;
+        let len: usize = line.trim_end().strip_prefix('$').and_then(|n| n.parse().ok()).context("KEYS entry")?;
+        let mut key = vec![0u8; len + 2];
+        reader.read_exact(&mut key)?;
+        key.truncate(len);
+        keys.push(String::from_utf8_lossy(&key).into_owned());
+    }
+    Ok(keys)
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -244,14 +263,13 @@ pub struct Cluster {
     nodes: Vec<NodeProc>,
     /// The namespace holding node 0, when the machine allows one.
     pub netns: Option<Netns>,
-    rooms: Vec<RoomName>,
-    keys: Keys,
+    rooms: Vec<String>,
 }
 
 impl Cluster {
     /// Starts Redis and `nodes` nodes; `isolate` puts node 0 in a network
     /// namespace (if that fails, the run goes on without partitions).
-    pub fn start(exe: &Path, nodes: usize, rooms: &[RoomName], isolate: bool) -> anyhow::Result<Cluster> {
+    pub fn start(exe: &Path, nodes: usize, rooms: &[String], isolate: bool) -> anyhow::Result<Cluster> {
         let netns = if isolate {
             match Netns::create() {
                 Ok(ns) => Some(ns),
@@ -275,7 +293,6 @@ impl Cluster {
             nodes: Vec::new(),
             netns,
             rooms: rooms.to_vec(),
-            keys: Keys::new(PREFIX),
         };
         cluster.start_redis()?;
         for i in 0..nodes.max(1) {
@@ -389,18 +406,24 @@ impl Cluster {
             }
             Fault::ClientKill => format!("{} connections", self.redis(&["CLIENT", "KILL", "TYPE", "normal"])?),
             Fault::RoomDelete => {
-                self.redis(&["DEL", &self.keys.room(&room)])?;
-                format!("room {room}")
+                let keys = self.keys_of(&room, "r")?;
+                let mut del = vec!["DEL"];
+                del.extend(keys.iter().map(String::as_str));
+                if keys.is_empty() {
+                    return Ok(format!("room {room} (no stream yet)"));
+                }
+                self.redis(&del)?;
+                format!("room {room}: {}", keys.join(" "))
             }
             Fault::MetadataDelete => {
                 let node = rng.random_range(0..self.nodes.len());
-                let mut choices = vec![
-                    self.keys.incarnation(),
-                    self.keys.floor(&room),
-                    self.keys.signals(bucket(&room)),
-                    self.keys.control(&format!("chaos-{node}")),
-                    self.keys.audience(&room),
-                ];
+                let mut choices = vec![format!("{PREFIX}:incarnation"), format!("{PREFIX}:ctl:chaos-{node}")];
+                choices.extend(self.keys_of(&room, "f")?);
+                choices.extend(self.keys_of(&room, "a")?);
+                // The room's bucket's signal stream: its hash tag is the room's.
+                let tags: Vec<String> =
+                    self.keys_of(&room, "r")?.iter().filter_map(|k| k.split(':').nth(1).map(str::to_owned)).collect();
+                choices.extend(tags.iter().map(|tag| format!("{PREFIX}:{tag}:sig")));
                 choices.shuffle(rng);
                 choices.truncate(rng.random_range(1..=choices.len()));
                 let mut del = vec!["DEL"];
@@ -438,6 +461,12 @@ impl Cluster {
                 format!("node 0 cut off for {} ms", hold.as_millis())
             }
         })
+    }
+
+    /// The room's keys of one kind (`r` stream, `f` floor, `a` audience),
+    /// found by name as an operator would, whatever bucket holds them.
+    fn keys_of(&self, room: &str, kind: &str) -> anyhow::Result<Vec<String>> {
+        redis_keys(self.redis_port, &format!("{PREFIX}:*:{kind}:{room}"))
     }
 
     /// Node `i`'s log so far (for a failed run's report).
