@@ -32,22 +32,45 @@ pub struct App {
     pub connections: Arc<AtomicUsize>,
 }
 
-/// A slot among the node's `--max-connections`, released on drop.
-pub struct ConnectionSlot(Arc<AtomicUsize>);
+/// The transport a connection uses, for the `roomcast_connections` gauge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// `GET /ws`.
+    WebSocket,
+    /// `GET /rooms/{room}/sse`.
+    Sse,
+}
+
+impl Transport {
+    fn label(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "ws",
+            Transport::Sse => "sse",
+        }
+    }
+}
+
+/// A connection's place on the node: one of the `--max-connections` and
+/// one in its transport's gauge, both given back on drop, however the
+/// connection ends.
+pub struct ConnectionSlot {
+    count: Arc<AtomicUsize>,
+    transport: Transport,
+}
 
 impl App {
     /// Takes a connection slot, or `None` when the node is full.
-    pub fn connection_slot(&self) -> Option<ConnectionSlot> {
+    pub fn connection_slot(&self, transport: Transport) -> Option<ConnectionSlot> {
         let max = self.config.max_connections;
-        self.connections
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
-            .ok()
-            .map(|_| ConnectionSlot(self.connections.clone()))
+        self.connections.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok()?;
+        metrics::gauge!("roomcast_connections", "transport" => transport.label()).increment(1.0);
+        Some(ConnectionSlot { count: self.connections.clone(), transport })
     }
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!("roomcast_connections", "transport" => self.transport.label()).decrement(1.0);
     }
 }

@@ -112,6 +112,24 @@ pub enum Wakeup {
     Expired,
 }
 
+/// What a wake-up leaves the connection to do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// Carry on.
+    Continue,
+    /// The credential expired: the transport ends the connection.
+    Expired,
+}
+
+/// How a client's request was answered.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Done as asked.
+    Done,
+    /// Refused with an `error` frame (a strike against the connection).
+    Refused,
+}
+
 /// One connection's rooms, cursors and outbox.
 pub struct Session<S: Sink> {
     id: u64,
@@ -290,6 +308,32 @@ impl<S: Sink> Session<S> {
         }
     }
 
+    /// Reacts to what woke the session, the same way for every transport:
+    /// writes the batch (and whatever else is queued), catches up, or says
+    /// the credential ran out.
+    pub async fn handle(&mut self, wakeup: Wakeup) -> Result<Flow, SinkError> {
+        match wakeup {
+            Wakeup::Batch(batch) => self.deliver(batch).await.map(|()| Flow::Continue),
+            // Boxed: catching up is rare, and its state would otherwise sit
+            // in every idle connection's future.
+            Wakeup::CatchUp => Box::pin(self.catch_up()).await.map(|()| Flow::Continue),
+            Wakeup::Expired => Ok(Flow::Expired),
+        }
+    }
+
+    /// Turns a refusal into an `error` frame to the client; a failure to
+    /// write is handed back, to end the connection.
+    pub async fn answer(&mut self, outcome: Result<(), SessionError>) -> Result<Answer, SessionError> {
+        match outcome {
+            Ok(()) => Ok(Answer::Done),
+            Err(SessionError::Refused(e)) => {
+                self.send(&ServerFrame::from(e)).await?;
+                Ok(Answer::Refused)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Writes `first` and whatever else is queued, then flushes once.
     pub async fn deliver(&mut self, first: Arc<Batch>) -> Result<(), SinkError> {
         let mut next = Some(first);
@@ -443,5 +487,138 @@ impl<S: Sink> Session<S> {
     /// Number of rooms followed.
     pub fn subscriptions(&self) -> usize {
         self.rooms.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::store::feed::FeedSink;
+    use crate::store::memory::MemoryStore;
+    use crate::store::StoreOptions;
+
+    /// Records what the session writes, one line per item.
+    #[derive(Default)]
+    struct Recorder(Vec<String>);
+
+    fn ids(events: &[Event]) -> String {
+        events.iter().map(|e| e.id.to_string()).collect::<Vec<_>>().join(",")
+    }
+
+    impl Sink for Recorder {
+        async fn write(&mut self, out: Outgoing<'_>) -> Result<(), SinkError> {
+            self.0.push(match out {
+                Outgoing::Batch(batch) => format!("events {}", ids(&batch.events)),
+                Outgoing::Events(_, events) => format!("events {}", ids(events)),
+                Outgoing::Frame(frame) => serde_json::to_string(frame).unwrap_or_default(),
+            });
+            Ok(())
+        }
+
+        async fn flush(&mut self) -> Result<(), SinkError> {
+            Ok(())
+        }
+    }
+
+    struct Fixture {
+        store: Arc<dyn Store>,
+        hub: Arc<Hub>,
+        room: RoomName,
+    }
+
+    fn fixture() -> Fixture {
+        let options =
+            StoreOptions { history: 1000, room_ttl: Duration::from_secs(60), presence_ttl: Duration::from_secs(6) };
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(options));
+        let hub = Hub::new(store.clone());
+        Fixture { store, hub, room: RoomName::parse("r").unwrap() }
+    }
+
+    impl Fixture {
+        fn session(&self) -> Session<Recorder> {
+            let limits = SessionLimits {
+                outbox: OutboxLimits { frames: 16, bytes: 1 << 20 },
+                max_subscriptions: 4,
+                max_payload: 1024,
+                publish_rate: 10,
+                publish_burst: 10,
+            };
+            Session::new(self.hub.clone(), self.store.clone(), Recorder::default(), limits, Grant::Open)
+        }
+
+        async fn append(&self, n: usize) -> Vec<EventId> {
+            let mut out = Vec::new();
+            for i in 0..n {
+                out.push(self.store.append(&self.room, Bytes::from(i.to_string())).await.unwrap());
+            }
+            out
+        }
+
+        async fn read_after(&self, after: EventId) -> Vec<Event> {
+            self.store.read(&self.room, Position::After(after), 100).await.unwrap().events
+        }
+    }
+
+    /// Handles wake-ups until nothing more is pending right away.
+    async fn settle(session: &mut Session<Recorder>) {
+        while let Ok(wakeup) = tokio::time::timeout(Duration::from_millis(50), session.next()).await {
+            assert_eq!(session.handle(wakeup).await.unwrap(), Flow::Continue);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_resume_sends_exactly_what_followed_the_token() {
+        let f = fixture();
+        let ids = f.append(5).await;
+        let mut session = f.session();
+        session.subscribe(f.room.clone(), Some(ids[1])).await.unwrap();
+        let out = session.close().await.0;
+        let expected = format!("events {},{},{}", ids[2], ids[3], ids[4]);
+        assert_eq!(out, vec![r#"{"type":"subscribed","room":"r","resumed":true}"#.to_owned(), expected]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_skips_events_sends_the_session_to_the_store() {
+        let f = fixture();
+        let ids = f.append(2).await;
+        let mut session = f.session();
+        session.subscribe(f.room.clone(), None).await.unwrap();
+        // Three more events, of which the feed hands over only the last:
+        // the session must not jump its cursor over the other two.
+        let more = f.append(3).await;
+        let last = f.read_after(more[1]).await;
+        f.hub.deliver(&f.room, last);
+        settle(&mut session).await;
+        let out = session.close().await.0;
+        assert_eq!(out[1..], [format!("events {},{},{}", more[0], more[1], more[2])], "{out:?}");
+        assert!(!out.iter().any(|l| l.contains(&ids[1].to_string())), "nothing before the live cursor: {out:?}");
+    }
+
+    #[tokio::test]
+    async fn a_store_loss_is_a_gap_after_the_cursor_and_nothing_is_resent() {
+        let f = fixture();
+        let ids = f.append(3).await;
+        let mut session = f.session();
+        session.subscribe(f.room.clone(), Some(EventId::ZERO)).await.unwrap();
+        f.hub.lost(&f.room);
+        settle(&mut session).await;
+        let next = f.append(1).await;
+        f.hub.deliver(&f.room, f.read_after(ids[2]).await);
+        settle(&mut session).await;
+        let out = session.close().await.0;
+        let gap = format!(r#"{{"type":"gap","room":"r","after":"{}"}}"#, ids[2]);
+        assert_eq!(
+            out,
+            vec![
+                r#"{"type":"subscribed","room":"r","resumed":true}"#.to_owned(),
+                format!("events {},{},{}", ids[0], ids[1], ids[2]),
+                gap,
+                format!("events {}", next[0]),
+            ]
+        );
     }
 }

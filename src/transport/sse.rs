@@ -14,17 +14,15 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{admit, slot};
-use crate::app::App;
+use super::{admit, slot, within_write_timeout};
+use crate::app::{App, Transport};
 use crate::auth::Grant;
 use crate::http::error::error_response;
 use crate::protocol::{sse_events, sse_gap, ErrorCode, EventId, RoomName, ServerFrame};
-use crate::session::{Outgoing, Session, SessionError, Sink, SinkError, Wakeup};
+use crate::session::{Answer, Flow, Outgoing, Session, Sink, SinkError};
 
 /// Chunks buffered between the session and the HTTP body.
 const BODY_QUEUE: usize = 16;
-/// A chunk the client does not take within this is a stalled client.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Comment lines keep idle streams alive through proxies.
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
@@ -60,7 +58,7 @@ pub async fn handler(
     if !grant.may_subscribe(&room) {
         return error_response(StatusCode::FORBIDDEN, ErrorCode::Forbidden, "this token may not read this room");
     }
-    let slot = match slot(&app) {
+    let slot = match slot(&app, Transport::Sse) {
         Ok(slot) => slot,
         Err(refusal) => return refusal.into_response(),
     };
@@ -91,10 +89,10 @@ impl Sink for SseSink {
             Outgoing::Frame(ServerFrame::Subscribed { .. }) => Bytes::from_static(b": subscribed\n\n"),
             Outgoing::Frame(_) => return Ok(()),
         };
-        match tokio::time::timeout(WRITE_TIMEOUT, self.tx.send(chunk)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(SinkError::Closed),
-            Err(_) => Err(SinkError::Stalled),
+        match within_write_timeout(self.tx.send(chunk)).await {
+            Some(Ok(())) => Ok(()),
+            Some(Err(_)) => Err(SinkError::Closed),
+            None => Err(SinkError::Stalled),
         }
     }
 
@@ -106,15 +104,8 @@ impl Sink for SseSink {
 async fn run(app: Arc<App>, room: RoomName, last: Option<EventId>, tx: mpsc::Sender<Bytes>, grant: Grant) {
     let closed = tx.clone();
     let mut session = Session::new(app.hub.clone(), app.store.clone(), SseSink { tx }, app.limits, grant);
-    metrics::gauge!("roomcast_connections", "transport" => "sse").increment(1.0);
-    let mut alive = match session.subscribe(room, last).await {
-        Ok(()) => true,
-        Err(SessionError::Refused(e)) => {
-            let _ = session.send(&ServerFrame::from(e)).await;
-            false
-        }
-        Err(SessionError::Sink(_)) => false,
-    };
+    let outcome = session.subscribe(room, last).await;
+    let mut alive = matches!(session.answer(outcome).await, Ok(Answer::Done));
     let mut keepalive = tokio::time::interval(KEEPALIVE);
     keepalive.tick().await;
     // Registered once, as the WebSocket loop does: a fresh `cancelled()` per
@@ -128,16 +119,9 @@ async fn run(app: Arc<App>, room: RoomName, last: Option<EventId>, tx: mpsc::Sen
                 alive = closed.try_send(Bytes::from_static(b": keepalive\n\n")).is_ok()
                     || !closed.is_closed();
             }
-            wakeup = session.next() => {
-                alive = match wakeup {
-                    Wakeup::Batch(batch) => session.deliver(batch).await.is_ok(),
-                    Wakeup::CatchUp => session.catch_up().await.is_ok(),
-                    // The credential ran out: end the stream.
-                    Wakeup::Expired => false,
-                };
-            }
+            // An expired credential ends the stream like a failed write.
+            wakeup = session.next() => alive = matches!(session.handle(wakeup).await, Ok(Flow::Continue)),
         }
     }
     drop(session.close().await);
-    metrics::gauge!("roomcast_connections", "transport" => "sse").decrement(1.0);
 }
