@@ -2,6 +2,9 @@
 //! format, EventId parsing and ordering, the outbox, and the embedded
 //! store's append and range read. `cargo bench --bench hot_paths`.
 
+// Benchmarks may unwrap, and criterion's macros generate undocumented items.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub, missing_docs)]
+
 use std::hint::black_box;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;

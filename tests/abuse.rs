@@ -1,6 +1,9 @@
 //! What one hostile client, or a store out of memory, can do to a node: each
 //! test holds a node to serving everybody else, with clear closes and codes.
 
+// Tests may unwrap: a panic is how they fail.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod support;
 
 use std::time::{Duration, Instant};

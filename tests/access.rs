@@ -1,5 +1,8 @@
 //! Access control and per-connection limits, against real nodes.
 
+// Tests may unwrap: a panic is how they fail.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod support;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

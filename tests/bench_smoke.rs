@@ -1,6 +1,9 @@
 //! The bundled harness must not rot: a few seconds of its smoke preset
 //! against two spawned nodes on a spawned Redis, with a reconnect storm.
 
+// Tests may unwrap: a panic is how they fail.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 use std::process::Command;
 
 #[test]

@@ -1,6 +1,9 @@
 //! A short chaos run: every fault kind strikes a spawned deployment while
 //! subscribers drop and resume across nodes; the promise must hold.
 
+// Tests may unwrap: a panic is how they fail.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 use std::process::Command;
 
 #[test]

@@ -1,5 +1,8 @@
 //! The binary's edges: configuration errors exit 64 before binding.
 
+// Tests may unwrap: a panic is how they fail.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod support;
 
 use support::{free_port, run_to_exit};

@@ -2,6 +2,9 @@
 //! store, and three nodes sharing one real `redis-server` (publishers and
 //! subscribers spread over the nodes).
 
+// Tests may unwrap: a panic is how they fail.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod support;
 
 use std::time::Duration;

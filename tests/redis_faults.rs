@@ -1,6 +1,9 @@
 //! Multi-node behaviour that only Redis deployments have: a blocked reader
 //! picking up new rooms, store outages and restarts, nodes dying.
 
+// Tests may unwrap: a panic is how they fail.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod support;
 
 use std::time::{Duration, Instant};

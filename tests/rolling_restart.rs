@@ -3,6 +3,9 @@
 //! by SIGKILL), while a publisher runs throughout. Every client must end
 //! with every acked event exactly once, in order, without a gap.
 
+// Tests may unwrap: a panic is how they fail.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod support;
 
 use std::net::SocketAddr;

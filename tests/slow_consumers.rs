@@ -1,6 +1,9 @@
 //! A client that stops reading must cost neither the feed, nor other
 //! clients, nor unbounded memory, and must still see every event or a gap.
 
+// Tests may unwrap: a panic is how they fail.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod support;
 
 use std::collections::HashSet;

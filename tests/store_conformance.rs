@@ -1,6 +1,9 @@
 //! One conformance suite for the `Store` contract, run against the embedded
 //! memory store and against Redis (a real `redis-server` per test).
 
+// Tests may unwrap: a panic is how they fail.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod support;
 
 use std::sync::Arc;

@@ -6,6 +6,9 @@
 //! stores but drops different amounts (Redis frees whole macro nodes), which
 //! the conformance suite checks on its own terms.
 
+// Tests may unwrap: a panic is how they fail.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod support;
 
 use std::sync::atomic::{AtomicU64, Ordering};

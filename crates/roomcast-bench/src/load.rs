@@ -38,6 +38,7 @@ fn now_micros() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64
 }
 
+#[allow(clippy::expect_used)] // constant bounds that no input reaches
 fn histogram() -> Histogram<u64> {
     // 1 µs to 10 min at 2 significant digits: constant, valid bounds.
     Histogram::new_with_bounds(1, 600_000_000, 2).expect("valid histogram bounds")

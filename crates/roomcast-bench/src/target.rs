@@ -123,7 +123,10 @@ pub struct Target {
 #[derive(Clone, Debug)]
 pub enum TargetSpec {
     /// Spawn `nodes` roomcast nodes on one spawned Redis.
-    Redis { nodes: usize },
+    Redis {
+        /// How many nodes.
+        nodes: usize,
+    },
     /// Spawn one roomcast node on the embedded store.
     Embedded,
     /// Spawn the bare broadcast reference server (no Redis, no roomcast).

@@ -21,7 +21,7 @@ fn bytes_of(value: &Value) -> Option<Bytes> {
 }
 
 /// An entry ID reply.
-pub fn event_id(value: &Value) -> Result<EventId, StoreError> {
+pub(crate) fn event_id(value: &Value) -> Result<EventId, StoreError> {
     let raw = bytes_of(value).ok_or_else(|| protocol("entry id is not a string"))?;
     let text = std::str::from_utf8(&raw).map_err(|_| protocol("entry id is not UTF-8"))?;
     EventId::parse(text).map_err(|e| protocol(&e.to_string()))
@@ -64,7 +64,7 @@ fn entry(value: Value) -> Result<Event, StoreError> {
 }
 
 /// An `XRANGE`/`XREVRANGE` reply.
-pub fn entries(value: Value) -> Result<Vec<Event>, StoreError> {
+pub(crate) fn entries(value: Value) -> Result<Vec<Event>, StoreError> {
     match value {
         Value::Null => Ok(Vec::new()),
         Value::Array(items) => items.into_iter().map(entry).collect(),
@@ -74,7 +74,7 @@ pub fn entries(value: Value) -> Result<Vec<Event>, StoreError> {
 
 /// An `XREAD` reply as `(key, raw entries)` pairs, for callers that read
 /// other fields than events (signals, control).
-pub fn xread_streams(value: Value) -> Result<Vec<(Bytes, Vec<Value>)>, StoreError> {
+pub(crate) fn xread_streams(value: Value) -> Result<Vec<(Bytes, Vec<Value>)>, StoreError> {
     let streams: Vec<(Value, Value)> = match value {
         Value::Null => return Ok(Vec::new()),
         Value::Array(items) => items
@@ -106,12 +106,12 @@ pub fn xread_streams(value: Value) -> Result<Vec<(Bytes, Vec<Value>)>, StoreErro
 }
 
 /// Parses raw XREAD entries of a room stream into events.
-pub fn events_of(items: Vec<Value>) -> Result<Vec<Event>, StoreError> {
+pub(crate) fn events_of(items: Vec<Value>) -> Result<Vec<Event>, StoreError> {
     items.into_iter().map(entry).collect()
 }
 
 /// The ID of a raw `[id, fields]` entry.
-pub fn entry_id(item: &Value) -> Result<EventId, StoreError> {
+pub(crate) fn entry_id(item: &Value) -> Result<EventId, StoreError> {
     let Value::Array(parts) = item else {
         return Err(protocol("entry is not an array"));
     };
@@ -119,7 +119,7 @@ pub fn entry_id(item: &Value) -> Result<EventId, StoreError> {
 }
 
 /// The ID and the value of field `field` of a raw entry (signals, control).
-pub fn id_and_field(item: &Value, field: &[u8]) -> Result<(EventId, Option<Bytes>), StoreError> {
+pub(crate) fn id_and_field(item: &Value, field: &[u8]) -> Result<(EventId, Option<Bytes>), StoreError> {
     let id = entry_id(item)?;
     let Value::Array(parts) = item else {
         return Err(protocol("entry is not an array"));
