@@ -248,3 +248,22 @@ async fn a_store_out_of_memory_refuses_with_its_own_code_and_eviction_is_warned_
     let metrics = reqwest::get(node.http("/metrics")).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("roomcast_store_errors_total{kind=\"out_of_memory\"}"), "{metrics}");
 }
+
+#[tokio::test]
+async fn a_slow_request_does_not_hold_shutdown_past_the_grace() {
+    let mut node = Node::memory(&["--shutdown-grace", "2"]);
+    // A publish whose body never finishes arriving.
+    let mut slow = TcpStream::connect(node.addr).await.unwrap();
+    slow.write_all(b"POST /rooms/r/events HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"a\":").await.unwrap();
+    // An idle keep-alive connection too.
+    let mut idle = TcpStream::connect(node.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 256];
+    assert!(idle.read(&mut buf).await.unwrap() > 0, "healthz answered");
+    let started = Instant::now();
+    node.sigterm();
+    let status = node.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "shutdown took {:?} with a 2 s grace", started.elapsed());
+    assert!(closed_within(&mut slow, Duration::from_secs(1)).await);
+}
