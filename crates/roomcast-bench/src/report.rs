@@ -1,7 +1,7 @@
 //! Reports: JSON for machines, SVG line charts for people.
 
-use std::fmt::Write as _;
-
+use plotters::coord::Shift;
+use plotters::prelude::*;
 use serde::Serialize;
 
 use super::load::{LoadSpec, Outcome};
@@ -36,91 +36,92 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
-const COLORS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"];
-const WIDTH: f64 = 720.0;
-const HEIGHT: f64 = 260.0;
-const MARGIN: f64 = 56.0;
+/// Width of a chart, and height of each of its panels, in pixels.
+const WIDTH: u32 = 760;
+const PANEL_HEIGHT: u32 = 300;
 
-/// Draws one chart panel at vertical offset `top`.
-fn panel(svg: &mut String, top: f64, title: &str, x_label: &str, y_label: &str, series: &[Series]) {
+/// Draws one panel: round ticks with units on both axes, one coloured line
+/// per series with its points marked, and the legend beside the plot area
+/// (never over the data).
+fn panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+) -> Result<(), String> {
     let points = series.iter().flat_map(|s| s.points.iter());
     let (x_max, y_max) = points.fold((1e-9f64, 1e-9f64), |(x, y), (px, py)| (x.max(*px), y.max(*py)));
-    let (x_max, y_max) = (x_max * 1.02, y_max * 1.1);
-    let plot_w = WIDTH - 2.0 * MARGIN;
-    let plot_h = HEIGHT - 2.0 * MARGIN;
-    let sx = |x: f64| MARGIN + x / x_max * plot_w;
-    let sy = |y: f64| top + MARGIN + plot_h - y / y_max * plot_h;
-    let _ = write!(svg, r#"<text x="{}" y="{}" font-size="14" font-weight="bold">{title}</text>"#, MARGIN, top + 24.0);
-    let _ = write!(
-        svg,
-        r##"<rect x="{MARGIN}" y="{}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#999"/>"##,
-        top + MARGIN
-    );
-    for i in 0..=4 {
-        let y = y_max * i as f64 / 4.0;
-        let (right, py, lx, ly, text) = (MARGIN + plot_w, sy(y), MARGIN - 4.0, sy(y) + 3.0, short(y));
-        let _ = write!(
-            svg,
-            r##"<line x1="{MARGIN}" x2="{right}" y1="{py}" y2="{py}" stroke="#eee"/><text x="{lx}" y="{ly}" font-size="10" text-anchor="end">{text}</text>"##
-        );
-        let x = x_max * i as f64 / 4.0;
-        let _ = write!(
-            svg,
-            r#"<text x="{}" y="{}" font-size="10" text-anchor="middle">{}</text>"#,
-            sx(x),
-            top + MARGIN + plot_h + 14.0,
-            short(x)
-        );
-    }
-    let _ = write!(
-        svg,
-        r#"<text x="{}" y="{}" font-size="11" text-anchor="middle">{x_label}</text><text x="14" y="{}" font-size="11" transform="rotate(-90 14 {})" text-anchor="middle">{y_label}</text>"#,
-        MARGIN + plot_w / 2.0,
-        top + HEIGHT - 14.0,
-        top + MARGIN + plot_h / 2.0,
-        top + MARGIN + plot_h / 2.0
-    );
+    // The legend gets a column of its own on the right.
+    let (plot, legend) = area.split_horizontally(WIDTH - 210);
+    let mut chart = ChartBuilder::on(&plot)
+        .caption(title, ("sans-serif", 16))
+        .margin(8)
+        .x_label_area_size(36)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0.0..x_max * 1.02, 0.0..y_max * 1.1)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .x_labels(8)
+        .y_labels(6)
+        .x_label_formatter(&|v| short(*v))
+        .y_label_formatter(&|v| short(*v))
+        .light_line_style(WHITE.mix(0.0))
+        .draw()
+        .map_err(|e| e.to_string())?;
     for (i, s) in series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let path: Vec<String> = s.points.iter().map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y))).collect();
-        let _ = write!(svg, r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#, path.join(" "));
-        for (x, y) in &s.points {
-            let _ = write!(svg, r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{color}"/>"#, sx(*x), sy(*y));
-        }
-        let _ = write!(
-            svg,
-            r#"<text x="{}" y="{}" font-size="11" fill="{color}">{}</text>"#,
-            WIDTH - MARGIN - 200.0,
-            top + MARGIN + 14.0 + 14.0 * i as f64,
-            escape(&s.name)
-        );
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))
+            .map_err(|e| e.to_string())?;
+        chart.draw_series(s.points.iter().map(|p| Circle::new(*p, 2, color.filled()))).map_err(|e| e.to_string())?;
+        let y = 48 + 18 * i as i32;
+        legend.draw(&Rectangle::new([(8, y - 5), (24, y - 3)], color.filled())).map_err(|e| e.to_string())?;
+        legend
+            .draw(&Text::new(s.name.clone(), (30, y - 10), ("sans-serif", 12).into_font().color(&BLACK)))
+            .map_err(|e| e.to_string())?;
     }
+    Ok(())
 }
 
+/// A value as a tick label: whole numbers where they are round, k and M
+/// for thousands and millions.
 fn short(v: f64) -> String {
-    if v >= 10_000.0 {
-        format!("{:.0}k", v / 1000.0)
-    } else if v >= 100.0 {
-        format!("{v:.0}")
+    let a = v.abs();
+    if a >= 1_000_000.0 {
+        format!("{}M", trim(v / 1_000_000.0))
+    } else if a >= 1_000.0 {
+        format!("{}k", trim(v / 1_000.0))
     } else {
-        format!("{v:.1}")
+        trim(v)
     }
 }
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+/// At most two decimals, without trailing zeros.
+fn trim(v: f64) -> String {
+    let text = format!("{v:.2}");
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
 /// An SVG with one panel per `(title, x label, y label, series)`.
 pub fn chart(panels: &[(&str, &str, &str, Vec<Series>)]) -> String {
-    let height = HEIGHT * panels.len() as f64;
-    let mut svg = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" font-family="sans-serif"><rect width="100%" height="100%" fill="white"/>"#
-    );
-    for (i, (title, x, y, series)) in panels.iter().enumerate() {
-        panel(&mut svg, HEIGHT * i as f64, title, x, y, series);
+    let mut svg = String::new();
+    let height = PANEL_HEIGHT * panels.len().max(1) as u32;
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, height)).into_drawing_area();
+        let drawn = root.fill(&WHITE).map_err(|e| e.to_string()).and_then(|()| {
+            for (area, (title, x, y, series)) in root.split_evenly((panels.len().max(1), 1)).iter().zip(panels) {
+                panel(area, title, x, y, series)?;
+            }
+            root.present().map_err(|e| e.to_string())
+        });
+        if let Err(e) = drawn {
+            tracing::warn!(cause = %e, "could not draw the chart");
+        }
     }
-    svg.push_str("</svg>\n");
     svg
 }
 
@@ -166,4 +167,28 @@ pub fn sweep_chart(targets: &[(String, Vec<&Run>)]) -> String {
         ("Delivered per second vs offered publish rate", "offered msg/s", "deliveries/s", delivered),
         ("p99 latency vs offered publish rate", "offered msg/s", "p99 ms", p99),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_are_round_and_charts_draw() {
+        assert_eq!(short(3_172_000.0), "3.17M");
+        assert_eq!(short(2_500.0), "2.5k");
+        assert_eq!(short(765.0), "765");
+        assert_eq!(short(0.5), "0.5");
+        assert_eq!(short(20.0), "20");
+        let series = vec![
+            Series { name: "p99 roomcast".into(), points: vec![(0.0, 10.0), (10.0, 40.0), (20.0, 25.0)] },
+            Series { name: "p99 reference".into(), points: vec![(0.0, 5.0), (10.0, 20.0), (20.0, 15.0)] },
+        ];
+        let svg = chart(&[("Latency", "seconds", "ms", series)]);
+        assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(200)]);
+        assert!(svg.contains("polyline") && svg.contains("p99 reference") && svg.contains("seconds"));
+        if let Ok(path) = std::env::var("ROOMCAST_CHART_SAMPLE") {
+            std::fs::write(path, &svg).unwrap();
+        }
+    }
 }
