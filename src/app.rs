@@ -61,7 +61,7 @@ pub struct ConnectionSlot {
 impl App {
     /// Takes a connection slot, or `None` when the node is full.
     pub fn connection_slot(&self, transport: Transport) -> Option<ConnectionSlot> {
-        let max = self.config.max_connections;
+        let max = self.config.limits.max_connections;
         self.connections.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok()?;
         metrics::gauge!("roomcast_connections", "transport" => transport.label()).increment(1.0);
         Some(ConnectionSlot { count: self.connections.clone(), transport })

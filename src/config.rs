@@ -24,28 +24,49 @@ pub enum LogFormat {
     Json,
 }
 
-/// `roomcast serve` flags. Every flag also reads an environment variable.
+/// `roomcast serve` flags, in groups. Every flag also reads an environment
+/// variable. Each setting is declared once, here, with its parsed type; the
+/// validated [`Config`] holds these groups as they are.
 #[derive(Clone, Debug, Args)]
 pub struct ServeArgs {
+    /// The node itself.
+    #[command(flatten)]
+    pub node: NodeSettings,
+    /// Where events live.
+    #[command(flatten)]
+    pub store: StoreSettings,
+    /// How to reach Redis.
+    #[command(flatten)]
+    pub redis: RedisSettings,
+    /// What one connection, and the node, may hold.
+    #[command(flatten)]
+    pub limits: Limits,
+    /// Who may do what.
+    #[command(flatten)]
+    pub auth: AuthSettings,
+}
+
+/// Parses whole seconds into a duration.
+fn seconds(raw: &str) -> Result<Duration, String> {
+    raw.parse::<u64>().map(Duration::from_secs).map_err(|_| format!("{raw:?} is not a whole number of seconds"))
+}
+
+/// Parses whole milliseconds into a duration.
+fn millis(raw: &str) -> Result<Duration, String> {
+    raw.parse::<u64>().map(Duration::from_millis).map_err(|_| format!("{raw:?} is not a whole number of milliseconds"))
+}
+
+/// The node's own settings.
+#[derive(Clone, Debug, Args)]
+pub struct NodeSettings {
     /// Address to listen on.
     #[arg(long, env = "ROOMCAST_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: String,
+    pub listen: SocketAddr,
 
-    /// Redis URL (`redis://host:port[/db]`); without it the node runs on the embedded store.
-    #[arg(long, env = "REDIS_URL")]
-    pub redis: Option<String>,
-
-    /// Events kept per room (`MAXLEN ~ N`: at least N).
-    #[arg(long, env = "ROOMCAST_HISTORY", default_value_t = 10_000)]
-    pub history: usize,
-
-    /// Seconds after its last publish a room's history expires.
-    #[arg(long, env = "ROOMCAST_ROOM_TTL", default_value_t = 86_400)]
-    pub room_ttl: u64,
-
-    /// Prefix of every Redis key (lets deployments share one Redis).
-    #[arg(long, env = "ROOMCAST_KEY_PREFIX", default_value = "rc")]
-    pub key_prefix: String,
+    /// Serve `/metrics` on this address instead of the main one (which then
+    /// has no `/metrics`): keep it off the public listener.
+    #[arg(long, env = "ROOMCAST_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 
     /// This node's name in audience reports (default: random).
     #[arg(long, env = "ROOMCAST_NODE_ID")]
@@ -56,9 +77,54 @@ pub struct ServeArgs {
     pub log_format: LogFormat,
 
     /// Seconds given to connections to close on SIGTERM/SIGINT.
-    #[arg(long, env = "ROOMCAST_SHUTDOWN_GRACE", default_value_t = 10)]
-    pub shutdown_grace: u64,
+    #[arg(long = "shutdown-grace", env = "ROOMCAST_SHUTDOWN_GRACE", default_value = "10", value_parser = seconds)]
+    pub shutdown_grace: Duration,
 
+    /// Runtime worker threads (0: one per core). Running several nodes on
+    /// one host, give each its share of the cores.
+    #[arg(long, env = "ROOMCAST_THREADS", default_value_t = 0)]
+    pub threads: usize,
+
+    /// Coalescing window of the live feed, in milliseconds (0: off). Events
+    /// arriving within this time of the feed's previous delivery wait out
+    /// the rest of it and go out together, one frame per room: it caps
+    /// frames per room per second, so high rates cost fewer writes and
+    /// wake-ups. When events are further apart than this, nothing waits.
+    #[arg(long = "coalesce-ms", env = "ROOMCAST_COALESCE_MS", default_value = "10", value_parser = millis)]
+    pub coalesce: Duration,
+}
+
+/// Where events live, whichever store holds them.
+#[derive(Clone, Debug, Args)]
+pub struct StoreSettings {
+    /// Events kept per room (`MAXLEN ~ N`: at least N).
+    #[arg(long, env = "ROOMCAST_HISTORY", default_value_t = 10_000)]
+    pub history: usize,
+
+    /// Seconds after its last publish a room's history expires.
+    #[arg(long = "room-ttl", env = "ROOMCAST_ROOM_TTL", default_value = "86400", value_parser = seconds)]
+    pub room_ttl: Duration,
+}
+
+/// How to reach Redis; without a URL the node runs on the embedded store.
+#[derive(Clone, Debug, Args)]
+pub struct RedisSettings {
+    /// Redis URL (`redis://host:port[/db]`); without it the node runs on the embedded store.
+    #[arg(long = "redis", env = "REDIS_URL")]
+    pub url: Option<String>,
+
+    /// Prefix of every Redis key (lets deployments share one Redis).
+    #[arg(long, env = "ROOMCAST_KEY_PREFIX", default_value = "rc")]
+    pub key_prefix: String,
+
+    /// Milliseconds a Redis command may take before it fails (publishes fail fast in an outage).
+    #[arg(long = "redis-timeout-ms", env = "ROOMCAST_REDIS_TIMEOUT_MS", default_value = "2000", value_parser = millis)]
+    pub timeout: Duration,
+}
+
+/// What one connection, and the node, may hold.
+#[derive(Clone, Copy, Debug, Args)]
+pub struct Limits {
     /// Largest client message (WebSocket message, HTTP body), in bytes.
     #[arg(long, env = "ROOMCAST_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     pub max_message_bytes: usize,
@@ -75,23 +141,36 @@ pub struct ServeArgs {
     #[arg(long, env = "ROOMCAST_OUTBOX_BYTES", default_value_t = 1 << 20)]
     pub outbox_bytes: usize,
 
-    /// Runtime worker threads (0: one per core). Running several nodes on
-    /// one host, give each its share of the cores.
-    #[arg(long, env = "ROOMCAST_THREADS", default_value_t = 0)]
-    pub threads: usize,
+    /// Most open WebSocket and SSE connections on this node.
+    #[arg(long, env = "ROOMCAST_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
 
-    /// Coalescing window of the live feed, in milliseconds (0: off). Events
-    /// arriving within this time of the feed's previous delivery wait out
-    /// the rest of it and go out together, one frame per room: it caps
-    /// frames per room per second, so high rates cost fewer writes and
-    /// wake-ups. When events are further apart than this, nothing waits.
-    #[arg(long, env = "ROOMCAST_COALESCE_MS", default_value_t = 10)]
-    pub coalesce_ms: u64,
+    /// Seconds a connection has to send complete request headers (on
+    /// arrival and between keep-alive requests) before it is closed.
+    #[arg(long = "header-timeout", env = "ROOMCAST_HEADER_TIMEOUT", default_value = "10", value_parser = seconds)]
+    pub header_timeout: Duration,
 
-    /// Milliseconds a Redis command may take before it fails (publishes fail fast in an outage).
-    #[arg(long, env = "ROOMCAST_REDIS_TIMEOUT_MS", default_value_t = 2_000)]
-    pub redis_timeout_ms: u64,
+    /// Most connections that have not sent a request yet; past it the
+    /// oldest of them is closed to admit a new one.
+    #[arg(long, env = "ROOMCAST_MAX_PENDING_CONNECTIONS", default_value_t = 4096)]
+    pub max_pending_connections: usize,
 
+    /// Publishes per second one connection may make (sustained).
+    #[arg(long, env = "ROOMCAST_PUBLISH_RATE", default_value_t = 50)]
+    pub publish_rate: u32,
+
+    /// Publishes one connection may make in a burst.
+    #[arg(long, env = "ROOMCAST_PUBLISH_BURST", default_value_t = 100)]
+    pub publish_burst: u32,
+
+    /// Refused frames a connection may send per 10 seconds before it is closed (1008).
+    #[arg(long, env = "ROOMCAST_MAX_STRIKES", default_value_t = 20)]
+    pub max_strikes: u32,
+}
+
+/// Credentials and origins, as given; [`Config`] holds them verified.
+#[derive(Clone, Debug, Args)]
+pub struct AuthSettings {
     /// HS256 secret that signs client tokens (JWT).
     #[arg(long, env = "ROOMCAST_JWT_SECRET", conflicts_with = "jwt_public_key", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -107,37 +186,6 @@ pub struct ServeArgs {
     /// Comma-separated browser origins allowed to connect (default: any).
     #[arg(long, env = "ROOMCAST_ALLOWED_ORIGINS")]
     pub allowed_origins: Option<String>,
-
-    /// Seconds a connection has to send complete request headers (on
-    /// arrival and between keep-alive requests) before it is closed.
-    #[arg(long, env = "ROOMCAST_HEADER_TIMEOUT", default_value_t = 10)]
-    pub header_timeout: u64,
-
-    /// Most connections that have not sent a request yet; past it the
-    /// oldest of them is closed to admit a new one.
-    #[arg(long, env = "ROOMCAST_MAX_PENDING_CONNECTIONS", default_value_t = 4096)]
-    pub max_pending_connections: usize,
-
-    /// Serve `/metrics` on this address instead of the main one (which then
-    /// has no `/metrics`): keep it off the public listener.
-    #[arg(long, env = "ROOMCAST_METRICS_LISTEN")]
-    pub metrics_listen: Option<String>,
-
-    /// Most open WebSocket and SSE connections on this node.
-    #[arg(long, env = "ROOMCAST_MAX_CONNECTIONS", default_value_t = 100_000)]
-    pub max_connections: usize,
-
-    /// Publishes per second one connection may make (sustained).
-    #[arg(long, env = "ROOMCAST_PUBLISH_RATE", default_value_t = 50)]
-    pub publish_rate: u32,
-
-    /// Publishes one connection may make in a burst.
-    #[arg(long, env = "ROOMCAST_PUBLISH_BURST", default_value_t = 100)]
-    pub publish_burst: u32,
-
-    /// Refused frames a connection may send per 10 seconds before it is closed (1008).
-    #[arg(long, env = "ROOMCAST_MAX_STRIKES", default_value_t = 20)]
-    pub max_strikes: u32,
 }
 
 /// A configuration error: the process exits 64 before binding anything.
@@ -145,57 +193,30 @@ pub struct ServeArgs {
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(pub String);
 
-/// Validated settings of a node.
+/// Validated settings of a node, in the groups they are declared in.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Address to bind.
-    pub listen: SocketAddr,
-    /// Redis URL, or `None` for the embedded store.
-    pub redis: Option<String>,
-    /// Events kept per room.
-    pub history: usize,
-    /// Idle expiry of a room.
-    pub room_ttl: Duration,
-    /// Redis key prefix.
-    pub key_prefix: String,
-    /// Node name.
+    /// The node itself.
+    pub node: NodeSettings,
+    /// The node's name in audience reports (given, or random).
     pub node_id: String,
-    /// Log format.
-    pub log_format: LogFormat,
-    /// Shutdown grace period.
-    pub shutdown_grace: Duration,
-    /// Largest client message.
-    pub max_message_bytes: usize,
-    /// Most subscriptions per connection.
-    pub max_subscriptions: usize,
-    /// Outbox bound in batches.
-    pub outbox_frames: usize,
-    /// Outbox bound in bytes.
-    pub outbox_bytes: usize,
-    /// Redis command timeout.
-    pub redis_timeout: Duration,
-    /// Shortest time between two live deliveries (the coalescing window).
-    pub coalesce: Duration,
-    /// Runtime worker threads; `None` for one per core.
-    pub threads: Option<usize>,
+    /// Where events live.
+    pub store: StoreSettings,
+    /// How to reach Redis.
+    pub redis: RedisSettings,
+    /// What one connection, and the node, may hold.
+    pub limits: Limits,
     /// Who may do what.
     pub auth: Auth,
     /// Browser origins allowed.
     pub origins: Origins,
-    /// Most connections on this node.
-    pub max_connections: usize,
-    /// Time to send complete request headers.
-    pub header_timeout: Duration,
-    /// Most connections without a request yet.
-    pub max_pending_connections: usize,
-    /// Where `/metrics` is served, when not on the main listener.
-    pub metrics_listen: Option<SocketAddr>,
-    /// Sustained publishes per second per connection.
-    pub publish_rate: u32,
-    /// Publish burst per connection.
-    pub publish_burst: u32,
-    /// Refused frames tolerated per 10 s.
-    pub max_strikes: u32,
+}
+
+impl Config {
+    /// Runtime worker threads; `None` for one per core.
+    pub fn threads(&self) -> Option<usize> {
+        (self.node.threads > 0).then_some(self.node.threads)
+    }
 }
 
 fn check(ok: bool, message: impl FnOnce() -> String) -> Result<(), ConfigError> {
@@ -206,100 +227,65 @@ fn check(ok: bool, message: impl FnOnce() -> String) -> Result<(), ConfigError> 
     }
 }
 
+/// A name of 1-64 bytes of `A-Z a-z 0-9 _ . -`.
+fn plain_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
 impl TryFrom<ServeArgs> for Config {
     type Error = ConfigError;
 
     fn try_from(a: ServeArgs) -> Result<Self, ConfigError> {
-        let listen: SocketAddr = a
-            .listen
-            .parse()
-            .map_err(|_| ConfigError(format!("--listen {:?} is not an address like 127.0.0.1:8080", a.listen)))?;
-        if let Some(url) = &a.redis {
+        let ServeArgs { node, store, redis, limits: l, auth } = a;
+        if let Some(url) = &redis.url {
             check(url.starts_with("redis://") || url.starts_with("rediss://"), || {
                 format!("--redis {url:?} must be a redis:// URL")
             })?;
             fred::prelude::Config::from_url(url).map_err(|e| ConfigError(format!("--redis {url:?}: {e}")))?;
         }
-        check((1..=10_000_000).contains(&a.history), || "--history must be between 1 and 10000000".into())?;
-        check(a.room_ttl >= 1, || "--room-ttl must be at least 1 second".into())?;
-        check(
-            !a.key_prefix.is_empty()
-                && a.key_prefix.len() <= 64
-                && a.key_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')),
-            || "--key-prefix must be 1-64 bytes of A-Z a-z 0-9 _ . -".into(),
-        )?;
-        let node_id = match a.node_id {
+        check((1..=10_000_000).contains(&store.history), || "--history must be between 1 and 10000000".into())?;
+        check(store.room_ttl >= Duration::from_secs(1), || "--room-ttl must be at least 1 second".into())?;
+        check(plain_name(&redis.key_prefix), || "--key-prefix must be 1-64 bytes of A-Z a-z 0-9 _ . -".into())?;
+        let node_id = match &node.node_id {
             Some(id) => {
-                check(
-                    !id.is_empty()
-                        && id.len() <= 64
-                        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')),
-                    || "--node-id must be 1-64 bytes of A-Z a-z 0-9 _ . -".into(),
-                )?;
-                id
+                check(plain_name(id), || "--node-id must be 1-64 bytes of A-Z a-z 0-9 _ . -".into())?;
+                id.clone()
             }
             None => format!("{:016x}", rand::random::<u64>()),
         };
-        check((256..=MAX_MESSAGE_CEILING).contains(&a.max_message_bytes), || {
+        check((256..=MAX_MESSAGE_CEILING).contains(&l.max_message_bytes), || {
             format!("--max-message-bytes must be between 256 and {MAX_MESSAGE_CEILING}")
         })?;
-        check(a.max_subscriptions >= 1, || "--max-subscriptions must be at least 1".into())?;
-        check(a.threads <= MAX_THREADS, || format!("--threads must be at most {MAX_THREADS}"))?;
-        check(a.coalesce_ms <= MAX_COALESCE_MS, || format!("--coalesce-ms must be at most {MAX_COALESCE_MS}"))?;
-        check(a.outbox_frames >= 1, || "--outbox-frames must be at least 1".into())?;
-        check(a.outbox_bytes >= 4096, || "--outbox-bytes must be at least 4096".into())?;
-        check(a.redis_timeout_ms >= 10, || "--redis-timeout-ms must be at least 10".into())?;
-        check(a.max_connections >= 1, || "--max-connections must be at least 1".into())?;
-        check((1..=3600).contains(&a.header_timeout), || "--header-timeout must be between 1 and 3600 seconds".into())?;
-        check(a.max_pending_connections >= 1, || "--max-pending-connections must be at least 1".into())?;
-        let metrics_listen =
-            match &a.metrics_listen {
-                None => None,
-                Some(raw) => Some(raw.parse::<SocketAddr>().map_err(|_| {
-                    ConfigError(format!("--metrics-listen {raw:?} is not an address like 127.0.0.1:9090"))
-                })?),
-            };
-        check(a.publish_rate >= 1 && a.publish_burst >= 1, || {
+        check(l.max_subscriptions >= 1, || "--max-subscriptions must be at least 1".into())?;
+        check(node.threads <= MAX_THREADS, || format!("--threads must be at most {MAX_THREADS}"))?;
+        check(node.coalesce <= Duration::from_millis(MAX_COALESCE_MS), || {
+            format!("--coalesce-ms must be at most {MAX_COALESCE_MS}")
+        })?;
+        check(l.outbox_frames >= 1, || "--outbox-frames must be at least 1".into())?;
+        check(l.outbox_bytes >= 4096, || "--outbox-bytes must be at least 4096".into())?;
+        check(redis.timeout >= Duration::from_millis(10), || "--redis-timeout-ms must be at least 10".into())?;
+        check(l.max_connections >= 1, || "--max-connections must be at least 1".into())?;
+        check((Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&l.header_timeout), || {
+            "--header-timeout must be between 1 and 3600 seconds".into()
+        })?;
+        check(l.max_pending_connections >= 1, || "--max-pending-connections must be at least 1".into())?;
+        check(l.publish_rate >= 1 && l.publish_burst >= 1, || {
             "--publish-rate and --publish-burst must be at least 1".into()
         })?;
-        check(a.max_strikes >= 1, || "--max-strikes must be at least 1".into())?;
-        check(a.jwt_secret.as_ref().is_none_or(|s| s.len() >= 16), || "--jwt-secret must be at least 16 bytes".into())?;
-        check(a.api_key.as_ref().is_none_or(|k| k.len() >= 16), || "--api-key must be at least 16 bytes".into())?;
-        let jwt = match (a.jwt_secret, a.jwt_public_key) {
+        check(l.max_strikes >= 1, || "--max-strikes must be at least 1".into())?;
+        let AuthSettings { jwt_secret, jwt_public_key, api_key, allowed_origins } = auth;
+        check(jwt_secret.as_ref().is_none_or(|s| s.len() >= 16), || "--jwt-secret must be at least 16 bytes".into())?;
+        check(api_key.as_ref().is_none_or(|k| k.len() >= 16), || "--api-key must be at least 16 bytes".into())?;
+        let jwt = match (jwt_secret, jwt_public_key) {
             (Some(secret), _) => Some(JwtKey::Secret(secret)),
             (None, Some(path)) => Some(JwtKey::RsaPem(
                 std::fs::read(&path).map_err(|e| ConfigError(format!("--jwt-public-key {}: {e}", path.display())))?,
             )),
             (None, None) => None,
         };
-        let auth = Auth::new(jwt, a.api_key).map_err(|e| ConfigError(format!("--jwt-public-key: {e}")))?;
-        let origins = Origins::parse(a.allowed_origins.as_deref());
-        Ok(Config {
-            listen,
-            redis: a.redis,
-            history: a.history,
-            room_ttl: Duration::from_secs(a.room_ttl),
-            key_prefix: a.key_prefix,
-            node_id,
-            log_format: a.log_format,
-            shutdown_grace: Duration::from_secs(a.shutdown_grace),
-            max_message_bytes: a.max_message_bytes,
-            max_subscriptions: a.max_subscriptions,
-            outbox_frames: a.outbox_frames,
-            outbox_bytes: a.outbox_bytes,
-            redis_timeout: Duration::from_millis(a.redis_timeout_ms),
-            coalesce: Duration::from_millis(a.coalesce_ms),
-            threads: (a.threads > 0).then_some(a.threads),
-            auth,
-            origins,
-            max_connections: a.max_connections,
-            header_timeout: Duration::from_secs(a.header_timeout),
-            max_pending_connections: a.max_pending_connections,
-            metrics_listen,
-            publish_rate: a.publish_rate,
-            publish_burst: a.publish_burst,
-            max_strikes: a.max_strikes,
-        })
+        let auth = Auth::new(jwt, api_key).map_err(|e| ConfigError(format!("--jwt-public-key: {e}")))?;
+        let origins = Origins::parse(allowed_origins.as_deref());
+        Ok(Config { node, node_id, store, redis, limits: l, auth, origins })
     }
 }
 
@@ -323,10 +309,14 @@ mod tests {
     #[test]
     fn defaults_follow_the_contract() {
         let c = parse(&["serve"]).unwrap();
-        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
-        assert_eq!(c.history, 10_000);
-        assert!(c.redis.is_none());
-        assert_eq!(c.coalesce, Duration::from_millis(10));
+        assert_eq!(c.node.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.store.history, 10_000);
+        assert_eq!(c.store.room_ttl, Duration::from_secs(86_400));
+        assert!(c.redis.url.is_none());
+        assert_eq!(c.redis.timeout, Duration::from_millis(2_000));
+        assert_eq!(c.node.coalesce, Duration::from_millis(10));
+        assert_eq!(c.limits.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.threads(), None);
     }
 
     #[test]

@@ -49,7 +49,6 @@ pub use crate::error::Error;
 
 use crate::app::App;
 use crate::http::{health, history, publish, rooms};
-use crate::hub::outbox::OutboxLimits;
 use crate::hub::Hub;
 use crate::server::AcceptLimits;
 use crate::session::SessionLimits;
@@ -61,8 +60,8 @@ use crate::transport::{sse, ws};
 
 /// Every route of a node (`/metrics` only when it has no address of its own).
 fn router(app: Arc<App>) -> Router {
-    let body_limit = app.config.max_message_bytes;
-    let router = match app.config.metrics_listen {
+    let body_limit = app.config.limits.max_message_bytes;
+    let router = match app.config.node.metrics_listen {
         None => Router::new().route("/metrics", get(health::metrics)),
         Some(_) => Router::new(),
     };
@@ -86,17 +85,9 @@ fn metrics_router(app: Arc<App>) -> Router {
 /// then closes every connection (1012) and returns within the grace period.
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), Error> {
     let tracker = TaskTracker::new();
-    let options =
-        StoreOptions { history: config.history, room_ttl: config.room_ttl, presence_ttl: presence::PRESENCE_TTL };
-    let store: Arc<dyn Store> = match &config.redis {
-        Some(url) => {
-            let redis = RedisOptions {
-                url: url.clone(),
-                prefix: config.key_prefix.clone(),
-                command_timeout: config.redis_timeout,
-            };
-            Arc::new(RedisStore::connect(redis, options).await?)
-        }
+    let options = StoreOptions::new(&config.store, presence::PRESENCE_TTL);
+    let store: Arc<dyn Store> = match RedisOptions::from_settings(&config.redis) {
+        Some(redis) => Arc::new(RedisStore::connect(redis, options).await?),
         None => {
             let memory = MemoryStore::new(options);
             memory.spawn_janitor(shutdown.clone(), &tracker);
@@ -105,20 +96,14 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     };
     let hub = Hub::new(store.clone());
     let source = store.change_source(&config.node_id).await?;
-    hub.attach_feed(Feed::spawn(store.clone(), source, hub.clone(), config.coalesce, shutdown.clone(), &tracker));
+    hub.attach_feed(Feed::spawn(store.clone(), source, hub.clone(), config.node.coalesce, shutdown.clone(), &tracker));
     presence::spawn(hub.clone(), store.clone(), config.node_id.clone(), shutdown.clone(), &tracker);
 
     if config.auth.is_open() {
         warn!("no --jwt-secret, --jwt-public-key or --api-key: this node is OPEN, anyone who can reach it may publish and subscribe");
     }
-    let limits = SessionLimits {
-        outbox: OutboxLimits { frames: config.outbox_frames, bytes: config.outbox_bytes },
-        max_subscriptions: config.max_subscriptions,
-        max_payload: config.max_message_bytes,
-        publish_rate: config.publish_rate,
-        publish_burst: config.publish_burst,
-    };
-    let grace = config.shutdown_grace;
+    let limits = SessionLimits::from(&config.limits);
+    let grace = config.node.shutdown_grace;
     let app = Arc::new(App {
         config,
         store,
@@ -130,11 +115,11 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         connections: Arc::default(),
     });
     let accept = AcceptLimits {
-        header_timeout: app.config.header_timeout,
-        max_pending: app.config.max_pending_connections,
+        header_timeout: app.config.limits.header_timeout,
+        max_pending: app.config.limits.max_pending_connections,
         grace,
     };
-    if let Some(addr) = app.config.metrics_listen {
+    if let Some(addr) = app.config.node.metrics_listen {
         let metrics_listener = TcpListener::bind(addr).await?;
         info!(addr = %metrics_listener.local_addr()?, "serving /metrics");
         let router = metrics_router(app.clone());

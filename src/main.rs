@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a node.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Load-test a deployment (spawned on loopback, or given by --url).
     Bench(roomcast_bench::BenchArgs),
     /// Break a spawned deployment at random and check the resume promise.
@@ -51,14 +51,14 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => {
-            let config = match Config::try_from(args) {
+            let config = match Config::try_from(*args) {
                 Ok(config) => config,
                 Err(e) => {
                     eprintln!("roomcast: {e}");
                     return ExitCode::from(EXIT_USAGE);
                 }
             };
-            init_tracing(config.log_format);
+            init_tracing(config.node.log_format);
             match serve(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -119,13 +119,14 @@ fn init_tracing(format: LogFormat) {
 
 fn serve(config: Config) -> anyhow::Result<()> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = config.threads {
+    if let Some(threads) = config.threads() {
         builder.worker_threads(threads);
     }
     let runtime = builder.enable_all().build().context("starting the runtime")?;
     runtime.block_on(async {
-        let listener =
-            tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+        let listener = tokio::net::TcpListener::bind(config.node.listen)
+            .await
+            .with_context(|| format!("binding {}", config.node.listen))?;
         let shutdown = CancellationToken::new();
         roomcast::shutdown::on_signal(shutdown.clone());
         roomcast::run(config, listener, shutdown).await.context("running the node")

@@ -26,6 +26,7 @@ use tracing::debug;
 use self::cursor::{accept, Accept};
 use self::rooms::{RoomState, Rooms};
 use crate::auth::Grant;
+use crate::config::Limits;
 use crate::hub::outbox::{Outbox, OutboxLimits, OutboxReceiver, Pending};
 use crate::hub::{Batch, Hub, RoomFlags, Subscriber};
 use crate::protocol::{data_to_json, ErrorCode, Event, EventId, FrameError, RoomName, ServerFrame};
@@ -93,6 +94,18 @@ pub struct SessionLimits {
     pub publish_rate: u32,
     /// Publishes allowed in a burst.
     pub publish_burst: u32,
+}
+
+impl From<&Limits> for SessionLimits {
+    fn from(l: &Limits) -> Self {
+        SessionLimits {
+            outbox: OutboxLimits { frames: l.outbox_frames, bytes: l.outbox_bytes },
+            max_subscriptions: l.max_subscriptions,
+            max_payload: l.max_message_bytes,
+            publish_rate: l.publish_rate,
+            publish_burst: l.publish_burst,
+        }
+    }
 }
 
 /// Subscribes and unsubscribes one connection may make per second: each

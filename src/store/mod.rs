@@ -40,6 +40,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::config::StoreSettings;
 use crate::protocol::{ErrorCode, Event, EventId, RoomName};
 
 /// Where a history read starts.
@@ -157,6 +158,13 @@ pub struct StoreOptions {
     pub room_ttl: Duration,
     /// How long a node's audience report counts without being refreshed.
     pub presence_ttl: Duration,
+}
+
+impl StoreOptions {
+    /// The options of the node's store, from its settings.
+    pub fn new(settings: &StoreSettings, presence_ttl: Duration) -> Self {
+        StoreOptions { history: settings.history, room_ttl: settings.room_ttl, presence_ttl }
+    }
 }
 
 /// The small contract between the node and where events live.

@@ -120,7 +120,7 @@ pub async fn handler(State(app): State<Arc<App>>, Query(query): Query<WsQuery>, 
         Err(refusal) => return refusal.into_response(),
     };
     let format = forced.unwrap_or(if negotiated { Format::MsgPack } else { Format::Json });
-    let max = app.config.max_message_bytes;
+    let max = app.config.limits.max_message_bytes;
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
@@ -219,7 +219,7 @@ impl Connection {
     fn new(app: Arc<App>, socket: Socket, format: Format, grant: Grant) -> Self {
         let (sink, stream) = socket.split();
         let session = Session::new(app.hub.clone(), app.store.clone(), WsSink { sink, format }, app.limits, grant);
-        let strikes = strike_limiter(app.config.max_strikes);
+        let strikes = strike_limiter(app.config.limits.max_strikes);
         let pings = RateLimiter::direct(
             Quota::per_second(NonZeroU32::new(PINGS_PER_SECOND).unwrap_or(NonZeroU32::MIN))
                 .allow_burst(NonZeroU32::new(PING_BURST).unwrap_or(NonZeroU32::MIN)),

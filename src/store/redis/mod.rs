@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 use self::keys::{bucket, Keys};
 use super::feed::ChangeSource;
 use super::{Incarnation, Page, Position, Store, StoreError, StoreOptions};
+use crate::config::RedisSettings;
 use crate::protocol::{Event, EventId, RoomName};
 
 /// Appends one event: predecessor, trim, expiry, ID floor and bucket
@@ -96,6 +97,14 @@ pub struct RedisOptions {
     pub prefix: String,
     /// Timeout of ordinary commands: a publish fails after this, never hangs.
     pub command_timeout: Duration,
+}
+
+impl RedisOptions {
+    /// The connection settings, when the node is given a Redis at all.
+    pub fn from_settings(settings: &RedisSettings) -> Option<Self> {
+        let url = settings.url.clone()?;
+        Some(RedisOptions { url, prefix: settings.key_prefix.clone(), command_timeout: settings.timeout })
+    }
 }
 
 /// The Redis store. Cheap to clone.
