@@ -37,8 +37,10 @@ pub struct Series {
 }
 
 /// Width of a chart, and height of each of its panels, in pixels.
-const WIDTH: u32 = 760;
+const WIDTH: u32 = 1000;
 const PANEL_HEIGHT: u32 = 300;
+/// The column beside each plot that holds its legend.
+const LEGEND_WIDTH: u32 = 320;
 
 /// Draws one panel: round ticks with units on both axes, one coloured line
 /// per series with its points marked, and the legend beside the plot area
@@ -53,7 +55,7 @@ fn panel<DB: DrawingBackend>(
     let points = series.iter().flat_map(|s| s.points.iter());
     let (x_max, y_max) = points.fold((1e-9f64, 1e-9f64), |(x, y), (px, py)| (x.max(*px), y.max(*py)));
     // The legend gets a column of its own on the right.
-    let (plot, legend) = area.split_horizontally(WIDTH - 210);
+    let (plot, legend) = area.split_horizontally(WIDTH - LEGEND_WIDTH);
     let mut chart = ChartBuilder::on(&plot)
         .caption(title, ("sans-serif", 16))
         .margin(8)
