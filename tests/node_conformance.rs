@@ -146,6 +146,47 @@ async fn from_zero_and_from_the_future(d: Deployment) {
     assert_eq!(events[0].0, next);
 }
 
+async fn idempotent_publishes_store_once_on_any_node(d: Deployment) {
+    let mut sub = Client::connect(&d.node(0).ws_url("")).await;
+    subscribed(&mut sub, "auction", None).await;
+    let http = reqwest::Client::new();
+    let post = |node: usize, key: &str, body: Value| {
+        http.post(d.node(node).http("/rooms/auction/events")).header("Idempotency-Key", key).json(&body).send()
+    };
+    let first = post(0, "bid-1", json!({"amount": 10})).await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    // A retry, on another node where there is one, answers the same ID and stores nothing.
+    let retry = post(2 % d.nodes.len(), "bid-1", json!({"amount": 10})).await.unwrap();
+    assert_eq!(retry.status(), 200);
+    assert_eq!(retry.json::<Value>().await.unwrap(), first);
+    // Over WebSocket too, with the same key for the same room.
+    let mut publisher = Client::connect(&d.node(1 % d.nodes.len()).ws_url("")).await;
+    let frame =
+        json!({"type": "publish", "room": "auction", "data": {"amount": 10}, "ref": 7, "idempotency_key": "bid-1"});
+    publisher.send(frame).await;
+    let ack = publisher.expect_type("ack").await;
+    assert_eq!((ack["id"].clone(), ack["repeated"].clone()), (first["id"].clone(), json!(true)), "{ack}");
+    let fresh =
+        json!({"type": "publish", "room": "auction", "data": {"amount": 12}, "ref": 8, "idempotency_key": "bid-2"});
+    publisher.send(fresh).await;
+    let ack = publisher.expect_type("ack").await;
+    assert!(ack.get("repeated").is_none(), "a first publish is not a repeat: {ack}");
+    let second = ack["id"].as_str().unwrap().to_owned();
+    // Subscribers see each bid once.
+    let (events, _) = sub.events("auction", 2).await;
+    assert_eq!(events.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), [first["id"].as_str().unwrap(), &second]);
+    sub.expect_silence(Duration::from_millis(300)).await;
+    // A bad key is refused, and harms nothing.
+    let bad = post(0, "has space", json!(1)).await.unwrap();
+    assert_eq!(bad.status(), 400);
+    assert_eq!(bad.json::<Value>().await.unwrap()["error"], "bad_idempotency_key");
+    let frame = json!({"type": "publish", "room": "auction", "data": 1, "ref": 9, "idempotency_key": ""});
+    publisher.send(frame).await;
+    let error = publisher.expect_type("error").await;
+    assert_eq!((error["code"].as_str(), error["ref"].as_u64()), (Some("bad_idempotency_key"), Some(9)));
+}
+
 async fn json_and_msgpack_interoperate(d: Deployment) {
     let value = json!({"n": 1, "f": 2.5, "s": "é✓", "a": [1, null, true], "o": {"k": "v"}, "neg": -7});
     let mut mp_sub = Client::connect_with(&d.node(0).ws_url("?format=msgpack"), Format::MsgPack, None).await;
@@ -401,6 +442,10 @@ macro_rules! conformance {
             #[tokio::test]
             async fn from_zero_and_from_the_future() {
                 super::from_zero_and_from_the_future($deployment(&[])).await
+            }
+            #[tokio::test]
+            async fn idempotent_publishes_store_once_on_any_node() {
+                super::idempotent_publishes_store_once_on_any_node($deployment(&[])).await
             }
             #[tokio::test]
             async fn json_and_msgpack_interoperate() {

@@ -265,3 +265,31 @@ async fn deleted_room_keys_and_flushall_are_gaps_never_replays() {
     }
     assert_ordered(&seen);
 }
+
+#[tokio::test]
+async fn a_publish_retried_after_a_timeout_with_its_key_is_stored_once() {
+    let d = Deployment::redis(2, &["--redis-timeout-ms", "500"]);
+    let http = reqwest::Client::new();
+    let post = |node: usize| {
+        http.post(d.node(node).http("/rooms/bids/events")).header("Idempotency-Key", "bid-99").json(&json!(99)).send()
+    };
+    let redis = d.redis.as_ref().unwrap();
+    // Redis stalls: the publish is not confirmed, yet it already reached
+    // Redis and runs once Redis wakes up.
+    redis.freeze();
+    let unconfirmed = post(0).await.unwrap();
+    assert_eq!(unconfirmed.status(), 503, "not confirmed while Redis is frozen");
+    redis.thaw();
+    // The publisher retries on another node with the same key.
+    let retry = eventually("the retry is answered", || async {
+        let r = post(1).await.ok()?;
+        (r.status() == 200 || r.status() == 201).then_some(r)
+    })
+    .await;
+    let id = retry.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let (status, history) = get_json(&d.node(0).http("/rooms/bids/events")).await;
+    assert_eq!(status, 200);
+    let events = history["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "stored once: {history}");
+    assert_eq!(events[0]["id"], id.as_str());
+}

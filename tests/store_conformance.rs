@@ -55,6 +55,36 @@ async fn redis(opts: StoreOptions) -> Fixture {
 
 mod cases {
     use super::*;
+    use roomcast::protocol::IdempotencyKey;
+    use roomcast::store::Appended;
+
+    pub async fn an_idempotency_key_stores_once_per_room(f: Fixture) {
+        let (r, other) = (room("bids"), room("bids-2"));
+        let key = IdempotencyKey::parse("bid-17").unwrap();
+        let Appended::Stored(first) = f.store.append_once(&r, &key, data(1)).await.unwrap() else {
+            panic!("a new key stores")
+        };
+        // A retry, even with other data, stores nothing and answers the first ID.
+        assert_eq!(f.store.append_once(&r, &key, data(2)).await.unwrap(), Appended::Repeated(first));
+        let page = f.store.read(&r, Position::Oldest, 10).await.unwrap();
+        assert_eq!(page.events.len(), 1);
+        assert_eq!(page.events[0].data, data(1));
+        // Keys are per room, and other keys are other publishes.
+        assert!(matches!(f.store.append_once(&other, &key, data(3)).await.unwrap(), Appended::Stored(_)));
+        let key2 = IdempotencyKey::parse("bid-18").unwrap();
+        assert!(matches!(f.store.append_once(&r, &key2, data(4)).await.unwrap(), Appended::Stored(_)));
+        // Concurrent retries store one event.
+        let key3 = IdempotencyKey::parse("bid-19").unwrap();
+        let outcomes = futures::future::join_all((0..20).map(|i| {
+            let (store, r, key3) = (f.store.clone(), r.clone(), key3.clone());
+            async move { store.append_once(&r, &key3, data(i)).await.unwrap() }
+        }))
+        .await;
+        let stored: Vec<_> = outcomes.iter().filter(|o| matches!(o, Appended::Stored(_))).collect();
+        assert_eq!(stored.len(), 1, "{outcomes:?}");
+        assert!(outcomes.iter().all(|o| o.id() == stored[0].id()));
+        assert_eq!(f.store.read(&r, Position::Oldest, 100).await.unwrap().events.len(), 3);
+    }
 
     pub async fn ids_increase_and_chain(f: Fixture) {
         let r = room("chain");
@@ -295,6 +325,12 @@ macro_rules! conformance {
     ($store:ident) => {
         mod $store {
             use super::*;
+
+            #[tokio::test]
+            async fn an_idempotency_key_stores_once_per_room() {
+                cases::an_idempotency_key_stores_once_per_room($store(options(1000, Duration::from_secs(60))).await)
+                    .await
+            }
 
             #[tokio::test]
             async fn ids_increase_and_chain() {

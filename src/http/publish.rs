@@ -11,7 +11,8 @@ use serde_json::Value;
 
 use super::{error_response, room_access, store_error_response, Access};
 use crate::app::App;
-use crate::protocol::{data_to_json, msgpack_to_value, ErrorCode};
+use crate::protocol::{data_to_json, msgpack_to_value, ErrorCode, IdempotencyKey, InvalidIdempotencyKey};
+use crate::store::Appended;
 
 /// Appends the body (JSON, or MessagePack with `Content-Type:
 /// application/msgpack`) and answers `201 {"id": ID}`; 503 if the store did
@@ -36,15 +37,35 @@ pub async fn create(
         Ok(value) => value,
         Err(e) => return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadFrame, &e),
     };
+    let key = match headers
+        .get("idempotency-key")
+        .map(|v| v.to_str().map_err(|_| ()).and_then(|k| IdempotencyKey::parse(k).map_err(|_| ())))
+    {
+        None => None,
+        Some(Ok(key)) => Some(key),
+        Some(Err(())) => {
+            let message = InvalidIdempotencyKey.to_string();
+            return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadIdempotencyKey, &message);
+        }
+    };
     let data = data_to_json(&value);
     if data.len() > app.limits.max_payload {
         let message = format!("payload is {} bytes; the limit is {}", data.len(), app.limits.max_payload);
         return error_response(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge, &message);
     }
-    match app.store.append(&room, data).await {
-        Ok(id) => {
+    let appended = match &key {
+        Some(key) => app.store.append_once(&room, key, data).await,
+        None => app.store.append(&room, data).await.map(Appended::Stored),
+    };
+    match appended {
+        Ok(Appended::Stored(id)) => {
             metrics::counter!("roomcast_published_total", "via" => "http").increment(1);
             (StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response()
+        }
+        // A repeat of an idempotent publish: the same body, nothing stored.
+        Ok(Appended::Repeated(id)) => {
+            metrics::counter!("roomcast_publish_repeats_total", "via" => "http").increment(1);
+            (StatusCode::OK, Json(serde_json::json!({ "id": id }))).into_response()
         }
         Err(e) => store_error_response(&e),
     }

@@ -288,6 +288,7 @@ mod tests {
                 room: RoomName::parse("a").unwrap(),
                 data: serde_json::json!({"k":[1,2]}),
                 reference: Some(3),
+                idempotency_key: None,
             }
         );
         assert_eq!(decode_client(Format::MsgPack, &[0xc1, 0xff]).unwrap_err().code, ErrorCode::BadFrame);

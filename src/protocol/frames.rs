@@ -3,7 +3,7 @@
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
-use super::{EventId, RoomName};
+use super::{EventId, IdempotencyKey, RoomName};
 
 /// A frame a client sent, validated field by field.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,6 +28,8 @@ pub enum ClientFrame {
         data: Value,
         /// Client's correlation number, echoed in the ack or error.
         reference: Option<u64>,
+        /// Names the publish, so a retry stores nothing twice.
+        idempotency_key: Option<IdempotencyKey>,
     },
 }
 
@@ -43,6 +45,9 @@ pub enum ErrorCode {
     BadRoom,
     /// A `last_event_id` that is not an event ID.
     BadEventId,
+    /// An `idempotency_key` (or `Idempotency-Key` header) that is not 1-128
+    /// bytes of visible ASCII.
+    BadIdempotencyKey,
     /// `subscribe` to a room this connection already follows.
     AlreadySubscribed,
     /// `unsubscribe` from a room this connection does not follow.
@@ -75,6 +80,7 @@ impl ErrorCode {
             ErrorCode::UnknownType => "unknown_type",
             ErrorCode::BadRoom => "bad_room",
             ErrorCode::BadEventId => "bad_event_id",
+            ErrorCode::BadIdempotencyKey => "bad_idempotency_key",
             ErrorCode::AlreadySubscribed => "already_subscribed",
             ErrorCode::NotSubscribed => "not_subscribed",
             ErrorCode::StoreUnavailable => "store_unavailable",
@@ -136,8 +142,12 @@ pub enum ServerFrame {
         /// The client's correlation number.
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<u64>,
-        /// The new event's ID.
+        /// The new event's ID (for a repeated idempotency key: the first
+        /// publish's ID).
         id: EventId,
+        /// Set when the idempotency key was seen before and nothing was stored.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        repeated: bool,
     },
     /// A refused frame.
     Error {
@@ -171,6 +181,8 @@ pub(crate) struct RawClientFrame {
     pub data: Option<Value>,
     #[serde(rename = "ref", default)]
     pub reference: Option<u64>,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
 }
 
 /// Only the `ref`, read leniently from a frame that failed to decode.
@@ -207,7 +219,13 @@ impl RawClientFrame {
             "publish" => {
                 let room = room(self.room)?;
                 let data = self.data.ok_or_else(|| err(ErrorCode::BadFrame, "missing field `data`".into()))?;
-                Ok(ClientFrame::Publish { room, data, reference })
+                let idempotency_key = match self.idempotency_key {
+                    Some(k) => {
+                        Some(IdempotencyKey::parse(&k).map_err(|e| err(ErrorCode::BadIdempotencyKey, e.to_string()))?)
+                    }
+                    None => None,
+                };
+                Ok(ClientFrame::Publish { room, data, reference, idempotency_key })
             }
             other => Err(err(
                 ErrorCode::UnknownType,

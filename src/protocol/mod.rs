@@ -8,6 +8,7 @@ mod codec;
 mod event;
 mod event_id;
 mod frames;
+mod idempotency;
 mod room;
 
 pub use close::CloseReason;
@@ -18,4 +19,5 @@ pub use codec::{
 pub use event::Event;
 pub use event_id::{EventId, ParseEventIdError};
 pub use frames::{ClientFrame, ErrorCode, FrameError, ServerFrame};
+pub use idempotency::{IdempotencyKey, InvalidIdempotencyKey, MAX_IDEMPOTENCY_KEY_LEN};
 pub use room::{InvalidRoomName, RoomName, MAX_ROOM_LEN};

@@ -29,8 +29,8 @@ use crate::auth::Grant;
 use crate::config::Limits;
 use crate::hub::outbox::{Outbox, OutboxLimits, OutboxReceiver, Pending};
 use crate::hub::{Batch, Hub, RoomFlags, Subscriber};
-use crate::protocol::{data_to_json, ErrorCode, Event, EventId, FrameError, RoomName, ServerFrame};
-use crate::store::{Page, Position, Store, StoreError};
+use crate::protocol::{data_to_json, ErrorCode, Event, EventId, FrameError, IdempotencyKey, RoomName, ServerFrame};
+use crate::store::{Appended, Page, Position, Store, StoreError};
 
 /// Events read per history page.
 pub const PAGE: usize = 256;
@@ -268,8 +268,15 @@ impl<S: Sink> Session<S> {
     }
 
     /// Appends `data` to `room` and acks with its ID; never acks what the
-    /// store did not confirm.
-    pub async fn publish(&mut self, room: RoomName, data: Value, reference: Option<u64>) -> Result<(), SessionError> {
+    /// store did not confirm. With an idempotency key, a repeat within the
+    /// window stores nothing and is acked with the first publish's ID.
+    pub async fn publish(
+        &mut self,
+        room: RoomName,
+        data: Value,
+        reference: Option<u64>,
+        key: Option<IdempotencyKey>,
+    ) -> Result<(), SessionError> {
         if !self.grant.may_publish(&room) {
             return Err(refuse(ErrorCode::Forbidden, format!("this connection may not publish to {room}"), reference));
         }
@@ -290,9 +297,18 @@ impl<S: Sink> Session<S> {
                 reference,
             ));
         }
-        let id = self.store.append(&room, json).await.map_err(|e| store_refusal(e, reference))?;
-        metrics::counter!("roomcast_published_total", "via" => "ws").increment(1);
-        Ok(self.send(&ServerFrame::Ack { reference, id }).await?)
+        let appended = match &key {
+            Some(key) => self.store.append_once(&room, key, json).await,
+            None => self.store.append(&room, json).await.map(Appended::Stored),
+        }
+        .map_err(|e| store_refusal(e, reference))?;
+        let repeated = matches!(appended, Appended::Repeated(_));
+        if repeated {
+            metrics::counter!("roomcast_publish_repeats_total", "via" => "ws").increment(1);
+        } else {
+            metrics::counter!("roomcast_published_total", "via" => "ws").increment(1);
+        }
+        Ok(self.send(&ServerFrame::Ack { reference, id: appended.id(), repeated }).await?)
     }
 
     /// Waits for the next thing to do. Cancel-safe. One timer serves both

@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::feed::{ChangeSource, Wake};
-use super::{Incarnation, Page, Position, Store, StoreError, StoreOptions};
-use crate::protocol::{Event, EventId, RoomName};
+use super::{Appended, Incarnation, Page, Position, Store, StoreError, StoreOptions, IDEMPOTENCY_WINDOW};
+use crate::protocol::{Event, EventId, IdempotencyKey, RoomName};
 
 /// Entries dropped together when trimming, like a Redis stream's macro node.
 const TRIM_BLOCK: usize = 100;
@@ -37,6 +37,8 @@ struct Inner {
     rooms: HashMap<RoomName, RoomLog>,
     /// room -> node -> (count, reported at)
     audience: HashMap<RoomName, HashMap<String, (usize, Instant)>>,
+    /// (room, idempotency key) -> (the ID it got, when)
+    idempotent: HashMap<(RoomName, IdempotencyKey), (EventId, Instant)>,
 }
 
 struct RoomLog {
@@ -100,11 +102,46 @@ impl MemoryStore {
         let mut inner = lock(&self.inner);
         let ttl = self.options.room_ttl;
         inner.rooms.retain(|_, log| now.duration_since(log.touched) < ttl);
+        inner.idempotent.retain(|_, (_, at)| now.duration_since(*at) < IDEMPOTENCY_WINDOW);
         let presence_ttl = self.options.presence_ttl;
         inner.audience.retain(|_, nodes| {
             nodes.retain(|_, (_, at)| now.duration_since(*at) < presence_ttl);
             !nodes.is_empty()
         });
+    }
+
+    /// Appends under the lock; returns the new ID.
+    fn append_locked(&self, inner: &mut Inner, room: &RoomName, data: Bytes) -> EventId {
+        let now = Instant::now();
+        let ttl = self.options.room_ttl;
+        let log = inner.rooms.entry(room.clone()).or_insert_with(|| RoomLog {
+            events: VecDeque::new(),
+            last: EventId::ZERO,
+            touched: now,
+        });
+        if now.duration_since(log.touched) >= ttl {
+            // Idle past its expiry: the history starts over, as an
+            // expired Redis key would, but the IDs carry on above `last`.
+            log.events.clear();
+        }
+        let ms = now_ms();
+        let id = if ms > log.last.ms { EventId::new(ms, 0) } else { EventId::new(log.last.ms, log.last.seq + 1) };
+        let prev = log.events.back().map(|e| e.id).unwrap_or(EventId::ZERO);
+        log.events.push_back(Event { id, prev, data });
+        log.last = id;
+        log.touched = now;
+        let history = self.options.history.max(1);
+        if log.events.len() >= history + TRIM_BLOCK {
+            let excess = log.events.len() - history;
+            log.events.drain(..excess);
+        }
+        id
+    }
+
+    /// Tells the feed `room` changed.
+    fn changed(&self, room: &RoomName) {
+        lock(&self.changes.dirty).insert(room.clone());
+        self.changes.notify.notify_one();
     }
 
     /// The room's log if it exists and has not expired.
@@ -116,36 +153,24 @@ impl MemoryStore {
 #[async_trait]
 impl Store for MemoryStore {
     async fn append(&self, room: &RoomName, data: Bytes) -> Result<EventId, StoreError> {
+        let id = self.append_locked(&mut lock(&self.inner), room, data);
+        self.changed(room);
+        Ok(id)
+    }
+
+    async fn append_once(&self, room: &RoomName, key: &IdempotencyKey, data: Bytes) -> Result<Appended, StoreError> {
         let id = {
             let mut inner = lock(&self.inner);
-            let now = Instant::now();
-            let ttl = self.options.room_ttl;
-            let log = inner.rooms.entry(room.clone()).or_insert_with(|| RoomLog {
-                events: VecDeque::new(),
-                last: EventId::ZERO,
-                touched: now,
-            });
-            if now.duration_since(log.touched) >= ttl {
-                // Idle past its expiry: the history starts over, as an
-                // expired Redis key would, but the IDs carry on above `last`.
-                log.events.clear();
+            let entry = (room.clone(), key.clone());
+            if let Some((id, _)) = inner.idempotent.get(&entry).filter(|(_, at)| at.elapsed() < IDEMPOTENCY_WINDOW) {
+                return Ok(Appended::Repeated(*id));
             }
-            let ms = now_ms();
-            let id = if ms > log.last.ms { EventId::new(ms, 0) } else { EventId::new(log.last.ms, log.last.seq + 1) };
-            let prev = log.events.back().map(|e| e.id).unwrap_or(EventId::ZERO);
-            log.events.push_back(Event { id, prev, data });
-            log.last = id;
-            log.touched = now;
-            let history = self.options.history.max(1);
-            if log.events.len() >= history + TRIM_BLOCK {
-                let excess = log.events.len() - history;
-                log.events.drain(..excess);
-            }
+            let id = self.append_locked(&mut inner, room, data);
+            inner.idempotent.insert(entry, (id, Instant::now()));
             id
         };
-        lock(&self.changes.dirty).insert(room.clone());
-        self.changes.notify.notify_one();
-        Ok(id)
+        self.changed(room);
+        Ok(Appended::Stored(id))
     }
 
     async fn read(&self, room: &RoomName, from: Position, limit: usize) -> Result<Page, StoreError> {

@@ -41,7 +41,30 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::config::StoreSettings;
-use crate::protocol::{ErrorCode, Event, EventId, RoomName};
+use crate::protocol::{ErrorCode, Event, EventId, IdempotencyKey, RoomName};
+
+/// How long an idempotency key is remembered per room: a repeat within
+/// this stores nothing and answers the first publish's ID.
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(300);
+
+/// What an idempotent append did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Appended {
+    /// The event was stored with this ID.
+    Stored(EventId),
+    /// The key was used for this room within the window: nothing was
+    /// stored, and this is the first publish's ID.
+    Repeated(EventId),
+}
+
+impl Appended {
+    /// The event's ID, stored now or before.
+    pub fn id(self) -> EventId {
+        match self {
+            Appended::Stored(id) | Appended::Repeated(id) => id,
+        }
+    }
+}
 
 /// Where a history read starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,6 +196,12 @@ pub trait Store: Send + Sync + 'static {
     /// Appends one event (compact JSON) to `room`, trimming to the history
     /// bound and refreshing the room's idle expiry. Returns the new ID.
     async fn append(&self, room: &RoomName, data: Bytes) -> Result<EventId, StoreError>;
+
+    /// Appends like [`append`](Store::append), unless `key` was used for
+    /// `room` within [`IDEMPOTENCY_WINDOW`] (on any node): then stores
+    /// nothing and answers the first publish's ID. Atomic, so concurrent
+    /// repeats store one event.
+    async fn append_once(&self, room: &RoomName, key: &IdempotencyKey, data: Bytes) -> Result<Appended, StoreError>;
 
     /// Reads up to `limit` kept events from `from`, with exact gap detection.
     async fn read(&self, room: &RoomName, from: Position, limit: usize) -> Result<Page, StoreError>;

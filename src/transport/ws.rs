@@ -381,7 +381,9 @@ async fn handle(session: &mut Session<WsSink>, format: Format, msg: Message) -> 
         Err(e) => Err(SessionError::Refused(e)),
         Ok(ClientFrame::Subscribe { room, last_event_id }) => session.subscribe(room, last_event_id).await,
         Ok(ClientFrame::Unsubscribe { room }) => session.unsubscribe(room).await,
-        Ok(ClientFrame::Publish { room, data, reference }) => session.publish(room, data, reference).await,
+        Ok(ClientFrame::Publish { room, data, reference, idempotency_key }) => {
+            session.publish(room, data, reference, idempotency_key).await
+        }
     };
     session.answer(outcome).await
 }

@@ -10,6 +10,8 @@
 //! {prefix}:{b<N>}:r:<room>     the room's stream: fields p (predecessor ID), d (JSON)
 //! {prefix}:{b<N>}:a:<room>     hash: node -> "<count>:<expires-ms>" (audience)
 //! {prefix}:{b<N>}:f:<room>     the last ID the room ever handed out (its ID floor)
+//! {prefix}:{b<N>}:i:<room>|<k> the ID a publish with idempotency key k got (5 min;
+//!                              `|` never occurs in a room name, so pairs cannot collide)
 //! {prefix}:{b<N>}:sig          stream of changed room names in bucket N
 //! {prefix}:ctl:<node>          a node's wake-up stream for its reader
 //! {prefix}:incarnation         random token; missing or changed = Redis lost its data
@@ -58,6 +60,11 @@ impl Keys {
     /// stream so a rebuilt stream never reissues an ID.
     pub fn floor(&self, room: &RoomName) -> String {
         format!("{}:{{b{}}}:f:{}", self.prefix, bucket(room), room)
+    }
+
+    /// What a publish with idempotency key `key` to `room` got.
+    pub fn idempotency(&self, room: &RoomName, key: &str) -> String {
+        format!("{}:{{b{}}}:i:{}|{}", self.prefix, bucket(room), room, key)
     }
 
     /// A bucket's signal stream.

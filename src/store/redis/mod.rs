@@ -25,13 +25,15 @@ use tracing::{debug, info, warn};
 
 use self::keys::{bucket, Keys};
 use super::feed::ChangeSource;
-use super::{Incarnation, Page, Position, Store, StoreError, StoreOptions};
+use super::{Appended, Incarnation, Page, Position, Store, StoreError, StoreOptions, IDEMPOTENCY_WINDOW};
 use crate::config::RedisSettings;
-use crate::protocol::{Event, EventId, RoomName};
+use crate::protocol::{Event, EventId, IdempotencyKey, RoomName};
 
 /// Appends one event: predecessor, trim, expiry, ID floor and bucket
-/// signal, atomically. KEYS: room stream, bucket signals, room floor. ARGV:
-/// history, data, room ttl ms, room name, signal stream length, floor ttl ms.
+/// signal, atomically. KEYS: room stream, bucket signals, room floor, and
+/// optionally the publish's idempotency key. ARGV: history, data, room ttl
+/// ms, room name, signal stream length, floor ttl ms, idempotency window ms.
+/// Returns `{id, 1}` for a stored event, `{first id, 0}` for a repeated key.
 ///
 /// A room whose stream is gone (deleted, evicted, expired) would restart at
 /// `<now>-0` and hand out IDs it already gave to other events. So every
@@ -43,6 +45,10 @@ use crate::protocol::{Event, EventId, RoomName};
 /// above every ID handed out before. Its first entry names `0-0` as
 /// predecessor: a gap to anyone who was past it.
 const APPEND_LUA: &str = r#"
+if KEYS[4] then
+  local seen = redis.call('GET', KEYS[4])
+  if seen then return {seen, 0} end
+end
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local id
 if last[1] then
@@ -66,7 +72,8 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('SET', KEYS[3], id, 'PX', ARGV[6])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'r', ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-return id
+if KEYS[4] then redis.call('SET', KEYS[4], id, 'PX', ARGV[7]) end
+return {id, 1}
 "#;
 
 /// Returns the deployment's data token, creating it if missing (as it is
@@ -160,6 +167,41 @@ fn count_connections(client: &Client, generation: &Arc<AtomicU64>) {
     });
 }
 
+/// Runs the append script, with the publish's idempotency key if it has one.
+impl RedisStore {
+    async fn run_append(
+        &self,
+        room: &RoomName,
+        key: Option<&IdempotencyKey>,
+        data: Bytes,
+    ) -> Result<Appended, StoreError> {
+        let mut keys = vec![self.keys.room(room), self.keys.signals(bucket(room)), self.keys.floor(room)];
+        keys.extend(key.map(|k| self.keys.idempotency(room, k.as_str())));
+        let ttl_ms = self.options.room_ttl.as_millis() as i64;
+        let args: Vec<Value> = vec![
+            Value::from(self.options.history as i64),
+            Value::Bytes(data),
+            Value::from(ttl_ms),
+            Value::from(room.as_str()),
+            Value::from(SIGNALS_KEPT as i64),
+            // The floor outlives the room: it matters exactly when the
+            // stream vanished early, and costs one small key per room.
+            Value::from(ttl_ms.saturating_mul(2)),
+            Value::from(IDEMPOTENCY_WINDOW.as_millis() as i64),
+        ];
+        let reply: Value = self.append.evalsha_with_reload(&self.client, keys, args).await.map_err(unavailable)?;
+        let Value::Array(parts) = reply else {
+            return Err(StoreError::Protocol("append reply is not an array".into()));
+        };
+        let id = reply::event_id(parts.first().unwrap_or(&Value::Null))?;
+        match parts.get(1).and_then(|v| v.as_i64()) {
+            Some(1) => Ok(Appended::Stored(id)),
+            Some(0) => Ok(Appended::Repeated(id)),
+            _ => Err(StoreError::Protocol("append reply has no outcome".into())),
+        }
+    }
+}
+
 /// One `field:value` line of an `INFO` reply.
 fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
     info.lines().find_map(|line| line.strip_prefix(field)?.strip_prefix(':')).map(str::trim)
@@ -217,20 +259,11 @@ impl RedisStore {
 #[async_trait]
 impl Store for RedisStore {
     async fn append(&self, room: &RoomName, data: Bytes) -> Result<EventId, StoreError> {
-        let keys = vec![self.keys.room(room), self.keys.signals(bucket(room)), self.keys.floor(room)];
-        let ttl_ms = self.options.room_ttl.as_millis() as i64;
-        let args: Vec<Value> = vec![
-            Value::from(self.options.history as i64),
-            Value::Bytes(data),
-            Value::from(ttl_ms),
-            Value::from(room.as_str()),
-            Value::from(SIGNALS_KEPT as i64),
-            // The floor outlives the room: it matters exactly when the
-            // stream vanished early, and costs one small key per room.
-            Value::from(ttl_ms.saturating_mul(2)),
-        ];
-        let id: Value = self.append.evalsha_with_reload(&self.client, keys, args).await.map_err(unavailable)?;
-        reply::event_id(&id)
+        self.run_append(room, None, data).await.map(Appended::id)
+    }
+
+    async fn append_once(&self, room: &RoomName, key: &IdempotencyKey, data: Bytes) -> Result<Appended, StoreError> {
+        self.run_append(room, Some(key), data).await
     }
 
     async fn read(&self, room: &RoomName, from: Position, limit: usize) -> Result<Page, StoreError> {
