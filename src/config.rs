@@ -92,6 +92,12 @@ pub struct NodeSettings {
     /// wake-ups. When events are further apart than this, nothing waits.
     #[arg(long = "coalesce-ms", env = "ROOMCAST_COALESCE_MS", default_value = "10", value_parser = millis)]
     pub coalesce: Duration,
+
+    /// Seconds between heartbeat ticks (1-15): a connection the node has
+    /// said nothing on since the previous tick gets a `heartbeat` frame, so
+    /// no client hears nothing for two ticks (30 s by default).
+    #[arg(long = "heartbeat-secs", env = "ROOMCAST_HEARTBEAT_SECS", default_value = "15", value_parser = seconds)]
+    pub heartbeat: Duration,
 }
 
 /// Where events live, whichever store holds them.
@@ -261,6 +267,9 @@ impl TryFrom<ServeArgs> for Config {
         check(node.coalesce <= Duration::from_millis(MAX_COALESCE_MS), || {
             format!("--coalesce-ms must be at most {MAX_COALESCE_MS}")
         })?;
+        check((Duration::from_secs(1)..=Duration::from_secs(15)).contains(&node.heartbeat), || {
+            "--heartbeat-secs must be between 1 and 15".into()
+        })?;
         check(l.outbox_frames >= 1, || "--outbox-frames must be at least 1".into())?;
         check(l.outbox_bytes >= 4096, || "--outbox-bytes must be at least 4096".into())?;
         check(redis.timeout >= Duration::from_millis(10), || "--redis-timeout-ms must be at least 10".into())?;
@@ -326,6 +335,7 @@ mod tests {
             (vec!["serve", "--redis", "http://x"], "--redis"),
             (vec!["serve", "--history", "0"], "--history"),
             (vec!["serve", "--header-timeout", "0"], "--header-timeout"),
+            (vec!["serve", "--heartbeat-secs", "40"], "--heartbeat-secs"),
             (vec!["serve", "--metrics-listen", "nowhere"], "--metrics-listen"),
             (vec!["serve", "--key-prefix", "a b"], "--key-prefix"),
             (vec!["serve", "--max-message-bytes", "1"], "--max-message-bytes"),

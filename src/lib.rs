@@ -97,6 +97,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     let hub = Hub::new(store.clone());
     let source = store.change_source(&config.node_id).await?;
     hub.attach_feed(Feed::spawn(store.clone(), source, hub.clone(), config.node.coalesce, shutdown.clone(), &tracker));
+    hub.spawn_heartbeat(config.node.heartbeat, shutdown.clone(), &tracker);
     presence::spawn(hub.clone(), store.clone(), config.node_id.clone(), shutdown.clone(), &tracker);
 
     if config.auth.is_open() {

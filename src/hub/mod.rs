@@ -15,9 +15,13 @@ pub use batch::Batch;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
+
+use std::time::Duration;
 
 use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use self::outbox::Outbox;
 use crate::protocol::{Event, EventId, RoomName};
@@ -68,6 +72,9 @@ pub struct Hub {
     generations: AtomicU64,
     store: Arc<dyn Store>,
     feed: OnceLock<Feed>,
+    /// Every connection's outbox, for the heartbeat tick. Weak: a
+    /// connection that is gone is pruned at the next tick.
+    connections: Mutex<HashMap<u64, Weak<Outbox>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -91,6 +98,7 @@ impl Hub {
             generations: AtomicU64::new(1),
             store,
             feed: OnceLock::new(),
+            connections: Mutex::default(),
         })
     }
 
@@ -180,6 +188,46 @@ impl Hub {
             }
         }
         report
+    }
+
+    /// Registers a connection's outbox for the heartbeat tick.
+    pub fn connect(&self, conn: u64, outbox: &Arc<Outbox>) {
+        lock(&self.connections).insert(conn, Arc::downgrade(outbox));
+    }
+
+    /// Forgets a connection (its outbox is also pruned once dropped).
+    pub fn disconnect(&self, conn: u64) {
+        lock(&self.connections).remove(&conn);
+    }
+
+    /// Runs the heartbeat tick every `every` until `shutdown`.
+    pub fn spawn_heartbeat(self: &Arc<Self>, every: Duration, shutdown: CancellationToken, tracker: &TaskTracker) {
+        let hub = self.clone();
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => hub.heartbeat(),
+                }
+            }
+        });
+    }
+
+    /// The heartbeat tick: wakes every connection, so each one that has
+    /// been silent since the previous tick sends a heartbeat frame. One
+    /// walk per tick, and no timer per connection.
+    pub fn heartbeat(&self) {
+        let outboxes: Vec<Arc<Outbox>> = {
+            let mut connections = lock(&self.connections);
+            connections.retain(|_, weak| weak.strong_count() > 0);
+            connections.values().filter_map(Weak::upgrade).collect()
+        };
+        for outbox in outboxes {
+            outbox.heartbeat();
+        }
     }
 
     /// Number of rooms with local subscribers.

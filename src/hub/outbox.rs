@@ -30,6 +30,9 @@ pub struct Outbox {
     limits: OutboxLimits,
     /// Set when one of the connection's rooms needs its flags looked at.
     signalled: AtomicBool,
+    /// Set by the node's heartbeat tick: the connection should say something
+    /// if it has been silent since the previous tick.
+    beat: AtomicBool,
     /// Set once the connection is gone: nothing more is queued.
     closed: AtomicBool,
     /// Wakes the connection (a batch was queued, or it was signalled).
@@ -47,6 +50,8 @@ pub enum Pending {
     Signal,
     /// A queued batch.
     Batch(Arc<Batch>),
+    /// The heartbeat tick came round.
+    Heartbeat,
 }
 
 impl Outbox {
@@ -57,6 +62,7 @@ impl Outbox {
             queued_bytes: AtomicUsize::new(0),
             limits: OutboxLimits { frames: limits.frames.max(1), bytes: limits.bytes },
             signalled: AtomicBool::new(false),
+            beat: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             wake: Notify::new(),
         });
@@ -105,6 +111,12 @@ impl Outbox {
         self.wake.notify_one();
     }
 
+    /// Wakes the connection for the heartbeat tick.
+    pub fn heartbeat(&self) {
+        self.beat.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
     /// Bytes currently queued.
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes.load(Ordering::Relaxed)
@@ -117,7 +129,10 @@ impl OutboxReceiver {
         if self.outbox.signalled.swap(false, Ordering::AcqRel) {
             return Some(Pending::Signal);
         }
-        self.try_recv().map(Pending::Batch)
+        if let Some(batch) = self.try_recv() {
+            return Some(Pending::Batch(batch));
+        }
+        self.outbox.beat.swap(false, Ordering::AcqRel).then_some(Pending::Heartbeat)
     }
 
     /// Waits for what is waiting. Cancel-safe: nothing is taken before it

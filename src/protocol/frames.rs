@@ -159,6 +159,10 @@ pub enum ServerFrame {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<u64>,
     },
+    /// Sent on a connection the node has said nothing on for a while, so
+    /// clients (browsers cannot see WebSocket pings) can tell a quiet link
+    /// from a dead one.
+    Heartbeat,
 }
 
 impl From<FrameError> for ServerFrame {

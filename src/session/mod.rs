@@ -123,6 +123,8 @@ pub enum Wakeup {
     CatchUp,
     /// The credential expired: the connection must end.
     Expired,
+    /// The node's heartbeat tick.
+    Heartbeat,
 }
 
 /// What a wake-up leaves the connection to do.
@@ -157,6 +159,8 @@ pub struct Session<S: Sink> {
     expires_at: Option<Instant>,
     /// What this connection's credential allows.
     grant: Grant,
+    /// Whether anything was written since the last heartbeat tick.
+    spoke: bool,
     /// Per-connection publish rate limit (not applied to the API key).
     publishes: DefaultDirectRateLimiter,
     /// Per-connection subscribe/unsubscribe rate limit.
@@ -175,11 +179,13 @@ fn refuse(code: ErrorCode, message: impl Into<String>, reference: Option<u64>) -
 impl<S: Sink> Session<S> {
     /// A session writing to `sink`, acting with `grant`'s permissions.
     pub fn new(hub: Arc<Hub>, store: Arc<dyn Store>, sink: S, limits: SessionLimits, grant: Grant) -> Self {
-        let (_, inbox) = Outbox::new(limits.outbox);
+        let (outbox, inbox) = Outbox::new(limits.outbox);
+        let id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
+        hub.connect(id, &outbox);
         let rate = NonZeroU32::new(limits.publish_rate).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(limits.publish_burst).unwrap_or(NonZeroU32::MIN);
         Session {
-            id: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
+            id,
             hub,
             store,
             inbox,
@@ -188,6 +194,9 @@ impl<S: Sink> Session<S> {
             retry_at: None,
             expires_at: grant.remaining().map(|left| Instant::now() + left),
             grant,
+            // The first tick after connecting never beats: the connection
+            // has just been answered.
+            spoke: true,
             publishes: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
             churn: RateLimiter::direct(
                 Quota::per_second(NonZeroU32::new(SUBSCRIBE_RATE).unwrap_or(NonZeroU32::MIN))
@@ -197,9 +206,15 @@ impl<S: Sink> Session<S> {
         }
     }
 
+    /// Writes one item to the sink, noting that the connection spoke.
+    async fn write_out(&mut self, out: Outgoing<'_>) -> Result<(), SinkError> {
+        self.spoke = true;
+        self.sink.write(out).await
+    }
+
     /// Writes one control frame and flushes.
     pub async fn send(&mut self, frame: &ServerFrame) -> Result<(), SinkError> {
-        self.sink.write(Outgoing::Frame(frame)).await?;
+        self.write_out(Outgoing::Frame(frame)).await?;
         self.sink.flush().await
     }
 
@@ -238,7 +253,7 @@ impl<S: Sink> Session<S> {
         };
         self.rooms.insert(room.clone(), RoomState { cursor: resume, flags });
         let more = page.events.len() >= PAGE;
-        self.sink.write(Outgoing::Frame(&ServerFrame::Subscribed { room: room.clone(), resumed: !page.gap })).await?;
+        self.write_out(Outgoing::Frame(&ServerFrame::Subscribed { room: room.clone(), resumed: !page.gap })).await?;
         self.apply_page(&room, page, false).await?;
         if more {
             self.sync_or_retry(&room).await?;
@@ -334,6 +349,7 @@ impl<S: Sink> Session<S> {
         match pending {
             Pending::Batch(batch) => Wakeup::Batch(batch),
             Pending::Signal => Wakeup::CatchUp,
+            Pending::Heartbeat => Wakeup::Heartbeat,
         }
     }
 
@@ -347,6 +363,14 @@ impl<S: Sink> Session<S> {
             // in every idle connection's future.
             Wakeup::CatchUp => Box::pin(self.catch_up()).await.map(|()| Flow::Continue),
             Wakeup::Expired => Ok(Flow::Expired),
+            // Silent since the last tick: say something, so the client
+            // knows the link is alive.
+            Wakeup::Heartbeat if !std::mem::replace(&mut self.spoke, false) => {
+                self.send(&ServerFrame::Heartbeat).await?;
+                self.spoke = false;
+                Ok(Flow::Continue)
+            }
+            Wakeup::Heartbeat => Ok(Flow::Continue),
         }
     }
 
@@ -395,11 +419,11 @@ impl<S: Sink> Session<S> {
             }
             Accept::All => {
                 state.cursor = last;
-                self.sink.write(Outgoing::Batch(batch)).await
+                self.write_out(Outgoing::Batch(batch)).await
             }
             Accept::From(i) => {
                 state.cursor = last;
-                self.sink.write(Outgoing::Events(&batch.room, &batch.events[i..])).await
+                self.write_out(Outgoing::Events(&batch.room, &batch.events[i..])).await
             }
             Accept::Discontinuous => {
                 debug!(conn = self.id, room = %batch.room, "live batch does not follow the cursor; catching up");
@@ -484,7 +508,7 @@ impl<S: Sink> Session<S> {
             self.write_gap(room, before).await?;
         }
         if !page.events.is_empty() {
-            self.sink.write(Outgoing::Events(room, &page.events)).await?;
+            self.write_out(Outgoing::Events(room, &page.events)).await?;
         }
         self.sink.flush().await
     }
@@ -492,11 +516,12 @@ impl<S: Sink> Session<S> {
     /// Tells the client that events of `room` after `after` are gone.
     async fn write_gap(&mut self, room: &RoomName, after: EventId) -> Result<(), SinkError> {
         metrics::counter!("roomcast_gaps_total").increment(1);
-        self.sink.write(Outgoing::Frame(&ServerFrame::Gap { room: room.clone(), after })).await
+        self.write_out(Outgoing::Frame(&ServerFrame::Gap { room: room.clone(), after })).await
     }
 
     /// Leaves every room and hands back the sink (to close it).
     pub async fn close(mut self) -> S {
+        self.hub.disconnect(self.id);
         for room in std::mem::take(&mut self.rooms).into_names() {
             self.hub.leave(&room, self.id).await;
         }
