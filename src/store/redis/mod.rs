@@ -167,8 +167,8 @@ fn count_connections(client: &Client, generation: &Arc<AtomicU64>) {
     });
 }
 
-/// Runs the append script, with the publish's idempotency key if it has one.
 impl RedisStore {
+    /// Runs the append script, with the publish's idempotency key if it has one.
     async fn run_append(
         &self,
         room: &RoomName,
