@@ -168,6 +168,14 @@ pub struct Session<S: Sink> {
     sink: S,
 }
 
+/// A rate limiter allowing `per_second` sustained and `burst` at once (a
+/// zero is taken as one: a limit, never a ban).
+pub fn rate_limiter(per_second: u32, burst: u32) -> DefaultDirectRateLimiter {
+    let rate = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+    RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+}
+
 fn store_refusal(e: StoreError, reference: Option<u64>) -> SessionError {
     SessionError::Refused(FrameError::new(e.error_code(), e.to_string(), reference))
 }
@@ -182,8 +190,6 @@ impl<S: Sink> Session<S> {
         let (outbox, inbox) = Outbox::new(limits.outbox);
         let id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
         hub.connect(id, &outbox);
-        let rate = NonZeroU32::new(limits.publish_rate).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(limits.publish_burst).unwrap_or(NonZeroU32::MIN);
         Session {
             id,
             hub,
@@ -197,11 +203,8 @@ impl<S: Sink> Session<S> {
             // The first tick after connecting never beats: the connection
             // has just been answered.
             spoke: true,
-            publishes: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
-            churn: RateLimiter::direct(
-                Quota::per_second(NonZeroU32::new(SUBSCRIBE_RATE).unwrap_or(NonZeroU32::MIN))
-                    .allow_burst(NonZeroU32::new(SUBSCRIBE_BURST).unwrap_or(NonZeroU32::MIN)),
-            ),
+            publishes: rate_limiter(limits.publish_rate, limits.publish_burst),
+            churn: rate_limiter(SUBSCRIBE_RATE, SUBSCRIBE_BURST),
             sink,
         }
     }
@@ -363,14 +366,15 @@ impl<S: Sink> Session<S> {
             // in every idle connection's future.
             Wakeup::CatchUp => Box::pin(self.catch_up()).await.map(|()| Flow::Continue),
             Wakeup::Expired => Ok(Flow::Expired),
-            // Silent since the last tick: say something, so the client
-            // knows the link is alive.
-            Wakeup::Heartbeat if !std::mem::replace(&mut self.spoke, false) => {
-                self.send(&ServerFrame::Heartbeat).await?;
+            Wakeup::Heartbeat => {
+                // Silent since the last tick: say something, so the client
+                // knows the link is alive.
+                if !self.spoke {
+                    self.send(&ServerFrame::Heartbeat).await?;
+                }
                 self.spoke = false;
                 Ok(Flow::Continue)
             }
-            Wakeup::Heartbeat => Ok(Flow::Continue),
         }
     }
 

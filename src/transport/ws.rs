@@ -30,7 +30,7 @@ use crate::protocol::{
     decode_client, encode_events, encode_frame, ClientFrame, CloseReason, ErrorCode, EventId, Format, FrameError,
     RoomName, Wire, MSGPACK_SUBPROTOCOL,
 };
-use crate::session::{Answer, Flow, Outgoing, Session, SessionError, Sink, SinkError, Wakeup};
+use crate::session::{rate_limiter, Answer, Flow, Outgoing, Session, SessionError, Sink, SinkError, Wakeup};
 
 /// The upgraded connection, straight into tokio-tungstenite: the close path
 /// needs the raw socket back (see [`close_handshake`]).
@@ -220,10 +220,7 @@ impl Connection {
         let (sink, stream) = socket.split();
         let session = Session::new(app.hub.clone(), app.store.clone(), WsSink { sink, format }, app.limits, grant);
         let strikes = strike_limiter(app.config.limits.max_strikes);
-        let pings = RateLimiter::direct(
-            Quota::per_second(NonZeroU32::new(PINGS_PER_SECOND).unwrap_or(NonZeroU32::MIN))
-                .allow_burst(NonZeroU32::new(PING_BURST).unwrap_or(NonZeroU32::MIN)),
-        );
+        let pings = rate_limiter(PINGS_PER_SECOND, PING_BURST);
         Connection { app, session, stream, strikes, pings, format }
     }
 

@@ -20,7 +20,7 @@ use fred::prelude::*;
 use tracing::debug;
 
 use super::keys::{bucket, Keys};
-use super::reply;
+use super::{reply, unavailable};
 use crate::protocol::{EventId, RoomName};
 use crate::store::feed::{ChangeSource, Wake};
 use crate::store::StoreError;
@@ -58,8 +58,7 @@ impl RedisChanges {
     }
 
     async fn last_id(&self, key: &str) -> Result<EventId, StoreError> {
-        let value: Value =
-            self.reader.xrevrange(key, "+", "-", Some(1)).await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let value: Value = self.reader.xrevrange(key, "+", "-", Some(1)).await.map_err(unavailable)?;
         let Value::Array(items) = value else {
             return Ok(EventId::ZERO);
         };
@@ -117,7 +116,7 @@ impl ChangeSource for RedisChanges {
             .with_options(&options)
             .xread(Some(SIGNALS_PER_CALL), Some(timeout.as_millis() as u64), keys.clone(), ids)
             .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            .map_err(unavailable)?;
         let mut changed = Vec::new();
         for (key, items) in reply::xread_streams(value)? {
             let Some(index) = keys.iter().position(|k| k.as_bytes() == key.as_ref()) else {

@@ -11,6 +11,7 @@ mod changes;
 pub mod keys;
 mod reply;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,7 +21,6 @@ use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use fred::types::InfoKind;
-use std::collections::HashMap;
 use tracing::{debug, info, warn};
 
 use self::keys::{bucket, Keys};
@@ -128,7 +128,7 @@ pub struct RedisStore {
 }
 
 /// Maps a Redis failure: `OOM` refusals are told apart from outages.
-pub(crate) fn unavailable(e: Error) -> StoreError {
+fn unavailable(e: Error) -> StoreError {
     let text = e.to_string();
     let error = if e.details().starts_with("OOM") || text.contains("OOM command not allowed") {
         StoreError::OutOfMemory(text)
@@ -165,41 +165,6 @@ fn count_connections(client: &Client, generation: &Arc<AtomicU64>) {
         generation.fetch_add(1, Ordering::AcqRel);
         async { Ok(()) }
     });
-}
-
-impl RedisStore {
-    /// Runs the append script, with the publish's idempotency key if it has one.
-    async fn run_append(
-        &self,
-        room: &RoomName,
-        key: Option<&IdempotencyKey>,
-        data: Bytes,
-    ) -> Result<Appended, StoreError> {
-        let mut keys = vec![self.keys.room(room), self.keys.signals(bucket(room)), self.keys.floor(room)];
-        keys.extend(key.map(|k| self.keys.idempotency(room, k.as_str())));
-        let ttl_ms = self.options.room_ttl.as_millis() as i64;
-        let args: Vec<Value> = vec![
-            Value::from(self.options.history as i64),
-            Value::Bytes(data),
-            Value::from(ttl_ms),
-            Value::from(room.as_str()),
-            Value::from(SIGNALS_KEPT as i64),
-            // The floor outlives the room: it matters exactly when the
-            // stream vanished early, and costs one small key per room.
-            Value::from(ttl_ms.saturating_mul(2)),
-            Value::from(IDEMPOTENCY_WINDOW.as_millis() as i64),
-        ];
-        let reply: Value = self.append.evalsha_with_reload(&self.client, keys, args).await.map_err(unavailable)?;
-        let Value::Array(parts) = reply else {
-            return Err(StoreError::Protocol("append reply is not an array".into()));
-        };
-        let id = reply::event_id(parts.first().unwrap_or(&Value::Null))?;
-        match parts.get(1).and_then(|v| v.as_i64()) {
-            Some(1) => Ok(Appended::Stored(id)),
-            Some(0) => Ok(Appended::Repeated(id)),
-            _ => Err(StoreError::Protocol("append reply has no outcome".into())),
-        }
-    }
 }
 
 /// One `field:value` line of an `INFO` reply.
@@ -248,6 +213,39 @@ impl RedisStore {
         let incarnation = Script::from_lua(INCARNATION_LUA);
         incarnation.load(&client).await.map_err(unavailable)?;
         Ok(RedisStore { client, append, incarnation, generation, keys: Keys::new(&redis.prefix), options, redis })
+    }
+
+    /// Runs the append script, with the publish's idempotency key if it has one.
+    async fn run_append(
+        &self,
+        room: &RoomName,
+        key: Option<&IdempotencyKey>,
+        data: Bytes,
+    ) -> Result<Appended, StoreError> {
+        let mut keys = vec![self.keys.room(room), self.keys.signals(bucket(room)), self.keys.floor(room)];
+        keys.extend(key.map(|k| self.keys.idempotency(room, k.as_str())));
+        let ttl_ms = self.options.room_ttl.as_millis() as i64;
+        let args: Vec<Value> = vec![
+            Value::from(self.options.history as i64),
+            Value::Bytes(data),
+            Value::from(ttl_ms),
+            Value::from(room.as_str()),
+            Value::from(SIGNALS_KEPT as i64),
+            // The floor outlives the room: it matters exactly when the
+            // stream vanished early, and costs one small key per room.
+            Value::from(ttl_ms.saturating_mul(2)),
+            Value::from(IDEMPOTENCY_WINDOW.as_millis() as i64),
+        ];
+        let reply: Value = self.append.evalsha_with_reload(&self.client, keys, args).await.map_err(unavailable)?;
+        let Value::Array(parts) = reply else {
+            return Err(StoreError::Protocol("append reply is not an array".into()));
+        };
+        let id = reply::event_id(parts.first().unwrap_or(&Value::Null))?;
+        match parts.get(1).and_then(|v| v.as_i64()) {
+            Some(1) => Ok(Appended::Stored(id)),
+            Some(0) => Ok(Appended::Repeated(id)),
+            _ => Err(StoreError::Protocol("append reply has no outcome".into())),
+        }
     }
 
     async fn last_entry(&self, key: &str) -> Result<Option<EventId>, StoreError> {
