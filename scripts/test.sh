@@ -2,17 +2,23 @@
 # Runs roomcast's whole test suite: unit tests, the store conformance suite
 # against both stores, and the end-to-end tests against real nodes and real
 # redis-server processes (which the tests start themselves on free loopback
-# ports). Installs Debian's redis-server package first when it is missing.
+# ports); then the JavaScript client's tests against real nodes and in a real
+# Chromium. Installs what they need from Debian first when it is missing, and
+# the client's npm packages from its lockfile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # What the tests need from Debian: redis-server (every Redis test), and
 # iproute2 with iptables (the chaos run cuts a node off from Redis inside a
-# network namespace it creates).
+# network namespace it creates), nginx (the proxy test), chromium (the
+# browser tests) and npm (the client's test runner's packages).
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: installing Debian's ${missing[*]}" >&2
   sudo=""
@@ -21,7 +27,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
   # The package may start a system-wide server; the tests run their own.
   $sudo service redis-server stop >/dev/null 2>&1 || true
+  $sudo service nginx stop >/dev/null 2>&1 || true
 fi
 redis-server --version >&2
 
-exec cargo test "$@"
+cargo test "$@"
+
+# The client's tests use the node binary `cargo test` just built.
+cd clients/js
+npm ci --no-audit --no-fund --loglevel=error
+node --test --test-concurrency=1 --test-reporter=spec test/*.test.js

@@ -235,13 +235,15 @@ impl Origins {
     /// Whether a request with these headers may connect. Requests without an
     /// `Origin` header (not from a browser) are allowed.
     pub fn allows(&self, headers: &HeaderMap) -> bool {
-        if self.0.is_empty() {
-            return true;
-        }
         match headers.get(axum::http::header::ORIGIN).and_then(|v| v.to_str().ok()) {
             None => true,
-            Some(origin) => self.0.iter().any(|o| o.eq_ignore_ascii_case(origin.trim_end_matches('/'))),
+            Some(origin) => self.allows_origin(origin),
         }
+    }
+
+    /// Whether a page of `origin` (an `Origin` header's value) is allowed.
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        self.0.is_empty() || self.0.iter().any(|o| o.eq_ignore_ascii_case(origin.trim_end_matches('/')))
     }
 }
 

@@ -9,7 +9,8 @@
 //!   format and shared by every subscriber's bounded outbox.
 //! - [`session`]: one connection's rooms and cursors: resume, merge, catch-up.
 //! - [`transport`]: WebSocket and SSE adapters around a session.
-//! - [`http`]: the REST resources (publish, history, room info, health).
+//! - [`http`]: the REST resources (publish, history, room info, health) and
+//!   the embedded browser files (client module, demo page).
 //!
 //! A publish (HTTP or WebSocket) is appended to the room's stream. Each
 //! node's feed reads the rooms its hub holds and hands new batches to the
@@ -42,13 +43,15 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::{info, warn};
 
 pub use crate::config::Config;
 pub use crate::error::Error;
 
 use crate::app::App;
-use crate::http::{health, history, publish, rooms};
+use crate::auth::Origins;
+use crate::http::{health, history, publish, rooms, web};
 use crate::hub::Hub;
 use crate::server::AcceptLimits;
 use crate::session::SessionLimits;
@@ -65,15 +68,39 @@ fn router(app: Arc<App>) -> Router {
         None => Router::new().route("/metrics", get(health::metrics)),
         Some(_) => Router::new(),
     };
-    router
-        .route("/ws", get(ws::handler))
+    // Pages of other sites may read rooms with plain `fetch` and
+    // `EventSource`: the room resources answer CORS for the allowed origins.
+    let rooms = Router::new()
         .route("/rooms/{room}", get(rooms::info))
         .route("/rooms/{room}/events", get(history::list).post(publish::create))
         .route("/rooms/{room}/sse", get(sse::handler))
+        .layer(cors(app.config.origins.clone()));
+    router
+        .merge(rooms)
+        .route("/", get(web::demo))
+        .route("/client.js", get(web::client))
+        .route("/ws", get(ws::handler))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(app)
+}
+
+/// CORS for the room resources: the allowed origins (any, on a node
+/// without `--allowed-origins`), the methods and headers those resources
+/// read. No cookies are involved, so credentials are never allowed.
+fn cors(origins: Origins) -> CorsLayer {
+    use axum::http::{header, HeaderName, Method};
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |origin, _| origin.to_str().is_ok_and(|o| origins.allows_origin(o))))
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("last-event-id"),
+            HeaderName::from_static("idempotency-key"),
+        ])
+        .max_age(std::time::Duration::from_secs(600))
 }
 
 /// The routes of the separate metrics address (`--metrics-listen`).

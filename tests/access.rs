@@ -95,6 +95,43 @@ async fn a_connection_whose_token_expires_is_closed_with_a_reason() {
 }
 
 #[tokio::test]
+async fn a_refresh_frame_extends_the_connection_and_can_narrow_it() {
+    let node = Node::memory(&["--jwt-secret", SECRET, "--api-key", API_KEY]);
+    let brief = hs256(json!({"sub": "viewer", "exp": now() + 2, "rooms": ["*"]}));
+    let mut client = Client::try_connect(&node.ws_url(&format!("?token={brief}")), &[]).await.unwrap();
+    client.subscribe("show-1", None).await;
+    client.expect_type("subscribed").await;
+    client.subscribe("backstage", None).await;
+    client.expect_type("subscribed").await;
+
+    // A token that does not verify is refused; the connection keeps its own.
+    let forged = encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"exp": now() + 600, "rooms": ["*"]}),
+        &EncodingKey::from_secret(b"someone else's secret"),
+    )
+    .unwrap();
+    client.send(json!({"type": "refresh", "token": forged})).await;
+    assert_eq!(client.expect_type("error").await["code"], "bad_token");
+    client.send(json!({"type": "refresh"})).await;
+    assert_eq!(client.expect_type("error").await["code"], "bad_frame");
+
+    // A fresh token that covers show-* only: backstage is left, with word.
+    let fresh = hs256(json!({"sub": "viewer", "exp": now() + 600, "rooms": ["show-*"]}));
+    client.send(json!({"type": "refresh", "token": fresh})).await;
+    let left = client.expect_type("unsubscribed").await;
+    assert_eq!(left["room"], "backstage");
+    let refreshed = client.expect_type("refreshed").await;
+    assert!(refreshed["expires_in"].as_u64().is_some_and(|s| s > 590), "{refreshed}");
+
+    // Past the first token's expiry the connection is still up and live.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(post(&node, "show-1", Some(API_KEY)).await, 201);
+    let (events, _) = client.events("show-1", 1).await;
+    assert_eq!(events[0].1, json!(1));
+}
+
+#[tokio::test]
 async fn rs256_public_keys_verify_tokens() {
     let public = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/test-rs256.pub.pem");
     let node = Node::memory(&["--jwt-public-key", public]);
@@ -137,6 +174,42 @@ async fn browser_origins_are_checked() {
         .await
         .unwrap();
     assert_eq!(sse.status(), 403);
+
+    // CORS answers the allowed origins only.
+    let preflight = |origin: &'static str| {
+        reqwest::Client::new()
+            .request(reqwest::Method::OPTIONS, node.http("/rooms/r/events"))
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "last-event-id")
+            .send()
+    };
+    let allowed = preflight("https://show.example").await.unwrap();
+    assert_eq!(allowed.headers()["access-control-allow-origin"], "https://show.example");
+    let refused = preflight("https://evil.example").await.unwrap();
+    assert!(refused.headers().get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn an_open_node_answers_cors_for_any_origin_and_serves_its_browser_files() {
+    let node = Node::memory(&[]);
+    support::publish(&node, "r", json!(1)).await;
+    for path in ["/rooms/r", "/rooms/r/events?after=0"] {
+        let response =
+            reqwest::Client::new().get(node.http(path)).header("origin", "https://any.example").send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["access-control-allow-origin"], "https://any.example", "{path}");
+    }
+    let client = reqwest::get(node.http("/client.js")).await.unwrap();
+    assert!(client.headers()["content-type"].to_str().unwrap().starts_with("text/javascript"));
+    let body = client.text().await.unwrap();
+    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/clients/js/roomcast.js")).unwrap();
+    assert_eq!(body, source, "the node serves the package's module as it is in the repository");
+    let page = reqwest::get(node.http("/?room=show-42")).await.unwrap();
+    assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let html = page.text().await.unwrap();
+    assert!(html.contains(r#"from "/client.js""#), "the demo page is built on the client");
+    assert!(!html.contains("https://") && !html.contains("http://"), "the page loads nothing from elsewhere");
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@ pub mod health;
 pub mod history;
 pub mod publish;
 pub mod rooms;
+pub mod web;
 
 pub use self::error::{error_response, store_error_response, Refusal};
 

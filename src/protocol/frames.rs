@@ -31,6 +31,12 @@ pub enum ClientFrame {
         /// Names the publish, so a retry stores nothing twice.
         idempotency_key: Option<IdempotencyKey>,
     },
+    /// Hands the node a fresh credential before the connection's own
+    /// expires, so the connection need not end.
+    Refresh {
+        /// A JWT, verified like the one the connection opened with.
+        token: String,
+    },
 }
 
 /// The refusal codes of `error` frames: a stable, documented catalogue.
@@ -66,6 +72,9 @@ pub enum ErrorCode {
     LimitExceeded,
     /// The connection's token does not allow this room.
     Forbidden,
+    /// A `refresh` token that does not verify (bad signature, expired,
+    /// not yet valid); the connection keeps its current credential.
+    BadToken,
     /// Publishing faster than the per-connection rate limit.
     RateLimited,
     /// The node cannot take this now (shutting down, full); try another node.
@@ -89,6 +98,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::BadToken => "bad_token",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
         }
@@ -124,6 +134,16 @@ pub enum ServerFrame {
         room: RoomName,
         /// Whether the resume is complete.
         resumed: bool,
+        /// The position the subscription delivers after: the resume point
+        /// given, or the room's last event ID when joining live. A client
+        /// that resumes from it after a drop misses nothing.
+        last_event_id: EventId,
+    },
+    /// Answer to `refresh`: the new credential is in force.
+    Refreshed {
+        /// Seconds until the new credential expires (absent: never).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expires_in: Option<u64>,
     },
     /// Answer to `unsubscribe`.
     Unsubscribed {
@@ -187,6 +207,8 @@ pub(crate) struct RawClientFrame {
     pub reference: Option<u64>,
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 /// Only the `ref`, read leniently from a frame that failed to decode.
@@ -230,6 +252,10 @@ impl RawClientFrame {
                     None => None,
                 };
                 Ok(ClientFrame::Publish { room, data, reference, idempotency_key })
+            }
+            "refresh" => {
+                let token = self.token.ok_or_else(|| err(ErrorCode::BadFrame, "missing field `token`".into()))?;
+                Ok(ClientFrame::Refresh { token })
             }
             other => Err(err(
                 ErrorCode::UnknownType,

@@ -244,7 +244,7 @@ impl<S: Sink> Session<S> {
         let live = self.hub.join(&room, self.id, subscriber).await.map_err(|e| store_refusal(e, None))?;
         let Some(resume) = last_event_id else {
             self.rooms.insert(room.clone(), RoomState { cursor: live, flags });
-            return Ok(self.send(&ServerFrame::Subscribed { room, resumed: false }).await?);
+            return Ok(self.send(&ServerFrame::Subscribed { room, resumed: false, last_event_id: live }).await?);
         };
         let from = if resume.is_zero() { Position::Oldest } else { Position::After(resume) };
         let page = match self.store.read(&room, from, PAGE).await {
@@ -256,7 +256,8 @@ impl<S: Sink> Session<S> {
         };
         self.rooms.insert(room.clone(), RoomState { cursor: resume, flags });
         let more = page.events.len() >= PAGE;
-        self.write_out(Outgoing::Frame(&ServerFrame::Subscribed { room: room.clone(), resumed: !page.gap })).await?;
+        let subscribed = ServerFrame::Subscribed { room: room.clone(), resumed: !page.gap, last_event_id: resume };
+        self.write_out(Outgoing::Frame(&subscribed)).await?;
         self.apply_page(&room, page, false).await?;
         if more {
             self.sync_or_retry(&room).await?;
@@ -273,6 +274,23 @@ impl<S: Sink> Session<S> {
         let message =
             format!("more than {SUBSCRIBE_RATE} subscribes or unsubscribes per second (burst {SUBSCRIBE_BURST})");
         Err(refuse(ErrorCode::RateLimited, message, None))
+    }
+
+    /// Puts a fresh credential in force without ending the connection.
+    /// Rooms the new credential no longer allows are left, each answered
+    /// with `unsubscribed`, so a refresh can narrow access as well as extend it.
+    pub async fn refresh(&mut self, grant: Grant) -> Result<(), SessionError> {
+        let dropped: Vec<RoomName> =
+            self.rooms.iter().map(|(room, _)| room).filter(|room| !grant.may_subscribe(room)).cloned().collect();
+        for room in dropped {
+            self.rooms.remove(&room);
+            self.hub.leave(&room, self.id).await;
+            self.write_out(Outgoing::Frame(&ServerFrame::Unsubscribed { room })).await?;
+        }
+        let remaining = grant.remaining();
+        self.expires_at = remaining.map(|left| Instant::now() + left);
+        self.grant = grant;
+        Ok(self.send(&ServerFrame::Refreshed { expires_in: remaining.map(|d| d.as_secs()) }).await?)
     }
 
     /// Leaves `room`.
@@ -636,7 +654,13 @@ mod tests {
         session.subscribe(f.room.clone(), Some(ids[1])).await.unwrap();
         let out = session.close().await.0;
         let expected = format!("events {},{},{}", ids[2], ids[3], ids[4]);
-        assert_eq!(out, vec![r#"{"type":"subscribed","room":"r","resumed":true}"#.to_owned(), expected]);
+        assert_eq!(
+            out,
+            vec![
+                format!(r#"{{"type":"subscribed","room":"r","resumed":true,"last_event_id":"{}"}}"#, ids[1]),
+                expected
+            ]
+        );
     }
 
     #[tokio::test]
@@ -653,7 +677,8 @@ mod tests {
         settle(&mut session).await;
         let out = session.close().await.0;
         assert_eq!(out[1..], [format!("events {},{},{}", more[0], more[1], more[2])], "{out:?}");
-        assert!(!out.iter().any(|l| l.contains(&ids[1].to_string())), "nothing before the live cursor: {out:?}");
+        assert!(out[0].contains(&format!(r#""last_event_id":"{}""#, ids[1])), "joined after the last event: {out:?}");
+        assert!(!out[1..].iter().any(|l| l.contains(&ids[1].to_string())), "nothing before the live cursor: {out:?}");
     }
 
     #[tokio::test]
@@ -672,7 +697,7 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                r#"{"type":"subscribed","room":"r","resumed":true}"#.to_owned(),
+                format!(r#"{{"type":"subscribed","room":"r","resumed":true,"last_event_id":"{}"}}"#, EventId::ZERO),
                 format!("events {},{},{}", ids[0], ids[1], ids[2]),
                 gap,
                 format!("events {}", next[0]),

@@ -72,6 +72,9 @@ pub async fn handler(
     ([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], body).into_response()
 }
 
+/// How long browsers wait before reconnecting a dropped stream.
+const SSE_RETRY_MS: u32 = 1000;
+
 struct SseSink {
     tx: mpsc::Sender<Bytes>,
 }
@@ -86,7 +89,13 @@ impl Sink for SseSink {
                 let json = serde_json::to_string(frame).unwrap_or_default();
                 Bytes::from(format!("event: error\ndata: {json}\n\n"))
             }
-            Outgoing::Frame(ServerFrame::Subscribed { .. }) => Bytes::from_static(b": subscribed\n\n"),
+            // The position the stream starts after becomes the browser's
+            // Last-Event-ID (an id-only block dispatches nothing), so a
+            // drop before the first event still resumes without a hole;
+            // `retry` brings EventSource back within a second.
+            Outgoing::Frame(ServerFrame::Subscribed { last_event_id, .. }) => {
+                Bytes::from(format!("retry: {SSE_RETRY_MS}\nid: {last_event_id}\n: subscribed\n\n"))
+            }
             Outgoing::Frame(_) => return Ok(()),
         };
         match within_write_timeout(self.tx.send(chunk)).await {

@@ -242,7 +242,7 @@ impl Connection {
                 metrics::counter!("roomcast_ping_floods_total").increment(1);
                 Some(End::Close(CloseReason::PingFlood))
             }
-            Some(Ok(msg)) => match Box::pin(handle(&mut self.session, self.format, msg)).await {
+            Some(Ok(msg)) => match Box::pin(handle(&self.app, &mut self.session, self.format, msg)).await {
                 Ok(Answer::Done) => None,
                 Ok(Answer::Refused) if self.strikes.check().is_err() => Some(End::Close(CloseReason::Misbehaving)),
                 Ok(Answer::Refused) => None,
@@ -362,7 +362,12 @@ async fn auto_subscribe(session: &mut Session<WsSink>, query: WsQuery) -> Result
     session.answer(outcome).await.map(|_| ())
 }
 
-async fn handle(session: &mut Session<WsSink>, format: Format, msg: Message) -> Result<Answer, SessionError> {
+async fn handle(
+    app: &App,
+    session: &mut Session<WsSink>,
+    format: Format,
+    msg: Message,
+) -> Result<Answer, SessionError> {
     let decoded = match (&msg, format) {
         (Message::Text(text), _) => decode_client(Format::Json, text.as_bytes()),
         (Message::Binary(bytes), Format::MsgPack) => decode_client(Format::MsgPack, bytes),
@@ -381,6 +386,10 @@ async fn handle(session: &mut Session<WsSink>, format: Format, msg: Message) -> 
         Ok(ClientFrame::Publish { room, data, reference, idempotency_key }) => {
             session.publish(room, data, reference, idempotency_key).await
         }
+        Ok(ClientFrame::Refresh { token }) => match app.config.auth.authenticate(&HeaderMap::new(), Some(&token)) {
+            Ok(grant) => session.refresh(grant).await,
+            Err(e) => Err(SessionError::Refused(FrameError::new(ErrorCode::BadToken, e.to_string(), None))),
+        },
     };
     session.answer(outcome).await
 }

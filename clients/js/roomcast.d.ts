@@ -1,0 +1,113 @@
+// Types for roomcast-client.
+
+/** The connection's state. */
+export type State = "connecting" | "connected" | "disconnected" | "closed";
+
+/** One stored event: its id (the resume token) and the published value. */
+export interface RoomEvent<T = unknown> {
+  id: string;
+  data: T;
+}
+
+/** Options of {@link connect}. Delays are in milliseconds. */
+export interface ConnectOptions {
+  /** A JWT sent as `?token=` (never put the API key in a URL). */
+  token?: string;
+  /** Called before connecting, after a token-expiry close, and shortly before the token expires (in-band refresh). */
+  getToken?: () => Promise<string> | string;
+  /** A WebSocket constructor, for Node versions without a global one (e.g. `ws`). */
+  WebSocket?: unknown;
+  /** First retry waits up to this long; each retry doubles the cap (default 500). */
+  minDelay?: number;
+  /** No retry waits longer (default 15000). */
+  maxDelay?: number;
+  /** After a 1012 close (node restarting), reconnect to the next URL within this (default 1000). */
+  restartDelay?: number;
+  /** Silence this long means a dead link (default 40000; the node beats every 15 s). */
+  heartbeatTimeout?: number;
+  /** A publish not acked in this time rejects with code "timeout" (default 10000). */
+  publishTimeout?: number;
+  /** Publishes that may wait for a connection (default 100). */
+  maxQueued?: number;
+  /** Refresh the token in band before it expires (default true; needs `getToken`). */
+  autoRefresh?: boolean;
+  /** Refresh the token this long before it expires (default 30000). */
+  refreshBefore?: number;
+}
+
+/** Options of {@link Client.subscribe}. */
+export interface SubscribeOptions {
+  /** Resume after this event id (`"0"`: from the oldest kept). Absent: from now on. */
+  lastEventId?: string;
+  /** Also receive the room's audience count. */
+  audience?: boolean;
+}
+
+/** Options of {@link Client.publish}. */
+export interface PublishOptions {
+  /** Names the publish: a retry with the same key stores nothing twice. Default: a random key per publish. */
+  idempotencyKey?: string;
+  /** Overrides `publishTimeout` for this publish. */
+  timeout?: number;
+}
+
+/** An error the node answered with, or one of the client's own codes ("timeout", "closed", "queue_full", "token_expired"). */
+export class RoomcastError extends Error {
+  readonly code: string;
+  constructor(code: string, message?: string);
+}
+
+/** Removes the listener it was returned for. */
+export type Off = () => void;
+
+interface SubscriptionEvents {
+  event: RoomEvent;
+  gap: { after: string };
+  subscribed: { resumed: boolean };
+  error: RoomcastError;
+  audience: { count: number };
+  reactions: { counts: Record<string, number>; totals?: Record<string, number> };
+}
+
+/** One followed room. */
+export interface Subscription {
+  readonly room: string;
+  /** The id of the last event delivered: where a resume continues. */
+  readonly lastEventId: string | undefined;
+  readonly active: boolean;
+  on<K extends keyof SubscriptionEvents>(type: K, fn: (value: SubscriptionEvents[K]) => void): Off;
+  once<K extends keyof SubscriptionEvents>(type: K, fn: (value: SubscriptionEvents[K]) => void): Off;
+  off<K extends keyof SubscriptionEvents>(type: K, fn: (value: SubscriptionEvents[K]) => void): void;
+  /** Sends a reaction (counted, not stored). */
+  react(key: string): void;
+  unsubscribe(): void;
+}
+
+interface ClientEvents {
+  state: State;
+  error: unknown;
+  refreshed: { expiresIn?: number };
+}
+
+/** A self-healing connection to one or more roomcast nodes. */
+export interface Client {
+  readonly state: State;
+  on<K extends keyof ClientEvents>(type: K, fn: (value: ClientEvents[K]) => void): Off;
+  once<K extends keyof ClientEvents>(type: K, fn: (value: ClientEvents[K]) => void): Off;
+  off<K extends keyof ClientEvents>(type: K, fn: (value: ClientEvents[K]) => void): void;
+  subscribe(room: string, options?: SubscribeOptions): Subscription;
+  /** Resolves with the stored event's id on ack; rejects with a {@link RoomcastError}. */
+  publish(room: string, data: unknown, options?: PublishOptions): Promise<string>;
+  /** Fetches a token with `getToken()` and hands it to the node without reconnecting. */
+  refreshToken(): Promise<void>;
+  close(): void;
+}
+
+/** Reconnect and publish defaults. */
+export const DEFAULTS: Required<Omit<ConnectOptions, "token" | "getToken" | "WebSocket">>;
+
+/** The delay before reconnect attempt `attempt`: uniform in [0, min(maxDelay, minDelay * 2^attempt)). */
+export function backoff(attempt: number, minDelay?: number, maxDelay?: number): number;
+
+/** Connects to one URL or rotates across several. */
+export function connect(urls: string | string[], options?: ConnectOptions): Client;

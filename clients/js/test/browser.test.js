@@ -1,0 +1,172 @@
+// In a real Chromium (Debian's package, driven by playwright-core): the
+// demo page, the client module across node restarts, plain EventSource
+// resuming with Last-Event-ID, and a page of another origin through CORS.
+
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { once } from "node:events";
+import { createServer } from "node:http";
+import { chromium } from "playwright-core";
+
+import { freePort, publish, publishAll, startNode, startRedis, until } from "./support.js";
+
+function chromiumPath() {
+  if (process.env.CHROMIUM) return process.env.CHROMIUM;
+  return execFileSync("sh", ["-c", "command -v chromium || command -v chromium-browser"]).toString().trim();
+}
+
+/** Events the page collected (the page pushes them to `window.got`). */
+const pageGot = (page) => page.evaluate(() => window.got);
+
+describe("in Chromium", () => {
+  let browser, redis, a, b, other;
+  before(async () => {
+    browser = await chromium.launch({
+      executablePath: chromiumPath(),
+      args: [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+      ],
+    });
+    redis = await startRedis();
+    a = await startNode({ redis });
+    b = await startNode({ redis });
+    // A page of another site: any origin but the nodes'.
+    const port = await freePort();
+    other = createServer((_, res) => res.end("<!doctype html><title>another site</title>"));
+    other.listen(port, "127.0.0.1");
+    await once(other, "listening");
+    other.url = `http://127.0.0.1:${port}/`;
+  });
+  after(async () => {
+    await browser?.close();
+    await a?.stop("SIGKILL");
+    await b?.stop("SIGKILL");
+    await redis?.stop();
+    other?.close();
+  });
+
+  test("the demo page shows a published event, publishes, and counts its viewer", async () => {
+    const page = await browser.newPage();
+    await page.goto(`${a.http}/?room=show-42`);
+    await page.locator("#state.connected").waitFor();
+    const id = await publish(b, "show-42", { text: "hello from the host" });
+    const item = page.locator(`#events li[data-id="${id}"]`);
+    await item.waitFor();
+    assert.equal(await item.locator(".data").textContent(), "hello from the host");
+    await until(async () => (await page.locator("#audience").textContent()) === "1", "the audience count");
+    // The message box publishes through the client.
+    await page.fill("#text", "hi from a viewer");
+    await page.click("#sendButton");
+    await page.locator("#events li .data", { hasText: "hi from a viewer" }).waitFor();
+    const history = await (await fetch(`${a.http}/rooms/show-42/events?after=0`)).json();
+    assert.deepEqual(
+      history.events.map((e) => e.data),
+      [{ text: "hello from the host" }, { text: "hi from a viewer" }],
+    );
+    await page.screenshot({ path: process.env.ROOMCAST_SCREENSHOT || "/dev/null" }).catch(() => {});
+    await page.close();
+  });
+
+  test("the client module keeps every event once and in order while its nodes restart", async () => {
+    const page = await browser.newPage();
+    await page.goto(`${a.http}/client.js`);
+    await page.evaluate(
+      async ([urls]) => {
+        const { connect } = await import("/client.js");
+        window.got = { ids: [], gaps: [] };
+        const client = connect(urls, { minDelay: 50, maxDelay: 400 });
+        const sub = client.subscribe("browser-1");
+        sub.on("event", (e) => window.got.ids.push(e.id));
+        sub.on("gap", (g) => window.got.gaps.push(g.after));
+        await new Promise((r) => sub.once("subscribed", r));
+      },
+      [[a.ws, b.ws]],
+    );
+    const publishing = publishAll([a, b], "browser-1", 300, { pause: 5 });
+    await until(async () => (await pageGot(page)).ids.length > 50, "the first events");
+    await a.restart("SIGTERM");
+    await until(async () => (await pageGot(page)).ids.length > 130, "events after a SIGTERM");
+    await b.restart("SIGKILL");
+    await until(async () => (await pageGot(page)).ids.length > 210, "events after a SIGKILL");
+    await a.restart("SIGKILL");
+    const ids = await publishing;
+    await until(async () => (await pageGot(page)).ids.length >= ids.length, "every event", 20000);
+    const got = await pageGot(page);
+    assert.deepEqual(got.ids, ids, "each event once, in order");
+    assert.deepEqual(got.gaps, []);
+    await page.close();
+  });
+
+  test("plain EventSource resumes with Last-Event-ID across a node restart", async () => {
+    const page = await browser.newPage();
+    await page.goto(other.url);
+    await page.evaluate((url) => {
+      window.got = { ids: [], opens: 0 };
+      const source = new EventSource(url);
+      source.onopen = () => window.got.opens++;
+      source.onmessage = (e) => window.got.ids.push(e.lastEventId);
+    }, `${a.http}/rooms/sse-1/sse`);
+    await until(async () => (await pageGot(page)).opens === 1, "the stream to open");
+    const first = await publishAll([b], "sse-1", 20, { pause: 0 });
+    await until(async () => (await pageGot(page)).ids.length === 20, "the first events");
+    // The node restarts; what is published meanwhile must arrive on resume.
+    await a.stop("SIGTERM");
+    const missed = await publishAll([b], "sse-1", 20, { pause: 0 });
+    await a.start();
+    await until(async () => (await pageGot(page)).opens === 2, "EventSource to reconnect");
+    const live = await publishAll([b], "sse-1", 5, { pause: 0 });
+    await until(async () => (await pageGot(page)).ids.length >= 45, "every event");
+    assert.deepEqual((await pageGot(page)).ids, [...first, ...missed, ...live]);
+    await page.close();
+  });
+
+  test("a page of another origin reads history, room info and SSE through CORS", async () => {
+    const id = await publish(a, "cors-1", { text: "across origins" });
+    const page = await browser.newPage();
+    await page.goto(other.url);
+    const result = await page.evaluate(async (base) => {
+      const history = await (await fetch(`${base}/rooms/cors-1/events?after=0`)).json();
+      const info = await (await fetch(`${base}/rooms/cors-1`)).json();
+      const streamed = await new Promise((resolve, reject) => {
+        const source = new EventSource(`${base}/rooms/cors-1/sse?last_event_id=0`);
+        source.onmessage = (e) => {
+          source.close();
+          resolve({ id: e.lastEventId, data: JSON.parse(e.data) });
+        };
+        source.onerror = () => reject(new Error("EventSource failed"));
+      });
+      return { history, info, streamed };
+    }, a.http);
+    assert.deepEqual(result.history.events, [{ id, data: { text: "across origins" } }]);
+    assert.equal(result.info.last_event_id, id);
+    assert.deepEqual(result.streamed, { id, data: { text: "across origins" } });
+    await page.close();
+  });
+
+  test("a node with --allowed-origins refuses other origins' reads", async () => {
+    const strict = await startNode({ args: ["--allowed-origins", "http://allowed.example"] });
+    try {
+      const page = await browser.newPage();
+      await page.goto(other.url);
+      const outcome = await page.evaluate(async (base) => {
+        try {
+          await fetch(`${base}/rooms/x/events`);
+          return "read";
+        } catch {
+          return "refused";
+        }
+      }, strict.http);
+      assert.equal(outcome, "refused");
+      await page.close();
+    } finally {
+      await strict.stop("SIGKILL");
+    }
+  });
+});

@@ -1,0 +1,289 @@
+// The client against real roomcast nodes on one real Redis: resume across
+// SIGTERM and SIGKILL, URL rotation, backoff bounds, dead-link detection,
+// token refresh, publish acks and errors.
+
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { gzipSync } from "node:zlib";
+import path from "node:path";
+import WebSocket from "ws";
+import { minify } from "terser";
+
+import { backoff, connect, DEFAULTS, RoomcastError } from "../roomcast.js";
+import { freePort, jwt, now, publish, publishAll, root, startNode, startRedis, until } from "./support.js";
+
+const source = path.join(root, "clients/js/roomcast.js");
+
+/** Collects a subscription's events and gaps. */
+function collect(sub) {
+  const got = { ids: [], gaps: [] };
+  sub.on("event", (e) => got.ids.push(e.id));
+  sub.on("gap", (g) => got.gaps.push(g.after));
+  return got;
+}
+
+/** Records every connection attempt (URL, time) on top of `ws`. */
+function recordingWebSocket(log) {
+  return class extends WebSocket {
+    constructor(url, ...rest) {
+      log.push({ url, at: Date.now() });
+      super(url, ...rest);
+    }
+  };
+}
+
+describe("the client on two nodes and one Redis", () => {
+  let redis, a, b;
+  before(async () => {
+    redis = await startRedis();
+    a = await startNode({ redis, args: ["--heartbeat-secs", "1"] });
+    b = await startNode({ redis, args: ["--heartbeat-secs", "1"] });
+  });
+  after(async () => {
+    await a?.stop("SIGKILL");
+    await b?.stop("SIGKILL");
+    await redis?.stop();
+  });
+
+  test("every event exactly once and in order across SIGTERM and SIGKILL", async () => {
+    const client = connect([a.ws, b.ws], { WebSocket, minDelay: 50, maxDelay: 400 });
+    const sub = client.subscribe("resume-1");
+    const got = collect(sub);
+    await new Promise((r) => sub.once("subscribed", r));
+    const publishing = publishAll([a, b], "resume-1", 400, { pause: 4 });
+    await until(() => got.ids.length > 50, "the first events");
+    await a.restart("SIGTERM");
+    await until(() => got.ids.length > 150, "events after the SIGTERM");
+    await b.restart("SIGKILL");
+    await until(() => got.ids.length > 250, "events after the SIGKILL");
+    await a.restart("SIGKILL");
+    const ids = await publishing;
+    await until(() => got.ids.length >= ids.length, "every event", 20000);
+    assert.deepEqual(got.ids, ids, "each event once, in publish order");
+    assert.deepEqual(got.gaps, [], "nothing was lost, so no gap");
+    assert.equal(sub.lastEventId, ids.at(-1));
+    client.close();
+  });
+
+  test("a drop before the first event still resumes from where the subscription joined", async () => {
+    const client = connect([a.ws], { WebSocket, minDelay: 50, maxDelay: 200 });
+    const sub = client.subscribe("resume-2");
+    const got = collect(sub);
+    await new Promise((r) => sub.once("subscribed", r));
+    assert.ok(sub.lastEventId, "the node says where live delivery starts");
+    await a.stop("SIGTERM");
+    const missed = await publishAll([b], "resume-2", 5, { pause: 0 });
+    await a.start();
+    await until(() => got.ids.length === 5, "the events published while it was away");
+    assert.deepEqual(got.ids, missed);
+    client.close();
+  });
+
+  test("rotates across URLs and comes back to a live one", async () => {
+    const dead = `ws://127.0.0.1:${await freePort()}/ws`;
+    const log = [];
+    const client = connect([dead, b.ws], { WebSocket: recordingWebSocket(log), minDelay: 20, maxDelay: 50 });
+    await until(() => client.state === "connected", "a connection");
+    assert.deepEqual(
+      log.map((l) => l.url),
+      [dead, b.ws],
+    );
+    // The live node goes away: the client moves on, tries the dead URL, and returns.
+    await b.restart("SIGKILL");
+    await until(() => log.length >= 4 && client.state === "connected", "a reconnection");
+    const urls = log.map((l) => l.url);
+    for (let i = 1; i < urls.length; i++) assert.notEqual(urls[i], urls[i - 1], "each attempt goes to the next URL");
+    client.close();
+  });
+
+  test("after a 1012 it reconnects promptly, to the next URL", async () => {
+    const log = [];
+    const client = connect([a.ws, b.ws], { WebSocket: recordingWebSocket(log), minDelay: 5000, maxDelay: 5000 });
+    await until(() => client.state === "connected", "a connection");
+    const stopped = a.stop("SIGTERM");
+    await until(() => log.length === 2 && client.state === "connected", "the reconnection");
+    const pause = log[1].at - log[0].at;
+    assert.equal(log[1].url, b.ws);
+    // restartDelay (1 s), not the 5 s backoff: a drain is not a failure.
+    assert.ok(pause < DEFAULTS.restartDelay + 2000, `reconnected after ${pause} ms`);
+    await stopped;
+    await a.start();
+    client.close();
+  });
+
+  test("silence past the heartbeat timeout is a dead link", async () => {
+    const log = [];
+    const client = connect([a.ws, b.ws], { WebSocket: recordingWebSocket(log), heartbeatTimeout: 2500, minDelay: 20 });
+    await until(() => client.state === "connected", "a connection");
+    // The node beats every second: a quiet but live link stays up.
+    await new Promise((r) => setTimeout(r, 3000));
+    assert.equal(log.length, 1, "heartbeats keep a quiet link alive");
+    // Frozen, the node keeps the socket open but says nothing.
+    a.child.kill("SIGSTOP");
+    try {
+      await until(() => log.length === 2 && client.state === "connected", "a move to the other node", 10000);
+      assert.equal(log[1].url, b.ws);
+    } finally {
+      a.child.kill("SIGCONT");
+    }
+    client.close();
+  });
+
+  test("publish resolves with the stored id, rejects with the node's code", async () => {
+    const client = connect(a.ws, { WebSocket });
+    const id = await client.publish("pub-1", { text: "hi" });
+    const history = await (await fetch(`${a.http}/rooms/pub-1/events?after=0`)).json();
+    assert.deepEqual(history.events, [{ id, data: { text: "hi" } }]);
+    await assert.rejects(client.publish("bad room!", 1), (e) => e instanceof RoomcastError && e.code === "bad_room");
+    // Too big for the node's frame limit: the node closes with 1009, the
+    // client rejects that publish (never resends it) and carries on.
+    await assert.rejects(client.publish("pub-1", "x".repeat(70000)), (e) => e.code === "too_large");
+    await until(() => client.state === "connected", "the reconnection");
+    // The same key twice: one stored event, the same id.
+    const again = await client.publish("pub-1", 2, { idempotencyKey: "once" });
+    assert.equal(await client.publish("pub-1", 3, { idempotencyKey: "once" }), again);
+    client.close();
+    await assert.rejects(client.publish("pub-1", 4), (e) => e.code === "closed");
+  });
+
+  test("a publish made while disconnected waits for the connection, and times out if it never comes", async () => {
+    const client = connect(a.ws, { WebSocket, minDelay: 50, maxDelay: 100 });
+    await until(() => client.state === "connected", "a connection");
+    await a.stop("SIGKILL");
+    await until(() => client.state !== "connected", "the drop");
+    const waiting = client.publish("pub-2", { queued: true });
+    const doomed = client.publish("pub-2", { late: true }, { timeout: 200 });
+    await assert.rejects(doomed, (e) => e.code === "timeout");
+    await a.start();
+    const id = await waiting;
+    const history = await (await fetch(`${b.http}/rooms/pub-2/events?after=0`)).json();
+    assert.deepEqual(history.events, [{ id, data: { queued: true } }], "stored once, and the timed-out one never");
+    client.close();
+  });
+
+  test("GET /client.js is this package's module, byte for byte, and cacheable", async () => {
+    const res = await fetch(`${a.http}/client.js`);
+    assert.equal(res.status, 200);
+    assert.match(res.headers.get("content-type"), /^text\/javascript/);
+    assert.match(res.headers.get("cache-control"), /max-age/);
+    assert.equal(await res.text(), readFileSync(source, "utf8"));
+    const again = await fetch(`${a.http}/client.js`, { headers: { "if-none-match": res.headers.get("etag") } });
+    assert.equal(again.status, 304);
+  });
+});
+
+describe("tokens", () => {
+  const secret = "client-test-secret";
+  let node;
+  before(async () => {
+    node = await startNode({ args: ["--jwt-secret", secret] });
+  });
+  after(async () => node?.stop("SIGKILL"));
+
+  const token = (life, claims = {}) => jwt(secret, { sub: "t", exp: now() + life, rooms: ["*"], publish: ["*"], ...claims });
+
+  test("refreshed in band before it expires: no reconnect", async () => {
+    let issued = 0;
+    const states = [];
+    const client = connect(node.ws, {
+      WebSocket,
+      getToken: async () => (issued++, token(3)),
+    });
+    client.on("state", (s) => states.push(s));
+    const refreshed = [];
+    client.on("refreshed", (r) => refreshed.push(r));
+    const sub = client.subscribe("tok-1");
+    const got = collect(sub);
+    await new Promise((r) => sub.once("subscribed", r));
+    await until(() => refreshed.length >= 3, "three in-band refreshes", 15000);
+    const id = await publish(node, "tok-1", 1, { authorization: `Bearer ${token(60)}` });
+    await until(() => got.ids.includes(id), "an event after the first token expired");
+    assert.deepEqual(states, ["connected"], "the connection never dropped");
+    assert.ok(issued >= 4, `getToken called ${issued} times`);
+    client.close();
+  });
+
+  test("after a 1008 token expiry getToken is called again and the room resumes", async () => {
+    let issued = 0;
+    const states = [];
+    // In-band refresh off: only the close can renew this token.
+    const client = connect(node.ws, {
+      WebSocket,
+      minDelay: 20,
+      autoRefresh: false,
+      getToken: async () => (issued++, token(2)),
+    });
+    client.on("state", (s) => states.push(s));
+    const sub = client.subscribe("tok-2");
+    const got = collect(sub);
+    await new Promise((r) => sub.once("subscribed", r));
+    await until(() => issued >= 2 && client.state === "connected", "a reconnection with a fresh token", 10000);
+    const ids = [];
+    for (let i = 0; i < 3; i++) ids.push(await publish(node, "tok-2", i, { authorization: `Bearer ${token(60)}` }));
+    await until(() => got.ids.length === 3, "the events");
+    assert.deepEqual(got.ids, ids);
+    assert.ok(states.includes("disconnected"), "the node ended the expired connection");
+    client.close();
+  });
+
+  test("without getToken an expired token ends the client with token_expired", async () => {
+    const client = connect(node.ws, { WebSocket, token: token(2) });
+    const errors = [];
+    client.on("error", (e) => errors.push(e.code));
+    await until(() => client.state === "closed", "the client to close", 10000);
+    assert.deepEqual(errors, ["token_expired"]);
+  });
+
+  test("a refused publish rejects with forbidden, a bad refresh with bad_token", async () => {
+    const client = connect(node.ws, { WebSocket, token: token(60, { publish: ["other-*"] }) });
+    await assert.rejects(client.publish("tok-3", 1), (e) => e.code === "forbidden");
+    const errors = [];
+    client.on("error", (e) => errors.push(e.code));
+    client._send({ type: "refresh", token: jwt("wrong", { exp: now() + 60 }) });
+    await until(() => errors.length === 1, "the refusal");
+    assert.deepEqual(errors, ["bad_token"]);
+    assert.equal(client.state, "connected", "a refused refresh keeps the connection");
+    client.close();
+  });
+});
+
+describe("the package", () => {
+  test("backoff: full jitter under a doubling cap", () => {
+    for (let attempt = 0; attempt < 12; attempt++) {
+      const cap = Math.min(DEFAULTS.maxDelay, DEFAULTS.minDelay * 2 ** attempt);
+      for (let i = 0; i < 200; i++) {
+        const d = backoff(attempt);
+        assert.ok(d >= 0 && d < cap, `attempt ${attempt}: ${d} outside [0, ${cap})`);
+      }
+    }
+    assert.ok(DEFAULTS.minDelay < 1000, "the first retry comes well under a second");
+  });
+
+  test("reconnect attempts to a dead node stay within the backoff bounds", async () => {
+    const dead = `ws://127.0.0.1:${await freePort()}/ws`;
+    const log = [];
+    const client = connect(dead, { WebSocket: recordingWebSocket(log), minDelay: 40, maxDelay: 160 });
+    await until(() => log.length >= 8, "eight attempts");
+    client.close();
+    const pauses = log.slice(1).map((l, i) => l.at - log[i].at);
+    // The cap doubles from 40 ms to 160 ms; 250 ms of slack for a busy machine.
+    for (const p of pauses) assert.ok(p <= 160 + 250, `a pause of ${p} ms exceeds the cap`);
+  });
+
+  test("at most 6 KB minified and gzipped", async () => {
+    const { code } = await minify(readFileSync(source, "utf8"), { module: true, compress: true, mangle: true });
+    const size = gzipSync(code, { level: 9 }).length;
+    console.log(`roomcast.js: ${size} bytes min+gzip`);
+    assert.ok(size <= 6144, `${size} bytes`);
+  });
+
+  test("the type declarations check against the documented example", () => {
+    const tsc = path.join(root, "clients/js/node_modules/.bin/tsc");
+    execFileSync(tsc, ["--noEmit", "--strict", "--module", "nodenext", "test/types-check.ts"], {
+      cwd: path.join(root, "clients/js"),
+      stdio: "pipe",
+    });
+  });
+});

@@ -1,0 +1,19 @@
+// Compiled with `tsc --noEmit` by the tests: the README's example must type-check.
+import { connect, RoomcastError, type RoomEvent } from "../roomcast.js";
+
+const client = connect(["ws://a/ws", "ws://b/ws"], { getToken: async () => "jwt", minDelay: 200 });
+const state: "connecting" | "connected" | "disconnected" | "closed" = client.state;
+const offState = client.on("state", (s) => console.log(s, state));
+const sub = client.subscribe("show-42", { lastEventId: "1732270000000-3", audience: true });
+sub.on("event", ({ id, data }: RoomEvent) => console.log(id, data));
+sub.on("gap", ({ after }) => console.log(after));
+sub.on("audience", ({ count }) => console.log(count + 1));
+sub.once("reactions", ({ counts }) => console.log(counts["👏"]));
+const last: string | undefined = sub.lastEventId;
+client
+  .publish("show-42", { text: "hi" }, { idempotencyKey: "k1" })
+  .then((id: string) => console.log(id, last))
+  .catch((e: RoomcastError) => console.log(e.code));
+offState();
+sub.unsubscribe();
+client.close();
