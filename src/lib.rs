@@ -8,6 +8,8 @@
 //! - [`hub`]: the node-local room registry; each batch is encoded once per
 //!   format and shared by every subscriber's bounded outbox.
 //! - [`session`]: one connection's rooms and cursors: resume, merge, catch-up.
+//! - [`live`]: the live audience: pushed counts and reactions combined
+//!   across nodes through the store's live log.
 //! - [`transport`]: WebSocket and SSE adapters around a session.
 //! - [`http`]: the REST resources (publish, history, room info, health) and
 //!   the embedded browser files (client module, demo page).
@@ -25,8 +27,8 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod hub;
+pub mod live;
 pub mod metrics;
-pub mod presence;
 pub mod protocol;
 pub mod server;
 pub mod session;
@@ -112,7 +114,7 @@ fn metrics_router(app: Arc<App>) -> Router {
 /// then closes every connection (1012) and returns within the grace period.
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), Error> {
     let tracker = TaskTracker::new();
-    let options = StoreOptions::new(&config.store, presence::PRESENCE_TTL);
+    let options = StoreOptions::new(&config.store, live::PRESENCE_TTL);
     let store: Arc<dyn Store> = match RedisOptions::from_settings(&config.redis) {
         Some(redis) => Arc::new(RedisStore::connect(redis, options).await?),
         None => {
@@ -125,7 +127,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     let source = store.change_source(&config.node_id).await?;
     hub.attach_feed(Feed::spawn(store.clone(), source, hub.clone(), config.node.coalesce, shutdown.clone(), &tracker));
     hub.spawn_heartbeat(config.node.heartbeat, shutdown.clone(), &tracker);
-    presence::spawn(hub.clone(), store.clone(), config.node_id.clone(), shutdown.clone(), &tracker);
+    live::spawn(hub.clone(), store.clone(), config.node_id.clone(), shutdown.clone(), &tracker);
 
     if config.auth.is_open() {
         warn!("no --jwt-secret, --jwt-public-key or --api-key: this node is OPEN, anyone who can reach it may publish and subscribe");

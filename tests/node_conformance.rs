@@ -418,6 +418,167 @@ async fn sigterm_closes_with_1012_and_exits_0(mut d: Deployment) {
     assert_eq!(status.code(), Some(0), "logs:\n{}", d.nodes[0].logs());
 }
 
+/// The next audience frame for `room`, skipping other frames.
+async fn audience(client: &mut Client, room: &str) -> u64 {
+    loop {
+        let frame = client.expect_type("audience").await;
+        if frame["room"] == room {
+            return frame["count"].as_u64().unwrap();
+        }
+    }
+}
+
+/// Reads audience frames until one says `count` (counts may pass through
+/// in-between values while viewers come and go).
+async fn audience_reaches(client: &mut Client, room: &str, count: u64) {
+    tokio::time::timeout(Duration::from_secs(10), async { while audience(client, room).await != count {} })
+        .await
+        .unwrap_or_else(|_| panic!("audience of {room} never reached {count}"));
+}
+
+async fn audience_is_pushed_to_those_who_ask(d: Deployment) {
+    let mut watcher = Client::connect(&d.node(0).ws_url("?room=stage&audience=1")).await;
+    watcher.expect_type("subscribed").await;
+    let mut other_watcher = Client::connect(&d.node(1).ws_url("")).await;
+    other_watcher.send(json!({"type": "subscribe", "room": "stage", "audience": true})).await;
+    other_watcher.expect_type("subscribed").await;
+    let mut viewers = Vec::new();
+    for i in 0..6 {
+        let mut viewer = Client::connect(&d.node(i).ws_url("")).await;
+        subscribed(&mut viewer, "stage", None).await;
+        viewers.push(viewer);
+    }
+    audience_reaches(&mut watcher, "stage", 8).await;
+    audience_reaches(&mut other_watcher, "stage", 8).await;
+    // A late watcher hears the count soon after subscribing.
+    let mut late = Client::connect(&d.node(2).ws_url("?room=stage&audience=1")).await;
+    late.expect_type("subscribed").await;
+    audience_reaches(&mut late, "stage", 9).await;
+    drop(late);
+    for viewer in viewers.drain(..3) {
+        drop(viewer);
+    }
+    audience_reaches(&mut watcher, "stage", 5).await;
+    audience_reaches(&mut other_watcher, "stage", 5).await;
+    // Viewers that did not ask never get audience frames, and nothing else
+    // of theirs changed.
+    for viewer in &mut viewers {
+        viewer.expect_silence(Duration::from_millis(2500)).await;
+    }
+    let (_, info) = get_json(&d.node(0).http("/rooms/stage")).await;
+    assert_eq!(info["audience"], 5);
+}
+
+async fn reactions_are_summed_across_nodes(d: Deployment) {
+    let mut watchers = Vec::new();
+    for i in 0..2 {
+        let mut c = Client::connect(&d.node(i).ws_url("?room=party")).await;
+        c.expect_type("subscribed").await;
+        watchers.push(c);
+    }
+    let mut reactors = Vec::new();
+    for i in 0..40 {
+        let mut c = Client::connect(&d.node(i).ws_url("?room=party")).await;
+        c.expect_type("subscribed").await;
+        reactors.push(c);
+    }
+    let mut expected: std::collections::BTreeMap<String, u64> = Default::default();
+    for (i, c) in reactors.iter_mut().enumerate() {
+        let key = ["👏", "🔥", "clap"][i % 3];
+        for _ in 0..(1 + i % 4) {
+            c.send(json!({"type": "react", "room": "party", "key": key})).await;
+            *expected.entry(key.to_owned()).or_default() += 1;
+        }
+    }
+    let total: u64 = expected.values().sum();
+    for watcher in &mut watchers {
+        let mut summed: std::collections::BTreeMap<String, u64> = Default::default();
+        let mut frames = 0;
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while summed.values().sum::<u64>() < total {
+                let frame = watcher.expect_type("reactions").await;
+                assert_eq!(frame["room"], "party");
+                frames += 1;
+                for (key, n) in frame["counts"].as_object().unwrap() {
+                    *summed.entry(key.clone()).or_default() += n.as_u64().unwrap();
+                }
+            }
+        })
+        .await
+        .expect("every reaction counted");
+        assert_eq!(summed, expected, "exact sums");
+        assert!(frames <= 8, "{total} reactions arrived as {frames} frames, not one each");
+        watcher.expect_silence(Duration::from_millis(700)).await;
+    }
+}
+
+async fn bad_reactions_get_errors_and_harm_nobody(d: Deployment) {
+    let mut bystander = Client::connect(&d.node(1).ws_url("?room=calm")).await;
+    bystander.expect_type("subscribed").await;
+    let mut c = Client::connect(&d.node(0).ws_url("?room=calm")).await;
+    c.expect_type("subscribed").await;
+    for (frame, code) in [
+        (json!({"type": "react", "room": "calm"}), "bad_frame"),
+        (json!({"type": "react", "room": "calm", "key": "k".repeat(33)}), "bad_reaction"),
+        (json!({"type": "react", "room": "calm", "key": "two words"}), "bad_reaction"),
+        (json!({"type": "react", "room": "calm", "key": 7}), "bad_frame"),
+        (json!({"type": "react", "room": "elsewhere", "key": "clap"}), "not_subscribed"),
+        (json!({"type": "react", "room": "bad room", "key": "clap"}), "bad_room"),
+    ] {
+        c.send(frame.clone()).await;
+        assert_eq!(c.expect_type("error").await["code"], code, "{frame}");
+    }
+    // Past the burst, reactions are dropped with an error; the rest count.
+    for _ in 0..25 {
+        c.send(json!({"type": "react", "room": "calm", "key": "clap"})).await;
+    }
+    let mut counted = 0;
+    let mut refused = 0;
+    while counted + refused < 25 {
+        let frame = c.next().await.unwrap();
+        match frame["type"].as_str() {
+            Some("error") => {
+                assert_eq!(frame["code"], "rate_limited");
+                refused += 1;
+            }
+            Some("reactions") => counted += frame["counts"]["clap"].as_u64().unwrap(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!((20..=22).contains(&counted), "a burst of 20 counts ({counted} did)");
+    // The bystander saw only the reactions that counted, and the room is fine.
+    let mut seen = 0;
+    while seen < counted {
+        let frame = bystander.expect_type("reactions").await;
+        seen += frame["counts"]["clap"].as_u64().unwrap();
+    }
+    assert_eq!(seen, counted);
+    let id = d.publish(0, "calm", json!("still fine")).await;
+    let (events, _) = bystander.events("calm", 1).await;
+    assert_eq!(events[0].0, id);
+}
+
+async fn one_idempotency_key_on_two_nodes_at_once_stores_one_event(d: Deployment) {
+    let http = reqwest::Client::new();
+    for round in 0..10 {
+        let key = format!("race-{round}");
+        let post = |node: usize| {
+            http.post(d.node(node).http("/rooms/race/events"))
+                .header("Idempotency-Key", key.clone())
+                .json(&round)
+                .send()
+        };
+        let (a, b) = tokio::join!(post(0), post(1));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let mut statuses = [a.status().as_u16(), b.status().as_u16()];
+        statuses.sort();
+        assert_eq!(statuses, [200, 201], "one stored, one repeat");
+        assert_eq!(a.json::<Value>().await.unwrap(), b.json::<Value>().await.unwrap(), "the same id");
+    }
+    let (_, history) = get_json(&d.node(0).http("/rooms/race/events?after=0")).await;
+    assert_eq!(history["events"].as_array().unwrap().len(), 10);
+}
+
 macro_rules! conformance {
     ($name:ident, $deployment:expr) => {
         mod $name {
@@ -466,6 +627,22 @@ macro_rules! conformance {
             #[tokio::test]
             async fn room_info_and_history() {
                 super::room_info_and_history($deployment(&[])).await
+            }
+            #[tokio::test]
+            async fn audience_is_pushed_to_those_who_ask() {
+                super::audience_is_pushed_to_those_who_ask($deployment(&[])).await
+            }
+            #[tokio::test]
+            async fn reactions_are_summed_across_nodes() {
+                super::reactions_are_summed_across_nodes($deployment(&[])).await
+            }
+            #[tokio::test]
+            async fn bad_reactions_get_errors_and_harm_nobody() {
+                super::bad_reactions_get_errors_and_harm_nobody($deployment(&[])).await
+            }
+            #[tokio::test]
+            async fn one_idempotency_key_on_two_nodes_at_once_stores_one_event() {
+                super::one_idempotency_key_on_two_nodes_at_once_stores_one_event($deployment(&[])).await
             }
             #[tokio::test]
             async fn sigterm_closes_with_1012_and_exits_0() {

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use roomcast::protocol::{EventId, RoomName};
 use roomcast::store::memory::MemoryStore;
 use roomcast::store::redis::{RedisOptions, RedisStore};
-use roomcast::store::{Position, Store, StoreOptions};
+use roomcast::store::{LiveNote, Position, Store, StoreOptions};
 use support::{eventually, Redis};
 
 fn options(history: usize, room_ttl: Duration) -> StoreOptions {
@@ -190,6 +190,48 @@ mod cases {
         f.store.report_audience("node-a", &[(r.clone(), 0)]).await.unwrap();
         assert_eq!(f.store.audience(&r).await.unwrap(), 2);
         assert_eq!(f.store.audience(&room("empty-stage")).await.unwrap(), 0);
+    }
+
+    pub async fn audience_counts_only_live_nodes(f: Fixture) {
+        let r = room("arena");
+        f.store.report_audience("node-a", &[(r.clone(), 4)]).await.unwrap();
+        f.store.report_audience("node-b", &[(r.clone(), 1)]).await.unwrap();
+        let live = f.store.live_nodes().await.unwrap();
+        assert!(live.contains("node-a") && live.contains("node-b"), "{live:?}");
+        let by_node = f.store.audience_by_node(&[r.clone(), room("nobody")]).await.unwrap();
+        assert_eq!(by_node[0].get("node-a"), Some(&4));
+        assert_eq!(by_node[0].get("node-b"), Some(&1));
+        assert!(by_node[1].is_empty());
+        // A report with no rooms still says the node is alive.
+        f.store.report_audience("node-c", &[]).await.unwrap();
+        assert!(f.store.live_nodes().await.unwrap().contains("node-c"));
+    }
+
+    pub async fn live_notes_are_read_once_in_order(f: Fixture) {
+        let note = |node: &str, n: u64| LiveNote {
+            node: node.to_owned(),
+            audience: [("r".to_owned(), n)].into(),
+            ..LiveNote::default()
+        };
+        f.store.append_note(&note("old", 0)).await.unwrap();
+        // A reader starts at the log's present end.
+        let (none, start) = f.store.read_notes(None).await.unwrap();
+        assert!(none.is_empty());
+        for i in 1..=5 {
+            f.store.append_note(&note("a", i)).await.unwrap();
+        }
+        let (notes, cursor) = f.store.read_notes(Some(&start)).await.unwrap();
+        assert_eq!(notes, (1..=5).map(|i| note("a", i)).collect::<Vec<_>>());
+        let (again, same) = f.store.read_notes(Some(&cursor)).await.unwrap();
+        assert!(again.is_empty(), "each note once");
+        assert_eq!(same, cursor);
+        let reactions = LiveNote {
+            node: "b".into(),
+            reactions: [("r".into(), [("👏".into(), 3)].into())].into(),
+            ..Default::default()
+        };
+        f.store.append_note(&reactions).await.unwrap();
+        assert_eq!(f.store.read_notes(Some(&cursor)).await.unwrap().0, vec![reactions]);
     }
 
     pub async fn change_source_reports_watched_rooms(f: Fixture) {
@@ -369,6 +411,16 @@ macro_rules! conformance {
             #[tokio::test]
             async fn audience_sums_nodes_and_withdraws() {
                 cases::audience_sums_nodes_and_withdraws($store(options(1000, Duration::from_secs(60))).await).await
+            }
+
+            #[tokio::test]
+            async fn audience_counts_only_live_nodes() {
+                cases::audience_counts_only_live_nodes($store(options(1000, Duration::from_secs(60))).await).await
+            }
+
+            #[tokio::test]
+            async fn live_notes_are_read_once_in_order() {
+                cases::live_notes_are_read_once_in_order($store(options(1000, Duration::from_secs(60))).await).await
             }
 
             #[tokio::test]

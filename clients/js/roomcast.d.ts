@@ -66,7 +66,8 @@ interface SubscriptionEvents {
   subscribed: { resumed: boolean };
   error: RoomcastError;
   audience: { count: number };
-  reactions: { counts: Record<string, number>; totals?: Record<string, number> };
+  /** One window's reactions to the room, summed over every node. */
+  reactions: { counts: Record<string, number> };
 }
 
 /** One followed room. */

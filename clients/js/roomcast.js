@@ -333,7 +333,7 @@ class Client extends Emitter {
       case "audience":
         return sub?._emit("audience", { count: f.count });
       case "reactions":
-        return sub?._emit("reactions", { counts: f.counts, totals: f.totals });
+        return sub?._emit("reactions", { counts: f.counts });
       case "ack":
         return this._settle(f.ref, null, f.id);
       case "refreshed":

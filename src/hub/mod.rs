@@ -9,9 +9,13 @@
 //! starts following it from the room's tail) and leaves it with its last.
 
 mod batch;
+mod notice;
 pub mod outbox;
+mod tally;
 
 pub use batch::Batch;
+pub use notice::{Audience, Notice};
+pub use tally::{Tally, MAX_KEYS_PER_WINDOW};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::outbox::Outbox;
-use crate::protocol::{Event, EventId, RoomName};
+use crate::protocol::{Event, EventId, ReactionKey, RoomName, ServerFrame};
 use crate::store::feed::{Feed, FeedSink};
 use crate::store::{Store, StoreError};
 
@@ -45,6 +49,8 @@ pub struct RoomFlags {
     /// The store may have lost events: report a gap after the cursor, then
     /// carry on from it.
     pub lost: AtomicBool,
+    /// The subscriber asked for the room's audience count.
+    pub audience: AtomicBool,
 }
 
 struct Members {
@@ -62,13 +68,18 @@ struct RoomEntry {
     /// feed starts. Resolved once, whoever asks first.
     start: OnceCell<EventId>,
     members: RwLock<Members>,
+    /// The room's audience as last pushed ([`UNKNOWN`] before the first).
+    audience: AtomicU64,
 }
+
+/// No audience count is known for the room yet.
+const UNKNOWN: u64 = u64::MAX;
 
 /// The node-local room registry and fanout.
 pub struct Hub {
     rooms: Mutex<HashMap<RoomName, Arc<RoomEntry>>>,
-    /// Rooms that lost their last local subscriber since the last audience report.
-    departed: Mutex<Vec<RoomName>>,
+    /// Reactions counted on this node since the last window closed.
+    reactions: Mutex<Tally>,
     generations: AtomicU64,
     store: Arc<dyn Store>,
     feed: OnceLock<Feed>,
@@ -94,7 +105,7 @@ impl Hub {
     pub fn new(store: Arc<dyn Store>) -> Arc<Hub> {
         Arc::new(Hub {
             rooms: Mutex::default(),
-            departed: Mutex::default(),
+            reactions: Mutex::default(),
             generations: AtomicU64::new(1),
             store,
             feed: OnceLock::new(),
@@ -119,6 +130,7 @@ impl Hub {
                         generation: self.generations.fetch_add(1, Ordering::Relaxed),
                         start: OnceCell::new(),
                         members: RwLock::new(Members { by_conn: HashMap::new(), last: None }),
+                        audience: AtomicU64::new(UNKNOWN),
                     })
                 })
                 .clone();
@@ -163,7 +175,6 @@ impl Hub {
             };
             if empty {
                 rooms.remove(room);
-                lock(&self.departed).push(room.clone());
                 Some(entry.generation)
             } else {
                 None
@@ -174,20 +185,72 @@ impl Hub {
         }
     }
 
-    /// Local subscriber counts of every room, plus a zero for each room that
-    /// emptied since the last call (so its audience report is withdrawn).
-    pub fn audience_report(&self) -> Vec<(RoomName, usize)> {
-        let mut report: Vec<(RoomName, usize)> = {
-            let rooms = lock(&self.rooms);
-            rooms.iter().map(|(room, entry)| (room.clone(), read(&entry.members).by_conn.len())).collect()
+    /// Local subscriber counts of every room with local subscribers.
+    pub fn local_counts(&self) -> HashMap<RoomName, usize> {
+        let rooms = lock(&self.rooms);
+        rooms.iter().map(|(room, entry)| (room.clone(), read(&entry.members).by_conn.len())).collect()
+    }
+
+    /// Rooms where some local subscriber asked for the audience count.
+    pub fn watched_audiences(&self) -> Vec<RoomName> {
+        let rooms = lock(&self.rooms);
+        rooms
+            .iter()
+            .filter(|(_, entry)| {
+                read(&entry.members).by_conn.values().any(|s| s.flags.audience.load(Ordering::Relaxed))
+            })
+            .map(|(room, _)| room.clone())
+            .collect()
+    }
+
+    /// The room's audience as last pushed, if one was.
+    pub fn known_audience(&self, room: &RoomName) -> Option<u64> {
+        let entry = lock(&self.rooms).get(room).cloned()?;
+        let count = entry.audience.load(Ordering::Acquire);
+        (count != UNKNOWN).then_some(count)
+    }
+
+    /// Pushes the room's audience to its watchers if it changed (or was
+    /// never pushed).
+    pub fn push_audience(&self, room: &RoomName, count: u64) {
+        let Some(entry) = lock(&self.rooms).get(room).cloned() else {
+            return;
         };
-        let departed = std::mem::take(&mut *lock(&self.departed));
-        for room in departed {
-            if !report.iter().any(|(r, _)| *r == room) {
-                report.push((room, 0));
+        if entry.audience.swap(count, Ordering::AcqRel) == count {
+            return;
+        }
+        let notice = Arc::new(Notice::new(room.clone(), ServerFrame::Audience { room: room.clone(), count }));
+        Self::offer(&entry, &notice, Audience::Watchers);
+    }
+
+    /// Sends every local subscriber of `room` one window of reactions.
+    pub fn push_reactions(&self, room: &RoomName, counts: std::collections::BTreeMap<ReactionKey, u64>) {
+        let Some(entry) = lock(&self.rooms).get(room).cloned() else {
+            return;
+        };
+        let notice = Arc::new(Notice::new(room.clone(), ServerFrame::Reactions { room: room.clone(), counts }));
+        Self::offer(&entry, &notice, Audience::Everyone);
+        metrics::counter!("roomcast_reaction_frames_total").increment(1);
+    }
+
+    fn offer(entry: &RoomEntry, notice: &Arc<Notice>, to: Audience) {
+        let members = read(&entry.members);
+        for subscriber in members.by_conn.values() {
+            if to == Audience::Everyone || subscriber.flags.audience.load(Ordering::Relaxed) {
+                subscriber.outbox.offer_notice(notice);
             }
         }
-        report
+    }
+
+    /// Counts one reaction in this node's current window; `false` when the
+    /// window already holds as many distinct keys for the room as allowed.
+    pub fn react(&self, room: &RoomName, key: &ReactionKey) -> bool {
+        lock(&self.reactions).add(room, key)
+    }
+
+    /// Closes the current reaction window and returns what it counted.
+    pub fn take_reactions(&self) -> Tally {
+        std::mem::take(&mut *lock(&self.reactions))
     }
 
     /// Registers a connection's outbox for the heartbeat tick.

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
-use super::Batch;
+use super::{Batch, Notice};
 
 /// Bounds of one connection's outbox.
 #[derive(Clone, Copy, Debug)]
@@ -25,7 +25,7 @@ pub struct OutboxLimits {
 /// does not fit marks the room lagged, and the connection catches up from
 /// the store, so a slow client costs neither the feed nor other clients.
 pub struct Outbox {
-    queue: Mutex<VecDeque<Arc<Batch>>>,
+    queue: Mutex<VecDeque<Item>>,
     queued_bytes: AtomicUsize,
     limits: OutboxLimits,
     /// Set when one of the connection's rooms needs its flags looked at.
@@ -44,12 +44,29 @@ pub struct OutboxReceiver {
     outbox: Arc<Outbox>,
 }
 
+/// What an outbox queues, in order: events, or a room-wide notice.
+pub enum Item {
+    /// A room's new events.
+    Batch(Arc<Batch>),
+    /// An audience count or a window of reactions.
+    Notice(Arc<Notice>),
+}
+
+impl Item {
+    fn size(&self) -> usize {
+        match self {
+            Item::Batch(batch) => batch.size(),
+            Item::Notice(notice) => notice.size(),
+        }
+    }
+}
+
 /// What is waiting in an outbox.
 pub enum Pending {
     /// A room was signalled (lagged, or its store lost data).
     Signal,
-    /// A queued batch.
-    Batch(Arc<Batch>),
+    /// A queued batch or notice.
+    Item(Item),
     /// The heartbeat tick came round.
     Heartbeat,
 }
@@ -69,7 +86,7 @@ impl Outbox {
         (outbox.clone(), OutboxReceiver { outbox })
     }
 
-    fn queue(&self) -> MutexGuard<'_, VecDeque<Arc<Batch>>> {
+    fn queue(&self) -> MutexGuard<'_, VecDeque<Item>> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -86,7 +103,7 @@ impl Outbox {
             let fits = queue.len() < self.limits.frames
                 && self.queued_bytes.load(Ordering::Relaxed) + size <= self.limits.bytes;
             if fits {
-                queue.push_back(batch.clone());
+                queue.push_back(Item::Batch(batch.clone()));
                 self.queued_bytes.fetch_add(size, Ordering::Relaxed);
                 Some(queue.len() == 1)
             } else {
@@ -102,6 +119,31 @@ impl Outbox {
                 self.signal();
                 metrics::counter!("roomcast_outbox_overflows_total").increment(1);
             }
+        }
+    }
+
+    /// Queues a notice unless the outbox is full: a notice carries no event,
+    /// so a connection that is behind simply misses it (counted), and is
+    /// never sent to the store to catch up for it.
+    pub fn offer_notice(&self, notice: &Arc<Notice>) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let size = notice.size();
+        let was_empty = {
+            let mut queue = self.queue();
+            let fits = queue.len() < self.limits.frames
+                && self.queued_bytes.load(Ordering::Relaxed) + size <= self.limits.bytes;
+            if !fits {
+                metrics::counter!("roomcast_notices_dropped_total").increment(1);
+                return;
+            }
+            queue.push_back(Item::Notice(notice.clone()));
+            self.queued_bytes.fetch_add(size, Ordering::Relaxed);
+            queue.len() == 1
+        };
+        if was_empty {
+            self.wake.notify_one();
         }
     }
 
@@ -129,8 +171,8 @@ impl OutboxReceiver {
         if self.outbox.signalled.swap(false, Ordering::AcqRel) {
             return Some(Pending::Signal);
         }
-        if let Some(batch) = self.try_recv() {
-            return Some(Pending::Batch(batch));
+        if let Some(item) = self.try_recv() {
+            return Some(Pending::Item(item));
         }
         self.outbox.beat.swap(false, Ordering::AcqRel).then_some(Pending::Heartbeat)
     }
@@ -147,16 +189,16 @@ impl OutboxReceiver {
         }
     }
 
-    /// The next batch if one is queued now.
-    pub fn try_recv(&mut self) -> Option<Arc<Batch>> {
+    /// The next item if one is queued now.
+    pub fn try_recv(&mut self) -> Option<Item> {
         let mut queue = self.outbox.queue();
-        let batch = queue.pop_front()?;
-        self.outbox.queued_bytes.fetch_sub(batch.size(), Ordering::Relaxed);
+        let item = queue.pop_front()?;
+        self.outbox.queued_bytes.fetch_sub(item.size(), Ordering::Relaxed);
         if queue.is_empty() && queue.capacity() > SHRINK_ABOVE {
             // A burst is over: give back what an idle connection need not hold.
             queue.shrink_to(SHRINK_ABOVE);
         }
-        Some(batch)
+        Some(item)
     }
 
     /// The shared outbox, to register with the hub.
@@ -184,6 +226,13 @@ mod tests {
     use crate::protocol::{Event, EventId, RoomName};
     use bytes::Bytes;
 
+    fn batch_of(item: Option<Item>) -> Arc<Batch> {
+        match item {
+            Some(Item::Batch(batch)) => batch,
+            _ => panic!("expected a batch"),
+        }
+    }
+
     fn batch(n: u64, size: usize) -> Arc<Batch> {
         let data = Bytes::from(vec![b'1'; size]);
         Arc::new(Batch::new(
@@ -203,9 +252,9 @@ mod tests {
         assert!(lagged.load(Ordering::Acquire));
         // The lag is reported first; later batches are left to the catch-up.
         assert!(matches!(rx.next().await, Pending::Signal));
-        assert_eq!(rx.try_recv().unwrap().events[0].id.ms, 1);
+        assert_eq!(batch_of(rx.try_recv()).events[0].id.ms, 1);
         outbox.offer(&batch(4, 10), &lagged);
-        assert_eq!(rx.try_recv().unwrap().events[0].id.ms, 2);
+        assert_eq!(batch_of(rx.try_recv()).events[0].id.ms, 2);
         assert!(rx.try_recv().is_none());
         assert!(rx.try_next().is_none());
     }
@@ -219,7 +268,7 @@ mod tests {
         outbox.offer(&batch(2, 2000), &lagged);
         assert!(lagged.load(Ordering::Acquire));
         assert!(matches!(rx.next().await, Pending::Signal));
-        assert!(matches!(rx.next().await, Pending::Batch(_)));
+        assert!(matches!(rx.next().await, Pending::Item(Item::Batch(_))));
         assert_eq!(outbox.queued_bytes(), 0);
     }
 
@@ -227,7 +276,7 @@ mod tests {
     async fn a_batch_offered_while_waiting_wakes_the_receiver() {
         let (outbox, mut rx) = Outbox::new(OutboxLimits { frames: 4, bytes: 1 << 20 });
         let waiter = tokio::spawn(async move {
-            let Pending::Batch(b) = rx.next().await else { panic!("expected a batch") };
+            let Pending::Item(Item::Batch(b)) = rx.next().await else { panic!("expected a batch") };
             b.events[0].id.ms
         });
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;

@@ -3,7 +3,9 @@
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
-use super::{EventId, IdempotencyKey, RoomName};
+use std::collections::BTreeMap;
+
+use super::{EventId, IdempotencyKey, ReactionKey, RoomName};
 
 /// A frame a client sent, validated field by field.
 #[derive(Debug, Clone, PartialEq)]
@@ -14,6 +16,15 @@ pub enum ClientFrame {
         room: RoomName,
         /// Resume position; `None` means live only, `0` means from the oldest kept.
         last_event_id: Option<EventId>,
+        /// Also receive the room's audience count.
+        audience: bool,
+    },
+    /// A reaction to a subscribed room: counted, not stored.
+    React {
+        /// The room reacted to.
+        room: RoomName,
+        /// What the viewer reacted with.
+        key: ReactionKey,
     },
     /// Leave a room.
     Unsubscribe {
@@ -72,6 +83,9 @@ pub enum ErrorCode {
     LimitExceeded,
     /// The connection's token does not allow this room.
     Forbidden,
+    /// A `react` key that is empty, longer than 32 bytes, or holds
+    /// whitespace or control characters.
+    BadReaction,
     /// A `refresh` token that does not verify (bad signature, expired,
     /// not yet valid); the connection keeps its current credential.
     BadToken,
@@ -98,6 +112,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::BadReaction => "bad_reaction",
             ErrorCode::BadToken => "bad_token",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
@@ -179,6 +194,21 @@ pub enum ServerFrame {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<u64>,
     },
+    /// The room's live subscribers across all nodes (to subscribers that
+    /// asked for it).
+    Audience {
+        /// The room.
+        room: RoomName,
+        /// Live subscribers, all nodes together.
+        count: u64,
+    },
+    /// The room's reactions of one window, summed over every node.
+    Reactions {
+        /// The room.
+        room: RoomName,
+        /// Reactions per key in the window.
+        counts: BTreeMap<ReactionKey, u64>,
+    },
     /// Sent on a connection the node has said nothing on for a while, so
     /// clients (browsers cannot see WebSocket pings) can tell a quiet link
     /// from a dead one.
@@ -209,6 +239,10 @@ pub(crate) struct RawClientFrame {
     pub idempotency_key: Option<String>,
     #[serde(default)]
     pub token: Option<String>,
+    #[serde(default)]
+    pub audience: Option<bool>,
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 /// Only the `ref`, read leniently from a frame that failed to decode.
@@ -239,7 +273,7 @@ impl RawClientFrame {
                     Some(id) => Some(EventId::parse(&id).map_err(|e| err(ErrorCode::BadEventId, e.to_string()))?),
                     None => None,
                 };
-                Ok(ClientFrame::Subscribe { room, last_event_id })
+                Ok(ClientFrame::Subscribe { room, last_event_id, audience: self.audience.unwrap_or(false) })
             }
             "unsubscribe" => Ok(ClientFrame::Unsubscribe { room: room(self.room)? }),
             "publish" => {
@@ -252,6 +286,12 @@ impl RawClientFrame {
                     None => None,
                 };
                 Ok(ClientFrame::Publish { room, data, reference, idempotency_key })
+            }
+            "react" => {
+                let room = room(self.room)?;
+                let key = self.key.ok_or_else(|| err(ErrorCode::BadFrame, "missing field `key`".into()))?;
+                let key = ReactionKey::parse(&key).map_err(|e| err(ErrorCode::BadReaction, e.to_string()))?;
+                Ok(ClientFrame::React { room, key })
             }
             "refresh" => {
                 let token = self.token.ok_or_else(|| err(ErrorCode::BadFrame, "missing field `token`".into()))?;

@@ -9,6 +9,7 @@ mod event;
 mod event_id;
 mod frames;
 mod idempotency;
+mod reaction;
 mod room;
 
 pub use close::CloseReason;
@@ -20,4 +21,5 @@ pub use event::Event;
 pub use event_id::{EventId, ParseEventIdError};
 pub use frames::{ClientFrame, ErrorCode, FrameError, ServerFrame};
 pub use idempotency::{IdempotencyKey, InvalidIdempotencyKey, MAX_IDEMPOTENCY_KEY_LEN};
+pub use reaction::{InvalidReactionKey, ReactionKey, MAX_REACTION_KEY_LEN};
 pub use room::{InvalidRoomName, RoomName, MAX_ROOM_LEN};

@@ -27,9 +27,11 @@ use self::cursor::{accept, Accept};
 use self::rooms::{RoomState, Rooms};
 use crate::auth::Grant;
 use crate::config::Limits;
-use crate::hub::outbox::{Outbox, OutboxLimits, OutboxReceiver, Pending};
-use crate::hub::{Batch, Hub, RoomFlags, Subscriber};
-use crate::protocol::{data_to_json, ErrorCode, Event, EventId, FrameError, IdempotencyKey, RoomName, ServerFrame};
+use crate::hub::outbox::{Item, Outbox, OutboxLimits, OutboxReceiver, Pending};
+use crate::hub::{Batch, Hub, Notice, RoomFlags, Subscriber};
+use crate::protocol::{
+    data_to_json, ErrorCode, Event, EventId, FrameError, IdempotencyKey, ReactionKey, RoomName, ServerFrame,
+};
 use crate::store::{Appended, Page, Position, Store, StoreError};
 
 /// Events read per history page.
@@ -49,6 +51,8 @@ pub enum Outgoing<'a> {
     Events(&'a RoomName, &'a [Event]),
     /// A control frame.
     Frame(&'a ServerFrame),
+    /// A room-wide notice (audience, reactions), shared like a batch.
+    Notice(&'a Notice),
 }
 
 /// The transport could not write.
@@ -114,11 +118,20 @@ const SUBSCRIBE_RATE: u32 = 20;
 /// Subscribes and unsubscribes allowed in a burst: enough to join the most
 /// rooms a connection may follow at once.
 const SUBSCRIBE_BURST: u32 = 100;
+/// The heartbeat frame, kept static: a temporary frame held across the
+/// write would be a slot in every idle connection's future.
+static HEARTBEAT: ServerFrame = ServerFrame::Heartbeat;
+/// Reactions one connection may send per second, sustained.
+pub const REACTION_RATE: u32 = 10;
+/// Reactions one connection may send in a burst (the contract's 20).
+pub const REACTION_BURST: u32 = 20;
 
 /// What woke the session up.
 pub enum Wakeup {
     /// A live batch arrived.
     Batch(Arc<Batch>),
+    /// An audience count or a window of reactions arrived.
+    Notice(Arc<Notice>),
     /// Some room must catch up from the store.
     CatchUp,
     /// The credential expired: the connection must end.
@@ -165,6 +178,9 @@ pub struct Session<S: Sink> {
     publishes: DefaultDirectRateLimiter,
     /// Per-connection subscribe/unsubscribe rate limit.
     churn: DefaultDirectRateLimiter,
+    /// Per-connection reaction rate limit, made on the first reaction (boxed:
+    /// most connections never react, and this lives in every one).
+    reactions: Option<Box<DefaultDirectRateLimiter>>,
     sink: S,
 }
 
@@ -205,6 +221,7 @@ impl<S: Sink> Session<S> {
             spoke: true,
             publishes: rate_limiter(limits.publish_rate, limits.publish_burst),
             churn: rate_limiter(SUBSCRIBE_RATE, SUBSCRIBE_BURST),
+            reactions: None,
             sink,
         }
     }
@@ -224,7 +241,12 @@ impl<S: Sink> Session<S> {
     /// Joins `room`: live only (`None`), from the oldest kept (`0`), or
     /// resuming after an ID. Answers `subscribed`, then any `gap` and the
     /// missed events, then live events.
-    pub async fn subscribe(&mut self, room: RoomName, last_event_id: Option<EventId>) -> Result<(), SessionError> {
+    pub async fn subscribe(
+        &mut self,
+        room: RoomName,
+        last_event_id: Option<EventId>,
+        audience: bool,
+    ) -> Result<(), SessionError> {
         if !self.grant.may_subscribe(&room) {
             return Err(refuse(ErrorCode::Forbidden, format!("this token may not subscribe to {room}"), None));
         }
@@ -240,11 +262,19 @@ impl<S: Sink> Session<S> {
             ));
         }
         let flags = Arc::new(RoomFlags::default());
+        flags.audience.store(audience, Ordering::Relaxed);
         let subscriber = Subscriber { outbox: self.inbox.outbox().clone(), flags: flags.clone() };
         let live = self.hub.join(&room, self.id, subscriber).await.map_err(|e| store_refusal(e, None))?;
         let Some(resume) = last_event_id else {
             self.rooms.insert(room.clone(), RoomState { cursor: live, flags });
-            return Ok(self.send(&ServerFrame::Subscribed { room, resumed: false, last_event_id: live }).await?);
+            self.write_out(Outgoing::Frame(&ServerFrame::Subscribed {
+                room: room.clone(),
+                resumed: false,
+                last_event_id: live,
+            }))
+            .await?;
+            self.send_known_audience(&room, audience).await?;
+            return Ok(self.sink.flush().await?);
         };
         let from = if resume.is_zero() { Position::Oldest } else { Position::After(resume) };
         let page = match self.store.read(&room, from, PAGE).await {
@@ -258,9 +288,40 @@ impl<S: Sink> Session<S> {
         let more = page.events.len() >= PAGE;
         let subscribed = ServerFrame::Subscribed { room: room.clone(), resumed: !page.gap, last_event_id: resume };
         self.write_out(Outgoing::Frame(&subscribed)).await?;
+        self.send_known_audience(&room, audience).await?;
         self.apply_page(&room, page, false).await?;
         if more {
             self.sync_or_retry(&room).await?;
+        }
+        Ok(())
+    }
+
+    /// A new watcher gets the room's audience at once when this node knows
+    /// it; otherwise the next audience round brings it (within 2 s).
+    async fn send_known_audience(&mut self, room: &RoomName, audience: bool) -> Result<(), SinkError> {
+        match self.hub.known_audience(room).filter(|_| audience) {
+            Some(count) => self.write_out(Outgoing::Frame(&ServerFrame::Audience { room: room.clone(), count })).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Counts a reaction to a room this connection follows. Reactions are
+    /// not stored and not acked; past the per-connection rate they are
+    /// dropped with an error.
+    pub fn react(&mut self, room: &RoomName, key: &ReactionKey) -> Result<(), SessionError> {
+        if !self.rooms.contains(room) {
+            return Err(refuse(ErrorCode::NotSubscribed, format!("react to a room you follow; not to {room}"), None));
+        }
+        let limiter = self.reactions.get_or_insert_with(|| Box::new(rate_limiter(REACTION_RATE, REACTION_BURST)));
+        if limiter.check().is_err() {
+            metrics::counter!("roomcast_reactions_dropped_total", "reason" => "rate").increment(1);
+            let message = format!("more than {REACTION_RATE} reactions per second (burst {REACTION_BURST})");
+            return Err(refuse(ErrorCode::RateLimited, message, None));
+        }
+        if self.hub.react(room, key) {
+            metrics::counter!("roomcast_reactions_total").increment(1);
+        } else {
+            metrics::counter!("roomcast_reactions_dropped_total", "reason" => "keys").increment(1);
         }
         Ok(())
     }
@@ -368,7 +429,8 @@ impl<S: Sink> Session<S> {
             },
         };
         match pending {
-            Pending::Batch(batch) => Wakeup::Batch(batch),
+            Pending::Item(Item::Batch(batch)) => Wakeup::Batch(batch),
+            Pending::Item(Item::Notice(notice)) => Wakeup::Notice(notice),
             Pending::Signal => Wakeup::CatchUp,
             Pending::Heartbeat => Wakeup::Heartbeat,
         }
@@ -379,7 +441,10 @@ impl<S: Sink> Session<S> {
     /// the credential ran out.
     pub async fn handle(&mut self, wakeup: Wakeup) -> Result<Flow, SinkError> {
         match wakeup {
-            Wakeup::Batch(batch) => self.deliver(batch).await.map(|()| Flow::Continue),
+            Wakeup::Batch(batch) => self.deliver(Item::Batch(batch)).await.map(|()| Flow::Continue),
+            // Boxed: notices are rare next to batches, and a second inline
+            // delivery would be a second slot in every connection's state.
+            Wakeup::Notice(notice) => Box::pin(self.deliver(Item::Notice(notice))).await.map(|()| Flow::Continue),
             // Boxed: catching up is rare, and its state would otherwise sit
             // in every idle connection's future.
             Wakeup::CatchUp => Box::pin(self.catch_up()).await.map(|()| Flow::Continue),
@@ -388,7 +453,7 @@ impl<S: Sink> Session<S> {
                 // Silent since the last tick: say something, so the client
                 // knows the link is alive.
                 if !self.spoke {
-                    self.send(&ServerFrame::Heartbeat).await?;
+                    self.send(&HEARTBEAT).await?;
                 }
                 self.spoke = false;
                 Ok(Flow::Continue)
@@ -410,11 +475,15 @@ impl<S: Sink> Session<S> {
     }
 
     /// Writes `first` and whatever else is queued, then flushes once.
-    pub async fn deliver(&mut self, first: Arc<Batch>) -> Result<(), SinkError> {
+    pub async fn deliver(&mut self, first: Item) -> Result<(), SinkError> {
         let mut next = Some(first);
         let mut written = 0;
-        while let Some(batch) = next.take() {
-            self.write_batch(&batch).await?;
+        while let Some(item) = next.take() {
+            // One await for every kind of item: each await point of a
+            // large future is a slot in every idle connection's state.
+            if let Some(out) = self.plan(&item) {
+                self.write_out(out).await?;
+            }
             written += 1;
             if written < MAX_COALESCE {
                 next = self.inbox.try_recv();
@@ -423,35 +492,40 @@ impl<S: Sink> Session<S> {
         self.sink.flush().await
     }
 
-    async fn write_batch(&mut self, batch: &Batch) -> Result<(), SinkError> {
-        let Some(state) = self.rooms.get_mut(&batch.room) else {
-            return Ok(());
-        };
-        let Some(last) = batch.events.last().map(|e| e.id) else {
-            return Ok(());
-        };
+    /// What to write for a queued item, if anything, moving the room's
+    /// cursor past what is written.
+    fn plan<'i>(&mut self, item: &'i Item) -> Option<Outgoing<'i>> {
+        match item {
+            Item::Batch(batch) => self.plan_batch(batch),
+            Item::Notice(notice) => self.rooms.contains(&notice.room).then_some(Outgoing::Notice(notice)),
+        }
+    }
+
+    fn plan_batch<'i>(&mut self, batch: &'i Batch) -> Option<Outgoing<'i>> {
+        let state = self.rooms.get_mut(&batch.room)?;
+        let last = batch.events.last()?.id;
         // A possible loss is reported before anything that follows it.
         let lost = state.flags.lost.load(Ordering::Acquire);
         match accept(state.cursor, &batch.events) {
-            Accept::Skip => Ok(()),
+            Accept::Skip => None,
             Accept::All | Accept::From(_) if lost => {
                 state.flags.lagged.store(true, Ordering::Release);
                 self.retry_at = Some(Instant::now());
-                Ok(())
+                None
             }
             Accept::All => {
                 state.cursor = last;
-                self.write_out(Outgoing::Batch(batch)).await
+                Some(Outgoing::Batch(batch))
             }
             Accept::From(i) => {
                 state.cursor = last;
-                self.write_out(Outgoing::Events(&batch.room, &batch.events[i..])).await
+                Some(Outgoing::Events(&batch.room, &batch.events[i..]))
             }
             Accept::Discontinuous => {
                 debug!(conn = self.id, room = %batch.room, "live batch does not follow the cursor; catching up");
                 state.flags.lagged.store(true, Ordering::Release);
                 self.retry_at = Some(Instant::now());
-                Ok(())
+                None
             }
         }
     }
@@ -591,6 +665,7 @@ mod tests {
                 Outgoing::Batch(batch) => format!("events {}", ids(&batch.events)),
                 Outgoing::Events(_, events) => format!("events {}", ids(events)),
                 Outgoing::Frame(frame) => serde_json::to_string(frame).unwrap_or_default(),
+                Outgoing::Notice(notice) => serde_json::to_string(notice.frame()).unwrap_or_default(),
             });
             Ok(())
         }
@@ -651,7 +726,7 @@ mod tests {
         let f = fixture();
         let ids = f.append(5).await;
         let mut session = f.session();
-        session.subscribe(f.room.clone(), Some(ids[1])).await.unwrap();
+        session.subscribe(f.room.clone(), Some(ids[1]), false).await.unwrap();
         let out = session.close().await.0;
         let expected = format!("events {},{},{}", ids[2], ids[3], ids[4]);
         assert_eq!(
@@ -668,7 +743,7 @@ mod tests {
         let f = fixture();
         let ids = f.append(2).await;
         let mut session = f.session();
-        session.subscribe(f.room.clone(), None).await.unwrap();
+        session.subscribe(f.room.clone(), None, false).await.unwrap();
         // Three more events, of which the feed hands over only the last:
         // the session must not jump its cursor over the other two.
         let more = f.append(3).await;
@@ -686,7 +761,7 @@ mod tests {
         let f = fixture();
         let ids = f.append(3).await;
         let mut session = f.session();
-        session.subscribe(f.room.clone(), Some(EventId::ZERO)).await.unwrap();
+        session.subscribe(f.room.clone(), Some(EventId::ZERO), false).await.unwrap();
         f.hub.lost(&f.room);
         settle(&mut session).await;
         let next = f.append(1).await;

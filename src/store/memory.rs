@@ -15,7 +15,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::feed::{ChangeSource, Wake};
-use super::{Appended, Incarnation, Page, Position, Store, StoreError, StoreOptions, IDEMPOTENCY_WINDOW};
+use super::notes::{NOTES_KEPT, NOTES_PER_READ};
+use super::{
+    Appended, Incarnation, LiveNote, NoteCursor, Page, Position, Store, StoreError, StoreOptions, IDEMPOTENCY_WINDOW,
+};
 use crate::protocol::{Event, EventId, IdempotencyKey, RoomName};
 
 /// Entries dropped together when trimming, like a Redis stream's macro node.
@@ -35,8 +38,14 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct Inner {
     rooms: HashMap<RoomName, RoomLog>,
-    /// room -> node -> (count, reported at)
-    audience: HashMap<RoomName, HashMap<String, (usize, Instant)>>,
+    /// room -> node -> count
+    audience: HashMap<RoomName, HashMap<String, u64>>,
+    /// node -> alive until
+    nodes: HashMap<String, Instant>,
+    /// The live log: (sequence, note), bounded by `NOTES_KEPT`.
+    notes: VecDeque<(u64, LiveNote)>,
+    /// The last note's sequence number.
+    note_seq: u64,
     /// (room, idempotency key) -> (the ID it got, when)
     idempotent: HashMap<(RoomName, IdempotencyKey), (EventId, Instant)>,
 }
@@ -103,10 +112,13 @@ impl MemoryStore {
         let ttl = self.options.room_ttl;
         inner.rooms.retain(|_, log| now.duration_since(log.touched) < ttl);
         inner.idempotent.retain(|_, (_, at)| now.duration_since(*at) < IDEMPOTENCY_WINDOW);
-        let presence_ttl = self.options.presence_ttl;
-        inner.audience.retain(|_, nodes| {
-            nodes.retain(|_, (_, at)| now.duration_since(*at) < presence_ttl);
-            !nodes.is_empty()
+        // A node gone for a minute is forgotten, with its counts.
+        let forget = Duration::from_secs(60);
+        inner.nodes.retain(|_, until| now.saturating_duration_since(*until) < forget);
+        let Inner { audience, nodes, .. } = &mut *inner;
+        audience.retain(|_, counts| {
+            counts.retain(|node, _| nodes.contains_key(node));
+            !counts.is_empty()
         });
     }
 
@@ -221,7 +233,8 @@ impl Store for MemoryStore {
 
     async fn report_audience(&self, node: &str, counts: &[(RoomName, usize)]) -> Result<(), StoreError> {
         let mut inner = lock(&self.inner);
-        let now = Instant::now();
+        let alive_until = Instant::now() + self.options.presence_ttl;
+        inner.nodes.insert(node.to_owned(), alive_until);
         for (room, count) in counts {
             if *count == 0 {
                 if let Some(nodes) = inner.audience.get_mut(room) {
@@ -231,7 +244,7 @@ impl Store for MemoryStore {
                     }
                 }
             } else {
-                inner.audience.entry(room.clone()).or_default().insert(node.to_owned(), (*count, now));
+                inner.audience.entry(room.clone()).or_default().insert(node.to_owned(), *count as u64);
             }
         }
         Ok(())
@@ -239,12 +252,46 @@ impl Store for MemoryStore {
 
     async fn audience(&self, room: &RoomName) -> Result<usize, StoreError> {
         let inner = lock(&self.inner);
-        let ttl = self.options.presence_ttl;
+        let now = Instant::now();
+        let alive = |node: &String| inner.nodes.get(node).is_some_and(|until| *until > now);
         Ok(inner
             .audience
             .get(room)
-            .map(|nodes| nodes.values().filter(|(_, at)| at.elapsed() < ttl).map(|(n, _)| n).sum())
+            .map(|nodes| nodes.iter().filter(|(node, _)| alive(node)).map(|(_, n)| *n as usize).sum())
             .unwrap_or(0))
+    }
+
+    async fn audience_by_node(&self, rooms: &[RoomName]) -> Result<Vec<HashMap<String, u64>>, StoreError> {
+        let inner = lock(&self.inner);
+        Ok(rooms.iter().map(|room| inner.audience.get(room).cloned().unwrap_or_default()).collect())
+    }
+
+    async fn live_nodes(&self) -> Result<HashSet<String>, StoreError> {
+        let inner = lock(&self.inner);
+        let now = Instant::now();
+        Ok(inner.nodes.iter().filter(|(_, until)| **until > now).map(|(node, _)| node.clone()).collect())
+    }
+
+    async fn append_note(&self, note: &LiveNote) -> Result<(), StoreError> {
+        let mut inner = lock(&self.inner);
+        inner.note_seq += 1;
+        let seq = inner.note_seq;
+        inner.notes.push_back((seq, note.clone()));
+        if inner.notes.len() > NOTES_KEPT {
+            inner.notes.pop_front();
+        }
+        Ok(())
+    }
+
+    async fn read_notes(&self, after: Option<&NoteCursor>) -> Result<(Vec<LiveNote>, NoteCursor), StoreError> {
+        let inner = lock(&self.inner);
+        let Some(after) = after.and_then(|c| c.0.parse::<u64>().ok()) else {
+            return Ok((Vec::new(), NoteCursor(inner.note_seq.to_string())));
+        };
+        let notes: Vec<(u64, LiveNote)> =
+            inner.notes.iter().filter(|(seq, _)| *seq > after).take(NOTES_PER_READ).cloned().collect();
+        let next = notes.last().map_or(after, |(seq, _)| *seq);
+        Ok((notes.into_iter().map(|(_, note)| note).collect(), NoteCursor(next.to_string())))
     }
 
     async fn incarnation(&self) -> Result<Incarnation, StoreError> {

@@ -33,8 +33,10 @@
 
 pub mod feed;
 pub mod memory;
+pub mod notes;
 pub mod redis;
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -42,6 +44,8 @@ use bytes::Bytes;
 
 use crate::config::StoreSettings;
 use crate::protocol::{ErrorCode, Event, EventId, IdempotencyKey, RoomName};
+
+pub use self::notes::{LiveNote, NoteCursor};
 
 /// How long an idempotency key is remembered per room: a repeat within
 /// this stores nothing and answers the first publish's ID.
@@ -217,13 +221,28 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<(RoomName, Vec<Event>)>, StoreError>;
 
-    /// Records this node's live subscriber counts; a count of 0 removes the
-    /// node's entry. Reports expire after `presence_ttl` unless refreshed,
-    /// so a crashed node's audience vanishes on its own.
+    /// Records this node's live subscriber counts for the rooms given (a
+    /// count of 0 removes the node's entry) and marks the node alive for
+    /// `presence_ttl`. Counts of a node that stops reporting stop counting
+    /// once its liveness expires, so a crashed node's audience vanishes on
+    /// its own, with no per-room refresh.
     async fn report_audience(&self, node: &str, counts: &[(RoomName, usize)]) -> Result<(), StoreError>;
 
-    /// Live subscribers of `room` summed over all nodes with fresh reports.
+    /// Live subscribers of `room` summed over all live nodes.
     async fn audience(&self, room: &RoomName) -> Result<usize, StoreError>;
+
+    /// Each room's recorded count per node (live or not), in `rooms` order.
+    async fn audience_by_node(&self, rooms: &[RoomName]) -> Result<Vec<HashMap<String, u64>>, StoreError>;
+
+    /// The nodes whose liveness has not expired.
+    async fn live_nodes(&self) -> Result<HashSet<String>, StoreError>;
+
+    /// Appends a note to the live log every node reads.
+    async fn append_note(&self, note: &LiveNote) -> Result<(), StoreError>;
+
+    /// Notes after `after`, oldest first, with the cursor to read on from.
+    /// `None` starts at the log's present end (returns no notes).
+    async fn read_notes(&self, after: Option<&NoteCursor>) -> Result<(Vec<LiveNote>, NoteCursor), StoreError>;
 
     /// Identifies the data and the server holding it (see [`Incarnation`]).
     /// The feed compares it after every reconnection and sweep: events acked

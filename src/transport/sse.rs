@@ -96,7 +96,8 @@ impl Sink for SseSink {
             Outgoing::Frame(ServerFrame::Subscribed { last_event_id, .. }) => {
                 Bytes::from(format!("retry: {SSE_RETRY_MS}\nid: {last_event_id}\n: subscribed\n\n"))
             }
-            Outgoing::Frame(_) => return Ok(()),
+            // Audience and reactions are WebSocket features.
+            Outgoing::Frame(_) | Outgoing::Notice(_) => return Ok(()),
         };
         match within_write_timeout(self.tx.send(chunk)).await {
             Some(Ok(())) => Ok(()),
@@ -113,7 +114,7 @@ impl Sink for SseSink {
 async fn run(app: Arc<App>, room: RoomName, last: Option<EventId>, tx: mpsc::Sender<Bytes>, grant: Grant) {
     let closed = tx.clone();
     let mut session = Session::new(app.hub.clone(), app.store.clone(), SseSink { tx }, app.limits, grant);
-    let outcome = session.subscribe(room, last).await;
+    let outcome = session.subscribe(room, last, false).await;
     let mut alive = matches!(session.answer(outcome).await, Ok(Answer::Done));
     let mut keepalive = tokio::time::interval(KEEPALIVE);
     keepalive.tick().await;

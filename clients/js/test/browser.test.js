@@ -70,7 +70,9 @@ describe("in Chromium", () => {
       history.events.map((e) => e.data),
       [{ text: "hello from the host" }, { text: "hi from a viewer" }],
     );
-    await page.screenshot({ path: process.env.ROOMCAST_SCREENSHOT || "/dev/null" }).catch(() => {});
+    // Reaction buttons: counted by the node, shown back from the reactions frames.
+    for (let i = 0; i < 3; i++) await page.click('button[data-key="🔥"]');
+    await until(async () => (await page.locator('button[data-key="🔥"] .count').textContent()) === "3", "three reactions");
     await page.close();
   });
 

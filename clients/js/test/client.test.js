@@ -81,6 +81,24 @@ describe("the client on two nodes and one Redis", () => {
     client.close();
   });
 
+  test("audience and reactions reach the subscription", async () => {
+    const watcher = connect(a.ws, { WebSocket });
+    const sub = watcher.subscribe("live-1", { audience: true });
+    const counts = [];
+    sub.on("audience", ({ count }) => counts.push(count));
+    const viewer = connect(b.ws, { WebSocket });
+    const other = viewer.subscribe("live-1");
+    await new Promise((r) => other.once("subscribed", r));
+    await until(() => counts.at(-1) === 2, "an audience of two");
+    let clapped = 0;
+    sub.on("reactions", ({ counts }) => (clapped += counts["👏"] || 0));
+    for (let i = 0; i < 5; i++) other.react("👏");
+    await until(() => clapped === 5, "five claps, summed across nodes");
+    viewer.close();
+    await until(() => counts.at(-1) === 1, "the viewer leaving the count");
+    watcher.close();
+  });
+
   test("rotates across URLs and comes back to a live one", async () => {
     const dead = `ws://127.0.0.1:${await freePort()}/ws`;
     const log = [];

@@ -8,13 +8,15 @@
 //!
 //! ```text
 //! {prefix}:{b<N>}:r:<room>     the room's stream: fields p (predecessor ID), d (JSON)
-//! {prefix}:{b<N>}:a:<room>     hash: node -> "<count>:<expires-ms>" (audience)
+//! {prefix}:{b<N>}:a:<room>     hash: node -> its local subscriber count (audience)
 //! {prefix}:{b<N>}:f:<room>     the last ID the room ever handed out (its ID floor)
 //! {prefix}:{b<N>}:i:<room>|<k> the ID a publish with idempotency key k got (5 min;
 //!                              `|` never occurs in a room name, so pairs cannot collide)
 //! {prefix}:{b<N>}:sig          stream of changed room names in bucket N
 //! {prefix}:ctl:<node>          a node's wake-up stream for its reader
 //! {prefix}:incarnation         random token; missing or changed = Redis lost its data
+//! {prefix}:nodes               hash: node -> alive until (ms); counts of others are ignored
+//! {prefix}:notes               stream of live notes (audience changes, reaction windows)
 //! ```
 
 use crate::protocol::RoomName;
@@ -75,6 +77,16 @@ impl Keys {
     /// The deployment's incarnation token.
     pub fn incarnation(&self) -> String {
         format!("{}:incarnation", self.prefix)
+    }
+
+    /// Every node's liveness.
+    pub fn nodes(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+
+    /// The live notes every node reads.
+    pub fn notes(&self) -> String {
+        format!("{}:notes", self.prefix)
     }
 
     /// A node's wake-up stream.

@@ -1,0 +1,237 @@
+//! The live audience: viewer counts pushed to those who asked, and
+//! reactions aggregated across nodes into a few frames per second.
+//!
+//! One task per node runs in windows of [`WINDOW`]. Each window it writes
+//! the reactions its viewers sent as one note to the store's shared live
+//! log, reads every node's notes since its last read, and sends each of its
+//! rooms one `reactions` frame with the sums. Every [`AUDIENCE_EVERY`]
+//! windows it also reports the local counts that changed (and that it is
+//! alive), and pushes each watched room's audience if it changed. Redis work
+//! follows change: a node with 20,000 idle rooms writes nothing per room.
+//! See `docs/architecture.md`, "Live audience".
+
+mod table;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use self::table::AudienceTable;
+use crate::hub::{Hub, Tally};
+use crate::protocol::{ReactionKey, RoomName};
+use crate::store::notes::NOTES_PER_READ;
+use crate::store::{LiveNote, NoteCursor, Store, StoreError};
+
+/// One reaction window: how often reactions are combined and sent.
+pub const WINDOW: Duration = Duration::from_millis(250);
+/// Windows per audience round: counts are pushed at most every 2 s.
+pub const AUDIENCE_EVERY: u64 = 8;
+/// How long a node counts as alive after its last audience round.
+pub const PRESENCE_TTL: Duration = Duration::from_secs(6);
+/// Rooms per audience note, so one note stays small.
+const ROOMS_PER_NOTE: usize = 1_000;
+/// Note reads per window at most (each up to `NOTES_PER_READ`).
+const READS_PER_WINDOW: usize = 4;
+
+/// Starts the node's live-audience task; it runs until `shutdown`, then
+/// withdraws this node's counts.
+pub fn spawn(hub: Arc<Hub>, store: Arc<dyn Store>, node: String, shutdown: CancellationToken, tracker: &TaskTracker) {
+    let mut live = Live::new(hub, store, node);
+    tracker.spawn(async move {
+        let mut tick = tokio::time::interval(WINDOW);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => live.window().await,
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), live.withdraw()).await;
+    });
+}
+
+/// The task's state between windows.
+struct Live {
+    hub: Arc<Hub>,
+    store: Arc<dyn Store>,
+    node: String,
+    /// Where this node stands in the live log (`None` until first read).
+    cursor: Option<NoteCursor>,
+    /// The local counts the store holds for this node.
+    reported: HashMap<RoomName, usize>,
+    /// The store connection the counts were reported over: a new one may
+    /// be a new (empty) server, so everything is reported and loaded again.
+    generation: Option<u64>,
+    table: AudienceTable,
+    live_nodes: HashSet<String>,
+    /// Reactions read from the log this window, to send.
+    combined: Tally,
+    windows: u64,
+    /// Whether the last store call failed (to warn once per outage).
+    failing: bool,
+}
+
+impl Live {
+    fn new(hub: Arc<Hub>, store: Arc<dyn Store>, node: String) -> Self {
+        Live {
+            hub,
+            store,
+            node,
+            cursor: None,
+            reported: HashMap::new(),
+            generation: None,
+            table: AudienceTable::default(),
+            live_nodes: HashSet::new(),
+            combined: Tally::default(),
+            windows: 0,
+            failing: false,
+        }
+    }
+
+    /// One window: write ours, read everyone's, send the sums; every
+    /// [`AUDIENCE_EVERY`] windows, an audience round.
+    async fn window(&mut self) {
+        let outcome = async {
+            self.write_reactions().await?;
+            self.read_notes().await?;
+            self.send_reactions();
+            if self.windows % AUDIENCE_EVERY == 0 {
+                self.audience_round().await?;
+            }
+            Ok::<_, StoreError>(())
+        }
+        .await;
+        self.windows += 1;
+        match outcome {
+            Ok(()) if self.failing => {
+                self.failing = false;
+                info!("live audience: the store answers again");
+            }
+            Ok(()) => {}
+            Err(e) => {
+                if !self.failing {
+                    warn!(cause = %e, "live audience: the store did not answer; counts and reactions wait");
+                }
+                self.failing = true;
+            }
+        }
+    }
+
+    /// Writes the reactions this node counted in the window as one note.
+    /// A window the store refuses is lost (and counted): reactions are
+    /// moments, not data.
+    async fn write_reactions(&mut self) -> Result<(), StoreError> {
+        let tally = self.hub.take_reactions();
+        if tally.is_empty() {
+            return Ok(());
+        }
+        let reactions: BTreeMap<String, BTreeMap<String, u64>> = tally
+            .into_rooms()
+            .map(|(room, keys)| (room.to_string(), keys.into_iter().map(|(k, n)| (k.to_string(), n)).collect()))
+            .collect();
+        let total: u64 = reactions.values().flat_map(|keys| keys.values()).sum();
+        let note = LiveNote { node: self.node.clone(), reactions, ..LiveNote::default() };
+        self.store.append_note(&note).await.inspect_err(|_| {
+            metrics::counter!("roomcast_reactions_dropped_total", "reason" => "store").increment(total);
+        })
+    }
+
+    /// Reads every node's notes since the last read: reactions for rooms
+    /// with local subscribers are combined, audience counts applied.
+    async fn read_notes(&mut self) -> Result<(), StoreError> {
+        for _ in 0..READS_PER_WINDOW {
+            let (notes, cursor) = self.store.read_notes(self.cursor.as_ref()).await?;
+            let first = self.cursor.is_none();
+            self.cursor = Some(cursor);
+            let full = notes.len() >= NOTES_PER_READ;
+            for note in notes {
+                self.apply(note);
+            }
+            if first || !full {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, note: LiveNote) {
+        for (room, count) in note.audience {
+            if let Ok(room) = RoomName::parse(&room) {
+                self.table.apply(&note.node, &room, count);
+            }
+        }
+        for (room, keys) in note.reactions {
+            let Ok(room) = RoomName::parse(&room) else { continue };
+            for (key, n) in keys {
+                let Ok(key) = ReactionKey::parse(&key) else { continue };
+                if !self.combined.add_n(&room, &key, n) {
+                    metrics::counter!("roomcast_reactions_dropped_total", "reason" => "keys").increment(n);
+                }
+            }
+        }
+    }
+
+    /// One `reactions` frame per room with reactions this window (rooms
+    /// without local subscribers are skipped by the hub).
+    fn send_reactions(&mut self) {
+        for (room, counts) in std::mem::take(&mut self.combined).into_rooms() {
+            self.hub.push_reactions(&room, counts);
+        }
+    }
+
+    /// Reports the local counts that changed, learns who is alive, and
+    /// pushes every watched room's audience (the hub skips unchanged ones).
+    async fn audience_round(&mut self) -> Result<(), StoreError> {
+        let generation = self.store.connection_generation();
+        let fresh_connection = self.generation != Some(generation);
+        let now = self.hub.local_counts();
+        let mut changed: Vec<(RoomName, usize)> = now
+            .iter()
+            .filter(|(room, count)| fresh_connection || self.reported.get(*room) != Some(*count))
+            .map(|(room, count)| (room.clone(), *count))
+            .collect();
+        changed.extend(self.reported.keys().filter(|room| !now.contains_key(*room)).map(|room| (room.clone(), 0)));
+        self.report(&changed).await?;
+        self.reported = now;
+        self.generation = Some(generation);
+        for (room, count) in &changed {
+            self.table.apply(&self.node, room, *count as u64);
+        }
+
+        self.live_nodes = self.store.live_nodes().await?;
+        if fresh_connection {
+            self.table.clear();
+        }
+        let watched = self.hub.watched_audiences();
+        let missing = self.table.retain_watched(&watched);
+        for (room, counts) in missing.iter().cloned().zip(self.store.audience_by_node(&missing).await?) {
+            self.table.load(room, counts);
+        }
+        for room in self.table.rooms() {
+            self.hub.push_audience(room, self.table.sum(room, &self.live_nodes));
+        }
+        Ok(())
+    }
+
+    /// Records `changed` (and this node's liveness) and tells the others.
+    async fn report(&self, changed: &[(RoomName, usize)]) -> Result<(), StoreError> {
+        self.store.report_audience(&self.node, changed).await?;
+        for chunk in changed.chunks(ROOMS_PER_NOTE) {
+            let audience = chunk.iter().map(|(room, count)| (room.to_string(), *count as u64)).collect();
+            self.store.append_note(&LiveNote { node: self.node.clone(), audience, ..LiveNote::default() }).await?;
+        }
+        Ok(())
+    }
+
+    /// At shutdown: this node's viewers leave every count at once.
+    async fn withdraw(&self) {
+        let zeros: Vec<(RoomName, usize)> = self.reported.keys().map(|room| (room.clone(), 0)).collect();
+        if let Err(e) = self.report(&zeros).await {
+            warn!(cause = %e, "could not withdraw this node's audience; it expires on its own");
+        }
+    }
+}
