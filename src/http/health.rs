@@ -29,9 +29,16 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
     }
 }
 
-/// Prometheus text format.
+/// Prometheus text format. Gauges that are cheaper to read than to keep
+/// current are read here, once per scrape.
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     metrics::gauge!("roomcast_rooms").set(app.hub.room_count() as f64);
+    let (queued, deepest) = app.hub.outbox_bytes();
+    metrics::gauge!("roomcast_outbox_queued_bytes").set(queued as f64);
+    metrics::gauge!("roomcast_outbox_queued_bytes_max").set(deepest as f64);
+    metrics::gauge!("roomcast_max_connections").set(app.config.limits.max_connections as f64);
+    let ready = matches!(tokio::time::timeout(READY_TIMEOUT, app.store.ping()).await, Ok(Ok(())));
+    metrics::gauge!("roomcast_store_ready").set(if ready { 1.0 } else { 0.0 });
     let body = app.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -293,6 +293,17 @@ impl Hub {
         }
     }
 
+    /// Bytes queued in all outboxes, and in the fullest one: how far behind
+    /// the node's slowest readers are.
+    pub fn outbox_bytes(&self) -> (usize, usize) {
+        let connections = lock(&self.connections);
+        connections
+            .values()
+            .filter_map(Weak::upgrade)
+            .map(|o| o.queued_bytes())
+            .fold((0, 0), |(sum, max), b| (sum + b, max.max(b)))
+    }
+
     /// Number of rooms with local subscribers.
     pub fn room_count(&self) -> usize {
         lock(&self.rooms).len()

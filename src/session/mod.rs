@@ -118,6 +118,8 @@ const SUBSCRIBE_RATE: u32 = 20;
 /// Subscribes and unsubscribes allowed in a burst: enough to join the most
 /// rooms a connection may follow at once.
 const SUBSCRIBE_BURST: u32 = 100;
+/// One connection in this many records the delivery delay.
+const DELAY_SAMPLE: u64 = 16;
 /// The heartbeat frame, kept static: a temporary frame held across the
 /// write would be a slot in every idle connection's future.
 static HEARTBEAT: ServerFrame = ServerFrame::Heartbeat;
@@ -504,6 +506,11 @@ impl<S: Sink> Session<S> {
     fn plan_batch<'i>(&mut self, batch: &'i Batch) -> Option<Outgoing<'i>> {
         let state = self.rooms.get_mut(&batch.room)?;
         let last = batch.events.last()?.id;
+        // One connection in DELAY_SAMPLE measures append-to-write delay:
+        // representative, and no histogram update per delivery.
+        if self.id % DELAY_SAMPLE == 0 {
+            metrics::histogram!("roomcast_delivery_delay_seconds").record(crate::metrics::age_seconds(last));
+        }
         // A possible loss is reported before anything that follows it.
         let lost = state.flags.lost.load(Ordering::Acquire);
         match accept(state.cursor, &batch.events) {
@@ -533,17 +540,17 @@ impl<S: Sink> Session<S> {
     /// Catches up every lagged room from the store.
     pub async fn catch_up(&mut self) -> Result<(), SinkError> {
         self.retry_at = None;
-        let lagged: Vec<RoomName> = self
+        let lagged: Vec<(RoomName, &'static str)> = self
             .rooms
             .iter()
-            .filter(|(_, state)| {
+            .filter_map(|(room, state)| {
                 let lagged = state.flags.lagged.swap(false, Ordering::AcqRel);
-                lagged || state.flags.lost.load(Ordering::Acquire)
+                let reason = if state.flags.lost.load(Ordering::Acquire) { "store_loss" } else { "lagged" };
+                (lagged || reason == "store_loss").then(|| (room.clone(), reason))
             })
-            .map(|(room, _)| room.clone())
             .collect();
-        for room in lagged {
-            metrics::counter!("roomcast_catch_ups_total").increment(1);
+        for (room, reason) in lagged {
+            metrics::counter!("roomcast_catch_ups_total", "reason" => reason).increment(1);
             self.sync_or_retry(&room).await?;
         }
         Ok(())
@@ -558,7 +565,7 @@ impl<S: Sink> Session<S> {
         if let Some(after) =
             self.rooms.get(room).filter(|s| s.flags.lost.swap(false, Ordering::AcqRel)).map(|s| s.cursor)
         {
-            self.write_gap(room, after).await?;
+            self.write_gap(room, after, "store_loss").await?;
             told = true;
         }
         loop {
@@ -601,7 +608,10 @@ impl<S: Sink> Session<S> {
             None => {}
         }
         if page.gap && !gap_told {
-            self.write_gap(room, before).await?;
+            // Past the room's end (a token from elsewhere, or from before a
+            // loss), or history no longer kept (trimmed, expired, rebuilt).
+            let reason = if page.events.is_empty() && before > page.tail { "beyond_tail" } else { "not_kept" };
+            self.write_gap(room, before, reason).await?;
         }
         if !page.events.is_empty() {
             self.write_out(Outgoing::Events(room, &page.events)).await?;
@@ -610,8 +620,8 @@ impl<S: Sink> Session<S> {
     }
 
     /// Tells the client that events of `room` after `after` are gone.
-    async fn write_gap(&mut self, room: &RoomName, after: EventId) -> Result<(), SinkError> {
-        metrics::counter!("roomcast_gaps_total").increment(1);
+    async fn write_gap(&mut self, room: &RoomName, after: EventId, reason: &'static str) -> Result<(), SinkError> {
+        metrics::counter!("roomcast_gaps_total", "reason" => reason).increment(1);
         self.write_out(Outgoing::Frame(&ServerFrame::Gap { room: room.clone(), after })).await
     }
 

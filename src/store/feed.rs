@@ -318,6 +318,7 @@ async fn read_pending(
             if let Some(f) = followed.get_mut(&room) {
                 f.position = last;
                 debug!(room = %room, events = events.len(), last = %last, "feed delivers");
+                metrics::histogram!("roomcast_reader_lag_seconds").record(crate::metrics::age_seconds(last));
                 sink.deliver(&room, events);
                 delivered = true;
             }

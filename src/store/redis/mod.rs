@@ -255,19 +255,9 @@ impl RedisStore {
         let value: Value = self.client.xrevrange(key, "+", "-", Some(1)).await.map_err(unavailable)?;
         Ok(reply::entries(value)?.last().map(|e| e.id))
     }
-}
 
-#[async_trait]
-impl Store for RedisStore {
-    async fn append(&self, room: &RoomName, data: Bytes) -> Result<EventId, StoreError> {
-        self.run_append(room, None, data).await.map(Appended::id)
-    }
-
-    async fn append_once(&self, room: &RoomName, key: &IdempotencyKey, data: Bytes) -> Result<Appended, StoreError> {
-        self.run_append(room, Some(key), data).await
-    }
-
-    async fn read(&self, room: &RoomName, from: Position, limit: usize) -> Result<Page, StoreError> {
+    /// One page of a room's history, with exact gap detection.
+    async fn read_page(&self, room: &RoomName, from: Position, limit: usize) -> Result<Page, StoreError> {
         let key = self.keys.room(room);
         let start = match from {
             Position::Oldest => "-".to_owned(),
@@ -289,11 +279,8 @@ impl Store for RedisStore {
         Ok(Page { events, gap, tail: tail.unwrap_or(EventId::ZERO) })
     }
 
-    async fn tail(&self, room: &RoomName) -> Result<EventId, StoreError> {
-        Ok(self.last_entry(&self.keys.room(room)).await?.unwrap_or(EventId::ZERO))
-    }
-
-    async fn read_many(
+    /// Events after each position, for the live feed.
+    async fn read_rooms(
         &self,
         positions: &[(RoomName, EventId)],
         limit: usize,
@@ -315,6 +302,44 @@ impl Store for RedisStore {
             }
         }
         Ok(out)
+    }
+}
+
+/// Runs a store command, recording its latency by operation.
+async fn timed<T>(
+    op: &'static str,
+    f: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let started = std::time::Instant::now();
+    let outcome = f.await;
+    metrics::histogram!("roomcast_store_command_seconds", "op" => op).record(started.elapsed().as_secs_f64());
+    outcome
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn append(&self, room: &RoomName, data: Bytes) -> Result<EventId, StoreError> {
+        timed("append", self.run_append(room, None, data)).await.map(Appended::id)
+    }
+
+    async fn append_once(&self, room: &RoomName, key: &IdempotencyKey, data: Bytes) -> Result<Appended, StoreError> {
+        timed("append", self.run_append(room, Some(key), data)).await
+    }
+
+    async fn read(&self, room: &RoomName, from: Position, limit: usize) -> Result<Page, StoreError> {
+        timed("read", self.read_page(room, from, limit)).await
+    }
+
+    async fn tail(&self, room: &RoomName) -> Result<EventId, StoreError> {
+        timed("tail", self.last_entry(&self.keys.room(room))).await.map(|tail| tail.unwrap_or(EventId::ZERO))
+    }
+
+    async fn read_many(
+        &self,
+        positions: &[(RoomName, EventId)],
+        limit: usize,
+    ) -> Result<Vec<(RoomName, Vec<Event>)>, StoreError> {
+        timed("read_many", self.read_rooms(positions, limit)).await
     }
 
     async fn report_audience(&self, node: &str, counts: &[(RoomName, usize)]) -> Result<(), StoreError> {
@@ -437,8 +462,11 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let _: Value = self.client.ping(None).await.map_err(unavailable)?;
-        Ok(())
+        timed("ping", async {
+            let _: Value = self.client.ping(None).await.map_err(unavailable)?;
+            Ok(())
+        })
+        .await
     }
 
     async fn change_source(&self, node: &str) -> Result<Box<dyn ChangeSource>, StoreError> {
