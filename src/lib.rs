@@ -60,7 +60,7 @@ use crate::session::SessionLimits;
 use crate::store::feed::Feed;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::{RedisOptions, RedisStore};
-use crate::store::{Store, StoreOptions};
+use crate::store::{Store, StoreError, StoreOptions};
 use crate::transport::{sse, ws};
 
 /// Every route of a node (`/metrics` only when it has no address of its own).
@@ -110,9 +110,62 @@ fn metrics_router(app: Arc<App>) -> Router {
     Router::new().route("/metrics", get(health::metrics)).route("/healthz", get(health::healthz)).with_state(app)
 }
 
+/// Starts the live feed if the store answers now (it is waited for at
+/// most one command timeout).
+async fn try_start_feed(store: &Arc<dyn Store>, hub: &Arc<Hub>, feed: &FeedStart) -> Result<(), StoreError> {
+    store.ping().await?;
+    let source = store.change_source(&feed.node_id).await?;
+    hub.attach_feed(Feed::spawn(
+        store.clone(),
+        source,
+        hub.clone(),
+        feed.coalesce,
+        feed.shutdown.clone(),
+        &feed.tracker,
+    ));
+    Ok(())
+}
+
+/// What starting the feed needs.
+struct FeedStart {
+    node_id: String,
+    coalesce: std::time::Duration,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// Keeps trying to start the feed until the store answers: the node serves
+/// meanwhile (not ready; subscribes and publishes answer
+/// `store_unavailable`), so a Redis that is not up yet at deploy time is
+/// no crash loop.
+async fn start_feed_when_ready(store: Arc<dyn Store>, hub: Arc<Hub>, feed: FeedStart) {
+    let mut waited = backoff::Backoff::new(STORE_RETRY_MIN, STORE_RETRY_MAX);
+    loop {
+        tokio::select! {
+            _ = feed.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(waited.next_delay()) => {}
+        }
+        let outcome = tokio::select! {
+            _ = feed.shutdown.cancelled() => return,
+            outcome = try_start_feed(&store, &hub, &feed) => outcome,
+        };
+        if outcome.is_ok() {
+            info!("the store answers: this node is ready");
+            return;
+        }
+    }
+}
+
+/// Retry delays while the store does not answer at start.
+const STORE_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(100);
+/// The longest of them.
+const STORE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Runs a node on an already-bound listener until `shutdown` is cancelled,
 /// then closes every connection (1012) and returns within the grace period.
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), Error> {
+    // First: what the store records while connecting must be kept.
+    let recorder = metrics::install();
     let tracker = TaskTracker::new();
     let options = StoreOptions::new(&config.store, live::PRESENCE_TTL);
     let store: Arc<dyn Store> = match RedisOptions::from_settings(&config.redis) {
@@ -124,8 +177,16 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         }
     };
     let hub = Hub::new(store.clone());
-    let source = store.change_source(&config.node_id).await?;
-    hub.attach_feed(Feed::spawn(store.clone(), source, hub.clone(), config.node.coalesce, shutdown.clone(), &tracker));
+    let feed = FeedStart {
+        node_id: config.node_id.clone(),
+        coalesce: config.node.coalesce,
+        shutdown: shutdown.clone(),
+        tracker: tracker.clone(),
+    };
+    if let Err(e) = try_start_feed(&store, &hub, &feed).await {
+        warn!(cause = %e, "the store does not answer yet; serving, not ready, until it does");
+        tracker.spawn(start_feed_when_ready(store.clone(), hub.clone(), feed));
+    }
     hub.spawn_heartbeat(config.node.heartbeat, shutdown.clone(), &tracker);
     live::spawn(hub.clone(), store.clone(), config.node_id.clone(), shutdown.clone(), &tracker);
 
@@ -141,7 +202,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         limits,
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
-        metrics: metrics::install(),
+        metrics: recorder,
         connections: Arc::default(),
     });
     let accept = AcceptLimits {

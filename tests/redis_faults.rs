@@ -293,3 +293,27 @@ async fn a_publish_retried_after_a_timeout_with_its_key_is_stored_once() {
     assert_eq!(events.len(), 1, "stored once: {history}");
     assert_eq!(events[0]["id"], id.as_str());
 }
+
+#[tokio::test]
+async fn a_node_started_before_its_redis_serves_and_becomes_ready() {
+    let mut redis = Redis::later();
+    let node = Node::redis(&redis, &[]);
+    // Up, not ready; publishes and subscribes get a clear answer.
+    assert_eq!(get_json(&node.http("/healthz")).await.0, 200);
+    wait_ready_status(&node, 503).await;
+    let refused = reqwest::Client::new().post(node.http("/rooms/early/events")).json(&json!(1)).send().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.json::<Value>().await.unwrap()["error"], "store_unavailable");
+    let mut early = Client::connect(&node.ws_url("")).await;
+    early.subscribe("early", None).await;
+    assert_eq!(early.expect_type("error").await["code"], "store_unavailable");
+
+    redis.begin();
+    wait_ready_status(&node, 200).await;
+    // Ready by itself: subscribes, publishes and live delivery all work.
+    early.subscribe("early", None).await;
+    early.expect_type("subscribed").await;
+    let id = publish(&node, "early", json!("first")).await;
+    let (events, _) = early.events("early", 1).await;
+    assert_eq!(events[0].0, id);
+}

@@ -22,6 +22,9 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
     if app.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
+    if !app.hub.is_live() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "connecting to the store\n").into_response();
+    }
     match tokio::time::timeout(READY_TIMEOUT, app.store.ping()).await {
         Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
         Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),

@@ -83,6 +83,8 @@ pub struct Hub {
     generations: AtomicU64,
     store: Arc<dyn Store>,
     feed: OnceLock<Feed>,
+    /// A hub that is fed by hand (unit tests): joins need no feed.
+    detached: bool,
     /// Every connection's outbox, for the heartbeat tick. Weak: a
     /// connection that is gone is pruned at the next tick.
     connections: Mutex<HashMap<u64, Weak<Outbox>>>,
@@ -109,8 +111,28 @@ impl Hub {
             generations: AtomicU64::new(1),
             store,
             feed: OnceLock::new(),
+            detached: false,
             connections: Mutex::default(),
         })
+    }
+
+    /// A hub whose rooms no feed follows: batches are handed to it by
+    /// hand. For tests of what sits above the feed.
+    #[cfg(test)]
+    pub(crate) fn detached(store: Arc<dyn Store>) -> Arc<Hub> {
+        let hub = Hub::new(store);
+        match Arc::try_unwrap(hub) {
+            Ok(mut hub) => {
+                hub.detached = true;
+                Arc::new(hub)
+            }
+            Err(hub) => hub,
+        }
+    }
+
+    /// Whether the live feed runs (it starts once the store first answers).
+    pub fn is_live(&self) -> bool {
+        self.feed.get().is_some()
     }
 
     /// Connects the feed (which needs the hub as its sink, hence two steps).
@@ -144,8 +166,14 @@ impl Hub {
         let start = entry
             .start
             .get_or_try_init(|| async {
+                // No feed yet: the store has not answered since the node
+                // started, and a room joined now would never be followed.
+                let feed = self.feed.get();
+                if feed.is_none() && !self.detached {
+                    return Err(StoreError::Unavailable("the node is still connecting to its store".into()));
+                }
                 let tail = self.store.tail(room).await?;
-                if let Some(feed) = self.feed.get() {
+                if let Some(feed) = feed {
                     feed.watch(room.clone(), entry.generation, tail).await;
                 }
                 Ok::<_, StoreError>(tail)

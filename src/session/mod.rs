@@ -695,7 +695,7 @@ mod tests {
         let options =
             StoreOptions { history: 1000, room_ttl: Duration::from_secs(60), presence_ttl: Duration::from_secs(6) };
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new(options));
-        let hub = Hub::new(store.clone());
+        let hub = Hub::detached(store.clone());
         Fixture { store, hub, room: RoomName::parse("r").unwrap() }
     }
 

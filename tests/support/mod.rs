@@ -55,6 +55,16 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// A Redis that is not running yet: its port is reserved, `begin` starts it.
+    pub fn later() -> Redis {
+        Redis { port: free_port(), dir: tempfile::tempdir().expect("tempdir"), child: None }
+    }
+
+    /// Starts a Redis made with [`Redis::later`].
+    pub fn begin(&mut self) {
+        self.spawn();
+    }
+
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -179,6 +189,14 @@ impl Node {
         if let Some(url) = redis {
             args.extend(["--redis".into(), url.into()]);
         }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Node::spawn(args)
+    }
+
+    /// Starts a node on `redis` listening on `port` (to restart it in place).
+    pub fn redis_on_port(redis: &Redis, port: u16, extra: &[&str]) -> Node {
+        let mut args: Vec<String> =
+            vec!["serve".into(), "--listen".into(), format!("127.0.0.1:{port}"), "--redis".into(), redis.url()];
         args.extend(extra.iter().map(|s| s.to_string()));
         Node::spawn(args)
     }

@@ -148,7 +148,10 @@ fn now_ms() -> u64 {
 
 /// Builds a client that reconnects forever with backoff.
 fn build_client(redis: &RedisOptions, command_timeout: Duration) -> Result<Client, StoreError> {
-    let config = Config::from_url(&redis.url).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let mut config = Config::from_url(&redis.url).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    // A Redis that is not up yet is retried like one that went away: the
+    // node runs (not ready) meanwhile, instead of exiting into a crash loop.
+    config.fail_fast = false;
     Builder::from_config(config)
         .with_performance_config(|p| p.default_command_timeout = command_timeout)
         .with_connection_config(|c| {
@@ -198,7 +201,10 @@ async fn check_eviction_policy(client: &Client) {
 }
 
 impl RedisStore {
-    /// Connects (failing if Redis cannot be reached now) and loads the scripts.
+    /// Starts connecting, and keeps trying with backoff until Redis answers:
+    /// a node started before its Redis serves `/healthz` and answers
+    /// `store_unavailable` until then. Fails only on a malformed URL.
+    /// Scripts load on first use (and again after a Redis restart).
     pub async fn connect(redis: RedisOptions, options: StoreOptions) -> Result<Self, StoreError> {
         let client = build_client(&redis, redis.command_timeout)?;
         let generation = Arc::new(AtomicU64::new(0));
@@ -210,11 +216,9 @@ impl RedisStore {
             tokio::spawn(async move { check_eviction_policy(&checker).await });
             async { Ok(()) }
         });
-        client.init().await.map_err(unavailable)?;
+        drop(client.connect());
         let append = Script::from_lua(APPEND_LUA);
-        append.load(&client).await.map_err(unavailable)?;
         let incarnation = Script::from_lua(INCARNATION_LUA);
-        incarnation.load(&client).await.map_err(unavailable)?;
         Ok(RedisStore { client, append, incarnation, generation, keys: Keys::new(&redis.prefix), options, redis })
     }
 
