@@ -210,7 +210,7 @@ async fn run(
                     tokio::time::sleep(rest).await;
                 }
             }
-            if read_pending(&*store, &*sink, &mut followed, &mut pending).await? {
+            if read_pending(&*store, &*sink, &mut followed, &mut pending, &mut incarnation).await? {
                 delivered_at = Some(Instant::now());
             }
             source.wait(WAIT_TIMEOUT).await
@@ -275,7 +275,13 @@ async fn recover(
     for check in checks {
         let (room, page) = check?;
         let Some(f) = followed.get_mut(&room) else { continue };
-        if page.gap || change == Change::ServerChanged {
+        // Continuity is proven only by the stream itself: a first new event
+        // naming our position as its predecessor, or (nothing new) our last
+        // event still being the stream's tail. A stream that no longer holds
+        // our position, or a room we had read nothing of, may have lost
+        // events we never read: tell, a gap too many rather than one too few.
+        let unproven = f.position.is_zero() || (page.events.is_empty() && page.tail != f.position);
+        if page.gap || unproven || change == Change::ServerChanged {
             sink.lost(&room);
             f.position = f.position.min(page.tail);
             told += 1;
@@ -293,13 +299,22 @@ async fn recover(
 
 /// Reads every pending room until it has nothing new, delivering in order.
 /// Returns whether anything was delivered.
+///
+/// A stream's first entries (predecessor `0-0`) read for a room the feed
+/// has read nothing of are held until the store's incarnation is checked
+/// *after* the read: a new room and one whose first events were flushed
+/// before the feed saw them look alike, and only a changed incarnation
+/// tells them apart. Once a room has a position, the predecessor chain
+/// tells.
 async fn read_pending(
     store: &dyn Store,
     sink: &dyn FeedSink,
     followed: &mut HashMap<RoomName, Followed>,
     pending: &mut HashSet<RoomName>,
+    incarnation: &mut Option<super::Incarnation>,
 ) -> Result<bool, StoreError> {
     let mut delivered = false;
+    let mut firsts: Vec<(RoomName, Vec<Event>)> = Vec::new();
     while !pending.is_empty() {
         let chunk: Vec<(RoomName, EventId)> = pending
             .iter()
@@ -316,6 +331,10 @@ async fn read_pending(
                 more.insert(room.clone());
             }
             if let Some(f) = followed.get_mut(&room) {
+                if f.position.is_zero() && events.first().is_some_and(|e| e.prev.is_zero()) {
+                    firsts.push((room, events));
+                    continue;
+                }
                 f.position = last;
                 debug!(room = %room, events = events.len(), last = %last, "feed delivers");
                 metrics::histogram!("roomcast_reader_lag_seconds").record(crate::metrics::age_seconds(last));
@@ -330,6 +349,27 @@ async fn read_pending(
         }
         // Rooms no longer watched can linger in `pending`; drop them too.
         pending.retain(|room| followed.contains_key(room));
+        // Held first entries are not read again: they wait for the check.
+        pending.retain(|room| !firsts.iter().any(|(r, _)| r == room));
+    }
+    if firsts.is_empty() {
+        return Ok(delivered);
+    }
+    let now = store.incarnation().await?;
+    if let Some(change) = incarnation.as_ref().map(|old| now.since(old)).filter(|c| *c != Change::None) {
+        // Rooms at position 0 are told of a possible loss by `recover`.
+        recover(store, sink, followed, change).await?;
+        pending.extend(followed.keys().cloned());
+    }
+    *incarnation = Some(now);
+    for (room, events) in firsts {
+        let (Some(f), Some(last)) = (followed.get_mut(&room), events.last().map(|e| e.id)) else { continue };
+        if !f.position.is_zero() {
+            continue;
+        }
+        f.position = last;
+        sink.deliver(&room, events);
+        delivered = true;
     }
     Ok(delivered)
 }

@@ -45,8 +45,16 @@ use crate::protocol::{Event, EventId, IdempotencyKey, RoomName};
 /// starts at `<now_ms + 1>-<µs within the ms × 1000>`: that virtual clock
 /// grows by 1,000 sequence numbers per microsecond, faster than any stream
 /// (even one rebuilt the same way a moment earlier) can append, so it is
-/// above every ID handed out before. Its first entry names `0-0` as
-/// predecessor: a gap to anyone who was past it.
+/// above every ID handed out before.
+///
+/// A genuinely new room's first entry names `0-0` as its predecessor. A
+/// stream rebuilt above a floor names `0-1`, an ID no event has: so the
+/// rebuild is a gap to every reader, including one that joined from the
+/// oldest (`0`) and had not yet been handed the events that were lost.
+/// (Measured: with `0-0`, a subscriber from `0` that had not yet received
+/// a room's first events when the stream was deleted took the rebuilt
+/// stream as its continuation, and those acked events were lost without a
+/// gap; the chaos run found it under load.)
 const APPEND_LUA: &str = r#"
 if KEYS[4] then
   local seen = redis.call('GET', KEYS[4])
@@ -62,14 +70,16 @@ else
   local now = math.floor(us / 1000)
   local ms, seq = now + 1, (us % 1000) * 1000
   local floor = redis.call('GET', KEYS[3])
+  local prev = '0-0'
   if floor then
+    prev = '0-1'
     local fms, fseq = string.match(floor, '^(%d+)-(%d+)$')
     if fms then
       fms, fseq = tonumber(fms), tonumber(fseq)
       if now > fms then ms, seq = now, 0 else ms, seq = fms, fseq + 1 end
     end
   end
-  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], string.format('%.0f-%.0f', ms, seq), 'p', '0-0', 'd', ARGV[2])
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], string.format('%.0f-%.0f', ms, seq), 'p', prev, 'd', ARGV[2])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('SET', KEYS[3], id, 'PX', ARGV[6])
