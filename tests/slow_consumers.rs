@@ -94,13 +94,13 @@ async fn a_stalled_client_harms_nobody_and_catches_up_exactly() {
     assert_ordered(&slow_ids);
     assert_eq!(slow_ids.len(), EVENTS, "no duplicates, nothing missing");
     let metrics = reqwest::get(node.http("/metrics")).await.unwrap().text().await.unwrap();
+    // Summed over the metric's labels (catch-ups are counted by reason).
     let counter = |name: &str| -> f64 {
         metrics
             .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
+            .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with([' ', '{'])))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     };
     let (overflows, catch_ups) = (counter("roomcast_outbox_overflows_total"), counter("roomcast_catch_ups_total"));
     println!(
