@@ -9,6 +9,7 @@
 
 pub mod chaos;
 pub mod decode;
+pub mod live;
 pub mod load;
 pub mod reader;
 pub mod reference;
@@ -42,6 +43,14 @@ pub enum Preset {
     Rooms,
     /// 2,000 subscribers drop at once mid-run and resume with their last IDs, 500 msg/s.
     ResumeStorm,
+    /// 1 room, 19,000 subscribers on one node on Redis, 1 then 5 msg/s, 10 s each;
+    /// and the bare reference at the same size.
+    Broadcast,
+    /// 10,000 viewers of one room on 2 nodes, each reacting once a second, 20 s.
+    Reactions,
+    /// 10,000 rooms with an audience watcher each on 2 nodes; idle, then
+    /// 500 viewers joining and leaving at random, 20 s.
+    Audience,
     /// A few seconds at small scale, with a storm (the test suite runs it).
     Smoke,
 }
@@ -189,6 +198,12 @@ fn summary_line(label: &str, spec: &LoadSpec, o: &Outcome) -> String {
     )
 }
 
+/// Subscribers of the broadcast preset: what one node holds under this
+/// machine's 20,000-descriptor limit, with room for the rest.
+const BROADCAST_SIZE: usize = 19_000;
+/// Publishes per second the broadcast preset offers.
+const BROADCAST_RATES: [f64; 2] = [1.0, 5.0];
+
 /// Offered rates the saturate preset steps through.
 const SATURATE_RATES: [f64; 11] = [100.0, 250.0, 500.0, 600.0, 800.0, 1000.0, 1250.0, 1500.0, 2000.0, 2500.0, 3000.0];
 /// A saturate step fails above this p99.
@@ -294,6 +309,41 @@ pub fn main(args: BenchArgs) -> anyhow::Result<bool> {
                     "cpu_seconds_per_million_at_500": cpu_at_500,
                     "steps": steps,
                 }))
+            }
+            Some(Preset::Broadcast) => {
+                let mut rows = Vec::new();
+                let mut ok = true;
+                for rate in BROADCAST_RATES {
+                    let roomcast =
+                        bench.run(&TargetSpec::Redis { nodes: 1 }, bench.spec(BROADCAST_SIZE, 1, rate, 10, 0.0)).await?;
+                    let reference = bench.run(&TargetSpec::Reference, bench.spec(BROADCAST_SIZE, 1, rate, 10, 0.0)).await?;
+                    ok &= roomcast.clean() && reference.clean();
+                    rows.push(json!({
+                        "rate": rate,
+                        "clean": roomcast.clean(),
+                        "p99_ms": { "roomcast": roomcast.latency_ms.p99, "reference": reference.latency_ms.p99 },
+                        "p99_ratio": roomcast.latency_ms.p99 / reference.latency_ms.p99.max(0.001),
+                        "reach_everyone_ms": { "roomcast": roomcast.latency_ms.max, "reference": reference.latency_ms.max },
+                        "connects_per_sec": { "roomcast": roomcast.connects_per_sec, "reference": reference.connects_per_sec },
+                        "rss_per_connection_bytes": roomcast.rss_per_connection_bytes,
+                        "cpu_seconds_per_million": { "roomcast": roomcast.cpu_seconds_per_million, "reference": reference.cpu_seconds_per_million },
+                    }));
+                }
+                (ok, json!({ "clean": ok, "subscribers": BROADCAST_SIZE, "target_p99_ratio": 1.3, "rates": rows }))
+            }
+            Some(Preset::Reactions) => {
+                let target = target::start(&TargetSpec::Redis { nodes: 2 })?;
+                let o = live::reactions(&target, 10_000, 20).await?;
+                eprintln!("reactions: {o:?}");
+                let ok = o.max_count_error == 0 && o.frames_per_viewer_per_sec <= 4.5;
+                (ok, json!({ "outcome": o, "target_frames_per_viewer_per_sec": 4, "target_count_error": 0 }))
+            }
+            Some(Preset::Audience) => {
+                let target = target::start(&TargetSpec::Redis { nodes: 2 })?;
+                let redis = target.redis.clone().context("the audience preset needs a spawned Redis")?;
+                let o = live::audience(&target, &redis, 10_000, 500, 20).await?;
+                eprintln!("audience: {o:?}");
+                (true, json!({ "outcome": o }))
             }
             Some(Preset::Idle) => {
                 let o = bench.run(&TargetSpec::Redis { nodes: 1 }, bench.spec(10_000, 1, 0.0, 0, 0.0)).await?;

@@ -111,6 +111,9 @@ pub struct Outcome {
     pub rss_per_connection_bytes: Option<f64>,
     /// Server CPU seconds (nodes + Redis) per million deliveries (spawned targets).
     pub cpu_seconds_per_million: Option<f64>,
+    /// Subscribers connected and subscribed per second, from the first
+    /// connect to the last `subscribed`.
+    pub connects_per_sec: f64,
     /// Per-second series.
     pub series: Vec<Second>,
 }
@@ -213,7 +216,7 @@ impl SubscriberStats {
 }
 
 /// Opens a TCP connection from a chosen loopback source address.
-async fn tcp(node: SocketAddr, source: Ipv4Addr) -> anyhow::Result<tokio::net::TcpStream> {
+pub(crate) async fn tcp(node: SocketAddr, source: Ipv4Addr) -> anyhow::Result<tokio::net::TcpStream> {
     let socket = TcpSocket::new_v4()?;
     socket.set_reuseaddr(true)?;
     socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
@@ -235,7 +238,8 @@ async fn subscribe(node: SocketAddr, source: Ipv4Addr, query: &str) -> anyhow::R
     Reader::handshake(tcp(node, source).await?, node, query).await
 }
 
-fn source_ip(i: usize, count: u8) -> Ipv4Addr {
+/// The loopback source address of connection `i` (spread over `count`).
+pub(crate) fn source_ip(i: usize, count: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, 2 + (i % count.max(1) as usize) as u8)
 }
 
@@ -428,6 +432,7 @@ pub async fn run(
     let (_, rss_before) = measure();
 
     // Connect and subscribe everyone.
+    let connect_started = Instant::now();
     let subscribed = Arc::new(AtomicUsize::new(0));
     let storm_count = (spec.storm * spec.subscribers as f64).round() as usize;
     let mut subscribers = Vec::with_capacity(spec.subscribers);
@@ -470,6 +475,7 @@ pub async fn run(
         progress("connecting", subscribed.load(Ordering::Acquire) as u64, spec.subscribers as u64, 0.0);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let connects_per_sec = spec.subscribers as f64 / connect_started.elapsed().as_secs_f64().max(0.001);
     // Let the nodes settle (audience reports, feed watches) before measuring.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (_, rss_after) = measure();
@@ -614,6 +620,7 @@ pub async fn run(
         storm_stragglers: stormed.iter().filter(|s| s.caught_up().is_none()).count(),
         rss_per_connection_bytes,
         cpu_seconds_per_million: (measured && received > 0).then(|| (cpu_end - cpu_start) / (received as f64 / 1e6)),
+        connects_per_sec,
         series,
     })
 }

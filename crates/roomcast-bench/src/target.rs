@@ -117,6 +117,8 @@ pub struct Target {
     pub nodes: Vec<SocketAddr>,
     /// Processes the harness owns (measured for CPU and RSS).
     pub processes: Vec<Spawned>,
+    /// The spawned Redis, if any.
+    pub redis: Option<String>,
 }
 
 /// How to get a target.
@@ -180,10 +182,12 @@ fn node_args(listen: &str, nodes: usize) -> Vec<String> {
 pub fn start(spec: &TargetSpec) -> anyhow::Result<Target> {
     let mut processes = Vec::new();
     let mut nodes = Vec::new();
+    let mut redis_url = None;
     match spec {
         TargetSpec::Redis { nodes: count } => {
             let (redis, url) = spawn_redis()?;
             processes.push(redis);
+            redis_url = Some(url.clone());
             for i in 0..*count {
                 let mut args = node_args("127.0.0.1:0", *count);
                 args.extend(["--redis".into(), url.clone(), "--node-id".into(), format!("bench-{i}")]);
@@ -205,7 +209,7 @@ pub fn start(spec: &TargetSpec) -> anyhow::Result<Target> {
         }
         TargetSpec::Urls(urls) => nodes.extend(urls),
     }
-    Ok(Target { nodes, processes })
+    Ok(Target { nodes, processes, redis: redis_url })
 }
 
 impl Target {
