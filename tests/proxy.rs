@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::{json, Value};
-use support::client::{assert_ordered, Client};
+use support::client::assert_ordered;
 use support::{free_port, Node, Redis};
 
 const WS_VIEWERS: usize = 6;
@@ -99,37 +99,6 @@ impl Drop for Nginx {
 /// the temporary directory).
 fn running_as_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false)
-}
-
-/// A WebSocket viewer through the proxy: reconnects with its last ID
-/// whenever the socket closes, until the end marker.
-async fn ws_viewer(url: String) -> (Vec<String>, usize, usize) {
-    let (mut ids, mut gaps, mut hops) = (Vec::<String>::new(), 0, 0);
-    loop {
-        let last = ids.last().cloned().unwrap_or_else(|| "0".into());
-        let Ok(mut client) = Client::try_connect(&format!("{url}?room=live&last_event_id={last}"), &[]).await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        loop {
-            match client.next().await {
-                Ok(frame) if frame["type"] == "events" => {
-                    for e in frame["events"].as_array().unwrap() {
-                        if e["data"] == json!("end") {
-                            return (ids, gaps, hops);
-                        }
-                        ids.push(e["id"].as_str().unwrap().to_owned());
-                    }
-                }
-                Ok(frame) if frame["type"] == "gap" => gaps += 1,
-                Ok(_) => {}
-                Err(_) => {
-                    hops += 1;
-                    break;
-                }
-            }
-        }
-    }
 }
 
 /// An SSE viewer through the proxy, resuming with `Last-Event-ID` as a
@@ -231,7 +200,12 @@ async fn viewers_behind_nginx_lose_nothing_while_every_node_restarts() {
 
     let ws_url = format!("ws://127.0.0.1:{}/ws", nginx.port);
     let sse_url = nginx.url("/rooms/live/sse");
-    let ws: Vec<_> = (0..WS_VIEWERS).map(|_| tokio::spawn(ws_viewer(ws_url.clone()))).collect();
+    let ws: Vec<_> = (0..WS_VIEWERS)
+        .map(|_| {
+            let url = ws_url.clone();
+            tokio::spawn(async move { support::follow_until_end("live", |_| url.clone()).await })
+        })
+        .collect();
     let sse: Vec<_> = (0..SSE_VIEWERS).map(|_| tokio::spawn(sse_viewer(sse_url.clone()))).collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let alive: Alive = Arc::new(Mutex::new(nodes.iter().map(|n| n.addr).collect()));

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::client::{assert_ordered, Client};
+use support::client::assert_ordered;
 use support::{Node, Redis};
 
 const CLIENTS: usize = 24;
@@ -23,41 +23,11 @@ type Alive = Arc<Mutex<Vec<SocketAddr>>>;
 
 /// One viewer: follows "live" until the end marker, hopping nodes on close.
 async fn viewer(index: usize, alive: Alive) -> (Vec<String>, usize, usize) {
-    let (mut ids, mut gaps, mut hops): (Vec<String>, usize, usize) = (Vec::new(), 0, 0);
-    let mut attempt = index;
-    loop {
-        let addr = {
-            let nodes = alive.lock().unwrap();
-            nodes[attempt % nodes.len()]
-        };
-        attempt += 1;
-        let query = match ids.last() {
-            Some(last) => format!("?room=live&last_event_id={last}"),
-            None => "?room=live&last_event_id=0".to_owned(),
-        };
-        let Ok(mut client) = Client::try_connect(&format!("ws://{addr}/ws{query}"), &[]).await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        loop {
-            match client.next().await {
-                Ok(frame) if frame["type"] == "events" => {
-                    for e in frame["events"].as_array().unwrap() {
-                        if e["data"] == json!("end") {
-                            return (ids, gaps, hops);
-                        }
-                        ids.push(e["id"].as_str().unwrap().to_owned());
-                    }
-                }
-                Ok(frame) if frame["type"] == "gap" => gaps += 1,
-                Ok(_) => {}
-                Err(_) => {
-                    hops += 1;
-                    break;
-                }
-            }
-        }
-    }
+    support::follow_until_end("live", |attempt| {
+        let nodes = alive.lock().unwrap();
+        format!("ws://{}/ws", nodes[(index + attempt) % nodes.len()])
+    })
+    .await
 }
 
 /// Publishes `EVENTS` events round-robin over the live nodes, retrying a

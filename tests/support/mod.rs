@@ -398,3 +398,38 @@ pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(serde_json::Value::Null))
 }
+
+/// A viewer of `room` that follows it until an event whose data is `"end"`,
+/// reconnecting with its last ID (`0` at first) whenever its socket closes.
+/// `base(attempt)` names the WebSocket URL of each attempt. Returns the IDs
+/// received, the gaps, and how often the viewer was moved.
+pub async fn follow_until_end(room: &str, mut base: impl FnMut(usize) -> String) -> (Vec<String>, usize, usize) {
+    let (mut ids, mut gaps, mut hops): (Vec<String>, usize, usize) = (Vec::new(), 0, 0);
+    for attempt in 0.. {
+        let last = ids.last().cloned().unwrap_or_else(|| "0".into());
+        let url = format!("{}?room={room}&last_event_id={last}", base(attempt));
+        let Ok(mut client) = client::Client::try_connect(&url, &[]).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        loop {
+            match client.next().await {
+                Ok(frame) if frame["type"] == "events" => {
+                    for e in frame["events"].as_array().unwrap() {
+                        if e["data"] == serde_json::json!("end") {
+                            return (ids, gaps, hops);
+                        }
+                        ids.push(e["id"].as_str().unwrap().to_owned());
+                    }
+                }
+                Ok(frame) if frame["type"] == "gap" => gaps += 1,
+                Ok(_) => {}
+                Err(_) => {
+                    hops += 1;
+                    break;
+                }
+            }
+        }
+    }
+    unreachable!("the attempts never end")
+}
