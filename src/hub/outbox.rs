@@ -90,6 +90,28 @@ impl Outbox {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Appends `item` if it fits both bounds, waking the receiver when the
+    /// queue was empty (a non-empty queue already has a wake-up on its
+    /// way). `false` when it does not fit.
+    fn push(&self, item: Item) -> bool {
+        let size = item.size();
+        let was_empty = {
+            let mut queue = self.queue();
+            let fits = queue.len() < self.limits.frames
+                && self.queued_bytes.load(Ordering::Relaxed) + size <= self.limits.bytes;
+            if !fits {
+                return false;
+            }
+            queue.push_back(item);
+            self.queued_bytes.fetch_add(size, Ordering::Relaxed);
+            queue.len() == 1
+        };
+        if was_empty {
+            self.wake.notify_one();
+        }
+        true
+    }
+
     /// Queues `batch`, or marks the room `lagged` when it does not fit.
     pub fn offer(&self, batch: &Arc<Batch>, lagged: &AtomicBool) {
         if lagged.load(Ordering::Acquire) || self.closed.load(Ordering::Acquire) {
@@ -97,28 +119,10 @@ impl Outbox {
             // batch; or nobody is listening any more.
             return;
         }
-        let size = batch.size();
-        let was_empty = {
-            let mut queue = self.queue();
-            let fits = queue.len() < self.limits.frames
-                && self.queued_bytes.load(Ordering::Relaxed) + size <= self.limits.bytes;
-            if fits {
-                queue.push_back(Item::Batch(batch.clone()));
-                self.queued_bytes.fetch_add(size, Ordering::Relaxed);
-                Some(queue.len() == 1)
-            } else {
-                None
-            }
-        };
-        match was_empty {
-            // A non-empty queue already has a wake-up on its way.
-            Some(true) => self.wake.notify_one(),
-            Some(false) => {}
-            None => {
-                lagged.store(true, Ordering::Release);
-                self.signal();
-                metrics::counter!("roomcast_outbox_overflows_total").increment(1);
-            }
+        if !self.push(Item::Batch(batch.clone())) {
+            lagged.store(true, Ordering::Release);
+            self.signal();
+            metrics::counter!("roomcast_outbox_overflows_total").increment(1);
         }
     }
 
@@ -126,24 +130,8 @@ impl Outbox {
     /// so a connection that is behind simply misses it (counted), and is
     /// never sent to the store to catch up for it.
     pub fn offer_notice(&self, notice: &Arc<Notice>) {
-        if self.closed.load(Ordering::Acquire) {
-            return;
-        }
-        let size = notice.size();
-        let was_empty = {
-            let mut queue = self.queue();
-            let fits = queue.len() < self.limits.frames
-                && self.queued_bytes.load(Ordering::Relaxed) + size <= self.limits.bytes;
-            if !fits {
-                metrics::counter!("roomcast_notices_dropped_total").increment(1);
-                return;
-            }
-            queue.push_back(Item::Notice(notice.clone()));
-            self.queued_bytes.fetch_add(size, Ordering::Relaxed);
-            queue.len() == 1
-        };
-        if was_empty {
-            self.wake.notify_one();
+        if !self.closed.load(Ordering::Acquire) && !self.push(Item::Notice(notice.clone())) {
+            metrics::counter!("roomcast_notices_dropped_total").increment(1);
         }
     }
 

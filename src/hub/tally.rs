@@ -48,11 +48,6 @@ impl Tally {
     pub fn into_rooms(self) -> impl Iterator<Item = (RoomName, BTreeMap<ReactionKey, u64>)> {
         self.rooms.into_iter()
     }
-
-    /// The counts, room by room, by reference.
-    pub fn rooms(&self) -> impl Iterator<Item = (&RoomName, &BTreeMap<ReactionKey, u64>)> {
-        self.rooms.iter()
-    }
 }
 
 #[cfg(test)]
