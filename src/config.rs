@@ -115,9 +115,24 @@ pub struct StoreSettings {
 /// How to reach Redis; without a URL the node runs on the embedded store.
 #[derive(Clone, Debug, Args)]
 pub struct RedisSettings {
-    /// Redis URL (`redis://host:port[/db]`); without it the node runs on the embedded store.
-    #[arg(long = "redis", env = "REDIS_URL")]
+    /// Redis URL (`redis://host:port[/db]`); without it (or a cluster or
+    /// sentinels) the node runs on the embedded store.
+    #[arg(long = "redis", env = "REDIS_URL", conflicts_with_all = ["cluster", "sentinel"])]
     pub url: Option<String>,
+
+    /// Seed nodes of a Redis Cluster (`redis://host:port`, comma-separated);
+    /// the node finds the rest and follows slot moves and failovers.
+    #[arg(long = "redis-cluster", env = "REDIS_CLUSTER_URLS", value_delimiter = ',', conflicts_with = "sentinel")]
+    pub cluster: Vec<String>,
+
+    /// Sentinels (`redis://host:port`, comma-separated) to ask for the
+    /// master named by `--redis-sentinel-master`; the node follows failovers.
+    #[arg(long = "redis-sentinel", env = "REDIS_SENTINEL_URLS", value_delimiter = ',')]
+    pub sentinel: Vec<String>,
+
+    /// The master's name, as the sentinels monitor it.
+    #[arg(long = "redis-sentinel-master", env = "REDIS_SENTINEL_MASTER", default_value = "mymaster")]
+    pub sentinel_master: String,
 
     /// Prefix of every Redis key (lets deployments share one Redis).
     #[arg(long, env = "ROOMCAST_KEY_PREFIX", default_value = "rc")]
@@ -248,6 +263,15 @@ impl TryFrom<ServeArgs> for Config {
                 format!("--redis {url:?} must be a redis:// URL")
             })?;
             fred::prelude::Config::from_url(url).map_err(|e| ConfigError(format!("--redis {url:?}: {e}")))?;
+        }
+        for (flag, urls) in [("--redis-cluster", &redis.cluster), ("--redis-sentinel", &redis.sentinel)] {
+            for url in urls {
+                check(url.starts_with("redis://") || url.starts_with("rediss://"), || {
+                    format!("{flag} {url:?} must be redis:// URLs")
+                })?;
+                fred::prelude::Config::from_url_centralized(url)
+                    .map_err(|e| ConfigError(format!("{flag} {url:?}: {e}")))?;
+            }
         }
         check((1..=10_000_000).contains(&store.history), || "--history must be between 1 and 10000000".into())?;
         check(store.room_ttl >= Duration::from_secs(1), || "--room-ttl must be at least 1 second".into())?;

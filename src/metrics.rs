@@ -36,13 +36,15 @@ const COUNTERS: &[(&str, &str, &[&str])] = &[
     ("roomcast_reaction_frames_total", "", &[]),
     ("roomcast_notices_dropped_total", "", &[]),
     ("roomcast_ping_floods_total", "", &[]),
+    ("roomcast_mailbox_overflows_total", "", &[]),
+    ("roomcast_store_incarnation_changes_total", "change", &["data_touched", "server_changed"]),
 ];
 
 /// Histograms registered at start.
 const HISTOGRAMS: &[&str] = &["roomcast_delivery_delay_seconds", "roomcast_reader_lag_seconds"];
 
 /// The store operations whose latency is measured (`op` label).
-pub const STORE_OPS: &[&str] = &["append", "read", "tail", "read_many", "ping"];
+pub const STORE_OPS: &[&str] = &["append", "read", "tail", "read_many", "ping", "epoch"];
 
 /// Installs the recorder on first call; later calls return the same handle.
 /// `None` if another recorder was installed first.

@@ -1,6 +1,7 @@
-//! What clients see, run against both deployments: one node on the embedded
-//! store, and three nodes sharing one real `redis-server` (publishers and
-//! subscribers spread over the nodes).
+//! What clients see, run against every deployment: one node on the embedded
+//! store, three nodes sharing one real `redis-server`, and three nodes on a
+//! real 3-master Redis Cluster with replicas (publishers and subscribers
+//! spread over the nodes).
 
 // Tests may unwrap: a panic is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
@@ -654,3 +655,4 @@ macro_rules! conformance {
 
 conformance!(memory, Deployment::memory);
 conformance!(redis_three_nodes, |extra| Deployment::redis(3, extra));
+conformance!(cluster_three_nodes, |extra| Deployment::cluster(3, extra));

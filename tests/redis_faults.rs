@@ -220,10 +220,12 @@ async fn a_lost_incarnation_key_replays_nothing_and_costs_no_gap() {
     let (got, _) = live.events("show", 100).await;
     assert_eq!(got.len(), 100);
     let redis = d.redis.as_ref().unwrap();
-    assert_eq!(redis.command(&["DEL", "rc:incarnation"]).as_deref(), Some(":1"));
+    let show = roomcast::protocol::RoomName::parse("show").unwrap();
+    let epoch = roomcast::store::redis::keys::Keys::new("rc").epoch(roomcast::store::redis::keys::bucket(&show));
+    assert_eq!(redis.command(&["DEL", &epoch]).as_deref(), Some(":1"));
     // The feed notices at its next sweep, and must recreate the token.
     eventually("the incarnation token is recreated", || async {
-        (redis.command(&["EXISTS", "rc:incarnation"]).as_deref() == Some(":1")).then_some(())
+        (redis.command(&["EXISTS", &epoch]).as_deref() == Some(":1")).then_some(())
     })
     .await;
     let after = d.publish(1, "show", json!("after")).await;

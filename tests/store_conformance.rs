@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use roomcast::protocol::{EventId, RoomName};
 use roomcast::store::memory::MemoryStore;
-use roomcast::store::redis::{RedisOptions, RedisStore};
+use roomcast::store::redis::{RedisOptions, RedisStore, Topology};
 use roomcast::store::{LiveNote, Position, Store, StoreOptions};
 use support::{eventually, Redis};
 
@@ -48,9 +48,24 @@ async fn memory(opts: StoreOptions) -> Fixture {
 
 async fn redis(opts: StoreOptions) -> Fixture {
     let server = Redis::start();
-    let redis = RedisOptions { url: server.url(), prefix: "t".into(), command_timeout: Duration::from_secs(2) };
+    let redis = RedisOptions {
+        topology: Topology::Single(server.url()),
+        prefix: "t".into(),
+        command_timeout: Duration::from_secs(2),
+    };
     let store = RedisStore::connect(redis, opts).await.unwrap();
     Fixture { store: Arc::new(store), _redis: Some(server) }
+}
+
+/// A store on the test binary's shared Redis Cluster, under its own prefix.
+async fn cluster(opts: StoreOptions) -> Fixture {
+    static PREFIXES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let ports = support::topology::RedisCluster::shared();
+    let seeds = support::topology::RedisCluster::seeds(ports).split(',').map(str::to_owned).collect();
+    let prefix = format!("t{}", PREFIXES.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let redis = RedisOptions { topology: Topology::Cluster(seeds), prefix, command_timeout: Duration::from_secs(2) };
+    let store = RedisStore::connect(redis, opts).await.unwrap();
+    Fixture { store: Arc::new(store), _redis: None }
 }
 
 mod cases {
@@ -335,7 +350,7 @@ mod key_loss {
         let a = f.store.incarnation().await.unwrap();
         assert_eq!(f.store.incarnation().await.unwrap().since(&a), Change::None);
         let server = f._redis.as_mut().unwrap();
-        assert_eq!(server.command(&["DEL", "t:incarnation"]).as_deref(), Some(":1"));
+        assert_eq!(server.command(&["DEL", &Keys::new("t").epoch(0)]).as_deref(), Some(":1"));
         let b = f.store.incarnation().await.unwrap();
         assert_eq!(b.since(&a), Change::DataTouched, "a lost token on the same server");
         server.restart_empty();
@@ -437,3 +452,4 @@ macro_rules! conformance {
 
 conformance!(memory);
 conformance!(redis);
+conformance!(cluster);

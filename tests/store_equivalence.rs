@@ -19,7 +19,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use roomcast::protocol::{EventId, RoomName};
 use roomcast::store::memory::MemoryStore;
-use roomcast::store::redis::{RedisOptions, RedisStore};
+use roomcast::store::redis::{RedisOptions, RedisStore, Topology};
 use roomcast::store::{Page, Position, Store, StoreOptions};
 
 #[derive(Clone, Debug)]
@@ -113,7 +113,11 @@ fn memory_and_redis_stores_answer_alike() {
     let redis: Arc<dyn Store> = Arc::new(
         runtime
             .block_on(RedisStore::connect(
-                RedisOptions { url: server.url(), prefix: "eq".into(), command_timeout: Duration::from_secs(5) },
+                RedisOptions {
+                    topology: Topology::Single(server.url()),
+                    prefix: "eq".into(),
+                    command_timeout: Duration::from_secs(5),
+                },
                 options.clone(),
             ))
             .unwrap(),

@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use futures::StreamExt;
 
-use super::{Change, Position, Store, StoreError};
+use super::{Change, Incarnation, Position, Store, StoreError};
 use crate::backoff::Backoff;
 use crate::protocol::{Event, EventId, RoomName};
 
@@ -33,9 +33,16 @@ const RECOVERY_READS: usize = 32;
 const COMMAND_QUEUE: usize = 4096;
 /// How long one wait for changes may block before the loop looks around.
 const WAIT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Every watched room is re-read this often, whatever the signals said: a
-/// backstop for signals lost to trimming or a store restart.
+/// Rooms nobody wants are dropped, and the store's incarnations compared,
+/// this often.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// Every watched room is re-read this often, whatever the signals said: a
+/// last backstop. Change sources report lost signals themselves (a full
+/// mailbox page names every watched room of its bucket), and reconnections
+/// and incarnation changes re-read everything, so this is rarely needed;
+/// it is slow because at 20,000 rooms a re-read every 5 s cost a node 16%
+/// of a core and delayed live delivery.
+const REREAD_EVERY: Duration = Duration::from_secs(30);
 
 /// Receives each room's new events, in ID order.
 pub trait FeedSink: Send + Sync + 'static {
@@ -106,7 +113,22 @@ impl Feed {
     ) -> Feed {
         let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
         let waker = source.waker();
-        tracker.spawn(run(store, source, sink, rx, coalesce, shutdown));
+        let feed = FeedLoop {
+            store,
+            source,
+            sink,
+            commands: rx,
+            coalesce,
+            followed: HashMap::new(),
+            pending: HashSet::new(),
+            incarnations: None,
+            seen_generation: u64::MAX,
+            failing: false,
+            last_sweep: Instant::now(),
+            last_reread: Instant::now(),
+            delivered_at: None,
+        };
+        tracker.spawn(feed.run(shutdown));
         Feed { commands, waker }
     }
 
@@ -126,30 +148,78 @@ impl Feed {
     }
 }
 
-async fn run(
+/// The feed loop's state; each turn of [`FeedLoop::run`] is a few named steps.
+struct FeedLoop {
     store: Arc<dyn Store>,
-    mut source: Box<dyn ChangeSource>,
+    source: Box<dyn ChangeSource>,
     sink: Arc<dyn FeedSink>,
-    mut commands: mpsc::Receiver<Command>,
+    commands: mpsc::Receiver<Command>,
     coalesce: Duration,
-    shutdown: CancellationToken,
-) {
-    let mut followed: HashMap<RoomName, Followed> = HashMap::new();
-    let mut pending: HashSet<RoomName> = HashSet::new();
-    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
-    let mut failing = false;
-    let mut last_sweep = Instant::now();
-    // The store's incarnation, compared after every reconnection and sweep.
-    let mut incarnation: Option<super::Incarnation> = None;
-    let mut seen_generation = u64::MAX;
-    // When the feed last delivered anything (see `coalesce`).
-    let mut delivered_at: Option<Instant> = None;
+    followed: HashMap<RoomName, Followed>,
+    /// Rooms to read at the next turn.
+    pending: HashSet<RoomName>,
+    /// Each domain's incarnation at the last check; `None` before the first.
+    incarnations: Option<Vec<Incarnation>>,
+    /// The store's connection generation at the last check.
+    seen_generation: u64,
+    /// The last turn failed: the next one checks the store before reading.
+    failing: bool,
+    last_sweep: Instant,
+    last_reread: Instant,
+    /// When the feed last delivered anything (see `coalesce`).
+    delivered_at: Option<Instant>,
+}
 
-    loop {
-        while let Ok(command) = commands.try_recv() {
+impl FeedLoop {
+    async fn run(mut self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        loop {
+            self.take_commands();
+            let sweep = self.sweep();
+            let outcome = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                outcome = self.turn(sweep) => outcome,
+            };
+            match outcome {
+                Ok(changed) => {
+                    debug!(changed = changed.len(), followed = self.followed.len(), "feed woke");
+                    backoff.reset();
+                    self.pending.extend(changed.into_iter().filter(|r| self.followed.contains_key(r)));
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    warn!(cause = %e, retry_in_ms = delay.as_millis() as u64, "live feed read failed");
+                    self.failing = true;
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        debug!("live feed stopped");
+    }
+
+    /// One turn: check the store if due, make new watches effective, read
+    /// what is pending, then wait for the next changes.
+    async fn turn(&mut self, sweep: bool) -> Result<Vec<RoomName>, StoreError> {
+        self.check_store(sweep).await?;
+        self.source.prepare().await?;
+        if let Some(rest) = self.gather() {
+            tokio::time::sleep(rest).await;
+        }
+        if self.read_pending().await? {
+            self.delivered_at = Some(Instant::now());
+        }
+        self.source.wait(WAIT_TIMEOUT).await
+    }
+
+    /// Applies queued watch and unwatch commands.
+    fn take_commands(&mut self) {
+        while let Ok(command) = self.commands.try_recv() {
             match command {
                 Command::Watch(room, generation, from) => {
-                    match followed.get_mut(&room) {
+                    match self.followed.get_mut(&room) {
                         // A new life of a room whose old life's unwatch is
                         // still queued: start from the earlier position, the
                         // subscribers' cursors drop what they already have.
@@ -158,220 +228,232 @@ async fn run(
                             f.position = f.position.min(from);
                         }
                         None => {
-                            source.watch(&room);
-                            followed.insert(room.clone(), Followed { generation, position: from });
+                            self.source.watch(&room);
+                            self.followed.insert(room.clone(), Followed { generation, position: from });
                         }
                     }
-                    pending.insert(room);
+                    self.pending.insert(room);
                 }
                 Command::Unwatch(room, generation) => {
-                    if followed.get(&room).is_some_and(|f| f.generation == generation) {
-                        source.unwatch(&room);
-                        followed.remove(&room);
-                        pending.remove(&room);
+                    if self.followed.get(&room).is_some_and(|f| f.generation == generation) {
+                        self.source.unwatch(&room);
+                        self.followed.remove(&room);
+                        self.pending.remove(&room);
                     }
                 }
             }
         }
-        let sweep = last_sweep.elapsed() >= SWEEP_EVERY;
-        if sweep {
-            followed.retain(|room, f| {
-                let wanted = sink.wants(room, f.generation);
-                if !wanted {
-                    source.unwatch(room);
-                }
-                wanted
-            });
-            pending.extend(followed.keys().cloned());
-            last_sweep = Instant::now();
-        }
-
-        let step = async {
-            let generation = store.connection_generation();
-            if failing || sweep || generation != seen_generation {
-                let now = store.incarnation().await?;
-                seen_generation = generation;
-                if let Some(change) = incarnation.as_ref().map(|old| now.since(old)) {
-                    if change != Change::None {
-                        recover(&*store, &*sink, &mut followed, change).await?;
-                        pending.extend(followed.keys().cloned());
-                    }
-                }
-                incarnation = Some(now);
-            }
-            source.prepare().await?;
-            // Coalescing: events arriving within `coalesce` of the last
-            // delivery wait out the rest of it and go out together, so a
-            // busy room costs each subscriber one write per window rather
-            // than one per event. When deliveries are further apart than
-            // the window, nothing waits.
-            if let Some(rest) = delivered_at.and_then(|at| coalesce.checked_sub(at.elapsed())) {
-                if !pending.is_empty() && !rest.is_zero() {
-                    tokio::time::sleep(rest).await;
-                }
-            }
-            if read_pending(&*store, &*sink, &mut followed, &mut pending, &mut incarnation).await? {
-                delivered_at = Some(Instant::now());
-            }
-            source.wait(WAIT_TIMEOUT).await
-        };
-        let outcome = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            outcome = step => outcome,
-        };
-        match outcome {
-            Ok(changed) => {
-                debug!(changed = changed.len(), followed = followed.len(), "feed woke");
-                if failing {
-                    info!("live feed recovered; re-reading every watched room");
-                    pending.extend(followed.keys().cloned());
-                    failing = false;
-                }
-                backoff.reset();
-                pending.extend(changed.into_iter().filter(|r| followed.contains_key(r)));
-            }
-            Err(e) => {
-                let delay = backoff.next_delay();
-                warn!(cause = %e, retry_in_ms = delay.as_millis() as u64, "live feed read failed");
-                failing = true;
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
     }
-    debug!("live feed stopped");
-}
 
-/// After the store's incarnation changed, finds the followed rooms whose
-/// subscribers must be told of a possible loss, and tells them. Positions
-/// never move past what was delivered and never rewind into history that
-/// is still kept, so nobody is handed an event twice: a room's position
-/// only drops to its tail when the tail is below it (the history is gone,
-/// and every ID the store hands out from now on is above both).
-///
-/// - [`Change::DataTouched`]: keys were deleted or evicted on a running
-///   server. Each room's history after its position is checked exactly; a
-///   lost incarnation token alone costs one read per room and no gap.
-/// - [`Change::ServerChanged`]: the store restarted or failed over, and
-///   writes acknowledged before may be gone without a trace: every room is
-///   told.
-async fn recover(
-    store: &dyn Store,
-    sink: &dyn FeedSink,
-    followed: &mut HashMap<RoomName, Followed>,
-    change: Change,
-) -> Result<(), StoreError> {
-    let rooms: Vec<(RoomName, EventId)> = followed.iter().map(|(room, f)| (room.clone(), f.position)).collect();
-    let checks = futures::stream::iter(rooms.into_iter().map(|(room, position)| async move {
-        let page = store.read(&room, Position::After(position), 1).await?;
-        Ok::<_, StoreError>((room, page))
-    }))
-    .buffer_unordered(RECOVERY_READS)
-    .collect::<Vec<_>>()
-    .await;
-    let mut told = 0usize;
-    for check in checks {
-        let (room, page) = check?;
-        let Some(f) = followed.get_mut(&room) else { continue };
-        // Continuity is proven only by the stream itself: a first new event
-        // naming our position as its predecessor, or (nothing new) our last
-        // event still being the stream's tail. A stream that no longer holds
-        // our position, or a room we had read nothing of, may have lost
-        // events we never read: tell, a gap too many rather than one too few.
-        let unproven = f.position.is_zero() || (page.events.is_empty() && page.tail != f.position);
-        if page.gap || unproven || change == Change::ServerChanged {
-            sink.lost(&room);
-            f.position = f.position.min(page.tail);
-            told += 1;
+    /// Drops rooms nobody wants any more, and now and then queues every
+    /// followed room for a read. Returns whether the store is due a check.
+    fn sweep(&mut self) -> bool {
+        if self.last_sweep.elapsed() < SWEEP_EVERY {
+            return false;
         }
+        let (sink, source) = (&self.sink, &mut self.source);
+        self.followed.retain(|room, f| {
+            let wanted = sink.wants(room, f.generation);
+            if !wanted {
+                source.unwatch(room);
+            }
+            wanted
+        });
+        if self.last_reread.elapsed() >= REREAD_EVERY {
+            self.pending.extend(self.followed.keys().cloned());
+            self.last_reread = Instant::now();
+        }
+        self.last_sweep = Instant::now();
+        true
     }
-    metrics::counter!("roomcast_store_incarnation_changes_total", "change" => change.label()).increment(1);
-    warn!(
-        rooms = followed.len(),
-        told,
-        change = change.label(),
-        "the store's incarnation changed; followed rooms checked"
-    );
-    Ok(())
-}
 
-/// Reads every pending room until it has nothing new, delivering in order.
-/// Returns whether anything was delivered.
-///
-/// A stream's first entries (predecessor `0-0`) read for a room the feed
-/// has read nothing of are held until the store's incarnation is checked
-/// *after* the read: a new room and one whose first events were flushed
-/// before the feed saw them look alike, and only a changed incarnation
-/// tells them apart. Once a room has a position, the predecessor chain
-/// tells.
-async fn read_pending(
-    store: &dyn Store,
-    sink: &dyn FeedSink,
-    followed: &mut HashMap<RoomName, Followed>,
-    pending: &mut HashSet<RoomName>,
-    incarnation: &mut Option<super::Incarnation>,
-) -> Result<bool, StoreError> {
-    let mut delivered = false;
-    let mut firsts: Vec<(RoomName, Vec<Event>)> = Vec::new();
-    while !pending.is_empty() {
-        let chunk: Vec<(RoomName, EventId)> = pending
+    /// After a failure, a reconnection, or at a sweep: compares every
+    /// domain's incarnation with the last check and recovers the followed
+    /// rooms of domains that changed. After a reconnection or a failure,
+    /// every followed room's tail is checked too: a tail below the position
+    /// is a gap (the store lost writes), whatever the incarnations say.
+    async fn check_store(&mut self, sweep: bool) -> Result<(), StoreError> {
+        let generation = self.store.connection_generation();
+        let reconnected = generation != self.seen_generation || self.failing;
+        if !reconnected && !sweep {
+            return Ok(());
+        }
+        let domains: Vec<usize> = (0..self.store.domains()).collect();
+        let now = self.store.incarnations(&domains).await?;
+        self.seen_generation = generation;
+        let Some(old) = self.incarnations.replace(now.clone()) else {
+            self.failing = false;
+            return Ok(());
+        };
+        let changes: Vec<Change> =
+            now.iter().zip(old.iter().chain(std::iter::repeat(&now[0]))).map(|(n, o)| n.since(o)).collect();
+        if reconnected || changes.iter().any(|c| *c != Change::None) {
+            self.recover(&changes, reconnected).await?;
+            if reconnected {
+                info!("live feed (re)connected; every watched room checked and re-read");
+            }
+        }
+        self.failing = false;
+        Ok(())
+    }
+
+    /// Finds the followed rooms whose subscribers must be told of a possible
+    /// loss, and tells them (see [`Change`]); `changes` is by domain. With
+    /// `all`, rooms of unchanged domains are checked for a tail below their
+    /// position too; without, they are left alone. Positions never move
+    /// past what was delivered and never rewind into history that is still
+    /// kept, so nobody is handed an event twice: a position only drops to
+    /// the tail when the tail is below it (the history is gone, and every ID
+    /// the store hands out from now on is above both).
+    async fn recover(&mut self, changes: &[Change], all: bool) -> Result<(), StoreError> {
+        let store = &*self.store;
+        let rooms: Vec<(RoomName, EventId, Change)> = self
+            .followed
             .iter()
-            .take(ROOMS_PER_READ)
-            .filter_map(|room| followed.get(room).map(|f| (room.clone(), f.position)))
+            .map(|(room, f)| {
+                (room.clone(), f.position, changes.get(store.domain(room)).copied().unwrap_or(Change::None))
+            })
+            .filter(|(_, _, change)| all || *change != Change::None)
             .collect();
-        let read = store.read_many(&chunk, EVENTS_PER_ROOM).await?;
-        let mut more: HashSet<RoomName> = HashSet::new();
-        for (room, events) in read {
-            let Some(last) = events.last().map(|e| e.id) else {
-                continue;
-            };
-            if events.len() >= EVENTS_PER_ROOM {
-                more.insert(room.clone());
+        let checked = rooms.len();
+        let checks = futures::stream::iter(rooms.into_iter().map(|(room, position, change)| async move {
+            let page = store.read(&room, Position::After(position), 1).await?;
+            Ok::<_, StoreError>((room, page, change))
+        }))
+        .buffer_unordered(RECOVERY_READS)
+        .collect::<Vec<_>>()
+        .await;
+        let mut told = 0usize;
+        for check in checks {
+            let (room, page, change) = check?;
+            let Some(f) = self.followed.get_mut(&room) else { continue };
+            // After a change, continuity is proven only by the stream itself:
+            // a first new event naming our position as its predecessor, or
+            // (nothing new) our last event still being the stream's tail. A
+            // stream that no longer holds our position, or a room we had read
+            // nothing of, may have lost events we never read: tell, a gap too
+            // many rather than one too few.
+            let unproven =
+                change != Change::None && (f.position.is_zero() || (page.events.is_empty() && page.tail != f.position));
+            if page.gap || unproven || change == Change::ServerChanged {
+                self.sink.lost(&room);
+                f.position = f.position.min(page.tail);
+                told += 1;
             }
-            if let Some(f) = followed.get_mut(&room) {
-                if f.position.is_zero() && events.first().is_some_and(|e| e.prev.is_zero()) {
-                    firsts.push((room, events));
+        }
+        for change in [Change::DataTouched, Change::ServerChanged] {
+            let domains = changes.iter().filter(|c| **c == change).count();
+            if domains > 0 {
+                metrics::counter!("roomcast_store_incarnation_changes_total", "change" => change.label())
+                    .increment(domains as u64);
+                warn!(domains, change = change.label(), "the store's incarnation changed");
+            }
+        }
+        if told > 0 || changes.iter().any(|c| *c != Change::None) {
+            warn!(checked, told, "followed rooms checked for lost events");
+        }
+        self.pending.extend(self.followed.keys().cloned());
+        Ok(())
+    }
+
+    /// Coalescing: events arriving within `coalesce` of the last delivery
+    /// wait out the rest of it and go out together, so a busy room costs
+    /// each subscriber one write per window rather than one per event. When
+    /// deliveries are further apart than the window, nothing waits.
+    /// Returns how long to wait before reading.
+    fn gather(&self) -> Option<Duration> {
+        let rest = self.delivered_at.and_then(|at| self.coalesce.checked_sub(at.elapsed()))?;
+        (!self.pending.is_empty() && !rest.is_zero()).then_some(rest)
+    }
+
+    /// Reads every pending room until it has nothing new, delivering in
+    /// order. Returns whether anything was delivered.
+    ///
+    /// A stream's first entries (predecessor `0-0`) read for a room the
+    /// feed has read nothing of are held until the room's domain
+    /// incarnation is checked *after* the read: a new room and one whose
+    /// first events were flushed before the feed saw them look alike, and
+    /// only a changed incarnation tells them apart. Once a room has a
+    /// position, the predecessor chain tells.
+    async fn read_pending(&mut self) -> Result<bool, StoreError> {
+        let mut delivered = false;
+        let mut firsts: Vec<(RoomName, Vec<Event>)> = Vec::new();
+        while !self.pending.is_empty() {
+            let chunk: Vec<(RoomName, EventId)> = self
+                .pending
+                .iter()
+                .take(ROOMS_PER_READ)
+                .filter_map(|room| self.followed.get(room).map(|f| (room.clone(), f.position)))
+                .collect();
+            let read = self.store.read_many(&chunk, EVENTS_PER_ROOM).await?;
+            let mut more: HashSet<RoomName> = HashSet::new();
+            for (room, events) in read {
+                let Some(last) = events.last().map(|e| e.id) else {
                     continue;
+                };
+                if events.len() >= EVENTS_PER_ROOM {
+                    more.insert(room.clone());
                 }
-                f.position = last;
-                debug!(room = %room, events = events.len(), last = %last, "feed delivers");
-                metrics::histogram!("roomcast_reader_lag_seconds").record(crate::metrics::age_seconds(last));
-                sink.deliver(&room, events);
-                delivered = true;
+                if let Some(f) = self.followed.get_mut(&room) {
+                    if f.position.is_zero() && events.first().is_some_and(|e| e.prev.is_zero()) {
+                        firsts.push((room, events));
+                        continue;
+                    }
+                    f.position = last;
+                    debug!(room = %room, events = events.len(), last = %last, "feed delivers");
+                    metrics::histogram!("roomcast_reader_lag_seconds").record(crate::metrics::age_seconds(last));
+                    self.sink.deliver(&room, events);
+                    delivered = true;
+                }
+            }
+            for (room, _) in &chunk {
+                if !more.contains(room) {
+                    self.pending.remove(room);
+                }
+            }
+            // Rooms no longer watched can linger in `pending`; drop them too,
+            // and held first entries, which wait for the check.
+            let followed = &self.followed;
+            self.pending.retain(|room| followed.contains_key(room) && !firsts.iter().any(|(r, _)| r == room));
+        }
+        if firsts.is_empty() {
+            return Ok(delivered);
+        }
+        self.check_domains_of(&firsts).await?;
+        for (room, events) in firsts {
+            let (Some(f), Some(last)) = (self.followed.get_mut(&room), events.last().map(|e| e.id)) else { continue };
+            // A room `recover` told of a loss is read again from its tail.
+            if !f.position.is_zero() {
+                continue;
+            }
+            f.position = last;
+            self.sink.deliver(&room, events);
+            delivered = true;
+        }
+        Ok(delivered)
+    }
+
+    /// Compares the incarnations of the held rooms' domains with the last
+    /// check, and recovers the domains that changed.
+    async fn check_domains_of(&mut self, held: &[(RoomName, Vec<Event>)]) -> Result<(), StoreError> {
+        let mut domains: Vec<usize> = held.iter().map(|(room, _)| self.store.domain(room)).collect();
+        domains.sort_unstable();
+        domains.dedup();
+        let now = self.store.incarnations(&domains).await?;
+        let Some(known) = self.incarnations.as_mut() else { return Ok(()) };
+        let mut changes = vec![Change::None; known.len()];
+        for (domain, incarnation) in domains.iter().zip(now) {
+            if let Some(old) = known.get_mut(*domain) {
+                changes[*domain] = incarnation.since(old);
+                *old = incarnation;
             }
         }
-        for (room, _) in &chunk {
-            if !more.contains(room) {
-                pending.remove(room);
-            }
+        if changes.iter().any(|c| *c != Change::None) {
+            // Rooms at position 0 in a changed domain are told of a possible loss.
+            self.recover(&changes, false).await?;
         }
-        // Rooms no longer watched can linger in `pending`; drop them too.
-        pending.retain(|room| followed.contains_key(room));
-        // Held first entries are not read again: they wait for the check.
-        pending.retain(|room| !firsts.iter().any(|(r, _)| r == room));
+        Ok(())
     }
-    if firsts.is_empty() {
-        return Ok(delivered);
-    }
-    let now = store.incarnation().await?;
-    if let Some(change) = incarnation.as_ref().map(|old| now.since(old)).filter(|c| *c != Change::None) {
-        // Rooms at position 0 are told of a possible loss by `recover`.
-        recover(store, sink, followed, change).await?;
-        pending.extend(followed.keys().cloned());
-    }
-    *incarnation = Some(now);
-    for (room, events) in firsts {
-        let (Some(f), Some(last)) = (followed.get_mut(&room), events.last().map(|e| e.id)) else { continue };
-        if !f.position.is_zero() {
-            continue;
-        }
-        f.position = last;
-        sink.deliver(&room, events);
-        delivered = true;
-    }
-    Ok(delivered)
 }
 
 #[cfg(test)]

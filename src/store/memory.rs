@@ -294,9 +294,9 @@ impl Store for MemoryStore {
         Ok((notes.into_iter().map(|(_, note)| note).collect(), NoteCursor(next.to_string())))
     }
 
-    async fn incarnation(&self) -> Result<Incarnation, StoreError> {
+    async fn incarnations(&self, domains: &[usize]) -> Result<Vec<Incarnation>, StoreError> {
         // Data lives exactly as long as this process: one incarnation.
-        Ok(self.incarnation.clone())
+        Ok(domains.iter().map(|_| self.incarnation.clone()).collect())
     }
 
     fn connection_generation(&self) -> u64 {

@@ -22,11 +22,11 @@
 //!   or expired and rebuilt: a rebuilt room's first ID is above every ID
 //!   the room ever had, and its predecessor is `0-0`, so the rebuild is a
 //!   gap to anyone who was past it.
-//! - **Lost data is detectable**: the store's [`incarnation`](Store::incarnation)
+//! - **Lost data is detectable**: a domain's [`incarnation`](Store::incarnations)
 //!   changes when it may have lost data, which catches what predecessors
 //!   cannot (a room whose whole history, even its existence, was lost).
 //!   Losing the incarnation's own record must never rewind anyone: at worst
-//!   it costs a check of every followed room.
+//!   it costs a check of every followed room of its domain.
 //!
 //! Live delivery goes through a [`feed::Feed`]: the node tells it which rooms
 //! have local subscribers; it hands each new batch to a [`feed::FeedSink`].
@@ -244,11 +244,30 @@ pub trait Store: Send + Sync + 'static {
     /// `None` starts at the log's present end (returns no notes).
     async fn read_notes(&self, after: Option<&NoteCursor>) -> Result<(Vec<LiveNote>, NoteCursor), StoreError>;
 
-    /// Identifies the data and the server holding it (see [`Incarnation`]).
-    /// The feed compares it after every reconnection and sweep: events acked
-    /// just before a loss may never have been read, so followed rooms must be
-    /// checked, or told of a possible gap.
-    async fn incarnation(&self) -> Result<Incarnation, StoreError>;
+    /// How many loss-detection domains the store has: parts of the data
+    /// that can be lost, or fail over, independently (Redis: the buckets,
+    /// each in one slot of one master; the embedded store: one).
+    fn domains(&self) -> usize {
+        1
+    }
+
+    /// The domain `room`'s data lives in, below [`domains`](Store::domains).
+    fn domain(&self, _room: &RoomName) -> usize {
+        0
+    }
+
+    /// Identifies the data and the server holding it for each of `domains`,
+    /// in order (see [`Incarnation`]). The feed compares them after every
+    /// reconnection and sweep: events acked just before a loss may never
+    /// have been read, so followed rooms of a changed domain must be
+    /// checked, or told of a possible gap; other domains' rooms are left be.
+    async fn incarnations(&self, domains: &[usize]) -> Result<Vec<Incarnation>, StoreError>;
+
+    /// The incarnation of domain 0, which is the whole store when it has one domain.
+    async fn incarnation(&self) -> Result<Incarnation, StoreError> {
+        let mut all = self.incarnations(&[0]).await?;
+        all.pop().ok_or_else(|| StoreError::Protocol("no incarnation for domain 0".into()))
+    }
 
     /// Increases with every (re)connection to the store, so the feed knows
     /// when to compare incarnations. Constant for the embedded store.

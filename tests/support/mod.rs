@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod topology;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -193,6 +194,11 @@ impl Node {
         Node::spawn(args)
     }
 
+    /// Starts a node with `args` after `serve --listen 127.0.0.1:0`.
+    pub fn with_args(args: &[&str]) -> Node {
+        Node::start(None, args)
+    }
+
     /// Starts a node on `redis` listening on `port` (to restart it in place).
     pub fn redis_on_port(redis: &Redis, port: u16, extra: &[&str]) -> Node {
         let mut args: Vec<String> =
@@ -341,6 +347,19 @@ impl Deployment {
         let redis = Redis::start();
         let nodes = (0..nodes).map(|_| Node::redis(&redis, extra)).collect();
         Deployment { redis: Some(redis), nodes }
+    }
+
+    /// `nodes` nodes on the test binary's shared Redis Cluster, under a key
+    /// prefix of their own.
+    pub fn cluster(nodes: usize, extra: &[&str]) -> Deployment {
+        static PREFIXES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let ports = topology::RedisCluster::shared();
+        let prefix = format!("c{}", PREFIXES.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let seeds = topology::RedisCluster::seeds(ports);
+        let mut args = vec!["--redis-cluster", &seeds, "--key-prefix", &prefix];
+        args.extend_from_slice(extra);
+        let nodes = (0..nodes).map(|_| Node::with_args(&args)).collect();
+        Deployment { redis: None, nodes }
     }
 
     /// Node `i`, wrapping around (a memory deployment has one).

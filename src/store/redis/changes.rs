@@ -1,17 +1,17 @@
-//! The Redis change source: which watched rooms have new entries.
+//! The single-Redis change source: which watched rooms have new entries.
 //!
 //! The publish script appends each changed room's name to its bucket's
-//! signal stream. The reader blocks in one `XREAD` over its node's control
-//! stream and the signal streams of the buckets it watches, so a call costs
-//! a key per watched bucket (at most [`BUCKETS`](super::keys::BUCKETS)), not
-//! a key per room; the feed then reads only the rooms that changed.
+//! mailbox. The reader blocks in one `XREAD` over its node's control
+//! stream and the mailboxes of the buckets it watches, so a call costs a
+//! key per watched bucket (at most [`BUCKETS`](super::keys::BUCKETS)), not
+//! a key per room; the feed then reads only the rooms that changed. (On a
+//! cluster one `XREAD` cannot span slots: see [`doorbell`](super::doorbell).)
 //!
 //! Wake-ups for newly watched rooms are entries on the control stream: an
 //! entry added while the reader is between calls is still seen by the next
 //! call (its position is explicit), so no wake-up is lost. Positions are
 //! always resolved IDs, never `$`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,14 +19,13 @@ use async_trait::async_trait;
 use fred::prelude::*;
 use tracing::debug;
 
-use super::keys::{bucket, Keys};
+use super::keys::Keys;
+use super::mailbox::{Mailboxes, SIGNALS_PER_READ};
 use super::{reply, unavailable};
 use crate::protocol::{EventId, RoomName};
 use crate::store::feed::{ChangeSource, Wake};
 use crate::store::StoreError;
 
-/// Most signal entries taken per stream per call.
-const SIGNALS_PER_CALL: u64 = 4096;
 /// Control entries kept; they only wake the reader.
 const CONTROL_KEPT: i64 = 64;
 /// A dead node's control stream disappears after this.
@@ -34,19 +33,12 @@ const CONTROL_TTL_MS: i64 = 3_600_000;
 /// Slack on top of BLOCK before the client gives up on the reply.
 const REPLY_SLACK: Duration = Duration::from_secs(5);
 
-struct Bucket {
-    /// Watched rooms in this bucket.
-    rooms: usize,
-    /// Last signal seen; `None` until resolved by `prepare`.
-    position: Option<EventId>,
-}
-
+/// The single-Redis (and Sentinel) change source: one blocking `XREAD`.
 pub(super) struct RedisChanges {
     reader: Client,
-    keys: Keys,
     control_key: String,
     control_position: Option<EventId>,
-    buckets: HashMap<u16, Bucket>,
+    mailboxes: Mailboxes,
     waker: Arc<ControlWake>,
 }
 
@@ -54,67 +46,47 @@ impl RedisChanges {
     pub(super) fn new(reader: Client, commands: Client, keys: Keys, node: &str) -> Self {
         let control_key = keys.control(node);
         let waker = Arc::new(ControlWake { client: commands, key: control_key.clone() });
-        RedisChanges { reader, keys, control_key, control_position: None, buckets: HashMap::new(), waker }
-    }
-
-    async fn last_id(&self, key: &str) -> Result<EventId, StoreError> {
-        let value: Value = self.reader.xrevrange(key, "+", "-", Some(1)).await.map_err(unavailable)?;
-        let Value::Array(items) = value else {
-            return Ok(EventId::ZERO);
-        };
-        match items.first() {
-            Some(item) => reply::entry_id(item),
-            None => Ok(EventId::ZERO),
-        }
+        RedisChanges { reader, control_key, control_position: None, mailboxes: Mailboxes::new(keys), waker }
     }
 }
 
 #[async_trait]
 impl ChangeSource for RedisChanges {
     fn watch(&mut self, room: &RoomName) {
-        self.buckets.entry(bucket(room)).or_insert(Bucket { rooms: 0, position: None }).rooms += 1;
+        self.mailboxes.watch(room);
     }
 
     fn unwatch(&mut self, room: &RoomName) {
-        let b = bucket(room);
-        if let Some(entry) = self.buckets.get_mut(&b) {
-            entry.rooms = entry.rooms.saturating_sub(1);
-            if entry.rooms == 0 {
-                self.buckets.remove(&b);
-            }
-        }
+        self.mailboxes.unwatch(room);
     }
 
     async fn prepare(&mut self) -> Result<(), StoreError> {
         if self.control_position.is_none() {
-            self.control_position = Some(self.last_id(&self.control_key).await?);
+            let value: Value =
+                self.reader.xrevrange(&self.control_key, "+", "-", Some(1)).await.map_err(unavailable)?;
+            let last = match value {
+                Value::Array(items) => items.first().map(reply::entry_id).transpose()?,
+                _ => None,
+            };
+            self.control_position = Some(last.unwrap_or(EventId::ZERO));
         }
-        let unresolved: Vec<u16> = self.buckets.iter().filter(|(_, b)| b.position.is_none()).map(|(k, _)| *k).collect();
-        for b in unresolved {
-            let position = self.last_id(&self.keys.signals(b)).await?;
-            if let Some(entry) = self.buckets.get_mut(&b) {
-                entry.position = Some(position);
-            }
-        }
-        Ok(())
+        self.mailboxes.resolve(&self.reader).await
     }
 
     async fn wait(&mut self, timeout: Duration) -> Result<Vec<RoomName>, StoreError> {
         let mut keys = vec![self.control_key.clone()];
         let mut ids = vec![self.control_position.unwrap_or_default().to_string()];
         let mut order = vec![None];
-        for (b, state) in &self.buckets {
-            if let Some(position) = state.position {
-                keys.push(self.keys.signals(*b));
-                ids.push(position.to_string());
-                order.push(Some(*b));
-            }
+        for (b, key, position) in self.mailboxes.positions() {
+            keys.push(key);
+            ids.push(position.to_string());
+            order.push(Some(b));
         }
         let options = Options { timeout: Some(timeout + REPLY_SLACK), ..Default::default() };
         let value: Value = self
             .reader
             .with_options(&options)
-            .xread(Some(SIGNALS_PER_CALL), Some(timeout.as_millis() as u64), keys.clone(), ids)
+            .xread(Some(SIGNALS_PER_READ), Some(timeout.as_millis() as u64), keys.clone(), ids)
             .await
             .map_err(unavailable)?;
         let mut changed = Vec::new();
@@ -122,24 +94,13 @@ impl ChangeSource for RedisChanges {
             let Some(index) = keys.iter().position(|k| k.as_bytes() == key.as_ref()) else {
                 continue;
             };
-            let mut last = None;
-            for item in &items {
-                let (id, room) = reply::id_and_field(item, b"r")?;
-                last = Some(id);
-                if let Some(room) =
-                    room.and_then(|r| std::str::from_utf8(&r).ok().and_then(|s| RoomName::parse(s).ok()))
-                {
-                    changed.push(room);
-                }
-            }
-            let Some(last) = last else { continue };
             match order[index] {
-                None => self.control_position = Some(last),
-                Some(b) => {
-                    if let Some(state) = self.buckets.get_mut(&b) {
-                        state.position = Some(last);
+                None => {
+                    if let Some(last) = items.last() {
+                        self.control_position = Some(reply::entry_id(last)?);
                     }
                 }
+                Some(b) => changed.extend(self.mailboxes.take(b, &items)?),
             }
         }
         changed.sort_unstable();

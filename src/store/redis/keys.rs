@@ -1,29 +1,68 @@
 //! The Redis key layout.
 //!
 //! Every room belongs to one of [`BUCKETS`] buckets, and all keys of a room
-//! carry its bucket as the hash tag (`{b17}`), so they share one Redis
-//! Cluster slot with the bucket's signal stream. That lets the publish script
-//! touch the room and its bucket's signal atomically, and lets one `XREAD`
-//! cover many rooms of a bucket on a cluster.
+//! carry its bucket's hash tag (`{T}` below), so they share one Redis
+//! Cluster slot with the bucket's signal stream, doorbell and epoch. That
+//! lets the publish script touch the room and its bucket atomically, and
+//! lets one `XREAD` cover many rooms of a bucket on a cluster.
+//!
+//! Tags are chosen, not hashed at random: bucket `b` owns slots
+//! `16b .. 16b+15`, and its tag is the first string `s<n>` whose slot lies
+//! there. Clusters split the 16,384 slots into contiguous ranges, so every
+//! master holds `1024 / masters` buckets, within one or two, from 3 masters
+//! to 100 and more.
 //!
 //! ```text
-//! {prefix}:{b<N>}:r:<room>     the room's stream: fields p (predecessor ID), d (JSON)
-//! {prefix}:{b<N>}:a:<room>     hash: node -> its local subscriber count (audience)
-//! {prefix}:{b<N>}:f:<room>     the last ID the room ever handed out (its ID floor)
-//! {prefix}:{b<N>}:i:<room>|<k> the ID a publish with idempotency key k got (5 min;
-//!                              `|` never occurs in a room name, so pairs cannot collide)
-//! {prefix}:{b<N>}:sig          stream of changed room names in bucket N
-//! {prefix}:ctl:<node>          a node's wake-up stream for its reader
-//! {prefix}:incarnation         random token; missing or changed = Redis lost its data
-//! {prefix}:nodes               hash: node -> alive until (ms); counts of others are ignored
-//! {prefix}:notes               stream of live notes (audience changes, reaction windows)
+//! {prefix}:{T}:r:<room>     the room's stream: fields p (predecessor ID), d (JSON)
+//! {prefix}:{T}:a:<room>     hash: node -> its local subscriber count (audience)
+//! {prefix}:{T}:f:<room>     the last ID the room ever handed out (its ID floor)
+//! {prefix}:{T}:i:<room>|<k> the ID a publish with idempotency key k got (5 min;
+//!                           `|` never occurs in a room name, so pairs cannot collide)
+//! {prefix}:{T}:sig          stream of changed room names in the bucket (its mailbox)
+//! {prefix}:{T}:ring         shard channel rung with the room's name on every publish
+//!                           (cluster only: the doorbell the reader waits on)
+//! {prefix}:{T}:epoch        random token; missing or changed = the bucket lost data
+//! {prefix}:ctl:<node>       a node's wake-up stream for its reader (single Redis)
+//! {prefix}:nodes            hash: node -> alive until (ms); counts of others are ignored
+//! {prefix}:notes            stream of live notes (audience changes, reaction windows)
 //! ```
+
+use std::sync::OnceLock;
 
 use crate::protocol::RoomName;
 
 /// Number of buckets rooms are hashed into. Part of the stored layout:
-/// changing it moves every room to new keys.
-pub const BUCKETS: u16 = 64;
+/// changing it moves every room to new keys (see `docs/architecture.md`).
+pub const BUCKETS: u16 = 1024;
+
+/// Redis Cluster's slot count.
+const SLOTS: u16 = 16_384;
+
+/// Each bucket's hash tag, in bucket order (see the module docs).
+pub fn tags() -> &'static [String] {
+    static TAGS: OnceLock<Vec<String>> = OnceLock::new();
+    TAGS.get_or_init(|| {
+        let per_bucket = SLOTS / BUCKETS;
+        let mut tags: Vec<Option<String>> = vec![None; BUCKETS as usize];
+        let mut missing = BUCKETS as usize;
+        let mut n = 0u32;
+        while missing > 0 {
+            let tag = format!("s{n}");
+            let bucket = usize::from(fred::util::redis_keyslot(tag.as_bytes()) / per_bucket);
+            if tags[bucket].is_none() {
+                tags[bucket] = Some(tag);
+                missing -= 1;
+            }
+            n += 1;
+        }
+        tags.into_iter().flatten().collect()
+    })
+}
+
+/// The hash tag of `bucket`.
+fn tag(bucket: u16) -> &'static str {
+    &tags()[usize::from(bucket % BUCKETS)]
+}
 
 /// A room's bucket: FNV-1a of its name, modulo [`BUCKETS`]. Stable across
 /// nodes, versions and platforms.
@@ -50,33 +89,38 @@ impl Keys {
 
     /// The room's event stream.
     pub fn room(&self, room: &RoomName) -> String {
-        format!("{}:{{b{}}}:r:{}", self.prefix, bucket(room), room)
+        format!("{}:{{{}}}:r:{}", self.prefix, tag(bucket(room)), room)
     }
 
     /// The room's audience hash.
     pub fn audience(&self, room: &RoomName) -> String {
-        format!("{}:{{b{}}}:a:{}", self.prefix, bucket(room), room)
+        format!("{}:{{{}}}:a:{}", self.prefix, tag(bucket(room)), room)
     }
 
     /// The room's ID floor: the last ID it handed out, kept apart from the
     /// stream so a rebuilt stream never reissues an ID.
     pub fn floor(&self, room: &RoomName) -> String {
-        format!("{}:{{b{}}}:f:{}", self.prefix, bucket(room), room)
+        format!("{}:{{{}}}:f:{}", self.prefix, tag(bucket(room)), room)
     }
 
     /// What a publish with idempotency key `key` to `room` got.
     pub fn idempotency(&self, room: &RoomName, key: &str) -> String {
-        format!("{}:{{b{}}}:i:{}|{}", self.prefix, bucket(room), room, key)
+        format!("{}:{{{}}}:i:{}|{}", self.prefix, tag(bucket(room)), room, key)
     }
 
     /// A bucket's signal stream.
     pub fn signals(&self, bucket: u16) -> String {
-        format!("{}:{{b{}}}:sig", self.prefix, bucket)
+        format!("{}:{{{}}}:sig", self.prefix, tag(bucket))
     }
 
-    /// The deployment's incarnation token.
-    pub fn incarnation(&self) -> String {
-        format!("{}:incarnation", self.prefix)
+    /// A bucket's doorbell (a shard channel in the bucket's slot).
+    pub fn doorbell(&self, bucket: u16) -> String {
+        format!("{}:{{{}}}:ring", self.prefix, tag(bucket))
+    }
+
+    /// A bucket's epoch token.
+    pub fn epoch(&self, bucket: u16) -> String {
+        format!("{}:{{{}}}:epoch", self.prefix, tag(bucket))
     }
 
     /// Every node's liveness.
@@ -105,20 +149,40 @@ mod tests {
         let room = RoomName::parse("show-42").unwrap();
         let b = bucket(&room);
         assert!(b < BUCKETS);
-        let tag = format!("{{b{b}}}");
-        assert!(keys.room(&room).contains(&tag));
-        assert!(keys.audience(&room).contains(&tag));
-        assert!(keys.floor(&room).contains(&tag));
-        assert!(keys.signals(b).contains(&tag));
+        let tag = format!("{{{}}}", tag(b));
+        for key in [keys.room(&room), keys.audience(&room), keys.floor(&room), keys.signals(b), keys.doorbell(b)] {
+            assert!(key.contains(&tag), "{key}");
+        }
         assert_eq!(keys.room(&room), format!("rc:{tag}:r:show-42"));
     }
 
     #[test]
-    fn buckets_are_stable_and_spread() {
+    fn each_bucket_owns_its_own_sixteen_slots() {
+        let tags = tags();
+        assert_eq!(tags.len(), BUCKETS as usize);
+        for (b, tag) in tags.iter().enumerate() {
+            let slot = fred::util::redis_keyslot(format!("rc:{{{tag}}}:r:x").as_bytes());
+            assert_eq!(usize::from(slot / 16), b, "bucket {b}'s tag {tag}");
+        }
         // Pinned: the layout is shared by every node of a deployment.
-        assert_eq!(bucket(&RoomName::parse("a").unwrap()), 0xe40c292c_u32 as u16 % BUCKETS);
+        assert_eq!((tags[0].as_str(), tags[1].as_str()), ("s1825", "s1322"));
+        assert_eq!(bucket(&RoomName::parse("a").unwrap()), (0xe40c292c_u32 % u32::from(BUCKETS)) as u16);
+    }
+
+    #[test]
+    fn buckets_spread_evenly_over_three_masters_and_a_hundred() {
+        // Masters own contiguous slot ranges, as `redis-cli --cluster create` makes them.
+        for masters in [3u32, 100] {
+            let mut per_master = vec![0u32; masters as usize];
+            for tag in tags() {
+                let slot = u32::from(fred::util::redis_keyslot(tag.as_bytes()));
+                per_master[(slot * masters / u32::from(SLOTS)) as usize] += 1;
+            }
+            let (min, max) = (per_master.iter().min().unwrap(), per_master.iter().max().unwrap());
+            assert!(max - min <= 2, "{masters} masters: {min}..{max} buckets each");
+        }
         let used: std::collections::HashSet<u16> =
-            (0..1000).map(|i| bucket(&RoomName::parse(&format!("room-{i}")).unwrap())).collect();
+            (0..20_000).map(|i| bucket(&RoomName::parse(&format!("room-{i}")).unwrap())).collect();
         assert_eq!(used.len(), BUCKETS as usize);
     }
 }

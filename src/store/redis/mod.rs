@@ -4,12 +4,19 @@
 //! predecessor ID beside it (exact gaps), trims with `MAXLEN ~`, refreshes
 //! the room's idle expiry and signals the room's bucket (see [`keys`]).
 //! Commands run on a client with a command timeout and a bounded queue, so
-//! a publish during an outage fails fast instead of waiting; the feed's
-//! blocking `XREAD` runs on its own connection ([`changes`]).
+//! a publish during an outage fails fast instead of waiting. The feed learns
+//! of changes from a blocking `XREAD` on its own connection on one Redis
+//! ([`changes`]), and from doorbells on a cluster ([`doorbell`]); every
+//! command that names several keys names keys of one slot on a cluster.
 
 mod changes;
+mod doorbell;
 pub mod keys;
+mod mailbox;
 mod reply;
+mod topology;
+
+pub use self::topology::Topology;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +27,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::scripts::Script;
-use fred::types::InfoKind;
 use tracing::{debug, info, warn};
 
 use self::keys::{bucket, Keys};
@@ -33,9 +39,10 @@ use crate::config::RedisSettings;
 use crate::protocol::{Event, EventId, IdempotencyKey, RoomName};
 
 /// Appends one event: predecessor, trim, expiry, ID floor and bucket
-/// signal, atomically. KEYS: room stream, bucket signals, room floor, and
-/// optionally the publish's idempotency key. ARGV: history, data, room ttl
-/// ms, room name, signal stream length, floor ttl ms, idempotency window ms.
+/// signal (and, on a cluster, doorbell), atomically. KEYS: room stream,
+/// bucket signals, room floor, and optionally the publish's idempotency key.
+/// ARGV: history, data, room ttl ms, room name, signal stream length, floor
+/// ttl ms, idempotency window ms, doorbell channel (empty: none).
 /// Returns `{id, 1}` for a stored event, `{first id, 0}` for a repeated key.
 ///
 /// A room whose stream is gone (deleted, evicted, expired) would restart at
@@ -85,34 +92,41 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('SET', KEYS[3], id, 'PX', ARGV[6])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'r', ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
+if ARGV[8] ~= '' then redis.call('SPUBLISH', ARGV[8], ARGV[4]) end
 if KEYS[4] then redis.call('SET', KEYS[4], id, 'PX', ARGV[7]) end
 return {id, 1}
 "#;
 
-/// Returns the deployment's data token, creating it if missing (as it is
-/// after Redis lost its data, or just this key). KEYS: token key. ARGV: a
-/// fresh token.
-const INCARNATION_LUA: &str = r#"
-local v = redis.call('GET', KEYS[1])
-if not v then
-  redis.call('SET', KEYS[1], ARGV[1])
-  v = ARGV[1]
+/// Returns the server's run ID, then each bucket's epoch token, creating
+/// the ones that are missing (as they are after Redis lost its data, or
+/// just these keys). KEYS: epoch keys. ARGV: a fresh token.
+const EPOCH_LUA: &str = r#"
+local info = redis.call('INFO', 'server')
+local out = {string.match(info, 'run_id:(%w+)') or ''}
+for i, key in ipairs(KEYS) do
+  local v = redis.call('GET', key)
+  if not v then
+    redis.call('SET', key, ARGV[1])
+    v = ARGV[1]
+  end
+  out[i + 1] = v
 end
-return v
+return out
 "#;
 
-/// Entries kept per bucket signal stream. A reader that falls further behind
-/// than this relies on the feed's periodic sweep.
-const SIGNALS_KEPT: u64 = 4096;
-/// Most commands queued in the client while Redis is unreachable; past it,
-/// commands fail at once.
-const COMMAND_QUEUE: usize = 16_384;
+/// Entries kept per bucket signal stream: at least a mailbox read's page,
+/// so a reader that gets less than a full page missed nothing.
+const SIGNALS_KEPT: u64 = mailbox::SIGNALS_PER_READ;
+/// How long `connect` waits for the first connection before carrying on.
+const FIRST_CONNECT: Duration = Duration::from_secs(2);
+/// Attempts of a command that meets `TRYAGAIN` (a slot migrating).
+const TRYAGAIN_ATTEMPTS: u32 = 8;
 
 /// Connection settings for [`RedisStore::connect`].
 #[derive(Clone, Debug)]
 pub struct RedisOptions {
-    /// `redis://host:port[/db]`.
-    pub url: String,
+    /// Which Redis: one server, a Cluster, or a master behind Sentinel.
+    pub topology: Topology,
     /// Key prefix (namespaces a deployment).
     pub prefix: String,
     /// Timeout of ordinary commands: a publish fails after this, never hangs.
@@ -122,8 +136,14 @@ pub struct RedisOptions {
 impl RedisOptions {
     /// The connection settings, when the node is given a Redis at all.
     pub fn from_settings(settings: &RedisSettings) -> Option<Self> {
-        let url = settings.url.clone()?;
-        Some(RedisOptions { url, prefix: settings.key_prefix.clone(), command_timeout: settings.timeout })
+        let topology = if !settings.cluster.is_empty() {
+            Topology::Cluster(settings.cluster.clone())
+        } else if !settings.sentinel.is_empty() {
+            Topology::Sentinel { sentinels: settings.sentinel.clone(), master: settings.sentinel_master.clone() }
+        } else {
+            Topology::Single(settings.url.clone()?)
+        };
+        Some(RedisOptions { topology, prefix: settings.key_prefix.clone(), command_timeout: settings.timeout })
     }
 }
 
@@ -132,7 +152,7 @@ impl RedisOptions {
 pub struct RedisStore {
     client: Client,
     append: Script,
-    incarnation: Script,
+    epoch: Script,
     /// Bumped by every (re)connection of this store's clients.
     generation: Arc<AtomicU64>,
     keys: Keys,
@@ -156,22 +176,23 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// Builds a client that reconnects forever with backoff.
-fn build_client(redis: &RedisOptions, command_timeout: Duration) -> Result<Client, StoreError> {
-    let mut config = Config::from_url(&redis.url).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-    // A Redis that is not up yet is retried like one that went away: the
-    // node runs (not ready) meanwhile, instead of exiting into a crash loop.
-    config.fail_fast = false;
-    Builder::from_config(config)
-        .with_performance_config(|p| p.default_command_timeout = command_timeout)
-        .with_connection_config(|c| {
-            c.connection_timeout = Duration::from_secs(2);
-            c.internal_command_timeout = Duration::from_secs(2);
-            c.max_command_buffer_len = COMMAND_QUEUE;
-        })
-        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
-        .build()
-        .map_err(|e| StoreError::Unavailable(e.to_string()))
+/// Runs a Redis command, again after a short pause while it meets
+/// `TRYAGAIN` (a multi-key command on a slot that is migrating).
+async fn retrying<T, F, Fut>(mut command: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let mut attempt = 0;
+    loop {
+        match command().await {
+            Err(e) if attempt + 1 < TRYAGAIN_ATTEMPTS && e.details().starts_with("TRYAGAIN") => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt))).await;
+            }
+            outcome => return outcome.map_err(unavailable),
+        }
+    }
 }
 
 /// Bumps `generation` on every connection the client makes.
@@ -181,11 +202,6 @@ fn count_connections(client: &Client, generation: &Arc<AtomicU64>) {
         generation.fetch_add(1, Ordering::AcqRel);
         async { Ok(()) }
     });
-}
-
-/// One `field:value` line of an `INFO` reply.
-fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
-    info.lines().find_map(|line| line.strip_prefix(field)?.strip_prefix(':')).map(str::trim)
 }
 
 /// Warns loudly when Redis may evict keys: an evicted room stream is a gap
@@ -216,7 +232,7 @@ impl RedisStore {
     /// `store_unavailable` until then. Fails only on a malformed URL.
     /// Scripts load on first use (and again after a Redis restart).
     pub async fn connect(redis: RedisOptions, options: StoreOptions) -> Result<Self, StoreError> {
-        let client = build_client(&redis, redis.command_timeout)?;
+        let client = redis.topology.client(redis.command_timeout)?;
         let generation = Arc::new(AtomicU64::new(0));
         count_connections(&client, &generation);
         // Checked on every (re)connection: the server may have changed.
@@ -227,9 +243,18 @@ impl RedisStore {
             async { Ok(()) }
         });
         drop(client.connect());
+        // Usually Redis is there: give the first connection (on a cluster,
+        // the slot map) a moment, so the node is ready from its first
+        // request. If it is not there, the node serves, not ready, meanwhile.
+        if tokio::time::timeout(FIRST_CONNECT, client.wait_for_connect()).await.is_err() {
+            warn!(
+                waited_ms = FIRST_CONNECT.as_millis() as u64,
+                "Redis does not answer yet; connecting in the background"
+            );
+        }
         let append = Script::from_lua(APPEND_LUA);
-        let incarnation = Script::from_lua(INCARNATION_LUA);
-        Ok(RedisStore { client, append, incarnation, generation, keys: Keys::new(&redis.prefix), options, redis })
+        let epoch = Script::from_lua(EPOCH_LUA);
+        Ok(RedisStore { client, append, epoch, generation, keys: Keys::new(&redis.prefix), options, redis })
     }
 
     /// Runs the append script, with the publish's idempotency key if it has one.
@@ -252,8 +277,14 @@ impl RedisStore {
             // stream vanished early, and costs one small key per room.
             Value::from(ttl_ms.saturating_mul(2)),
             Value::from(IDEMPOTENCY_WINDOW.as_millis() as i64),
+            Value::from(if self.redis.topology.is_cluster() {
+                self.keys.doorbell(bucket(room))
+            } else {
+                String::new()
+            }),
         ];
-        let reply: Value = self.append.evalsha_with_reload(&self.client, keys, args).await.map_err(unavailable)?;
+        let reply: Value =
+            retrying(|| self.append.evalsha_with_reload(&self.client, keys.clone(), args.clone())).await?;
         let Value::Array(parts) = reply else {
             return Err(StoreError::Protocol("append reply is not an array".into()));
         };
@@ -302,9 +333,32 @@ impl RedisStore {
         if positions.is_empty() {
             return Ok(Vec::new());
         }
+        if !self.redis.topology.is_cluster() {
+            return self.read_slot(positions, limit).await;
+        }
+        // On a cluster one XREAD names one slot: a read per bucket, all at once.
+        let mut by_bucket: HashMap<u16, Vec<(RoomName, EventId)>> = HashMap::new();
+        for (room, position) in positions {
+            by_bucket.entry(bucket(room)).or_default().push((room.clone(), *position));
+        }
+        let reads = by_bucket.values().map(|group| self.read_slot(group, limit));
+        let mut out = Vec::new();
+        for read in futures::future::join_all(reads).await {
+            out.extend(read?);
+        }
+        Ok(out)
+    }
+
+    /// One XREAD over the rooms given (of one slot, on a cluster).
+    async fn read_slot(
+        &self,
+        positions: &[(RoomName, EventId)],
+        limit: usize,
+    ) -> Result<Vec<(RoomName, Vec<Event>)>, StoreError> {
         let keys: Vec<String> = positions.iter().map(|(room, _)| self.keys.room(room)).collect();
         let ids: Vec<String> = positions.iter().map(|(_, id)| id.to_string()).collect();
-        let value: Value = self.client.xread(Some(limit as u64), None, keys.clone(), ids).await.map_err(unavailable)?;
+        let value: Value =
+            retrying(|| self.client.xread::<Value, _, _>(Some(limit as u64), None, keys.clone(), ids.clone())).await?;
         let mut out = Vec::new();
         for (key, items) in reply::xread_streams(value)? {
             let Some(index) = keys.iter().position(|k| k.as_bytes() == key.as_ref()) else {
@@ -316,6 +370,25 @@ impl RedisStore {
             }
         }
         Ok(out)
+    }
+
+    /// Runs the epoch script over `buckets` (of one slot, on a cluster).
+    async fn epochs(&self, buckets: &[usize]) -> Result<Vec<Incarnation>, StoreError> {
+        let fresh = format!("{:016x}", rand::random::<u64>());
+        let keys: Vec<String> = buckets.iter().map(|b| self.keys.epoch(*b as u16)).collect();
+        let value: Value =
+            retrying(|| self.epoch.evalsha_with_reload(&self.client, keys.clone(), vec![fresh.clone()])).await?;
+        let Value::Array(parts) = value else {
+            return Err(StoreError::Protocol("epoch reply is not an array".into()));
+        };
+        let mut parts = parts.into_iter().map(|v| v.into_string().unwrap_or_default());
+        let server = parts.next().filter(|s| !s.is_empty());
+        let server = server.ok_or_else(|| StoreError::Protocol("INFO server has no run_id".into()))?;
+        let epochs: Vec<Incarnation> = parts.map(|data| Incarnation { data, server: server.clone() }).collect();
+        if epochs.len() != buckets.len() {
+            return Err(StoreError::Protocol("epoch reply is short".into()));
+        }
+        Ok(epochs)
     }
 }
 
@@ -456,19 +529,26 @@ impl Store for RedisStore {
         Ok((notes, cursor))
     }
 
-    async fn incarnation(&self) -> Result<Incarnation, StoreError> {
-        let fresh = format!("{:016x}", rand::random::<u64>());
-        let value: Value = self
-            .incarnation
-            .evalsha_with_reload(&self.client, vec![self.keys.incarnation()], vec![fresh])
-            .await
-            .map_err(unavailable)?;
-        let data = value.into_string().ok_or_else(|| StoreError::Protocol("incarnation is not a string".into()))?;
-        let info: String = self.client.info(Some(InfoKind::Server)).await.map_err(unavailable)?;
-        let server = info_field(&info, "run_id")
-            .ok_or_else(|| StoreError::Protocol("INFO server has no run_id".into()))?
-            .to_owned();
-        Ok(Incarnation { data, server })
+    fn domains(&self) -> usize {
+        usize::from(keys::BUCKETS)
+    }
+
+    fn domain(&self, room: &RoomName) -> usize {
+        usize::from(bucket(room))
+    }
+
+    async fn incarnations(&self, domains: &[usize]) -> Result<Vec<Incarnation>, StoreError> {
+        if !self.redis.topology.is_cluster() {
+            return timed("epoch", self.epochs(domains)).await;
+        }
+        // Each bucket is its own slot, and lives on the master that owns it:
+        // the run ID each script answers is that master's.
+        let reads = domains.iter().map(|d| self.epochs(std::slice::from_ref(d)));
+        let mut out = Vec::with_capacity(domains.len());
+        for read in futures::future::join_all(reads).await {
+            out.extend(read?);
+        }
+        Ok(out)
     }
 
     fn connection_generation(&self) -> u64 {
@@ -484,10 +564,16 @@ impl Store for RedisStore {
     }
 
     async fn change_source(&self, node: &str) -> Result<Box<dyn ChangeSource>, StoreError> {
-        // The blocking XREAD gets its own connection: fred queues other
-        // commands behind a blocking one on the same client.
-        let reader = build_client(&self.redis, Duration::ZERO)?;
+        // The blocking XREAD, or the subscriber, gets its own connections:
+        // fred queues other commands behind a blocking one on the same
+        // client, and a subscribed connection takes no other commands.
+        let reader = self.redis.topology.client(Duration::ZERO)?;
         count_connections(&reader, &self.generation);
+        if self.redis.topology.is_cluster() {
+            let source = doorbell::Doorbells::new(reader.clone(), self.client.clone(), self.keys.clone());
+            reader.init().await.map_err(unavailable)?;
+            return Ok(Box::new(source));
+        }
         reader.init().await.map_err(unavailable)?;
         Ok(Box::new(changes::RedisChanges::new(reader, self.client.clone(), self.keys.clone(), node)))
     }
