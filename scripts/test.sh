@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # Runs roomcast's whole test suite: unit tests, the store conformance suite
-# against both stores, and the end-to-end tests against real nodes and real
-# redis-server processes (which the tests start themselves on free loopback
-# ports); then the JavaScript client's tests against real nodes and in a real
+# against every store, and the end-to-end tests against real nodes and real
+# redis-server processes (single, a 3-master cluster with replicas, and
+# Sentinel, which the tests start themselves on free loopback ports); then the JavaScript client's tests against real nodes and in a real
 # Chromium. Installs what they need from Debian first when it is missing, and
 # the client's npm packages from its lockfile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# What the tests need from Debian: redis-server (every Redis test), and
-# iproute2 with iptables (the chaos run cuts a node off from Redis inside a
-# network namespace it creates), nginx (the proxy test), chromium (the
-# browser tests) and npm (the client's test runner's packages).
+# What the tests need from Debian: redis-server (every Redis test, and the
+# Sentinel ones run it with --sentinel), redis-tools (redis-cli builds the
+# test cluster), iproute2 with iptables (the chaos run cuts a node off from
+# Redis inside a network namespace it creates; the failover test holds back
+# one replication link), nginx (the proxy test), chromium (the browser
+# tests) and npm (the client's test runner's packages).
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)

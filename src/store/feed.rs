@@ -33,9 +33,13 @@ const RECOVERY_READS: usize = 32;
 const COMMAND_QUEUE: usize = 4096;
 /// How long one wait for changes may block before the loop looks around.
 const WAIT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Rooms nobody wants are dropped, and the store's incarnations compared,
-/// this often.
+/// Rooms nobody wants are dropped this often.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// The store's incarnations are compared this often, besides after every
+/// reconnection (which is how a restart or failover shows): this catches
+/// keys deleted on a live server. On a cluster it is one small script per
+/// watched bucket, so not every sweep.
+const CHECK_EVERY: Duration = Duration::from_secs(15);
 /// Every watched room is re-read this often, whatever the signals said: a
 /// last backstop. Change sources report lost signals themselves (a full
 /// mailbox page names every watched room of its bucket), and reconnections
@@ -125,6 +129,7 @@ impl Feed {
             seen_generation: u64::MAX,
             failing: false,
             last_sweep: Instant::now(),
+            last_check: Instant::now(),
             last_reread: Instant::now(),
             delivered_at: None,
         };
@@ -165,6 +170,7 @@ struct FeedLoop {
     /// The last turn failed: the next one checks the store before reading.
     failing: bool,
     last_sweep: Instant,
+    last_check: Instant,
     last_reread: Instant,
     /// When the feed last delivered anything (see `coalesce`).
     delivered_at: Option<Instant>,
@@ -264,7 +270,11 @@ impl FeedLoop {
             self.last_reread = Instant::now();
         }
         self.last_sweep = Instant::now();
-        true
+        if self.last_check.elapsed() >= CHECK_EVERY {
+            self.last_check = Instant::now();
+            return true;
+        }
+        false
     }
 
     /// After a failure, a reconnection, or at a sweep: compares every

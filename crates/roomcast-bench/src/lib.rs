@@ -51,6 +51,10 @@ pub enum Preset {
     /// 10,000 rooms with an audience watcher each on 2 nodes; idle, then
     /// 500 viewers joining and leaving at random, 20 s.
     Audience,
+    /// The rooms workload (smaller: 4,000 subscribers, 2,000 rooms, 1,000
+    /// msg/s, 20 s) on a spawned 3-master Redis Cluster beside single Redis,
+    /// twice each; then 10,000 watched rooms idle and churning on each.
+    Cluster,
     /// A few seconds at small scale, with a storm (the test suite runs it).
     Smoke,
 }
@@ -208,6 +212,8 @@ const BROADCAST_RATES: [f64; 2] = [1.0, 5.0];
 const SATURATE_RATES: [f64; 11] = [100.0, 250.0, 500.0, 600.0, 800.0, 1000.0, 1250.0, 1500.0, 2000.0, 2500.0, 3000.0];
 /// A saturate step fails above this p99.
 const SATURATE_P99_MS: f64 = 250.0;
+/// Single/cluster pairs the cluster preset runs; its verdict is the median pair's.
+const CLUSTER_PAIRS: usize = 2;
 /// Redis/embedded pairs the fanout preset runs; its verdict is the median pair's.
 const FANOUT_PAIRS: usize = 3;
 
@@ -340,8 +346,8 @@ pub fn main(args: BenchArgs) -> anyhow::Result<bool> {
             }
             Some(Preset::Audience) => {
                 let target = target::start(&TargetSpec::Redis { nodes: 2 })?;
-                let redis = target.redis.clone().context("the audience preset needs a spawned Redis")?;
-                let o = live::audience(&target, &redis, 10_000, 500, 20).await?;
+                anyhow::ensure!(!target.redis.is_empty(), "the audience preset needs a spawned Redis");
+                let o = live::audience(&target, &target.redis, 10_000, 500, 20).await?;
                 eprintln!("audience: {o:?}");
                 (true, json!({ "outcome": o }))
             }
@@ -352,6 +358,39 @@ pub fn main(args: BenchArgs) -> anyhow::Result<bool> {
             Some(Preset::Rooms) => {
                 let o = bench.run(&TargetSpec::Redis { nodes: 2 }, bench.spec(10_000, 5000, 2000.0, 20, 0.0)).await?;
                 (o.clean(), json!({ "clean": o.clean(), "p99_ms": o.latency_ms.p99, "target_p99_ms": 250 }))
+            }
+            Some(Preset::Cluster) => {
+                let mut pairs = Vec::new();
+                for _ in 0..CLUSTER_PAIRS {
+                    let single =
+                        bench.run(&TargetSpec::Redis { nodes: 2 }, bench.spec(4000, 2000, 1000.0, 20, 0.0)).await?;
+                    let cluster =
+                        bench.run(&TargetSpec::Cluster { nodes: 2 }, bench.spec(4000, 2000, 1000.0, 20, 0.0)).await?;
+                    let ratio = cluster.latency_ms.p99 / single.latency_ms.p99.max(0.001);
+                    pairs.push((ratio, single, cluster, bench.runs.len() - 2));
+                }
+                let ok = pairs.iter().all(|(_, s, c, _)| s.clean() && c.clean());
+                let ratios: Vec<f64> = pairs.iter().map(|p| p.0).collect();
+                let (ratio, single, cluster, first) = median_by(pairs, |p| p.0).context("no cluster pairs ran")?;
+                charted = Some(vec![first, first + 1]);
+                let mut idle = serde_json::Map::new();
+                for (name, spec) in [("single", TargetSpec::Redis { nodes: 2 }), ("cluster", TargetSpec::Cluster { nodes: 2 })] {
+                    let target = target::start(&spec)?;
+                    let o = live::audience(&target, &target.redis, 10_000, 500, 20).await?;
+                    eprintln!("audience on {name}: {o:?}");
+                    idle.insert(name.into(), json!(o));
+                }
+                (ok && ratio <= 1.5, json!({
+                    "clean": ok,
+                    "p99_single_ms": single.latency_ms.p99,
+                    "p99_cluster_ms": cluster.latency_ms.p99,
+                    "p99_ratio": ratio,
+                    "p99_ratios": ratios,
+                    "target_p99_ratio": 1.5,
+                    "cpu_single_s_per_million": single.cpu_seconds_per_million,
+                    "cpu_cluster_s_per_million": cluster.cpu_seconds_per_million,
+                    "watched_rooms": idle,
+                }))
             }
             Some(Preset::ResumeStorm) => {
                 let o = bench.run(&TargetSpec::Redis { nodes: 2 }, bench.spec(2000, 1, 500.0, 20, 1.0)).await?;

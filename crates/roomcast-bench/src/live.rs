@@ -171,7 +171,16 @@ pub async fn reactions(target: &Target, viewers: usize, seconds: u64) -> anyhow:
 }
 
 /// Total commands Redis processed so far (`INFO stats`).
-async fn redis_commands(redis: &str) -> anyhow::Result<u64> {
+/// Commands processed so far, summed over `servers`.
+async fn redis_commands(servers: &[String]) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for server in servers {
+        total += server_commands(server).await?;
+    }
+    Ok(total)
+}
+
+async fn server_commands(redis: &str) -> anyhow::Result<u64> {
     let addr = redis.trim_start_matches("redis://");
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     stream.write_all(b"INFO stats\r\n").await?;
@@ -192,7 +201,7 @@ async fn redis_commands(redis: &str) -> anyhow::Result<u64> {
 /// over and over, for `seconds`. Measured first idle, then churning.
 pub async fn audience(
     target: &Target,
-    redis: &str,
+    redis: &[String],
     rooms: usize,
     churners: usize,
     seconds: u64,

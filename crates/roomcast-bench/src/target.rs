@@ -86,6 +86,80 @@ pub fn spawn_redis() -> anyhow::Result<(Spawned, String)> {
     Ok((spawned, format!("redis://127.0.0.1:{port}")))
 }
 
+/// A free port whose cluster bus port (port + 10,000) is free too.
+fn cluster_port() -> anyhow::Result<u16> {
+    for _ in 0..1000 {
+        let port = free_port()?;
+        if port <= 55_535 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port for a cluster node")
+}
+
+/// Starts a 3-master Redis Cluster with a replica each (no persistence);
+/// returns the servers and the masters' URLs.
+pub fn spawn_cluster() -> anyhow::Result<(Vec<Spawned>, Vec<String>)> {
+    let ports: Vec<u16> = (0..6).map(|_| cluster_port()).collect::<anyhow::Result<_>>()?;
+    let dir = std::env::temp_dir().join(format!("roomcast-bench-cluster-{}", ports[0]));
+    std::fs::create_dir_all(&dir)?;
+    let mut servers = Vec::new();
+    for port in &ports {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000", "--repl-diskless-sync-delay", "0"])
+            .arg("--cluster-config-file")
+            .arg(format!("nodes-{port}.conf"))
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting redis-server (is it installed?)")?;
+        servers.push(Spawned { child, name: "redis-server".into() });
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for port in &ports {
+        while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("a cluster node did not start");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let status = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
+        .args(["--cluster-replicas", "1", "--cluster-yes"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("redis-cli --cluster create")?;
+    anyhow::ensure!(status.success(), "redis-cli --cluster create failed");
+    // redis-cli makes the first three the masters; wait until all agree.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for port in &ports {
+        while !redis_reply(*port, "CLUSTER INFO").is_some_and(|r| r.contains("cluster_state:ok")) {
+            if Instant::now() > deadline {
+                bail!("the cluster did not become ok");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok((servers, ports[..3].iter().map(|p| format!("redis://127.0.0.1:{p}")).collect()))
+}
+
+/// One inline command's reply, read for a moment.
+fn redis_reply(port: u16, command: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    stream.write_all(format!("{command}\r\n").as_bytes()).ok()?;
+    let mut buf = vec![0u8; 16 * 1024];
+    let n = stream.read(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
 /// Starts this binary with `args`, waiting for its "listening addr=" line.
 pub fn spawn_self(name: &str, args: &[String]) -> anyhow::Result<(Spawned, SocketAddr)> {
     let mut child = Command::new(std::env::current_exe()?)
@@ -117,8 +191,8 @@ pub struct Target {
     pub nodes: Vec<SocketAddr>,
     /// Processes the harness owns (measured for CPU and RSS).
     pub processes: Vec<Spawned>,
-    /// The spawned Redis, if any.
-    pub redis: Option<String>,
+    /// The spawned Redis (every master of a spawned cluster), if any.
+    pub redis: Vec<String>,
 }
 
 /// How to get a target.
@@ -126,6 +200,11 @@ pub struct Target {
 pub enum TargetSpec {
     /// Spawn `nodes` roomcast nodes on one spawned Redis.
     Redis {
+        /// How many nodes.
+        nodes: usize,
+    },
+    /// Spawn `nodes` roomcast nodes on a spawned 3-master Redis Cluster.
+    Cluster {
         /// How many nodes.
         nodes: usize,
     },
@@ -142,6 +221,7 @@ impl TargetSpec {
     pub fn label(&self) -> String {
         match self {
             TargetSpec::Redis { nodes } => format!("roomcast, {nodes} nodes on Redis"),
+            TargetSpec::Cluster { nodes } => format!("roomcast, {nodes} nodes on a 3-master Redis Cluster"),
             TargetSpec::Embedded => "roomcast, 1 node on the embedded store".into(),
             TargetSpec::Reference => "bare tokio-tungstenite broadcast (reference)".into(),
             TargetSpec::Urls(urls) => format!("{} given node(s)", urls.len()),
@@ -187,15 +267,28 @@ fn node_args(listen: &str, nodes: usize) -> Vec<String> {
 pub fn start(spec: &TargetSpec) -> anyhow::Result<Target> {
     let mut processes = Vec::new();
     let mut nodes = Vec::new();
-    let mut redis_url = None;
+    let mut redis_urls = Vec::new();
     match spec {
         TargetSpec::Redis { nodes: count } => {
             let (redis, url) = spawn_redis()?;
             processes.push(redis);
-            redis_url = Some(url.clone());
+            redis_urls.push(url.clone());
             for i in 0..*count {
                 let mut args = node_args("127.0.0.1:0", *count);
                 args.extend(["--redis".into(), url.clone(), "--node-id".into(), format!("bench-{i}")]);
+                let (node, addr) = spawn_self(&format!("node-{i}"), &args)?;
+                processes.push(node);
+                nodes.push(addr);
+            }
+        }
+        TargetSpec::Cluster { nodes: count } => {
+            let (servers, masters) = spawn_cluster()?;
+            processes.extend(servers);
+            let seeds = masters.join(",");
+            redis_urls = masters;
+            for i in 0..*count {
+                let mut args = node_args("127.0.0.1:0", *count);
+                args.extend(["--redis-cluster".into(), seeds.clone(), "--node-id".into(), format!("bench-{i}")]);
                 let (node, addr) = spawn_self(&format!("node-{i}"), &args)?;
                 processes.push(node);
                 nodes.push(addr);
@@ -214,7 +307,7 @@ pub fn start(spec: &TargetSpec) -> anyhow::Result<Target> {
         }
         TargetSpec::Urls(urls) => nodes.extend(urls),
     }
-    Ok(Target { nodes, processes, redis: redis_url })
+    Ok(Target { nodes, processes, redis: redis_urls })
 }
 
 impl Target {

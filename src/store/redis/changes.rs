@@ -19,9 +19,10 @@ use async_trait::async_trait;
 use fred::prelude::*;
 use tracing::debug;
 
+use super::fault::unavailable;
 use super::keys::Keys;
 use super::mailbox::{Mailboxes, SIGNALS_PER_READ};
-use super::{reply, unavailable};
+use super::reply;
 use crate::protocol::{EventId, RoomName};
 use crate::store::feed::{ChangeSource, Wake};
 use crate::store::StoreError;

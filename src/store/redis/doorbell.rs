@@ -25,9 +25,10 @@ use fred::types::Message;
 use tokio::sync::{broadcast, Notify};
 use tracing::debug;
 
+use super::fault::unavailable;
 use super::keys::Keys;
 use super::mailbox::{Mailboxes, SIGNALS_PER_READ};
-use super::{reply, unavailable};
+use super::reply;
 use crate::protocol::RoomName;
 use crate::store::feed::{ChangeSource, Wake};
 use crate::store::StoreError;
@@ -85,7 +86,7 @@ impl Doorbells {
         let positions = self.mailboxes.positions();
         let commands = &self.commands;
         let reads = positions.iter().map(|(b, key, position)| async move {
-            let value: Value = super::retrying(|| {
+            let value: Value = super::fault::retrying(|| {
                 commands.xread::<Value, _, _>(Some(SIGNALS_PER_READ), None, key.clone(), position.to_string())
             })
             .await?;

@@ -76,7 +76,7 @@ impl Mailboxes {
         let reads = unresolved.iter().map(|b| {
             let key = self.keys.signals(*b);
             async move {
-                let value: Value = client.xrevrange(key, "+", "-", Some(1)).await.map_err(super::unavailable)?;
+                let value: Value = client.xrevrange(key, "+", "-", Some(1)).await.map_err(super::fault::unavailable)?;
                 match value {
                     Value::Array(items) => items.first().map(reply::entry_id).transpose(),
                     _ => Ok(None),

@@ -11,6 +11,7 @@
 
 mod changes;
 mod doorbell;
+mod fault;
 pub mod keys;
 mod mailbox;
 mod reply;
@@ -29,6 +30,7 @@ use fred::prelude::*;
 use fred::types::scripts::Script;
 use tracing::{debug, info, warn};
 
+use self::fault::{retrying, unavailable};
 use self::keys::{bucket, Keys};
 use super::feed::ChangeSource;
 use super::notes::{NOTES_KEPT, NOTES_PER_READ};
@@ -119,8 +121,6 @@ return out
 const SIGNALS_KEPT: u64 = mailbox::SIGNALS_PER_READ;
 /// How long `connect` waits for the first connection before carrying on.
 const FIRST_CONNECT: Duration = Duration::from_secs(2);
-/// Attempts of a command that meets `TRYAGAIN` (a slot migrating).
-const TRYAGAIN_ATTEMPTS: u32 = 8;
 
 /// Connection settings for [`RedisStore::connect`].
 #[derive(Clone, Debug)]
@@ -160,39 +160,8 @@ pub struct RedisStore {
     redis: RedisOptions,
 }
 
-/// Maps a Redis failure: `OOM` refusals are told apart from outages.
-fn unavailable(e: Error) -> StoreError {
-    let text = e.to_string();
-    let error = if e.details().starts_with("OOM") || text.contains("OOM command not allowed") {
-        StoreError::OutOfMemory(text)
-    } else {
-        StoreError::Unavailable(text)
-    };
-    metrics::counter!("roomcast_store_errors_total", "kind" => error.kind()).increment(1);
-    error
-}
-
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-/// Runs a Redis command, again after a short pause while it meets
-/// `TRYAGAIN` (a multi-key command on a slot that is migrating).
-async fn retrying<T, F, Fut>(mut command: F) -> Result<T, StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, Error>>,
-{
-    let mut attempt = 0;
-    loop {
-        match command().await {
-            Err(e) if attempt + 1 < TRYAGAIN_ATTEMPTS && e.details().starts_with("TRYAGAIN") => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt))).await;
-            }
-            outcome => return outcome.map_err(unavailable),
-        }
-    }
 }
 
 /// Bumps `generation` on every connection the client makes.
@@ -529,12 +498,22 @@ impl Store for RedisStore {
         Ok((notes, cursor))
     }
 
+    /// On a cluster, each bucket can fail over alone (with its master); one
+    /// Redis (or Sentinel's master) is one domain, tracked by bucket 0's epoch.
     fn domains(&self) -> usize {
-        usize::from(keys::BUCKETS)
+        if self.redis.topology.is_cluster() {
+            usize::from(keys::BUCKETS)
+        } else {
+            1
+        }
     }
 
     fn domain(&self, room: &RoomName) -> usize {
-        usize::from(bucket(room))
+        if self.redis.topology.is_cluster() {
+            usize::from(bucket(room))
+        } else {
+            0
+        }
     }
 
     async fn incarnations(&self, domains: &[usize]) -> Result<Vec<Incarnation>, StoreError> {

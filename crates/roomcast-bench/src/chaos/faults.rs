@@ -32,7 +32,7 @@ pub enum Fault {
     ClientKill,
     /// `DEL` one room's stream.
     RoomDelete,
-    /// `DEL` metadata: the incarnation token, a floor, a signal or control stream.
+    /// `DEL` metadata: a bucket's epoch token, a floor, a signal or control stream.
     MetadataDelete,
     /// `FLUSHALL`.
     FlushAll,
@@ -417,13 +417,14 @@ impl Cluster {
             }
             Fault::MetadataDelete => {
                 let node = rng.random_range(0..self.nodes.len());
-                let mut choices = vec![format!("{PREFIX}:incarnation"), format!("{PREFIX}:ctl:chaos-{node}")];
+                let mut choices = vec![format!("{PREFIX}:ctl:chaos-{node}")];
                 choices.extend(self.keys_of(&room, "f")?);
                 choices.extend(self.keys_of(&room, "a")?);
-                // The room's bucket's signal stream: its hash tag is the room's.
+                // The room's bucket's signal stream and epoch: its hash tag is the room's.
                 let tags: Vec<String> =
                     self.keys_of(&room, "r")?.iter().filter_map(|k| k.split(':').nth(1).map(str::to_owned)).collect();
                 choices.extend(tags.iter().map(|tag| format!("{PREFIX}:{tag}:sig")));
+                choices.extend(tags.iter().map(|tag| format!("{PREFIX}:{tag}:epoch")));
                 choices.shuffle(rng);
                 choices.truncate(rng.random_range(1..=choices.len()));
                 let mut del = vec!["DEL"];
