@@ -29,6 +29,9 @@ enum Command {
     /// The bare broadcast server `bench --preset saturate` compares against.
     #[command(hide = true)]
     ReferenceServer(roomcast_bench::ReferenceArgs),
+    /// One share of a benchmark's subscribers, in a process of its own.
+    #[command(hide = true)]
+    BenchSubscribers(roomcast_bench::spread::SubscriberArgs),
 }
 
 /// `EX_USAGE`: bad command line or configuration.
@@ -88,6 +91,13 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("roomcast chaos: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::BenchSubscribers(args) => match roomcast_bench::spread::subscribers_main(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench subscribers: {e:#}");
                 ExitCode::FAILURE
             }
         },

@@ -330,6 +330,11 @@ fn end_of(e: SessionError) -> End {
 fn read_error(e: WsError) -> End {
     match e {
         WsError::Capacity(_) => End::Close(CloseReason::TooBig),
+        // A peer that vanished (reset, or its process died) is gone, not a
+        // protocol breach: there is nobody to tell.
+        WsError::Protocol(tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => {
+            End::Gone
+        }
         WsError::Protocol(_) => End::Close(CloseReason::ProtocolError),
         WsError::Utf8(_) => End::Close(CloseReason::InvalidData),
         WsError::WriteBufferFull(_) => End::Close(CloseReason::Stalled),

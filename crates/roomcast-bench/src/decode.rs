@@ -81,6 +81,30 @@ pub fn decode(frame: &[u8], out: &mut Vec<Delivered>) -> Kind {
     }
 }
 
+/// Decodes one subscriber frame the way an ordinary client does: the whole
+/// frame into a JSON document (room, every payload field), then the events.
+pub fn decode_document(frame: &[u8], out: &mut Vec<Delivered>) -> Kind {
+    out.clear();
+    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(frame) else { return Kind::Other };
+    match doc.get("type").and_then(|t| t.as_str()) {
+        Some("events") => {
+            let events = doc.get("events").and_then(|e| e.as_array()).map(Vec::as_slice).unwrap_or_default();
+            out.extend(events.iter().map(|e| {
+                let field = |k: &str| e.get("data").and_then(|d| d.get(k)).and_then(|v| v.as_u64()).unwrap_or(0);
+                Delivered {
+                    id: parse_id(e.get("id").and_then(|i| i.as_str()).unwrap_or("")),
+                    t: field("t"),
+                    s: field("s"),
+                }
+            }));
+            Kind::Events
+        }
+        Some("subscribed") => Kind::Subscribed,
+        Some("gap") => Kind::Gap,
+        _ => Kind::Other,
+    }
+}
+
 /// `ms-seq` as a sortable pair (malformed IDs sort first).
 pub fn parse_id(id: &str) -> (u64, u64) {
     let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));

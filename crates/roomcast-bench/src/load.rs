@@ -7,7 +7,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -21,6 +21,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::decode::{self, decode, Kind};
 use super::reader::Reader;
+use super::spread;
 
 type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -31,15 +32,14 @@ const SERIES_SAMPLE: u64 = 4;
 /// Publisher connections per node.
 const PUBLISHERS_PER_NODE: usize = 4;
 
-static EPOCH: OnceLock<Instant> = OnceLock::new();
-
-/// Microseconds since the harness started (one clock for all tasks).
-fn now_micros() -> u64 {
-    EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64
+/// Microseconds of wall-clock time: one clock for every task, and for the
+/// generator's subscriber processes too (they share the machine's clock).
+pub(crate) fn now_micros() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
 #[allow(clippy::expect_used)] // constant bounds that no input reaches
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     // 1 µs to 10 min at 2 significant digits: constant, valid bounds.
     Histogram::new_with_bounds(1, 600_000_000, 2).expect("valid histogram bounds")
 }
@@ -63,6 +63,12 @@ pub struct LoadSpec {
     pub source_ips: u8,
     /// Prefix of the room names, unique per run.
     pub room_prefix: String,
+    /// Generator processes holding the subscribers: 1 keeps them in this
+    /// process; more spawns that many subscriber processes (a process here
+    /// may hold at most 20,000 open files).
+    pub processes: usize,
+    /// How subscribers read.
+    pub reader: ReaderKind,
 }
 
 /// Per-second figures, for charts.
@@ -139,7 +145,7 @@ impl Outcome {
 }
 
 /// State every task shares.
-struct Shared {
+pub(crate) struct Shared {
     shards: Vec<Mutex<Histogram<u64>>>,
     seconds: Vec<AtomicU64>,
     series: Vec<Mutex<Histogram<u64>>>,
@@ -184,7 +190,7 @@ impl Shared {
 
 /// One subscriber's counts, shared so the harness can read them after
 /// aborting the task (a read loop with no timer per message).
-struct SubscriberStats {
+pub(crate) struct SubscriberStats {
     received: AtomicU64,
     duplicates: AtomicU64,
     out_of_order: AtomicU64,
@@ -233,9 +239,58 @@ async fn connect(node: SocketAddr, source: Ipv4Addr, query: &str) -> anyhow::Res
     Ok(ws)
 }
 
-/// Opens a subscriber's receive-only WebSocket (see [`Reader`]).
-async fn subscribe(node: SocketAddr, source: Ipv4Addr, query: &str) -> anyhow::Result<Reader> {
-    Reader::handshake(tcp(node, source).await?, node, query).await
+/// How subscribers read what they receive.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReaderKind {
+    /// The harness's own receive-only reader and a direct scan of the
+    /// frame shapes it knows (see [`Reader`], [`decode`]): the generator
+    /// takes as little of the shared cores as it can.
+    #[default]
+    Fast,
+    /// What an ordinary client does: tungstenite for the WebSocket and a
+    /// full JSON parse of every frame into a document.
+    Full,
+}
+
+/// A subscriber's connection, read either way.
+enum Subscription {
+    Fast(Reader),
+    Full(Box<Socket>),
+}
+
+impl Subscription {
+    /// The next text or binary message; `None` once the server closed.
+    async fn next(&mut self) -> anyhow::Result<Option<bytes::Bytes>> {
+        match self {
+            Subscription::Fast(reader) => reader.next().await,
+            Subscription::Full(ws) => loop {
+                match ws.next().await {
+                    None | Some(Ok(Message::Close(_))) => return Ok(None),
+                    Some(Ok(Message::Text(text))) => return Ok(Some(bytes::Bytes::from(text))),
+                    Some(Ok(Message::Binary(data))) => return Ok(Some(data)),
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(e.into()),
+                }
+            },
+        }
+    }
+
+    /// Decodes a frame the way this subscription reads.
+    fn decode(&self, payload: &[u8], out: &mut Vec<decode::Delivered>) -> Kind {
+        match self {
+            Subscription::Fast(_) => decode(payload, out),
+            Subscription::Full(_) => decode::decode_document(payload, out),
+        }
+    }
+}
+
+/// Opens a subscriber's receive-only WebSocket.
+async fn subscribe(node: SocketAddr, source: Ipv4Addr, query: &str, kind: ReaderKind) -> anyhow::Result<Subscription> {
+    Ok(match kind {
+        ReaderKind::Fast => Subscription::Fast(Reader::handshake(tcp(node, source).await?, node, query).await?),
+        ReaderKind::Full => Subscription::Full(Box::new(connect(node, source, query).await?)),
+    })
 }
 
 /// The loopback source address of connection `i` (spread over `count`).
@@ -243,17 +298,25 @@ pub(crate) fn source_ip(i: usize, count: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, 2 + (i % count.max(1) as usize) as u8)
 }
 
-async fn subscriber(
-    index: usize,
+/// Where and how a subscriber connects.
+#[derive(Clone, Copy)]
+struct Dial {
     node: SocketAddr,
     source: Ipv4Addr,
+    reader: ReaderKind,
+}
+
+async fn subscriber(
+    index: usize,
+    dial: Dial,
     room: String,
     shared: Arc<Shared>,
     subscribed: Arc<AtomicUsize>,
     stats: Arc<SubscriberStats>,
 ) -> anyhow::Result<()> {
+    let Dial { node, source, reader } = dial;
     let storm = stats.stormed;
-    let mut ws = subscribe(node, source, &format!("?room={room}")).await?;
+    let mut ws = subscribe(node, source, &format!("?room={room}"), reader).await?;
     let mut seen = SeqSet::default();
     let mut last: (u64, u64) = (0, 0);
     // The last event received (not a duplicate): the resume token.
@@ -272,12 +335,12 @@ async fn subscriber(
                     Some((ms, seq)) => format!("?room={room}&last_event_id={ms}-{seq}"),
                     None => format!("?room={room}&last_event_id=0"),
                 };
-                ws = subscribe(node, source, &query).await?;
+                ws = subscribe(node, source, &query, reader).await?;
                 reconnected_at = Some(now_micros());
             }
         }
         let Ok(Some(payload)) = ws.next().await else { break };
-        match decode(&payload, &mut events) {
+        match ws.decode(&payload, &mut events) {
             Kind::Subscribed if !counted => {
                 counted = true;
                 subscribed.fetch_add(1, Ordering::AcqRel);
@@ -407,6 +470,76 @@ async fn publisher(
     Ok(())
 }
 
+/// Starts the subscribers with indices in `range` (subscriber `i` joins
+/// room `i % rooms` on node `i % nodes`; the first `storm_count` storm).
+pub(crate) async fn spawn_subscribers(
+    spec: &LoadSpec,
+    nodes: &[SocketAddr],
+    range: std::ops::Range<usize>,
+    storm_count: usize,
+    shared: &Arc<Shared>,
+    subscribed: &Arc<AtomicUsize>,
+) -> (Vec<tokio::task::JoinHandle<anyhow::Result<()>>>, Vec<Arc<SubscriberStats>>) {
+    let rooms = spec.rooms.max(1);
+    let mut subscribers = Vec::with_capacity(range.len());
+    let mut cells = Vec::with_capacity(range.len());
+    for (n, i) in range.enumerate() {
+        let cell = Arc::new(SubscriberStats::new(i < storm_count));
+        cells.push(cell.clone());
+        subscribers.push(tokio::spawn(subscriber(
+            i,
+            Dial { node: nodes[i % nodes.len()], source: source_ip(i, spec.source_ips), reader: spec.reader },
+            format!("{}{}", spec.room_prefix, i % rooms),
+            shared.clone(),
+            subscribed.clone(),
+            cell,
+        )));
+        if n % 500 == 499 {
+            // Let the accept queues drain.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    (subscribers, cells)
+}
+
+impl Shared {
+    /// Fresh state for a run of `seconds` at most.
+    pub(crate) fn new(seconds: usize) -> Arc<Shared> {
+        Arc::new(Shared {
+            shards: (0..SHARDS).map(|_| Mutex::new(histogram())).collect(),
+            seconds: (0..seconds).map(|_| AtomicU64::new(0)).collect(),
+            series: (0..seconds).map(|_| Mutex::new(histogram())).collect(),
+            received: AtomicU64::new(0),
+            publish_start: AtomicU64::new(0),
+            storm_at: AtomicU64::new(0),
+        })
+    }
+
+    /// Every shard's latencies together.
+    pub(crate) fn latency(&self) -> Histogram<u64> {
+        let mut latency = histogram();
+        for shard in &self.shards {
+            if let Ok(h) = shard.lock() {
+                let _ = latency.add(&*h);
+            }
+        }
+        latency
+    }
+
+    /// Deliveries recorded so far.
+    pub(crate) fn received(&self) -> u64 {
+        self.received.load(Ordering::Acquire)
+    }
+}
+
+impl SubscriberStats {
+    /// (received, duplicates, out of order, gaps).
+    pub(crate) fn counts(&self) -> (u64, u64, u64, u64) {
+        let get = SubscriberStats::get;
+        (get(&self.received), get(&self.duplicates), get(&self.out_of_order), get(&self.gaps))
+    }
+}
+
 /// Progress callback: (phase, done, total, delivered per second).
 pub type Progress = Arc<dyn Fn(&str, u64, u64, f64) + Send + Sync>;
 
@@ -418,16 +551,8 @@ pub async fn run(
     measured: bool,
     progress: Progress,
 ) -> anyhow::Result<Outcome> {
-    now_micros();
     let seconds = spec.duration.as_secs() as usize + 60;
-    let shared = Arc::new(Shared {
-        shards: (0..SHARDS).map(|_| Mutex::new(histogram())).collect(),
-        seconds: (0..seconds).map(|_| AtomicU64::new(0)).collect(),
-        series: (0..seconds).map(|_| Mutex::new(histogram())).collect(),
-        received: AtomicU64::new(0),
-        publish_start: AtomicU64::new(0),
-        storm_at: AtomicU64::new(0),
-    });
+    let shared = Shared::new(seconds);
     let rooms = spec.rooms.max(1);
     let (_, rss_before) = measure();
 
@@ -435,32 +560,13 @@ pub async fn run(
     let connect_started = Instant::now();
     let subscribed = Arc::new(AtomicUsize::new(0));
     let storm_count = (spec.storm * spec.subscribers as f64).round() as usize;
-    let mut subscribers = Vec::with_capacity(spec.subscribers);
-    let mut cells = Vec::with_capacity(spec.subscribers);
-    let mut per_room = vec![0u64; rooms];
-    for i in 0..spec.subscribers {
-        let node = nodes[i % nodes.len()];
-        per_room[i % rooms] += 1;
-        subscribers.push(tokio::spawn(subscriber(
-            i,
-            node,
-            source_ip(i, spec.source_ips),
-            format!("{}{}", spec.room_prefix, i % rooms),
-            shared.clone(),
-            subscribed.clone(),
-            {
-                let cell = Arc::new(SubscriberStats::new(i < storm_count));
-                cells.push(cell.clone());
-                cell
-            },
-        )));
-        if i % 500 == 499 {
-            // Let the accept queues drain.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    let per_room: Vec<u64> = (0..rooms).map(|r| ((spec.subscribers + rooms - 1 - r) / rooms) as u64).collect();
+    let workers = if spec.processes > 1 { Some(spread::Workers::spawn(spec, nodes, storm_count).await?) } else { None };
+    let local = if workers.is_some() { 0..0 } else { 0..spec.subscribers };
+    let local_count = local.len();
+    let (mut subscribers, cells) = spawn_subscribers(spec, nodes, local, storm_count, &shared, &subscribed).await;
     let connect_deadline = Instant::now() + Duration::from_secs(120);
-    while subscribed.load(Ordering::Acquire) < spec.subscribers {
+    while subscribed.load(Ordering::Acquire) < local_count {
         anyhow::ensure!(
             Instant::now() < connect_deadline,
             "only {} subscribers got in",
@@ -474,6 +580,10 @@ pub async fn run(
         }
         progress("connecting", subscribed.load(Ordering::Acquire) as u64, spec.subscribers as u64, 0.0);
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut workers = workers;
+    if let Some(workers) = workers.as_mut() {
+        workers.ready(&progress).await?;
     }
     let connects_per_sec = spec.subscribers as f64 / connect_started.elapsed().as_secs_f64().max(0.001);
     // Let the nodes settle (audience reports, feed watches) before measuring.
@@ -546,10 +656,17 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let expected: u64 = publish_stats.acked.iter().zip(&per_room).map(|(a, n)| a.load(Ordering::Acquire) * n).sum();
+    let local_expected: u64 = if workers.is_some() { 0 } else { expected };
     let mut last_seen = (shared.received.load(Ordering::Acquire), Instant::now());
+    let mut remote = spread::Reports::default();
+    if let Some(workers) = workers.take() {
+        let acked: Vec<u64> = publish_stats.acked.iter().map(|a| a.load(Ordering::Acquire)).collect();
+        progress("draining", 0, expected, 0.0);
+        remote = workers.drain(&acked).await?;
+    }
     loop {
         let received = shared.received.load(Ordering::Acquire);
-        if received >= expected {
+        if received >= local_expected {
             break;
         }
         if received != last_seen.0 {
@@ -572,8 +689,8 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(1), p).await;
     }
     let get = SubscriberStats::get;
-    let received: u64 = outcome_stats.iter().map(|s| get(&s.received)).sum();
-    let mut latency = histogram();
+    let received: u64 = outcome_stats.iter().map(|s| get(&s.received)).sum::<u64>() + remote.received;
+    let mut latency = remote.latency;
     for shard in &shared.shards {
         if let Ok(h) = shard.lock() {
             let _ = latency.add(&*h);
@@ -605,9 +722,9 @@ pub async fn run(
         expected,
         received,
         lost: expected.saturating_sub(received),
-        duplicates: outcome_stats.iter().map(|s| get(&s.duplicates)).sum(),
-        out_of_order: outcome_stats.iter().map(|s| get(&s.out_of_order)).sum(),
-        gaps: outcome_stats.iter().map(|s| get(&s.gaps)).sum(),
+        duplicates: outcome_stats.iter().map(|s| get(&s.duplicates)).sum::<u64>() + remote.duplicates,
+        out_of_order: outcome_stats.iter().map(|s| get(&s.out_of_order)).sum::<u64>() + remote.out_of_order,
+        gaps: outcome_stats.iter().map(|s| get(&s.gaps)).sum::<u64>() + remote.gaps,
         delivered_per_sec: received as f64 / window,
         latency_ms: Percentiles {
             p50: ms(latency.value_at_quantile(0.5)),
