@@ -67,7 +67,7 @@ impl Doorbells {
         Doorbells {
             subscriber,
             commands,
-            mailboxes: Mailboxes::new(keys.clone()),
+            mailboxes: Mailboxes::new(keys.clone(), true),
             keys,
             messages,
             subscribed: Default::default(),

@@ -18,7 +18,8 @@
 //! {prefix}:{T}:f:<room>     the last ID the room ever handed out (its ID floor)
 //! {prefix}:{T}:i:<room>|<k> the ID a publish with idempotency key k got (5 min;
 //!                           `|` never occurs in a room name, so pairs cannot collide)
-//! {prefix}:{T}:sig          stream of changed room names in the bucket (its mailbox)
+//! {prefix}:{T}:sig          stream of changed room names in the bucket (its mailbox; cluster)
+//! {prefix}:sig              stream of changed room names (the mailbox of a single Redis)
 //! {prefix}:{T}:ring         shard channel rung with the room's name on every publish
 //!                           (cluster only: the doorbell the reader waits on)
 //! {prefix}:{T}:epoch        random token; missing or changed = the bucket lost data
@@ -111,6 +112,13 @@ impl Keys {
     /// A bucket's signal stream.
     pub fn signals(&self, bucket: u16) -> String {
         format!("{}:{{{}}}:sig", self.prefix, tag(bucket))
+    }
+
+    /// The one mailbox of a single Redis (or Sentinel's master): no slots
+    /// to respect there, so one stream names every changed room and the
+    /// blocking reader waits on two keys, not a thousand.
+    pub fn mailbox(&self) -> String {
+        format!("{}:sig", self.prefix)
     }
 
     /// A bucket's doorbell (a shard channel in the bucket's slot).

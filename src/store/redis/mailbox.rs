@@ -27,20 +27,41 @@ struct Mailbox {
     position: Option<EventId>,
 }
 
-/// The watched buckets and their mailbox positions.
+/// The watched mailboxes and their positions: one per bucket on a
+/// cluster, one for the whole store on a single Redis (mailbox 0).
 pub(super) struct Mailboxes {
     keys: Keys,
+    per_bucket: bool,
     buckets: HashMap<u16, Mailbox>,
 }
 
 impl Mailboxes {
-    pub(super) fn new(keys: Keys) -> Self {
-        Mailboxes { keys, buckets: HashMap::new() }
+    /// Per-bucket mailboxes (a cluster), or the store's one mailbox.
+    pub(super) fn new(keys: Keys, per_bucket: bool) -> Self {
+        Mailboxes { keys, per_bucket, buckets: HashMap::new() }
+    }
+
+    /// The mailbox `room` signals to.
+    fn of(&self, room: &RoomName) -> u16 {
+        if self.per_bucket {
+            bucket(room)
+        } else {
+            0
+        }
+    }
+
+    /// The key of mailbox `b`.
+    fn key(&self, b: u16) -> String {
+        if self.per_bucket {
+            self.keys.signals(b)
+        } else {
+            self.keys.mailbox()
+        }
     }
 
     /// Watches `room`; returns its bucket if the bucket was not watched before.
     pub(super) fn watch(&mut self, room: &RoomName) -> Option<u16> {
-        let b = bucket(room);
+        let b = self.of(room);
         let mailbox = self.buckets.entry(b).or_default();
         let new = mailbox.rooms.is_empty();
         mailbox.rooms.insert(room.clone());
@@ -49,7 +70,7 @@ impl Mailboxes {
 
     /// Stops watching `room`; returns its bucket if nothing in it is watched now.
     pub(super) fn unwatch(&mut self, room: &RoomName) -> Option<u16> {
-        let b = bucket(room);
+        let b = self.of(room);
         let mailbox = self.buckets.get_mut(&b)?;
         mailbox.rooms.remove(room);
         if mailbox.rooms.is_empty() {
@@ -74,7 +95,7 @@ impl Mailboxes {
     pub(super) async fn resolve(&mut self, client: &Client) -> Result<(), StoreError> {
         let unresolved: Vec<u16> = self.buckets.iter().filter(|(_, m)| m.position.is_none()).map(|(b, _)| *b).collect();
         let reads = unresolved.iter().map(|b| {
-            let key = self.keys.signals(*b);
+            let key = self.key(*b);
             async move {
                 let value: Value = client.xrevrange(key, "+", "-", Some(1)).await.map_err(super::fault::unavailable)?;
                 match value {
@@ -94,7 +115,7 @@ impl Mailboxes {
 
     /// Each resolved mailbox's key and position.
     pub(super) fn positions(&self) -> Vec<(u16, String, EventId)> {
-        self.buckets.iter().filter_map(|(b, m)| m.position.map(|p| (*b, self.keys.signals(*b), p))).collect()
+        self.buckets.iter().filter_map(|(b, m)| m.position.map(|p| (*b, self.key(*b), p))).collect()
     }
 
     /// Takes the signals read from `bucket`'s mailbox after its position:

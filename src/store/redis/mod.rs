@@ -42,7 +42,7 @@ use crate::protocol::{Event, EventId, IdempotencyKey, RoomName};
 
 /// Appends one event: predecessor, trim, expiry, ID floor and bucket
 /// signal (and, on a cluster, doorbell), atomically. KEYS: room stream,
-/// bucket signals, room floor, and optionally the publish's idempotency key.
+/// mailbox (the bucket's on a cluster, the store's on one Redis), room floor, and optionally the publish's idempotency key.
 /// ARGV: history, data, room ttl ms, room name, signal stream length, floor
 /// ttl ms, idempotency window ms, doorbell channel (empty: none).
 /// Returns `{id, 1}` for a stored event, `{first id, 0}` for a repeated key.
@@ -233,7 +233,9 @@ impl RedisStore {
         key: Option<&IdempotencyKey>,
         data: Bytes,
     ) -> Result<Appended, StoreError> {
-        let mut keys = vec![self.keys.room(room), self.keys.signals(bucket(room)), self.keys.floor(room)];
+        let mailbox =
+            if self.redis.topology.is_cluster() { self.keys.signals(bucket(room)) } else { self.keys.mailbox() };
+        let mut keys = vec![self.keys.room(room), mailbox, self.keys.floor(room)];
         keys.extend(key.map(|k| self.keys.idempotency(room, k.as_str())));
         let ttl_ms = self.options.room_ttl.as_millis() as i64;
         let args: Vec<Value> = vec![

@@ -417,7 +417,7 @@ impl Cluster {
             }
             Fault::MetadataDelete => {
                 let node = rng.random_range(0..self.nodes.len());
-                let mut choices = vec![format!("{PREFIX}:ctl:chaos-{node}")];
+                let mut choices = vec![format!("{PREFIX}:ctl:chaos-{node}"), format!("{PREFIX}:sig")];
                 choices.extend(self.keys_of(&room, "f")?);
                 choices.extend(self.keys_of(&room, "a")?);
                 // The room's bucket's signal stream and epoch: its hash tag is the room's.
