@@ -56,6 +56,8 @@ describe("in Chromium", () => {
     const page = await browser.newPage();
     await page.goto(`${a.http}/?room=show-42`);
     await page.locator("#state.connected").waitFor();
+    // A live subscription shows what is published after it joined.
+    await page.locator('#events[data-subscribed="true"]').waitFor({ state: "attached" });
     const id = await publish(b, "show-42", { text: "hello from the host" });
     const item = page.locator(`#events li[data-id="${id}"]`);
     await item.waitFor();
