@@ -35,6 +35,32 @@ fn spawn_server(args: &[String]) -> Child {
     command.spawn().expect("redis-server must be installed (the README's test command installs it)")
 }
 
+/// Starts a data server on `port` without persistence, storing in `dir`,
+/// with `extra` flags; replicas sync at once (no diskless-sync delay).
+fn spawn_data_server(port: u16, dir: &std::path::Path, extra: &[&str]) -> Child {
+    let port = port.to_string();
+    let dir = dir.to_string_lossy();
+    let mut args: Vec<String> = [
+        "--port",
+        &port,
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--repl-diskless-sync-delay",
+        "0",
+        "--dir",
+        &dir,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    spawn_server(&args)
+}
+
 /// Sends one command and reads its whole reply (a bulk string in full).
 pub fn query(port: u16, args: &[&str]) -> Option<String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -83,30 +109,10 @@ impl RedisCluster {
         let children = ports
             .iter()
             .map(|port| {
-                let args: Vec<String> = [
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    &format!("nodes-{port}.conf"),
-                    "--cluster-node-timeout",
-                    "1000",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--repl-diskless-sync-delay",
-                    "0",
-                    "--dir",
-                    &dir.path().to_string_lossy(),
-                ]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-                Some(spawn_server(&args))
+                let config = format!("nodes-{port}.conf");
+                let cluster =
+                    ["--cluster-enabled", "yes", "--cluster-config-file", &config, "--cluster-node-timeout", "1000"];
+                Some(spawn_data_server(*port, dir.path(), &cluster))
             })
             .collect();
         for port in &ports {
@@ -232,30 +238,11 @@ impl RedisSentinel {
     pub fn start() -> RedisSentinel {
         let dir = tempfile::tempdir().expect("tempdir");
         let (master, replica) = (free_port(), free_port());
-        let data = |port: u16, extra: &[String]| -> Child {
-            let mut args: Vec<String> = [
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--repl-diskless-sync-delay",
-                "0",
-                "--dir",
-                &dir.path().to_string_lossy(),
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            args.extend_from_slice(extra);
-            spawn_server(&args)
-        };
-        let mut children = vec![(master, Some(data(master, &[])))];
+        let mut children = vec![(master, Some(spawn_data_server(master, dir.path(), &[])))];
         wait_until("the master answers", || query(master, &["PING"]).as_deref() == Some("+PONG"));
-        children.push((replica, Some(data(replica, &["--replicaof".into(), "127.0.0.1".into(), master.to_string()]))));
+        let master_port = master.to_string();
+        let follow = ["--replicaof", "127.0.0.1", &master_port];
+        children.push((replica, Some(spawn_data_server(replica, dir.path(), &follow))));
         wait_until("the replica syncs", || info_has(replica, "replication", "master_link_status:up"));
         let mut sentinels = Vec::new();
         for _ in 0..3 {

@@ -62,20 +62,27 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Starts a `redis-server` without persistence on `port`, storing in
+/// `dir`, with `extra` flags.
+fn start_server(port: u16, dir: &std::path::Path, extra: &[&str]) -> anyhow::Result<Spawned> {
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(extra)
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting redis-server (is it installed?)")?;
+    Ok(Spawned { child, name: "redis-server".into() })
+}
+
 /// Starts a `redis-server` without persistence on a free loopback port.
 pub fn spawn_redis() -> anyhow::Result<(Spawned, String)> {
     let port = free_port()?;
     let dir = std::env::temp_dir().join(format!("roomcast-bench-{port}"));
     std::fs::create_dir_all(&dir)?;
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting redis-server (is it installed?)")?;
-    let spawned = Spawned { child, name: "redis-server".into() };
+    let spawned = start_server(port, &dir, &[])?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if Instant::now() > deadline {
@@ -105,18 +112,9 @@ pub fn spawn_cluster() -> anyhow::Result<(Vec<Spawned>, Vec<String>)> {
     std::fs::create_dir_all(&dir)?;
     let mut servers = Vec::new();
     for port in &ports {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000", "--repl-diskless-sync-delay", "0"])
-            .arg("--cluster-config-file")
-            .arg(format!("nodes-{port}.conf"))
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting redis-server (is it installed?)")?;
-        servers.push(Spawned { child, name: "redis-server".into() });
+        let config = format!("nodes-{port}.conf");
+        let cluster = ["--cluster-enabled", "yes", "--cluster-node-timeout", "1000", "--repl-diskless-sync-delay", "0"];
+        servers.push(start_server(*port, &dir, &[&cluster[..], &["--cluster-config-file", &config]].concat())?);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     for port in &ports {
