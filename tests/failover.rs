@@ -207,6 +207,23 @@ async fn failover_under_load(nodes: &[Node; 2], fail: impl FnOnce()) -> Outcome 
     Outcome { gaps, acked: acked.len(), lost, back_after }
 }
 
+impl Outcome {
+    /// Prints what the run saw, and checks live delivery came back.
+    fn report(&self, what: &str) {
+        eprintln!(
+            "{what}: {} acked, {} lost (each covered by a gap), gaps by room {:?}, live again {:?} after the promotion",
+            self.acked, self.lost, self.gaps, self.back_after
+        );
+        assert!(self.back_after < Duration::from_secs(10), "live delivery back in {:?}", self.back_after);
+    }
+}
+
+/// Two nodes on the sentinels' master.
+fn sentinel_nodes(sentinel: &RedisSentinel) -> [Node; 2] {
+    let args = ["--redis-sentinel", &sentinel.urls(), "--redis-sentinel-master", "mymaster"];
+    [Node::with_args(&args), Node::with_args(&args)]
+}
+
 fn cluster_node(cluster: &RedisCluster) -> Node {
     Node::with_args(&["--redis-cluster", &RedisCluster::seeds(&cluster.ports)])
 }
@@ -227,34 +244,25 @@ async fn a_cluster_master_dies_under_load_and_only_its_rooms_get_gaps() {
         cluster.wait_healthy(&[victim]);
     })
     .await;
-    eprintln!(
-        "cluster failover: {} acked, {} lost (each covered by a gap), gaps by room {:?}, live again {:?} after the promotion",
-        outcome.acked, outcome.lost, outcome.gaps, outcome.back_after
-    );
+    outcome.report("cluster failover");
     for (room, master) in &master_of {
         if *master != victim {
             assert_eq!(outcome.gaps[room], 0, "{room} lives on a master that did not fail: no gap is due");
         }
     }
-    assert!(outcome.back_after < Duration::from_secs(10), "live delivery back in {:?}", outcome.back_after);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sentinel_failover_under_load_is_delivered_or_a_gap() {
     let mut sentinel = RedisSentinel::start();
-    let args = ["--redis-sentinel", &sentinel.urls(), "--redis-sentinel-master", "mymaster"];
-    let nodes = [Node::with_args(&args), Node::with_args(&args)];
+    let nodes = sentinel_nodes(&sentinel);
     let (master, replica) = (sentinel.master, sentinel.replica);
     let outcome = failover_under_load(&nodes, || {
         sentinel.kill(master);
         sentinel.wait_master(replica);
     })
     .await;
-    eprintln!(
-        "sentinel failover (in sync): {} acked, {} lost (each covered by a gap), gaps by room {:?}, live again {:?} after the promotion",
-        outcome.acked, outcome.lost, outcome.gaps, outcome.back_after
-    );
-    assert!(outcome.back_after < Duration::from_secs(10), "live delivery back in {:?}", outcome.back_after);
+    outcome.report("sentinel failover (in sync)");
 }
 
 #[tokio::test]
@@ -362,8 +370,7 @@ impl Drop for Blocked {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_promoted_replica_that_lacks_acked_writes_is_a_gap_for_them() {
     let mut sentinel = RedisSentinel::start();
-    let args = ["--redis-sentinel", &sentinel.urls(), "--redis-sentinel-master", "mymaster"];
-    let nodes = [Node::with_args(&args), Node::with_args(&args)];
+    let nodes = sentinel_nodes(&sentinel);
     let (master, replica) = (sentinel.master, sentinel.replica);
     let outcome = failover_under_load(&nodes, || {
         // The replication stream stops reaching the replica while the master
@@ -376,10 +383,6 @@ async fn a_promoted_replica_that_lacks_acked_writes_is_a_gap_for_them() {
         sentinel.wait_master(replica);
     })
     .await;
-    eprintln!(
-        "sentinel failover (replica behind): {} acked, {} lost (each covered by a gap), gaps by room {:?}, live again {:?} after the promotion",
-        outcome.acked, outcome.lost, outcome.gaps, outcome.back_after
-    );
+    outcome.report("sentinel failover (replica behind)");
     assert!(outcome.lost > 0, "the promoted replica lacked writes the dead master had acked");
-    assert!(outcome.back_after < Duration::from_secs(10), "live delivery back in {:?}", outcome.back_after);
 }

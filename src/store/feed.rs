@@ -295,8 +295,9 @@ impl FeedLoop {
             self.failing = false;
             return Ok(());
         };
+        // A domain without an earlier answer has nothing to compare yet.
         let changes: Vec<Change> =
-            now.iter().zip(old.iter().chain(std::iter::repeat(&now[0]))).map(|(n, o)| n.since(o)).collect();
+            now.iter().enumerate().map(|(d, n)| old.get(d).map_or(Change::None, |o| n.since(o))).collect();
         if reconnected || changes.iter().any(|c| *c != Change::None) {
             self.recover(&changes, reconnected).await?;
             if reconnected {

@@ -691,11 +691,7 @@ pub async fn run(
     let get = SubscriberStats::get;
     let received: u64 = outcome_stats.iter().map(|s| get(&s.received)).sum::<u64>() + remote.received;
     let mut latency = remote.latency;
-    for shard in &shared.shards {
-        if let Ok(h) = shard.lock() {
-            let _ = latency.add(&*h);
-        }
-    }
+    let _ = latency.add(shared.latency());
     let ms = |v: u64| v as f64 / 1000.0;
     let window = ((end - start) as f64 / 1e6).max(0.001);
     let stormed: Vec<&Arc<SubscriberStats>> = outcome_stats.iter().filter(|s| s.stormed).collect();

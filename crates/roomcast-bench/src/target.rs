@@ -261,6 +261,24 @@ fn node_args(listen: &str, nodes: usize) -> Vec<String> {
     .collect()
 }
 
+/// Starts `count` nodes on the store named by `flag value`.
+fn spawn_nodes(
+    count: usize,
+    flag: &str,
+    value: &str,
+    processes: &mut Vec<Spawned>,
+    nodes: &mut Vec<SocketAddr>,
+) -> anyhow::Result<()> {
+    for i in 0..count {
+        let mut args = node_args("127.0.0.1:0", count);
+        args.extend([flag.into(), value.into(), "--node-id".into(), format!("bench-{i}")]);
+        let (node, addr) = spawn_self(&format!("node-{i}"), &args)?;
+        processes.push(node);
+        nodes.push(addr);
+    }
+    Ok(())
+}
+
 /// Starts (or connects to) the target.
 pub fn start(spec: &TargetSpec) -> anyhow::Result<Target> {
     let mut processes = Vec::new();
@@ -270,27 +288,14 @@ pub fn start(spec: &TargetSpec) -> anyhow::Result<Target> {
         TargetSpec::Redis { nodes: count } => {
             let (redis, url) = spawn_redis()?;
             processes.push(redis);
-            redis_urls.push(url.clone());
-            for i in 0..*count {
-                let mut args = node_args("127.0.0.1:0", *count);
-                args.extend(["--redis".into(), url.clone(), "--node-id".into(), format!("bench-{i}")]);
-                let (node, addr) = spawn_self(&format!("node-{i}"), &args)?;
-                processes.push(node);
-                nodes.push(addr);
-            }
+            spawn_nodes(*count, "--redis", &url, &mut processes, &mut nodes)?;
+            redis_urls.push(url);
         }
         TargetSpec::Cluster { nodes: count } => {
             let (servers, masters) = spawn_cluster()?;
             processes.extend(servers);
-            let seeds = masters.join(",");
+            spawn_nodes(*count, "--redis-cluster", &masters.join(","), &mut processes, &mut nodes)?;
             redis_urls = masters;
-            for i in 0..*count {
-                let mut args = node_args("127.0.0.1:0", *count);
-                args.extend(["--redis-cluster".into(), seeds.clone(), "--node-id".into(), format!("bench-{i}")]);
-                let (node, addr) = spawn_self(&format!("node-{i}"), &args)?;
-                processes.push(node);
-                nodes.push(addr);
-            }
         }
         TargetSpec::Embedded => {
             let (node, addr) = spawn_self("node-0", &node_args("127.0.0.1:0", 1))?;
