@@ -344,6 +344,25 @@ mod key_loss {
         }
     }
 
+    /// A subscriber that joins a node the moment it starts wakes its
+    /// reader: the wake may land before the reader first looks at its
+    /// control stream, and must not be taken as already seen.
+    #[tokio::test]
+    async fn a_wake_sent_before_the_reader_first_looks_is_not_lost() {
+        let f = redis(options(100, Duration::from_secs(60))).await;
+        let server = f._redis.as_ref().unwrap();
+        let control = Keys::new("t").control("early");
+        let mut source = f.store.change_source("early").await.unwrap();
+        source.waker().wake();
+        eventually("the wake is on the control stream", || async {
+            server.command(&["XLEN", &control]).filter(|n| n != ":0").map(|_| ())
+        })
+        .await;
+        source.prepare().await.unwrap();
+        let woke = tokio::time::timeout(Duration::from_secs(10), source.wait(Duration::from_secs(60))).await;
+        assert!(woke.is_ok(), "the wait ignored a wake sent before it began");
+    }
+
     #[tokio::test]
     async fn incarnation_tells_touched_data_from_a_changed_server() {
         let mut f = redis(options(10, Duration::from_secs(60))).await;

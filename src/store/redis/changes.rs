@@ -10,7 +10,13 @@
 //! Wake-ups for newly watched rooms are entries on the control stream: an
 //! entry added while the reader is between calls is still seen by the next
 //! call (its position is explicit), so no wake-up is lost. Positions are
-//! always resolved IDs, never `$`.
+//! always resolved IDs, never `$`; the control stream is read from its
+//! start (`0-0`), not from its last entry when the reader first looked:
+//! a wake added before that look would be behind the position, and the
+//! first subscriber of a node that had just started waited out a whole
+//! block (the chaos run found it: a subscriber saw nothing for 2 s, left,
+//! and the history it had not seen was flushed meanwhile). Reading a
+//! node's old wake entries once costs one spurious turn.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +44,7 @@ const REPLY_SLACK: Duration = Duration::from_secs(5);
 pub(super) struct RedisChanges {
     reader: Client,
     control_key: String,
-    control_position: Option<EventId>,
+    control_position: EventId,
     mailboxes: Mailboxes,
     waker: Arc<ControlWake>,
 }
@@ -47,7 +53,13 @@ impl RedisChanges {
     pub(super) fn new(reader: Client, commands: Client, keys: Keys, node: &str) -> Self {
         let control_key = keys.control(node);
         let waker = Arc::new(ControlWake { client: commands, key: control_key.clone() });
-        RedisChanges { reader, control_key, control_position: None, mailboxes: Mailboxes::new(keys, false), waker }
+        RedisChanges {
+            reader,
+            control_key,
+            control_position: EventId::ZERO,
+            mailboxes: Mailboxes::new(keys, false),
+            waker,
+        }
     }
 }
 
@@ -62,21 +74,12 @@ impl ChangeSource for RedisChanges {
     }
 
     async fn prepare(&mut self) -> Result<(), StoreError> {
-        if self.control_position.is_none() {
-            let value: Value =
-                self.reader.xrevrange(&self.control_key, "+", "-", Some(1)).await.map_err(unavailable)?;
-            let last = match value {
-                Value::Array(items) => items.first().map(reply::entry_id).transpose()?,
-                _ => None,
-            };
-            self.control_position = Some(last.unwrap_or(EventId::ZERO));
-        }
         self.mailboxes.resolve(&self.reader).await
     }
 
     async fn wait(&mut self, timeout: Duration) -> Result<Vec<RoomName>, StoreError> {
         let mut keys = vec![self.control_key.clone()];
-        let mut ids = vec![self.control_position.unwrap_or_default().to_string()];
+        let mut ids = vec![self.control_position.to_string()];
         let mut order = vec![None];
         for (b, key, position) in self.mailboxes.positions() {
             keys.push(key);
@@ -98,7 +101,7 @@ impl ChangeSource for RedisChanges {
             match order[index] {
                 None => {
                     if let Some(last) = items.last() {
-                        self.control_position = Some(reply::entry_id(last)?);
+                        self.control_position = reply::entry_id(last)?;
                     }
                 }
                 Some(b) => changed.extend(self.mailboxes.take(b, &items)?),

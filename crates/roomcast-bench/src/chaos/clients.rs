@@ -183,6 +183,10 @@ pub enum Entry {
     Event(EventId, Option<u64>),
     /// A `gap` frame: its `after`, and when it arrived.
     Gap(EventId, Instant),
+    /// A (re)connection: the node's index, the `subscribed` answer's
+    /// `last_event_id` and `resumed`, and when. Only for the trace of a
+    /// broken promise; the verdict ignores it.
+    Joined(usize, String, Instant),
 }
 
 /// One subscriber's record.
@@ -202,7 +206,7 @@ impl SubLog {
     fn last_event(&self) -> Option<EventId> {
         self.entries.iter().rev().find_map(|e| match e {
             Entry::Event(id, _) => Some(*id),
-            Entry::Gap(..) => None,
+            Entry::Gap(..) | Entry::Joined(..) => None,
         })
     }
 }
@@ -232,7 +236,8 @@ pub async fn subscriber(
         if lock(&deadline).is_some_and(|d| Instant::now() > d) {
             return log;
         }
-        let Some(mut ws) = connect(nodes[rng.random_range(0..nodes.len())], "").await else {
+        let node = rng.random_range(0..nodes.len());
+        let Some(mut ws) = connect(nodes[node], "").await else {
             tokio::time::sleep(Duration::from_millis(rng.random_range(50..500))).await;
             continue;
         };
@@ -273,6 +278,11 @@ pub async fn subscriber(
                             log.entries.push(Entry::Event(id, e["data"]["t"].as_u64()));
                         }
                     }
+                }
+                Some("subscribed") => {
+                    let answer =
+                        format!("{}{}", frame["last_event_id"], if frame["resumed"] == true { " resumed" } else { "" });
+                    log.entries.push(Entry::Joined(node, answer, Instant::now()));
                 }
                 Some("gap") => {
                     if let Some(after) = parse_id(&frame["after"]) {

@@ -236,7 +236,7 @@ impl NodeProc {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let child = cmd
             .args(&self.args)
-            .env("RUST_LOG", "warn,roomcast=info")
+            .env("RUST_LOG", std::env::var("CHAOS_NODE_LOG").unwrap_or_else(|_| "warn,roomcast=info".into()))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -468,6 +468,18 @@ impl Cluster {
     /// found by name as an operator would, whatever bucket holds them.
     fn keys_of(&self, room: &str, kind: &str) -> anyhow::Result<Vec<String>> {
         redis_keys(self.redis_port, &format!("{PREFIX}:*:{kind}:{room}"))
+    }
+
+    /// Copies every node's whole log to `<stem>.node-<i>.log` beside `out`.
+    pub fn keep_logs(&self, out: &Path) -> Vec<PathBuf> {
+        let mut kept = Vec::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let to = out.with_extension(format!("node-{i}.log"));
+            if std::fs::copy(&node.log, &to).is_ok() {
+                kept.push(to);
+            }
+        }
+        kept
     }
 
     /// Node `i`'s log so far (for a failed run's report).

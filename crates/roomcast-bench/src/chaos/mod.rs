@@ -197,6 +197,11 @@ async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
 
     // The faults run on a thread of their own: they wait on processes.
     let started = Instant::now();
+    let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    eprintln!(
+        "chaos: faults start at {} ms since the epoch (event IDs and node logs are in wall time)",
+        wall.as_millis()
+    );
     let duration = Duration::from_secs(args.duration);
     let every = args.fault_every.max(0.2);
     let (cluster_back, records) = tokio::task::spawn_blocking(move || {
@@ -250,7 +255,7 @@ async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
 
     let acked = ledger.acked();
     let uncertain = ledger.uncertain();
-    let verdict = verify::check(&logs, &acked, &uncertain);
+    let verdict = verify::check(&logs, &acked, &uncertain, started);
     let report = Report {
         seed,
         duration_s: args.duration,
@@ -281,8 +286,14 @@ async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
         for example in &v.examples {
             eprintln!("chaos: {example}");
         }
+        for line in v.traces.iter().flatten() {
+            eprintln!("chaos: trace: {line}");
+        }
         for i in 0..nodes.len() {
             eprintln!("chaos: node {i} log tail:\n{}", cluster.log_tail(i, 20));
+        }
+        for kept in cluster.keep_logs(&args.out) {
+            eprintln!("chaos: node log kept: {}", kept.display());
         }
     }
     println!(

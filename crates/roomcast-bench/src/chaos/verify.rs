@@ -9,6 +9,7 @@
 //!   `A` and below the next event the subscriber was handed after the gap.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Instant;
 
 use serde::Serialize;
 
@@ -38,6 +39,9 @@ pub struct Verdict {
     pub stuck: u64,
     /// A few concrete findings, for the report.
     pub examples: Vec<String>,
+    /// For the first subscribers with a silent loss: what they were handed
+    /// around it, with their (re)connections and gaps, seconds from start.
+    pub traces: Vec<Vec<String>>,
 }
 
 impl Verdict {
@@ -59,7 +63,12 @@ impl Verdict {
 }
 
 /// Checks every subscriber's log against the acknowledged events.
-pub fn check(logs: &[SubLog], acked: &HashMap<String, Vec<(EventId, u64)>>, uncertain: &HashSet<u64>) -> Verdict {
+pub fn check(
+    logs: &[SubLog],
+    acked: &HashMap<String, Vec<(EventId, u64)>>,
+    uncertain: &HashSet<u64>,
+    started: Instant,
+) -> Verdict {
     let mut v = Verdict::default();
     // One ID, one event, across every acknowledgement and delivery.
     let mut owner: HashMap<(String, EventId), u64> = HashMap::new();
@@ -79,9 +88,44 @@ pub fn check(logs: &[SubLog], acked: &HashMap<String, Vec<(EventId, u64)>>, unce
             v.stuck += 1;
             v.note(format!("a subscriber of {} did not reach the fence", log.room));
         }
-        check_one(log, acked.get(&log.room).map(Vec::as_slice).unwrap_or(&[]), &mut owner, &known, uncertain, &mut v);
+        let lost = check_one(
+            log,
+            acked.get(&log.room).map(Vec::as_slice).unwrap_or(&[]),
+            &mut owner,
+            &known,
+            uncertain,
+            &mut v,
+        );
+        if let (Some(first), Some(last)) = (lost.first(), lost.last()) {
+            if v.traces.len() < TRACES {
+                v.traces.push(trace(log, *first, *last, started));
+            }
+        }
     }
     v
+}
+
+/// Subscribers traced in a report.
+const TRACES: usize = 3;
+/// Entries shown either side of a silent loss.
+const TRACE_MARGIN: usize = 6;
+
+/// What `log` was handed from a little before `first` (lost) to a little
+/// after `last` (lost), one line per entry.
+fn trace(log: &SubLog, first: EventId, last: EventId, started: Instant) -> Vec<String> {
+    let since = |at: &Instant| at.saturating_duration_since(started).as_secs_f64();
+    let before = log.entries.iter().rposition(|e| matches!(e, Entry::Event(id, _) if *id < first)).unwrap_or(0);
+    let after =
+        log.entries.iter().position(|e| matches!(e, Entry::Event(id, _) if *id > last)).unwrap_or(log.entries.len());
+    let from = before.saturating_sub(TRACE_MARGIN);
+    let to = (after + TRACE_MARGIN).min(log.entries.len());
+    let mut lines = vec![format!("{}: lost {first} ..= {last}", log.room)];
+    lines.extend(log.entries[from..to].iter().map(|e| match e {
+        Entry::Event(id, _) => format!("event {id}"),
+        Entry::Gap(after, at) => format!("gap after {after} at {:.3} s", since(at)),
+        Entry::Joined(node, answer, at) => format!("joined node {node} ({answer}) at {:.3} s", since(at)),
+    }));
+    lines
 }
 
 fn check_one(
@@ -91,7 +135,8 @@ fn check_one(
     known: &HashSet<u64>,
     uncertain: &HashSet<u64>,
     v: &mut Verdict,
-) {
+) -> Vec<EventId> {
+    let mut lost = Vec::new();
     let mut seen: HashSet<EventId> = HashSet::new();
     let mut previous: Option<EventId> = None;
     // Gap intervals (after, next event handed over after the gap).
@@ -104,6 +149,7 @@ fn check_one(
                 covered.push((*after, None));
                 open.push(covered.len() - 1);
             }
+            Entry::Joined(..) => {}
             Entry::Event(id, tag) => {
                 v.delivered += 1;
                 for i in open.drain(..) {
@@ -143,14 +189,14 @@ fn check_one(
         } else {
             v.silent_losses += 1;
             v.note(format!("{}: acknowledged {id} never delivered, no gap", log.room));
+            lost.push(*id);
         }
     }
+    lost
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
-
     use super::*;
 
     fn id(ms: u64) -> EventId {
@@ -168,20 +214,20 @@ mod tests {
         let none = HashSet::new();
         let ev = |i: u64| Entry::Event(id(i), Some(i));
         let clean = log(vec![ev(1), ev(2), Entry::Gap(id(2), Instant::now()), ev(5), ev(6)]);
-        let v = check(&[clean], &acked, &none);
+        let v = check(&[clean], &acked, &none, Instant::now());
         assert!(v.clean(), "{v:?}");
         assert_eq!((v.reported_missing, v.gaps), (2, 1));
 
         let silent = log(vec![ev(1), ev(2), ev(4), ev(5), ev(6)]);
-        assert_eq!(check(&[silent], &acked, &none).silent_losses, 1);
+        assert_eq!(check(&[silent], &acked, &none, Instant::now()).silent_losses, 1);
         let doubled = log(vec![ev(1), ev(2), ev(3), ev(3), ev(4), ev(5), ev(6)]);
-        let v = check(&[doubled], &acked, &none);
+        let v = check(&[doubled], &acked, &none, Instant::now());
         assert_eq!((v.duplicates, v.order_violations), (1, 1));
         let reused = log(vec![ev(1), Entry::Event(id(2), Some(5)), ev(3), ev(4), ev(5), ev(6)]);
-        assert_eq!(check(&[reused], &acked, &none).id_reuse, 1);
+        assert_eq!(check(&[reused], &acked, &none, Instant::now()).id_reuse, 1);
         let phantom = log(vec![ev(1), ev(2), ev(3), ev(4), ev(5), ev(6), Entry::Event(id(7), Some(99))]);
-        assert_eq!(check(&[phantom], &acked, &none).phantoms, 1);
+        assert_eq!(check(&[phantom], &acked, &none, Instant::now()).phantoms, 1);
         let unfinished = SubLog { finished: false, ..log(vec![ev(1)]) };
-        assert!(!check(&[unfinished], &acked, &none).clean());
+        assert!(!check(&[unfinished], &acked, &none, Instant::now()).clean());
     }
 }
