@@ -93,6 +93,14 @@ pub struct NodeSettings {
     #[arg(long = "coalesce-ms", env = "ROOMCAST_COALESCE_MS", default_value = "10", value_parser = millis)]
     pub coalesce: Duration,
 
+    /// Longest coalescing window, in milliseconds, reached when one room
+    /// carries a firehose (2,000 events/s or more; from 400/s the window
+    /// grows from `--coalesce-ms` toward this). Fewer, fuller writes are
+    /// what lets a node keep up at such rates; set it to `--coalesce-ms`
+    /// for a fixed window. A value below `--coalesce-ms` means that.
+    #[arg(long = "coalesce-max-ms", env = "ROOMCAST_COALESCE_MAX_MS", default_value = "30", value_parser = millis)]
+    pub coalesce_max: Duration,
+
     /// Seconds between heartbeat ticks (1-15): a connection the node has
     /// said nothing on since the previous tick gets a `heartbeat` frame, so
     /// no client hears nothing for two ticks (30 s by default).
@@ -291,6 +299,9 @@ impl TryFrom<ServeArgs> for Config {
         check(node.coalesce <= Duration::from_millis(MAX_COALESCE_MS), || {
             format!("--coalesce-ms must be at most {MAX_COALESCE_MS}")
         })?;
+        check(node.coalesce_max <= Duration::from_millis(MAX_COALESCE_MS), || {
+            format!("--coalesce-max-ms must be at most {MAX_COALESCE_MS}")
+        })?;
         check((Duration::from_secs(1)..=Duration::from_secs(15)).contains(&node.heartbeat), || {
             "--heartbeat-secs must be between 1 and 15".into()
         })?;
@@ -348,6 +359,7 @@ mod tests {
         assert!(c.redis.url.is_none());
         assert_eq!(c.redis.timeout, Duration::from_millis(2_000));
         assert_eq!(c.node.coalesce, Duration::from_millis(10));
+        assert_eq!(c.node.coalesce_max, Duration::from_millis(30));
         assert_eq!(c.limits.header_timeout, Duration::from_secs(10));
         assert_eq!(c.threads(), None);
     }
@@ -364,6 +376,7 @@ mod tests {
             (vec!["serve", "--key-prefix", "a b"], "--key-prefix"),
             (vec!["serve", "--max-message-bytes", "1"], "--max-message-bytes"),
             (vec!["serve", "--coalesce-ms", "5000"], "--coalesce-ms"),
+            (vec!["serve", "--coalesce-max-ms", "5000"], "--coalesce-max-ms"),
             (vec!["serve", "--threads", "100000"], "--threads"),
         ] {
             let err = parse(&args).unwrap_err();

@@ -57,6 +57,7 @@ use crate::http::{health, history, publish, rooms, web};
 use crate::hub::Hub;
 use crate::server::AcceptLimits;
 use crate::session::SessionLimits;
+use crate::store::coalesce::Coalescing;
 use crate::store::feed::Feed;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::{RedisOptions, RedisStore};
@@ -129,7 +130,7 @@ async fn try_start_feed(store: &Arc<dyn Store>, hub: &Arc<Hub>, feed: &FeedStart
 /// What starting the feed needs.
 struct FeedStart {
     node_id: String,
-    coalesce: std::time::Duration,
+    coalesce: Coalescing,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -179,7 +180,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     let hub = Hub::new(store.clone());
     let feed = FeedStart {
         node_id: config.node_id.clone(),
-        coalesce: config.node.coalesce,
+        coalesce: Coalescing { base: config.node.coalesce, max: config.node.coalesce_max },
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
     };

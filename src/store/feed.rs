@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use futures::StreamExt;
 
+use super::coalesce::{Coalescing, Window};
 use super::{Change, Incarnation, Position, Store, StoreError};
 use crate::backoff::Backoff;
 use crate::protocol::{Event, EventId, RoomName};
@@ -111,7 +112,7 @@ impl Feed {
         store: Arc<dyn Store>,
         source: Box<dyn ChangeSource>,
         sink: Arc<dyn FeedSink>,
-        coalesce: Duration,
+        coalesce: Coalescing,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Feed {
@@ -122,7 +123,7 @@ impl Feed {
             source,
             sink,
             commands: rx,
-            coalesce,
+            window: Window::new(coalesce),
             followed: HashMap::new(),
             pending: HashSet::new(),
             incarnations: None,
@@ -159,7 +160,8 @@ struct FeedLoop {
     source: Box<dyn ChangeSource>,
     sink: Arc<dyn FeedSink>,
     commands: mpsc::Receiver<Command>,
-    coalesce: Duration,
+    /// How long to gather after a delivery (see [`Window`]).
+    window: Window,
     followed: HashMap<RoomName, Followed>,
     /// Rooms to read at the next turn.
     pending: HashSet<RoomName>,
@@ -172,7 +174,7 @@ struct FeedLoop {
     last_sweep: Instant,
     last_check: Instant,
     last_reread: Instant,
-    /// When the feed last delivered anything (see `coalesce`).
+    /// When the feed last delivered anything (see [`FeedLoop::gather`]).
     delivered_at: Option<Instant>,
 }
 
@@ -214,8 +216,13 @@ impl FeedLoop {
         if let Some(rest) = self.gather() {
             tokio::time::sleep(rest).await;
         }
-        if self.read_pending().await? {
-            self.delivered_at = Some(Instant::now());
+        let busiest = self.read_pending().await?;
+        if busiest > 0 {
+            let now = Instant::now();
+            if let Some(before) = self.delivered_at {
+                self.window.delivered(busiest, now - before);
+            }
+            self.delivered_at = Some(now);
         }
         self.source.wait(WAIT_TIMEOUT).await
     }
@@ -367,18 +374,18 @@ impl FeedLoop {
         Ok(())
     }
 
-    /// Coalescing: events arriving within `coalesce` of the last delivery
+    /// Coalescing: events arriving within the window of the last delivery
     /// wait out the rest of it and go out together, so a busy room costs
     /// each subscriber one write per window rather than one per event. When
     /// deliveries are further apart than the window, nothing waits.
     /// Returns how long to wait before reading.
     fn gather(&self) -> Option<Duration> {
-        let rest = self.delivered_at.and_then(|at| self.coalesce.checked_sub(at.elapsed()))?;
+        let rest = self.delivered_at.and_then(|at| self.window.current().checked_sub(at.elapsed()))?;
         (!self.pending.is_empty() && !rest.is_zero()).then_some(rest)
     }
 
     /// Reads every pending room until it has nothing new, delivering in
-    /// order. Returns whether anything was delivered.
+    /// order. Returns the most events delivered to one room (0: nothing).
     ///
     /// A stream's first entries (predecessor `0-0`) read for a room the
     /// feed has read nothing of are held until the room's domain
@@ -386,8 +393,8 @@ impl FeedLoop {
     /// first events were flushed before the feed saw them look alike, and
     /// only a changed incarnation tells them apart. Once a room has a
     /// position, the predecessor chain tells.
-    async fn read_pending(&mut self) -> Result<bool, StoreError> {
-        let mut delivered = false;
+    async fn read_pending(&mut self) -> Result<usize, StoreError> {
+        let mut busiest = 0;
         let mut firsts: Vec<(RoomName, Vec<Event>)> = Vec::new();
         while !self.pending.is_empty() {
             let chunk: Vec<(RoomName, EventId)> = self
@@ -413,8 +420,8 @@ impl FeedLoop {
                     f.position = last;
                     debug!(room = %room, events = events.len(), last = %last, "feed delivers");
                     metrics::histogram!("roomcast_reader_lag_seconds").record(crate::metrics::age_seconds(last));
+                    busiest = busiest.max(events.len());
                     self.sink.deliver(&room, events);
-                    delivered = true;
                 }
             }
             for (room, _) in &chunk {
@@ -428,7 +435,7 @@ impl FeedLoop {
             self.pending.retain(|room| followed.contains_key(room) && !firsts.iter().any(|(r, _)| r == room));
         }
         if firsts.is_empty() {
-            return Ok(delivered);
+            return Ok(busiest);
         }
         self.check_domains_of(&firsts).await?;
         for (room, events) in firsts {
@@ -438,10 +445,10 @@ impl FeedLoop {
                 continue;
             }
             f.position = last;
+            busiest = busiest.max(events.len());
             self.sink.deliver(&room, events);
-            delivered = true;
         }
-        Ok(delivered)
+        Ok(busiest)
     }
 
     /// Compares the incarnations of the held rooms' domains with the last
@@ -514,7 +521,8 @@ mod tests {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let source = store.change_source("test").await.unwrap();
-        let feed = Feed::spawn(store.clone(), source, recorder.clone(), WINDOW, shutdown.clone(), &tracker);
+        let feed =
+            Feed::spawn(store.clone(), source, recorder.clone(), Coalescing::fixed(WINDOW), shutdown.clone(), &tracker);
         let room = RoomName::parse("r").unwrap();
         feed.watch(room.clone(), 1, EventId::ZERO).await;
 

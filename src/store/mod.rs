@@ -31,6 +31,7 @@
 //! Live delivery goes through a [`feed::Feed`]: the node tells it which rooms
 //! have local subscribers; it hands each new batch to a [`feed::FeedSink`].
 
+pub mod coalesce;
 pub mod feed;
 pub mod memory;
 pub mod notes;

@@ -231,7 +231,8 @@ const BROADCAST_HUGE_NODES: usize = 6;
 const BROADCAST_RATES: [f64; 2] = [1.0, 5.0];
 
 /// Offered rates the saturate preset steps through.
-const SATURATE_RATES: [f64; 11] = [100.0, 250.0, 500.0, 600.0, 800.0, 1000.0, 1250.0, 1500.0, 2000.0, 2500.0, 3000.0];
+const SATURATE_RATES: [f64; 14] =
+    [100.0, 250.0, 500.0, 600.0, 800.0, 1000.0, 1250.0, 1500.0, 2000.0, 2500.0, 3000.0, 3500.0, 4000.0, 5000.0];
 /// A saturate step fails above this p99.
 const SATURATE_P99_MS: f64 = 250.0;
 /// Single/cluster pairs the cluster preset runs; its verdict is the median pair's.
