@@ -39,7 +39,7 @@ pub enum Preset {
     /// 1 room, 1,000 subscribers over 2 nodes, rate raised until loss or p99 > 250 ms; and the bare
     /// reference; with the fast subscriber reader, then with the full one.
     Saturate,
-    /// 10,000 idle subscribed connections on one node: RSS per connection.
+    /// 10,000 idle subscribed connections on one node: RSS per connection (median of three fresh nodes).
     Idle,
     /// 5,000 rooms with 2 subscribers each, 2,000 msg/s over them, 20 s.
     Rooms,
@@ -235,6 +235,8 @@ const SATURATE_RATES: [f64; 14] =
     [100.0, 250.0, 500.0, 600.0, 800.0, 1000.0, 1250.0, 1500.0, 2000.0, 2500.0, 3000.0, 3500.0, 4000.0, 5000.0];
 /// A saturate step fails above this p99.
 const SATURATE_P99_MS: f64 = 250.0;
+/// Fresh nodes the idle preset measures; its figure is their median.
+const IDLE_RUNS: usize = 3;
 /// Single/cluster pairs the cluster preset runs; its verdict is the median pair's.
 const CLUSTER_PAIRS: usize = 2;
 /// Redis/embedded pairs the fanout preset runs; its verdict is the median pair's.
@@ -423,8 +425,18 @@ pub fn main(args: BenchArgs) -> anyhow::Result<bool> {
                 (true, json!({ "outcome": o }))
             }
             Some(Preset::Idle) => {
-                let o = bench.run(&TargetSpec::Redis { nodes: 1 }, bench.spec(10_000, 1, 0.0, 0, 0.0)).await?;
-                (true, json!({ "rss_per_connection_bytes": o.rss_per_connection_bytes, "target_bytes": 4096 }))
+                // One connect wave's figure moves by a fifth from run to run
+                // (what the allocator keeps of the handshakes): the median of
+                // IDLE_RUNS fresh nodes.
+                let mut runs = Vec::new();
+                for _ in 0..IDLE_RUNS {
+                    let o = bench.run(&TargetSpec::Redis { nodes: 1 }, bench.spec(10_000, 1, 0.0, 0, 0.0)).await?;
+                    runs.push((bench.runs.len() - 1, o.rss_per_connection_bytes.unwrap_or(f64::NAN)));
+                }
+                let each: Vec<f64> = runs.iter().map(|r| r.1).collect();
+                let (index, median) = median_by(runs, |r| r.1).context("no idle runs")?;
+                charted = Some(vec![index]);
+                (true, json!({ "rss_per_connection_bytes": median, "rss_per_connection_bytes_of_each_run": each, "target_bytes": 4096 }))
             }
             Some(Preset::Rooms) => {
                 let o = bench.run(&TargetSpec::Redis { nodes: 2 }, bench.spec(10_000, 5000, 2000.0, 20, 0.0)).await?;
