@@ -548,7 +548,11 @@ impl Store for RedisStore {
         // The blocking XREAD, or the subscriber, gets its own connections:
         // fred queues other commands behind a blocking one on the same
         // client, and a subscribed connection takes no other commands.
-        let reader = self.redis.topology.client(Duration::ZERO)?;
+        let reader = if self.redis.topology.is_cluster() {
+            self.redis.topology.subscriber()?
+        } else {
+            self.redis.topology.client(Duration::ZERO)?
+        };
         count_connections(&reader, &self.generation);
         if self.redis.topology.is_cluster() {
             let source = doorbell::Doorbells::new(reader.clone(), self.client.clone(), self.keys.clone());
