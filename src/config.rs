@@ -94,7 +94,7 @@ pub struct NodeSettings {
     pub coalesce: Duration,
 
     /// Longest coalescing window, in milliseconds, reached when one room
-    /// carries a firehose (2,000 events/s or more; from 400/s the window
+    /// carries a firehose (1,000 events/s or more; from 100/s the window
     /// grows from `--coalesce-ms` toward this). Fewer, fuller writes are
     /// what lets a node keep up at such rates; set it to `--coalesce-ms`
     /// for a fixed window. A value below `--coalesce-ms` means that.
