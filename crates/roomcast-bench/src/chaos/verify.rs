@@ -230,4 +230,22 @@ mod tests {
         let unfinished = SubLog { finished: false, ..log(vec![ev(1)]) };
         assert!(!check(&[unfinished], &acked, &none, Instant::now()).clean());
     }
+
+    #[test]
+    fn a_silent_loss_is_traced_with_the_joins_and_gaps_around_it() {
+        let acked: HashMap<String, Vec<(EventId, u64)>> =
+            [("r".to_owned(), (1..=6).map(|i| (id(i), i)).collect())].into_iter().collect();
+        let started = Instant::now();
+        let ev = |i: u64| Entry::Event(id(i), Some(i));
+        let joined = |node| Entry::Joined(node, "\"0-0\" resumed".into(), started);
+        let holed = log(vec![joined(0), ev(1), joined(1), ev(4), ev(5), ev(6)]);
+        let v = check(&[holed], &acked, &HashSet::new(), started);
+        assert_eq!(v.silent_losses, 2);
+        let trace = v.traces.first().expect("a trace of the subscriber");
+        assert_eq!(trace[0], format!("r: lost {} ..= {}", id(2), id(3)));
+        assert!(trace.iter().any(|l| l.starts_with("joined node 1")), "{trace:?}");
+        assert!(trace.contains(&format!("event {}", id(4))), "{trace:?}");
+        let clean = check(&[log(vec![ev(1), ev(2), ev(3), ev(4), ev(5), ev(6)])], &acked, &HashSet::new(), started);
+        assert!(clean.traces.is_empty());
+    }
 }
