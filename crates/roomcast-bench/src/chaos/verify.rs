@@ -207,12 +207,20 @@ mod tests {
         SubLog { room: "r".into(), entries, connections: 1, finished: true }
     }
 
+    /// Events 1..=6 of room `r`, acknowledged, each tagged with its number.
+    fn six_acked() -> HashMap<String, Vec<(EventId, u64)>> {
+        [("r".to_owned(), (1..=6).map(|i| (id(i), i)).collect())].into_iter().collect()
+    }
+
+    /// Event `i` as handed to a subscriber.
+    fn ev(i: u64) -> Entry {
+        Entry::Event(id(i), Some(i))
+    }
+
     #[test]
     fn finds_every_kind_of_broken_promise_and_accepts_a_gap() {
-        let acked: HashMap<String, Vec<(EventId, u64)>> =
-            [("r".to_owned(), (1..=6).map(|i| (id(i), i)).collect())].into_iter().collect();
+        let acked = six_acked();
         let none = HashSet::new();
-        let ev = |i: u64| Entry::Event(id(i), Some(i));
         let clean = log(vec![ev(1), ev(2), Entry::Gap(id(2), Instant::now()), ev(5), ev(6)]);
         let v = check(&[clean], &acked, &none, Instant::now());
         assert!(v.clean(), "{v:?}");
@@ -233,10 +241,8 @@ mod tests {
 
     #[test]
     fn a_silent_loss_is_traced_with_the_joins_and_gaps_around_it() {
-        let acked: HashMap<String, Vec<(EventId, u64)>> =
-            [("r".to_owned(), (1..=6).map(|i| (id(i), i)).collect())].into_iter().collect();
+        let acked = six_acked();
         let started = Instant::now();
-        let ev = |i: u64| Entry::Event(id(i), Some(i));
         let joined = |node| Entry::Joined(node, "\"0-0\" resumed".into(), started);
         let holed = log(vec![joined(0), ev(1), joined(1), ev(4), ev(5), ev(6)]);
         let v = check(&[holed], &acked, &HashSet::new(), started);
