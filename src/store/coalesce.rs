@@ -53,6 +53,8 @@ pub(crate) struct Window {
 impl Window {
     pub(crate) fn new(bounds: Coalescing) -> Self {
         metrics::gauge!("roomcast_feed_window_seconds").set(bounds.base.as_secs_f64());
+        // A cap below the base means the base.
+        let bounds = Coalescing { max: bounds.max.max(bounds.base), ..bounds };
         Window { bounds, rate: 0.0, current: bounds.base }
     }
 
@@ -67,9 +69,8 @@ impl Window {
         let seconds = since.as_secs_f64().max(self.bounds.base.as_secs_f64()).max(0.001);
         let rate = events as f64 / seconds;
         self.rate += SMOOTHING * (rate - self.rate);
-        let max = self.bounds.max.max(self.bounds.base);
         let load = ((self.rate - CALM) / (FIREHOSE - CALM)).clamp(0.0, 1.0);
-        self.current = self.bounds.base + (max - self.bounds.base).mul_f64(load);
+        self.current = self.bounds.base + (self.bounds.max - self.bounds.base).mul_f64(load);
         metrics::gauge!("roomcast_feed_window_seconds").set(self.current.as_secs_f64());
     }
 }

@@ -27,6 +27,26 @@ struct Mailbox {
     position: Option<EventId>,
 }
 
+/// The mailbox `room` signals to: its bucket's on a cluster, the store's
+/// one (mailbox 0) on a single Redis. The publish script and the reader
+/// both ask here, so they cannot disagree.
+pub(super) fn mailbox_of(room: &RoomName, per_bucket: bool) -> u16 {
+    if per_bucket {
+        bucket(room)
+    } else {
+        0
+    }
+}
+
+/// The key of mailbox `b` (see [`mailbox_of`]).
+pub(super) fn mailbox_key(keys: &Keys, b: u16, per_bucket: bool) -> String {
+    if per_bucket {
+        keys.signals(b)
+    } else {
+        keys.mailbox()
+    }
+}
+
 /// The watched mailboxes and their positions: one per bucket on a
 /// cluster, one for the whole store on a single Redis (mailbox 0).
 pub(super) struct Mailboxes {
@@ -41,22 +61,12 @@ impl Mailboxes {
         Mailboxes { keys, per_bucket, buckets: HashMap::new() }
     }
 
-    /// The mailbox `room` signals to.
     fn of(&self, room: &RoomName) -> u16 {
-        if self.per_bucket {
-            bucket(room)
-        } else {
-            0
-        }
+        mailbox_of(room, self.per_bucket)
     }
 
-    /// The key of mailbox `b`.
     fn key(&self, b: u16) -> String {
-        if self.per_bucket {
-            self.keys.signals(b)
-        } else {
-            self.keys.mailbox()
-        }
+        mailbox_key(&self.keys, b, self.per_bucket)
     }
 
     /// Watches `room`; returns its bucket if the bucket was not watched before.

@@ -233,8 +233,8 @@ impl RedisStore {
         key: Option<&IdempotencyKey>,
         data: Bytes,
     ) -> Result<Appended, StoreError> {
-        let mailbox =
-            if self.redis.topology.is_cluster() { self.keys.signals(bucket(room)) } else { self.keys.mailbox() };
+        let cluster = self.redis.topology.is_cluster();
+        let mailbox = mailbox::mailbox_key(&self.keys, mailbox::mailbox_of(room, cluster), cluster);
         let mut keys = vec![self.keys.room(room), mailbox, self.keys.floor(room)];
         keys.extend(key.map(|k| self.keys.idempotency(room, k.as_str())));
         let ttl_ms = self.options.room_ttl.as_millis() as i64;
@@ -548,18 +548,16 @@ impl Store for RedisStore {
         // The blocking XREAD, or the subscriber, gets its own connections:
         // fred queues other commands behind a blocking one on the same
         // client, and a subscribed connection takes no other commands.
-        let reader = if self.redis.topology.is_cluster() {
-            self.redis.topology.subscriber()?
-        } else {
-            self.redis.topology.client(Duration::ZERO)?
-        };
+        let cluster = self.redis.topology.is_cluster();
+        let reader =
+            if cluster { self.redis.topology.subscriber()? } else { self.redis.topology.client(Duration::ZERO)? };
         count_connections(&reader, &self.generation);
-        if self.redis.topology.is_cluster() {
-            let source = doorbell::Doorbells::new(reader.clone(), self.client.clone(), self.keys.clone());
-            reader.init().await.map_err(unavailable)?;
-            return Ok(Box::new(source));
-        }
+        let source: Box<dyn ChangeSource> = if cluster {
+            Box::new(doorbell::Doorbells::new(reader.clone(), self.client.clone(), self.keys.clone()))
+        } else {
+            Box::new(changes::RedisChanges::new(reader.clone(), self.client.clone(), self.keys.clone(), node))
+        };
         reader.init().await.map_err(unavailable)?;
-        Ok(Box::new(changes::RedisChanges::new(reader, self.client.clone(), self.keys.clone(), node)))
+        Ok(source)
     }
 }
