@@ -71,10 +71,10 @@ fn memory_store(c: &mut Criterion) {
     let store = MemoryStore::new(options);
     let room = RoomName::parse("bench").unwrap();
     let data = Bytes::from_static(br#"{"msg":"hello, world"}"#);
-    c.bench_function("memory_append", |b| b.iter(|| runtime.block_on(store.append(&room, data.clone()))));
+    c.bench_function("memory_append", |b| b.iter(|| runtime.block_on(store.append(&room, data.clone(), None))));
     let after = runtime.block_on(store.tail(&room)).unwrap();
     for _ in 0..100 {
-        runtime.block_on(store.append(&room, data.clone())).unwrap();
+        runtime.block_on(store.append(&room, data.clone(), None)).unwrap();
     }
     c.bench_function("memory_read_100", |b| {
         b.iter(|| runtime.block_on(store.read(&room, Position::After(black_box(after)), 100)))

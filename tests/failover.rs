@@ -36,33 +36,52 @@ enum Seen {
 
 /// A subscriber of every room, reading until each room's `"end"` event.
 async fn viewer(url: String, ready: tokio::sync::oneshot::Sender<()>) -> HashMap<String, Vec<Seen>> {
+    viewer_from(url, HashMap::new(), ready).await
+}
+
+/// A viewer that resumes each room from `positions` (live where none).
+async fn viewer_from(
+    url: String,
+    positions: HashMap<String, String>,
+    ready: tokio::sync::oneshot::Sender<()>,
+) -> HashMap<String, Vec<Seen>> {
     let mut client = Client::connect(&url).await;
-    for room in rooms() {
-        client.subscribe(&room, None).await;
-        client.expect_type("subscribed").await;
-    }
-    let _ = ready.send(());
     let mut seen: HashMap<String, Vec<Seen>> = HashMap::new();
     let mut ended: HashSet<String> = HashSet::new();
-    while ended.len() < ROOMS {
-        let frame = client.next().await.unwrap_or_else(|c| panic!("a viewer's socket closed: {c:?}"));
-        let room = frame["room"].as_str().unwrap_or("").to_owned();
-        match frame["type"].as_str() {
-            Some("events") => {
-                for e in frame["events"].as_array().unwrap() {
-                    if e["data"] == json!("end") {
-                        ended.insert(room.clone());
-                    }
-                    seen.entry(room.clone())
-                        .or_default()
-                        .push(Seen::Event(e["id"].as_str().unwrap().to_owned(), Instant::now()));
-                }
+    for room in rooms() {
+        client.subscribe(&room, positions.get(&room).map(String::as_str)).await;
+        // A resumed room's events may come before the next room's answer.
+        loop {
+            let frame = client.next().await.unwrap_or_else(|c| panic!("a viewer's socket closed: {c:?}"));
+            if frame["type"] == "subscribed" && frame["room"] == room.as_str() {
+                break;
             }
-            Some("gap") => seen.entry(room).or_default().push(Seen::Gap(frame["after"].as_str().unwrap().to_owned())),
-            _ => {}
+            record(&frame, &mut seen, &mut ended);
         }
     }
+    let _ = ready.send(());
+    while ended.len() < ROOMS {
+        let frame = client.next().await.unwrap_or_else(|c| panic!("a viewer's socket closed: {c:?}"));
+        record(&frame, &mut seen, &mut ended);
+    }
     seen
+}
+
+/// Notes one frame in a viewer's log; a room ends with its `"end"` event.
+fn record(frame: &Value, seen: &mut HashMap<String, Vec<Seen>>, ended: &mut HashSet<String>) {
+    let room = frame["room"].as_str().unwrap_or("").to_owned();
+    match frame["type"].as_str() {
+        Some("events") => {
+            for e in frame["events"].as_array().unwrap() {
+                if e["data"] == json!("end") {
+                    ended.insert(room.clone());
+                }
+                seen.entry(room.clone()).or_default().push(Seen::Event(e["id"].as_str().unwrap().to_owned(), Instant::now()));
+            }
+        }
+        Some("gap") => seen.entry(room).or_default().push(Seen::Gap(frame["after"].as_str().unwrap().to_owned())),
+        _ => {}
+    }
 }
 
 /// Whether `id` is covered by a gap in `log`: a gap after an ID below it,
@@ -79,6 +98,32 @@ fn covered(log: &[Seen], id: &str) -> bool {
     })
 }
 
+/// Follows every room for a moment, then leaves: the position each room
+/// was left at, to resume from later.
+async fn leave_after_a_while(url: &str) -> HashMap<String, String> {
+    let mut client = Client::connect(url).await;
+    let mut positions = HashMap::new();
+    for room in rooms() {
+        client.subscribe(&room, None).await;
+    }
+    let until = Instant::now() + Duration::from_millis(400);
+    while let Some(Ok(frame)) = client.next_within(until.saturating_duration_since(Instant::now())).await {
+        let room = frame["room"].as_str().unwrap_or("").to_owned();
+        match frame["type"].as_str() {
+            Some("subscribed") => {
+                positions.insert(room, frame["last_event_id"].as_str().unwrap().to_owned());
+            }
+            Some("events") => {
+                let last = frame["events"].as_array().unwrap().last().unwrap()["id"].as_str().unwrap().to_owned();
+                positions.insert(room, last);
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(positions.len(), ROOMS, "every room answered");
+    positions
+}
+
 /// What a failover run saw.
 struct Outcome {
     /// Gaps each room got, summed over viewers.
@@ -86,6 +131,9 @@ struct Outcome {
     acked: usize,
     /// Acked events that no viewer got, each covered by a gap.
     lost: usize,
+    /// Of those, the ones a viewer that was between connections at the
+    /// fault would have missed (each covered by a gap it got on resuming).
+    lost_between: usize,
     /// From the promotion to the first event each viewer got that was
     /// published after it, worst viewer.
     back_after: Duration,
@@ -133,7 +181,10 @@ async fn failover_under_load(nodes: &[Node; 2], fail: impl FnOnce()) -> Outcome 
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A viewer that is between connections when the fault comes: it left
+    // with its positions, and resumes on the other node after the promotion.
+    let left_at = leave_after_a_while(&nodes[0].ws_url("")).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     let before = acked.lock().unwrap().len();
     assert!(before > 20, "the load runs before the fault ({before} acked)");
     tokio::task::block_in_place(fail);
@@ -144,6 +195,9 @@ async fn failover_under_load(nodes: &[Node; 2], fail: impl FnOnce()) -> Outcome 
         async move { (n > 20).then_some(()) }
     })
     .await;
+    let (ready, resumed) = tokio::sync::oneshot::channel();
+    let between = tokio::spawn(viewer_from(nodes[1].ws_url(""), left_at.clone(), ready));
+    resumed.await.expect("the returning viewer resumed every room");
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
     for p in publishers {
@@ -160,7 +214,27 @@ async fn failover_under_load(nodes: &[Node; 2], fail: impl FnOnce()) -> Outcome 
         logs
     };
 
+    let between = tokio::time::timeout(Duration::from_secs(60), between).await.expect("it finishes").unwrap();
+
     let acked = acked.lock().unwrap().clone();
+    let mut lost_between = 0;
+    for room in rooms() {
+        let items = between.get(&room).cloned().unwrap_or_default();
+        let got: HashSet<String> = items
+            .iter()
+            .filter_map(|s| match s {
+                Seen::Event(id, _) => Some(id.clone()),
+                Seen::Gap(_) => None,
+            })
+            .collect();
+        let from = id_key(&left_at[&room]);
+        for (_, id, _) in acked.iter().filter(|(r, id, _)| *r == room && id_key(id) > from) {
+            if !got.contains(id) {
+                assert!(covered(&items, id), "returning viewer, {room}: acked {id} neither delivered nor in a gap");
+                lost_between += 1;
+            }
+        }
+    }
     let mut gaps: HashMap<String, usize> = HashMap::new();
     let mut lost = 0;
     let mut back_after = Duration::ZERO;
@@ -204,15 +278,16 @@ async fn failover_under_load(nodes: &[Node; 2], fail: impl FnOnce()) -> Outcome 
         back_after = back_after.max(first_after.saturating_duration_since(promoted));
     }
     assert!(warm.len() == ROOMS);
-    Outcome { gaps, acked: acked.len(), lost, back_after }
+    Outcome { gaps, acked: acked.len(), lost, lost_between, back_after }
 }
 
 impl Outcome {
     /// Prints what the run saw, and checks live delivery came back.
     fn report(&self, what: &str) {
         eprintln!(
-            "{what}: {} acked, {} lost (each covered by a gap), gaps by room {:?}, live again {:?} after the promotion",
-            self.acked, self.lost, self.gaps, self.back_after
+            "{what}: {} acked, {} lost (each covered by a gap; {} of them for the viewer between connections), \
+             gaps by room {:?}, live again {:?} after the promotion",
+            self.acked, self.lost, self.lost_between, self.gaps, self.back_after
         );
         assert!(self.back_after < Duration::from_secs(10), "live delivery back in {:?}", self.back_after);
     }
@@ -385,4 +460,5 @@ async fn a_promoted_replica_that_lacks_acked_writes_is_a_gap_for_them() {
     .await;
     outcome.report("sentinel failover (replica behind)");
     assert!(outcome.lost > 0, "the promoted replica lacked writes the dead master had acked");
+    assert!(outcome.lost_between > 0, "the viewer between connections missed them too, and was told");
 }

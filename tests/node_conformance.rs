@@ -10,10 +10,9 @@ mod support;
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use serde_json::{json, Value};
 use support::client::{assert_ordered, Client, Closed, Format};
-use support::{get_json, Deployment};
+use support::{get_json, sse_events, Deployment};
 use tokio_tungstenite::tungstenite::Message;
 
 async fn subscribed(client: &mut Client, room: &str, last: Option<&str>) -> Value {
@@ -218,34 +217,84 @@ async fn json_and_msgpack_interoperate(d: Deployment) {
     assert_eq!(events[0].1, value);
 }
 
-/// Reads an SSE body until `n` events (and any `gap`) arrived.
-async fn sse_events(response: reqwest::Response, n: usize) -> (Vec<(String, Value)>, Vec<String>) {
-    let mut stream = response.bytes_stream();
-    let mut buffer = String::new();
-    let (mut events, mut gaps) = (Vec::new(), Vec::new());
-    while events.len() < n {
-        let chunk = tokio::time::timeout(support::PATIENCE, stream.next()).await.expect("SSE stalled");
-        buffer.push_str(std::str::from_utf8(&chunk.expect("SSE ended").unwrap()).unwrap());
-        while let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
-            let (mut id, mut data, mut kind) = (None, None, "message");
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("id: ") {
-                    id = Some(v.to_owned());
-                } else if let Some(v) = line.strip_prefix("data: ") {
-                    data = Some(serde_json::from_str::<Value>(v).unwrap());
-                } else if line == "event: gap" {
-                    kind = "gap";
+
+/// Publishes `n` events whose JSON payload is `size` bytes, over HTTP, a few
+/// at a time; returns their IDs in publish order.
+async fn publish_sized(d: &Deployment, room: &str, sizes: &[usize]) -> Vec<(String, Value)> {
+    let http = reqwest::Client::new();
+    let mut out = Vec::new();
+    for (i, size) in sizes.iter().enumerate() {
+        // A JSON string of exactly `size` bytes, quotes included.
+        let value = json!(format!("{i:06}{}", "z".repeat(size.saturating_sub(8))));
+        let url = d.node(i % 3).http(&format!("/rooms/{room}/events"));
+        let response = http.post(url).json(&value).send().await.unwrap();
+        assert_eq!(response.status(), 201, "a {size}-byte event is accepted");
+        let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+        out.push((id, value));
+    }
+    out
+}
+
+/// Events of every allowed size, from a few bytes to just under
+/// `--max-message-bytes`, reach WebSocket (JSON and MessagePack), SSE and
+/// history readers whole and in order, live and from history.
+async fn events_of_every_size_arrive_whole(d: Deployment) {
+    let max = 65_536;
+    let sizes = [8, 100, 1_024, 8_192, 16_384, 40_000, max - 16, max];
+    let mut live_json = Client::connect(&d.node(0).ws_url("?room=sizes")).await;
+    live_json.expect_type("subscribed").await;
+    let mut live_pack = Client::connect_with(&d.node(1).ws_url("?room=sizes"), Format::MsgPack, None).await;
+    live_pack.expect_type("subscribed").await;
+    let published = publish_sized(&d, "sizes", &sizes).await;
+    for client in [&mut live_json, &mut live_pack] {
+        let (events, gaps) = client.events("sizes", sizes.len()).await;
+        assert!(gaps.is_empty());
+        assert_eq!(events, published, "live, each event whole");
+    }
+    let mut from_zero = Client::connect_with(&d.node(2).ws_url("?room=sizes&last_event_id=0"), Format::MsgPack, None).await;
+    from_zero.expect_type("subscribed").await;
+    assert_eq!(from_zero.events("sizes", sizes.len()).await.0, published, "from history, whole");
+    let response = reqwest::get(d.node(1).http("/rooms/sizes/sse?last_event_id=0")).await.unwrap();
+    assert_eq!(sse_events(response, sizes.len()).await.0, published, "over SSE, whole");
+    let (status, body) = get_json(&d.node(0).http("/rooms/sizes/events?limit=100")).await;
+    assert_eq!(status, 200);
+    let history: Vec<(String, Value)> = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["id"].as_str().unwrap().to_owned(), e["data"].clone()))
+        .collect();
+    assert!(!history.is_empty() && published.starts_with(&history), "history pages hold whole events in order");
+}
+
+/// A backlog of megabytes of large events: a client subscribing from `0`
+/// gets every event once and in order, at its own pace, never closed for
+/// being behind (500 events of 8 KB were refused with 1013, every time).
+async fn a_backlog_of_large_events_is_delivered_at_the_clients_pace(d: Deployment) {
+    let published = publish_sized(&d, "backlog", &[8_192; 500]).await;
+    let ids: Vec<String> = published.iter().map(|(id, _)| id.clone()).collect();
+    for (node, format) in [(0, Format::Json), (1, Format::MsgPack)] {
+        let url = d.node(node).ws_url("?room=backlog&last_event_id=0");
+        let mut client = Client::connect_with(&url, format, None).await;
+        client.expect_type("subscribed").await;
+        let mut got = Vec::new();
+        while got.len() < ids.len() {
+            match client.next().await {
+                Ok(frame) if frame["type"] == "events" => {
+                    got.extend(frame["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()));
+                    // A slow reader: a few milliseconds per frame.
+                    tokio::time::sleep(Duration::from_millis(3)).await;
                 }
-            }
-            match (kind, id, data) {
-                ("gap", _, Some(d)) => gaps.push(d["after"].as_str().unwrap().to_owned()),
-                ("message", Some(id), Some(d)) => events.push((id, d)),
-                _ => {}
+                Ok(frame) => assert_ne!(frame["type"], "gap", "{frame}"),
+                Err(closed) => panic!("closed after {} of {} events: {closed:?}", got.len(), ids.len()),
             }
         }
+        assert_eq!(got, ids, "{format:?}: every event once, in order");
     }
-    (events, gaps)
+    let response = reqwest::get(d.node(2).http("/rooms/backlog/sse?last_event_id=0")).await.unwrap();
+    let (events, gaps) = sse_events(response, ids.len()).await;
+    assert!(gaps.is_empty());
+    assert_eq!(events.into_iter().map(|(id, _)| id).collect::<Vec<_>>(), ids);
 }
 
 async fn sse_resumes_from_last_event_id(d: Deployment) {
@@ -644,6 +693,14 @@ macro_rules! conformance {
             #[tokio::test]
             async fn one_idempotency_key_on_two_nodes_at_once_stores_one_event() {
                 super::one_idempotency_key_on_two_nodes_at_once_stores_one_event($deployment(&[])).await
+            }
+            #[tokio::test]
+            async fn events_of_every_size_arrive_whole() {
+                super::events_of_every_size_arrive_whole($deployment(&[])).await
+            }
+            #[tokio::test]
+            async fn a_backlog_of_large_events_is_delivered_at_the_clients_pace() {
+                super::a_backlog_of_large_events_is_delivered_at_the_clients_pace($deployment(&[])).await
             }
             #[tokio::test]
             async fn sigterm_closes_with_1012_and_exits_0() {

@@ -31,7 +31,7 @@ fn data(i: usize) -> Bytes {
 async fn append_n(store: &dyn Store, r: &RoomName, n: usize) -> Vec<EventId> {
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
-        ids.push(store.append(r, data(i)).await.unwrap());
+        ids.push(store.append(r, data(i), None).await.unwrap().id());
     }
     ids
 }
@@ -76,23 +76,23 @@ mod cases {
     pub async fn an_idempotency_key_stores_once_per_room(f: Fixture) {
         let (r, other) = (room("bids"), room("bids-2"));
         let key = IdempotencyKey::parse("bid-17").unwrap();
-        let Appended::Stored(first) = f.store.append_once(&r, &key, data(1)).await.unwrap() else {
+        let Appended::Stored(first) = f.store.append(&r, data(1), Some(&key)).await.unwrap() else {
             panic!("a new key stores")
         };
         // A retry, even with other data, stores nothing and answers the first ID.
-        assert_eq!(f.store.append_once(&r, &key, data(2)).await.unwrap(), Appended::Repeated(first));
+        assert_eq!(f.store.append(&r, data(2), Some(&key)).await.unwrap(), Appended::Repeated(first));
         let page = f.store.read(&r, Position::Oldest, 10).await.unwrap();
         assert_eq!(page.events.len(), 1);
         assert_eq!(page.events[0].data, data(1));
         // Keys are per room, and other keys are other publishes.
-        assert!(matches!(f.store.append_once(&other, &key, data(3)).await.unwrap(), Appended::Stored(_)));
+        assert!(matches!(f.store.append(&other, data(3), Some(&key)).await.unwrap(), Appended::Stored(_)));
         let key2 = IdempotencyKey::parse("bid-18").unwrap();
-        assert!(matches!(f.store.append_once(&r, &key2, data(4)).await.unwrap(), Appended::Stored(_)));
+        assert!(matches!(f.store.append(&r, data(4), Some(&key2)).await.unwrap(), Appended::Stored(_)));
         // Concurrent retries store one event.
         let key3 = IdempotencyKey::parse("bid-19").unwrap();
         let outcomes = futures::future::join_all((0..20).map(|i| {
             let (store, r, key3) = (f.store.clone(), r.clone(), key3.clone());
-            async move { store.append_once(&r, &key3, data(i)).await.unwrap() }
+            async move { store.append(&r, data(i), Some(&key3)).await.unwrap() }
         }))
         .await;
         let stored: Vec<_> = outcomes.iter().filter(|o| matches!(o, Appended::Stored(_))).collect();
@@ -166,28 +166,66 @@ mod cases {
         assert_eq!(f.store.tail(&fresh).await.unwrap(), EventId::ZERO);
     }
 
-    pub async fn expired_history_is_a_gap(f: Fixture) {
+    pub async fn expired_history_keeps_its_floor(f: Fixture) {
         let r = room("idle");
         let ids = append_n(&*f.store, &r, 3).await;
         let store = f.store.clone();
         let r2 = r.clone();
-        eventually("the idle room to expire", || {
+        eventually("the idle room's history to expire", || {
             let store = store.clone();
             let r2 = r2.clone();
-            async move { (store.tail(&r2).await.ok()? == EventId::ZERO).then_some(()) }
+            async move { store.read(&r2, Position::Oldest, 10).await.ok()?.events.is_empty().then_some(()) }
         })
         .await;
+        assert_eq!(f.store.tail(&r).await.unwrap(), ids[2], "the room ends at its floor");
         let gone = f.store.read(&r, Position::After(ids[1]), 10).await.unwrap();
-        assert!(gone.gap, "history lost to expiry is a gap");
-        let new_id = f.store.append(&r, data(9)).await.unwrap();
-        let page = f.store.read(&r, Position::After(ids[2]), 10).await.unwrap();
-        assert!(page.gap, "a rebuilt room does not continue the old one");
+        assert!(gone.gap && gone.events.is_empty(), "history lost to expiry is a gap: {gone:?}");
+        let complete = f.store.read(&r, Position::After(ids[2]), 10).await.unwrap();
+        assert!(!complete.gap, "a reader at the floor missed nothing: {complete:?}");
+        let new_id = f.store.append(&r, data(9), None).await.unwrap().id();
+        assert!(new_id > ids[2], "IDs carry on above the floor");
+        let page = f.store.read(&r, Position::After(ids[1]), 10).await.unwrap();
+        assert!(page.gap, "a rebuilt room does not continue where its history was lost");
         assert_eq!(page.events[0].id, new_id);
-        // Its first entry names a predecessor no kept event has (`0-0` on
-        // the embedded store, `0-1` above a floor on Redis), so no reader
-        // takes it as a continuation.
-        assert!(page.events[0].prev <= EventId::new(0, 1), "{:?}", page.events[0].prev);
-        assert!(!ids.contains(&page.events[0].prev));
+        // The rebuilt room's first entry names the floor: exactly the reader
+        // that had everything continues.
+        let page = f.store.read(&r, Position::After(ids[2]), 10).await.unwrap();
+        assert!(!page.gap, "{page:?}");
+        assert_eq!(page.events[0].prev, ids[2]);
+    }
+
+    pub async fn an_anchor_is_named_by_the_rooms_first_event(f: Fixture) {
+        let r = room("anchored");
+        assert_eq!(f.store.tail(&r).await.unwrap(), EventId::ZERO);
+        let anchor = f.store.anchor(&r).await.unwrap();
+        assert!(!anchor.is_zero(), "an empty room's live position is not 0-0");
+        assert_eq!(f.store.anchor(&r).await.unwrap(), anchor, "stable until the first event");
+        assert_eq!(f.store.tail(&r).await.unwrap(), anchor, "the room ends at its anchor");
+        let waiting = f.store.read(&r, Position::After(anchor), 10).await.unwrap();
+        assert!(!waiting.gap && waiting.events.is_empty(), "{waiting:?}");
+        let first = f.store.append(&r, data(1), None).await.unwrap().id();
+        assert!(first > anchor);
+        let page = f.store.read(&r, Position::After(anchor), 10).await.unwrap();
+        assert!(!page.gap, "the first event continues the anchor: {page:?}");
+        assert_eq!(page.events.iter().map(|e| (e.id, e.prev)).collect::<Vec<_>>(), vec![(first, anchor)]);
+        assert_eq!(f.store.anchor(&r).await.unwrap(), first, "a room with events anchors at its end");
+        // Reading from the oldest is unchanged.
+        let oldest = f.store.read(&r, Position::Oldest, 10).await.unwrap();
+        assert_eq!(oldest.events.len(), 1);
+        assert!(!oldest.gap);
+    }
+
+    pub async fn events_of_every_size_round_trip(f: Fixture) {
+        let r = room("sizes");
+        let sizes = [1usize, 100, 4 << 10, 16 << 10, 60 << 10];
+        let mut ids = Vec::new();
+        for size in sizes {
+            let payload = Bytes::from(format!("\"{}\"", "x".repeat(size)));
+            ids.push((f.store.append(&r, payload.clone(), None).await.unwrap().id(), payload));
+        }
+        let page = f.store.read(&r, Position::Oldest, 100).await.unwrap();
+        let got: Vec<(EventId, Bytes)> = page.events.into_iter().map(|e| (e.id, e.data)).collect();
+        assert_eq!(got, ids);
     }
 
     pub async fn read_many_returns_only_rooms_with_news(f: Fixture) {
@@ -258,7 +296,7 @@ mod cases {
         let mut source = f.store.change_source("n1").await.unwrap();
         source.watch(&r);
         source.prepare().await.unwrap();
-        f.store.append(&r, data(1)).await.unwrap();
+        f.store.append(&r, data(1), None).await.unwrap();
         let mut seen = Vec::new();
         for _ in 0..5 {
             seen.extend(source.wait(Duration::from_millis(500)).await.unwrap());
@@ -292,7 +330,7 @@ mod key_loss {
             futures::stream::iter(0..4000)
                 .map(|i| {
                     let (store, r) = (store.clone(), r.clone());
-                    async move { store.append(&r, data(i)).await.unwrap() }
+                    async move { store.append(&r, data(i), None).await.unwrap().id() }
                 })
                 .buffer_unordered(64)
                 .collect::<Vec<EventId>>()
@@ -331,16 +369,19 @@ mod key_loss {
                 del.push(keys.floor(&r));
             }
             server.command(&del.iter().map(String::as_str).collect::<Vec<_>>());
-            // Nothing kept: a client past the old history is told.
+            // Nothing kept: a client inside the old history is told.
             let page = f.store.read(&r, Position::After(old[4]), 10).await.unwrap();
             assert!(page.gap && page.events.is_empty(), "{name}: {page:?}");
-            let new = f.store.append(&r, data(99)).await.unwrap();
+            let new = f.store.append(&r, data(99), None).await.unwrap().id();
             assert!(new > last, "{name}: the rebuilt room reissued {new} (old last {last})");
-            for after in [old[4], last] {
-                let page = f.store.read(&r, Position::After(after), 10).await.unwrap();
-                assert!(page.gap, "{name}: a rebuild must be a gap after {after}: {page:?}");
-                assert_eq!(page.events.first().map(|e| e.id), Some(new));
-            }
+            let page = f.store.read(&r, Position::After(old[4]), 10).await.unwrap();
+            assert!(page.gap, "{name}: a rebuild must be a gap after {}: {page:?}", old[4]);
+            assert_eq!(page.events.first().map(|e| e.id), Some(new));
+            // A client that had everything continues exactly when the floor
+            // is kept, and is told when it is not (nothing says otherwise).
+            let page = f.store.read(&r, Position::After(last), 10).await.unwrap();
+            assert_eq!(page.gap, lose == 2, "{name}: after {last}: {page:?}");
+            assert_eq!(page.events.first().map(|e| e.id), Some(new));
         }
     }
 
@@ -375,6 +416,140 @@ mod key_loss {
         server.restart_empty();
         let c = eventually("the store reconnects", || async { f.store.incarnation().await.ok() }).await;
         assert_eq!(c.since(&b), Change::ServerChanged);
+    }
+}
+
+/// Redis can lose acknowledged writes without losing keys (a restart from
+/// a snapshot, a promoted replica), and can run a script twice (its client
+/// resends a call whose reply was lost): every later reader is told of the
+/// first, and the second stores nothing.
+mod lost_writes {
+    use super::*;
+    use futures::StreamExt;
+    use roomcast::store::redis::keys::Keys;
+    use roomcast::store::NEW_SERVER;
+
+    /// A store that keeps everything its tests write.
+    async fn connect(server: &Redis) -> Arc<dyn Store> {
+        let redis = RedisOptions {
+            topology: Topology::Single(server.url()),
+            prefix: "t".into(),
+            command_timeout: Duration::from_secs(2),
+        };
+        Arc::new(RedisStore::connect(redis, options(1_000_000, Duration::from_secs(600))).await.unwrap())
+    }
+
+    /// Appends once the store answers again.
+    async fn append_when_back(store: &Arc<dyn Store>, r: &RoomName, i: usize) -> EventId {
+        eventually("the store answers again", || async { store.append(r, data(i), None).await.ok() }).await.id()
+    }
+
+    #[tokio::test]
+    async fn a_restart_from_a_snapshot_is_a_gap_to_every_later_reader() {
+        let mut server = Redis::start_with(&[]);
+        let store = connect(&server).await;
+        let r = room("restored");
+        let kept = append_n(&*store, &r, 20).await;
+        assert_eq!(server.command(&["SAVE"]).as_deref(), Some("+OK"));
+        let lost = append_n(&*store, &r, 10).await;
+        server.restart_from_disk();
+        let next = append_when_back(&store, &r, 31).await;
+        assert!(next > lost[9], "IDs carry on above every ID handed out");
+        // Readers that were between connections when Redis lost e21..e30:
+        // at the snapshot's end, inside the lost writes, and past them.
+        for after in [kept[19], lost[4], lost[9]] {
+            let page = store.read(&r, Position::After(after), 100).await.unwrap();
+            assert!(page.gap, "a reader after {after} must be told: {page:?}");
+            assert_eq!(page.events.first().map(|e| e.id), Some(next));
+        }
+        assert_eq!(store.read(&r, Position::After(kept[19]), 10).await.unwrap().events[0].prev, NEW_SERVER);
+        // Reading the whole room stops at the break; the next page tells.
+        let oldest = store.read(&r, Position::Oldest, 100).await.unwrap();
+        assert_eq!(oldest.events.iter().map(|e| e.id).collect::<Vec<_>>(), kept);
+        assert!(oldest.more, "the page ends at the break, with more to read");
+        // After the first event on the new server, the chain is plain again.
+        let after = append_n(&*store, &r, 2).await;
+        let page = store.read(&r, Position::After(next), 10).await.unwrap();
+        assert!(!page.gap);
+        assert_eq!(page.events.iter().map(|e| e.id).collect::<Vec<_>>(), after);
+    }
+
+    #[tokio::test]
+    async fn an_anchored_room_whose_keys_go_is_a_gap_not_a_continuation() {
+        let server = Redis::start();
+        let store = connect(&server).await;
+        let keys = Keys::new("t");
+        let r = room("empty-then-deleted");
+        let anchor = store.anchor(&r).await.unwrap();
+        let first = store.append(&r, data(1), None).await.unwrap().id();
+        // The room's keys go before the reader at the anchor saw `first`.
+        assert_eq!(server.command(&["DEL", &keys.room(&r), &keys.floor(&r)]).as_deref(), Some(":2"));
+        let second = store.append(&r, data(2), None).await.unwrap().id();
+        let page = store.read(&r, Position::After(anchor), 10).await.unwrap();
+        assert!(page.gap, "the first event was lost: {page:?}");
+        assert_eq!(page.events.iter().map(|e| e.id).collect::<Vec<_>>(), vec![second]);
+        assert!(second > first);
+    }
+
+    #[tokio::test]
+    async fn a_resent_append_is_stored_once_through_redis_restarts() {
+        let mut server = Redis::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+        let store = connect(&server).await;
+        let r = room("replayed");
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let publishers = (0..24).map(|p| {
+            let (store, r, done) = (store.clone(), r.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                let mut i = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let payload = format!("{{\"p\":{p},\"i\":{i}}}");
+                    if let Ok(appended) = store.append(&r, Bytes::from(payload.clone()), None).await {
+                        acked.push((payload, appended.id()));
+                    }
+                    i += 1;
+                }
+                acked
+            })
+        });
+        let publishers: Vec<_> = publishers.collect();
+        for _ in 0..5 {
+            eventually("appends go through", || async {
+                (store.tail(&r).await.ok()? > EventId::ZERO).then_some(())
+            })
+            .await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            server.restart_from_disk();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut acked = Vec::new();
+        for publisher in publishers {
+            acked.extend(publisher.await.unwrap());
+        }
+        let stored: Vec<(String, EventId)> = futures::stream::unfold(Position::Oldest, |from| {
+            let store = store.clone();
+            let r = r.clone();
+            async move {
+                let page = eventually("the store answers", || async { store.read(&r, from, 1000).await.ok() }).await;
+                let last = page.events.last()?.id;
+                Some((page.events, Position::After(last)))
+            }
+        })
+        .flat_map(|events| futures::stream::iter(events.into_iter().map(|e| (String::from_utf8_lossy(&e.data).into_owned(), e.id))))
+        .collect()
+        .await;
+        let mut by_payload: std::collections::HashMap<&str, Vec<EventId>> = std::collections::HashMap::new();
+        for (payload, id) in &stored {
+            by_payload.entry(payload).or_default().push(*id);
+        }
+        let twice: Vec<_> = by_payload.iter().filter(|(_, ids)| ids.len() > 1).collect();
+        assert!(twice.is_empty(), "{} publishes stored twice: {:?}", twice.len(), &twice[..twice.len().min(5)]);
+        for (payload, id) in &acked {
+            assert_eq!(by_payload.get(payload.as_str()), Some(&vec![*id]), "acked {payload} as {id}");
+        }
+        eprintln!("{} acked, {} stored over 5 restarts", acked.len(), stored.len());
+        assert!(acked.len() > 100, "the publishers hardly ran: {}", acked.len());
     }
 }
 
@@ -436,8 +611,21 @@ macro_rules! conformance {
             }
 
             #[tokio::test]
-            async fn expired_history_is_a_gap() {
-                cases::expired_history_is_a_gap($store(options(1000, Duration::from_secs(1))).await).await
+            async fn expired_history_keeps_its_floor() {
+                cases::expired_history_keeps_its_floor($store(options(1000, Duration::from_secs(1))).await).await
+            }
+
+            #[tokio::test]
+            async fn an_anchor_is_named_by_the_rooms_first_event() {
+                cases::an_anchor_is_named_by_the_rooms_first_event(
+                    $store(options(1000, Duration::from_secs(60))).await,
+                )
+                .await
+            }
+
+            #[tokio::test]
+            async fn events_of_every_size_round_trip() {
+                cases::events_of_every_size_round_trip($store(options(1000, Duration::from_secs(60))).await).await
             }
 
             #[tokio::test]

@@ -74,7 +74,7 @@ async fn apply(store: &dyn Store, room: &RoomName, ids: &mut Vec<EventId>, op: &
     let read = |from, limit| async move { store.read(room, from, limit).await.unwrap() };
     match op {
         Op::Append(n) => {
-            let id = store.append(room, Bytes::from(format!("{{\"n\":{n}}}"))).await.unwrap();
+            let id = store.append(room, Bytes::from(format!("{{\"n\":{n}}}")), None).await.unwrap().id();
             ids.push(id);
             Answer::Appended(ids.len() as i64 - 1)
         }

@@ -93,6 +93,8 @@ interface ClientEvents {
 /** A self-healing connection to one or more roomcast nodes. */
 export interface Client {
   readonly state: State;
+  /** Why the last connection ended (`1013`: the node found us too slow), or null while connected. */
+  readonly lastClose: { code: number; reason: string } | null;
   on<K extends keyof ClientEvents>(type: K, fn: (value: ClientEvents[K]) => void): Off;
   once<K extends keyof ClientEvents>(type: K, fn: (value: ClientEvents[K]) => void): Off;
   off<K extends keyof ClientEvents>(type: K, fn: (value: ClientEvents[K]) => void): void;

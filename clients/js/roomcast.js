@@ -164,6 +164,9 @@ class Client extends Emitter {
     this.token = this.options.token;
     /** "connecting" | "connected" | "disconnected" | "closed" */
     this.state = "disconnected";
+    /** Why the last connection ended: `{ code, reason }`, or null. */
+    this.lastClose = null;
+    this._slow = 0; // 1013 closes in a row with no event received between
     this.subs = new Map();
     this._leaving = new Set(); // rooms whose `unsubscribed` is still to come
     this._pending = new Map(); // ref -> publish awaiting its ack
@@ -222,6 +225,7 @@ class Client extends Emitter {
     this._alive(); // also bounds how long the handshake may take
     ws.onopen = () => {
       this._attempt = 0;
+      this.lastClose = null;
       this._leaving.clear();
       this._set("connected");
       this._alive();
@@ -251,7 +255,15 @@ class Client extends Emitter {
     this._clear("refresh");
     if (this.state === "closed") return;
     const o = this.options;
+    this.lastClose = { code, reason: reason || "" };
     if (code === 1012) return this._retry(Math.random() * o.restartDelay);
+    // Too slow: the node gave up writing to us. Coming straight back is
+    // right when we got events meanwhile (we resume further on), but a
+    // close before any event means backing off, longer each time.
+    if (code === 1013) {
+      this._emit("error", new RoomcastError("too_slow", reason || "the node closed the connection as too slow"));
+      return this._retry(this._slow++ === 0 ? backoff(0, o.minDelay, o.maxDelay) : backoff(this._slow, o.minDelay, o.maxDelay) + o.minDelay);
+    }
     if (code === 1009) this._rejectLargest();
     if (code === 1008 && /token/i.test(reason || "")) {
       if (!o.getToken) {
@@ -316,6 +328,7 @@ class Client extends Emitter {
     const sub = f.room !== undefined ? this.subs.get(f.room) : undefined;
     switch (f.type) {
       case "events":
+        this._slow = 0;
         return sub?._events(f.events);
       case "gap":
         return sub?._gap(f.after);

@@ -9,8 +9,9 @@ use serde::Deserialize;
 
 use super::{error_response, room_access, store_error_response, Access};
 use crate::app::App;
-use crate::protocol::{json_history, ErrorCode, EventId};
-use crate::store::Position;
+use crate::protocol::{json_history, ErrorCode, Event, EventId, RoomName, EVENT_OVERHEAD};
+use crate::session::{page_limit, PAGE_BYTES};
+use crate::store::{Page, Position, Store, StoreError};
 
 /// Events per page unless `limit` says otherwise.
 const DEFAULT_LIMIT: usize = 100;
@@ -49,10 +50,42 @@ pub async fn list(
         }
     };
     let from = if after.is_zero() { Position::Oldest } else { Position::After(after) };
-    match app.store.read(&room, from, limit).await {
+    match read_within(&*app.store, &room, from, limit, app.limits.max_payload).await {
         Ok(page) => {
             ([(header::CONTENT_TYPE, "application/json")], json_history(&room, &page.events, page.gap)).into_response()
         }
         Err(e) => store_error_response(&e),
     }
+}
+
+/// Up to `limit` events from `from`, and about [`PAGE_BYTES`] at most: read
+/// in pages sized from the largest event seen (at first, the largest
+/// allowed), so a room of large events costs one answer a bounded amount of
+/// memory. A shorter answer than asked means "read on after the last".
+async fn read_within(
+    store: &dyn Store,
+    room: &RoomName,
+    from: Position,
+    limit: usize,
+    max_payload: usize,
+) -> Result<Page, StoreError> {
+    let mut page = store.read(room, from, limit.min(page_limit(max_payload))).await?;
+    let mut bytes: usize = page.events.iter().map(Event::frame_size).sum();
+    while page.more && page.events.len() < limit && bytes < PAGE_BYTES {
+        let (Some(last), Some(largest)) =
+            (page.events.last().map(|e| e.id), page.events.iter().map(|e| e.data.len()).max())
+        else {
+            break;
+        };
+        let want = (limit - page.events.len()).min(page_limit(largest)).min((PAGE_BYTES - bytes) / (largest + EVENT_OVERHEAD)).max(1);
+        let next = store.read(room, Position::After(last), want).await?;
+        // A break in the chain ends this answer; the next one reports it.
+        if next.gap {
+            break;
+        }
+        bytes += next.events.iter().map(Event::frame_size).sum::<usize>();
+        page.more = next.more;
+        page.events.extend(next.events);
+    }
+    Ok(page)
 }

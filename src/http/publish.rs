@@ -53,11 +53,7 @@ pub async fn create(
         let message = format!("payload is {} bytes; the limit is {}", data.len(), app.limits.max_payload);
         return error_response(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge, &message);
     }
-    let appended = match &key {
-        Some(key) => app.store.append_once(&room, key, data).await,
-        None => app.store.append(&room, data).await.map(Appended::Stored),
-    };
-    match appended {
+    match app.store.append(&room, data, key.as_ref()).await {
         Ok(Appended::Stored(id)) => {
             metrics::counter!("roomcast_published_total", "via" => "http").increment(1);
             (StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response()

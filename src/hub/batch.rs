@@ -25,7 +25,7 @@ pub struct Batch {
 impl Batch {
     /// Wraps a non-empty run of events.
     pub fn new(room: RoomName, events: Vec<Event>) -> Self {
-        let size = events.iter().map(|e| e.data.len() + 64).sum::<usize>() + 128;
+        let size = events.iter().map(Event::frame_size).sum::<usize>() + 128;
         Batch { room, events, json: OnceLock::new(), msgpack: OnceLock::new(), sse: OnceLock::new(), size }
     }
 

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::outbox::Outbox;
-use crate::protocol::{Event, EventId, ReactionKey, RoomName, ServerFrame};
+use crate::protocol::{frames, Event, EventId, ReactionKey, RoomName, ServerFrame, FRAME_BUDGET};
 use crate::store::feed::{Feed, FeedSink};
 use crate::store::{Store, StoreError};
 
@@ -172,7 +172,7 @@ impl Hub {
                 if feed.is_none() && !self.detached {
                     return Err(StoreError::Unavailable("the node is still connecting to its store".into()));
                 }
-                let tail = self.store.tail(room).await?;
+                let tail = self.store.anchor(room).await?;
                 if let Some(feed) = feed {
                     feed.watch(room.clone(), entry.generation, tail).await;
                 }
@@ -346,13 +346,25 @@ impl FeedSink for Hub {
         let Some(last) = events.last().map(|e| e.id) else {
             return;
         };
-        let batch = Arc::new(Batch::new(room.clone(), events));
+        // Frames bounded in bytes: a backlog of large events becomes several
+        // batches, each written (and flushed) as the client takes it.
+        let lens: Vec<usize> = frames(&events, FRAME_BUDGET).map(<[Event]>::len).collect();
+        let mut rest = events;
+        let batches: Vec<Arc<Batch>> = lens
+            .into_iter()
+            .map(|n| {
+                let tail = rest.split_off(n);
+                Arc::new(Batch::new(room.clone(), std::mem::replace(&mut rest, tail)))
+            })
+            .collect();
         let mut members = write(&entry.members);
         members.last = Some(last);
-        for subscriber in members.by_conn.values() {
-            subscriber.outbox.offer(&batch, &subscriber.flags.lagged);
+        for batch in &batches {
+            for subscriber in members.by_conn.values() {
+                subscriber.outbox.offer(batch, &subscriber.flags.lagged);
+            }
         }
-        metrics::counter!("roomcast_batches_total").increment(1);
+        metrics::counter!("roomcast_batches_total").increment(batches.len() as u64);
     }
 
     fn lost(&self, room: &RoomName) {

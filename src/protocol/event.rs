@@ -1,4 +1,5 @@
-//! `Event`: one stored event as the node moves it around.
+//! `Event`: one stored event as the node moves it around, and how runs of
+//! events are cut into frames.
 
 use bytes::Bytes;
 
@@ -9,10 +10,88 @@ use super::EventId;
 pub struct Event {
     /// The event's ID, its position in the room.
     pub id: EventId,
-    /// The ID of the entry written just before it (`0-0` for a room's first).
-    /// Written atomically with the entry; a reader holding `prev` knows it
-    /// has missed nothing, which makes gap detection exact.
+    /// The position a reader must hold for this event to continue it: the
+    /// entry written just before it (`0-0` for a room's first; see the store
+    /// contract for the other cases). Written atomically with the entry, it
+    /// makes gap detection exact.
     pub prev: EventId,
     /// The payload as compact JSON text, validated when it entered the node.
     pub data: Bytes,
+}
+
+/// Bytes one event is reckoned to take in a frame beyond its payload (its
+/// ID and framing in any wire format), for byte bounds.
+pub const EVENT_OVERHEAD: usize = 64;
+
+/// Payload bytes one `events` frame (or SSE chunk) aims at. Runs of events
+/// are cut into frames of at most this much; an event larger than this
+/// travels alone. Every frame therefore fits the WebSocket's write bound
+/// whatever the backlog: a frame holds this plus at most one event.
+pub const FRAME_BUDGET: usize = 64 * 1024;
+
+impl Event {
+    /// Bytes this event is reckoned to take in a frame.
+    pub fn frame_size(&self) -> usize {
+        self.data.len() + EVENT_OVERHEAD
+    }
+}
+
+/// Cuts `events` into consecutive runs of at most `budget` reckoned bytes
+/// (an event larger than the budget alone), in order and without gaps.
+pub fn frames(events: &[Event], budget: usize) -> impl Iterator<Item = &[Event]> {
+    let mut rest = events;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut size = 0;
+        let mut n = 0;
+        for event in rest {
+            let next = size + event.frame_size();
+            if n > 0 && next > budget {
+                break;
+            }
+            size = next;
+            n += 1;
+        }
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        Some(head)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sized(sizes: &[usize]) -> Vec<Event> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Event {
+                id: EventId::new(i as u64 + 1, 0),
+                prev: EventId::new(i as u64, 0),
+                data: Bytes::from(vec![b'1'; *n]),
+            })
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn frames_keep_every_event_once_in_order_within_the_budget(
+            sizes in proptest::collection::vec(1usize..70_000, 0..200),
+            budget in 1usize..200_000,
+        ) {
+            let events = sized(&sizes);
+            let cut: Vec<&[Event]> = frames(&events, budget).collect();
+            let joined: Vec<Event> = cut.iter().flat_map(|f| f.iter().cloned()).collect();
+            prop_assert_eq!(&joined, &events);
+            for frame in &cut {
+                prop_assert!(!frame.is_empty());
+                let size: usize = frame.iter().map(Event::frame_size).sum();
+                prop_assert!(frame.len() == 1 || size <= budget, "a frame of {} events holds {} bytes", frame.len(), size);
+            }
+        }
+    }
 }

@@ -17,7 +17,7 @@ pub use codec::{
     data_to_json, decode_client, encode_events, encode_frame, json_history, msgpack_to_value, sse_events, sse_gap,
     Format, Wire, MSGPACK_SUBPROTOCOL,
 };
-pub use event::Event;
+pub use event::{frames, Event, EVENT_OVERHEAD, FRAME_BUDGET};
 pub use event_id::{EventId, ParseEventIdError};
 pub use frames::{ClientFrame, ErrorCode, FrameError, ServerFrame};
 pub use idempotency::{IdempotencyKey, InvalidIdempotencyKey, MAX_IDEMPOTENCY_KEY_LEN};

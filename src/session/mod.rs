@@ -30,12 +30,17 @@ use crate::config::Limits;
 use crate::hub::outbox::{Item, Outbox, OutboxLimits, OutboxReceiver, Pending};
 use crate::hub::{Batch, Hub, Notice, RoomFlags, Subscriber};
 use crate::protocol::{
-    data_to_json, ErrorCode, Event, EventId, FrameError, IdempotencyKey, ReactionKey, RoomName, ServerFrame,
+    data_to_json, frames, ErrorCode, Event, EventId, FrameError, IdempotencyKey, ReactionKey, RoomName, ServerFrame,
+    EVENT_OVERHEAD, FRAME_BUDGET,
 };
 use crate::store::{Appended, Page, Position, Store, StoreError};
 
-/// Events read per history page.
+/// Most events read per history page.
 pub const PAGE: usize = 256;
+/// Bytes of history one read aims at: a page is held while it is written,
+/// so this, with the outbox and the socket's buffer, bounds what a client
+/// that is behind costs the node.
+pub const PAGE_BYTES: usize = 1 << 20;
 /// Most queued batches written before one flush.
 const MAX_COALESCE: usize = 256;
 /// Wait before retrying a catch-up the store refused.
@@ -72,6 +77,11 @@ pub trait Sink: Send {
     fn write(&mut self, out: Outgoing<'_>) -> impl Future<Output = Result<(), SinkError>> + Send;
     /// Writes everything queued.
     fn flush(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;
+    /// Whether enough is queued that the sink must be flushed before more
+    /// is written (see the WebSocket's write bound).
+    fn full(&self) -> bool {
+        false
+    }
 }
 
 /// Why a session operation did not complete.
@@ -202,6 +212,55 @@ fn refuse(code: ErrorCode, message: impl Into<String>, reference: Option<u64>) -
     SessionError::Refused(FrameError::new(code, message, reference))
 }
 
+/// Events the next history read asks for: about [`PAGE_BYTES`] of events as
+/// large as `largest` (the largest seen last, or the largest allowed).
+pub fn page_limit(largest: usize) -> usize {
+    (PAGE_BYTES / (largest + EVENT_OVERHEAD)).clamp(1, PAGE)
+}
+
+/// Why a room catches up from the store (a metric label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CatchUp {
+    /// A live batch did not fit the outbox or did not follow the cursor.
+    Lagged,
+    /// The store may have lost events: a gap first, then what is kept.
+    StoreLoss,
+}
+
+impl CatchUp {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            CatchUp::Lagged => "lagged",
+            CatchUp::StoreLoss => "store_loss",
+        }
+    }
+}
+
+/// Why a client is told of a gap (a metric label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GapReason {
+    /// The store may have lost events the client had not received.
+    StoreLoss,
+    /// Events after the client's position are no longer kept (trimmed,
+    /// expired, rebuilt, or written across a change of store server).
+    NotKept,
+    /// The client's position is beyond the room's end (a token from a
+    /// history the store lost).
+    BeyondTail,
+}
+
+impl GapReason {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            GapReason::StoreLoss => "store_loss",
+            GapReason::NotKept => "not_kept",
+            GapReason::BeyondTail => "beyond_tail",
+        }
+    }
+}
+
 impl<S: Sink> Session<S> {
     /// A session writing to `sink`, acting with `grant`'s permissions.
     pub fn new(hub: Arc<Hub>, store: Arc<dyn Store>, sink: S, limits: SessionLimits, grant: Grant) -> Self {
@@ -267,8 +326,9 @@ impl<S: Sink> Session<S> {
         flags.audience.store(audience, Ordering::Relaxed);
         let subscriber = Subscriber { outbox: self.inbox.outbox().clone(), flags: flags.clone() };
         let live = self.hub.join(&room, self.id, subscriber).await.map_err(|e| store_refusal(e, None))?;
+        let first_limit = page_limit(self.limits.max_payload);
         let Some(resume) = last_event_id else {
-            self.rooms.insert(room.clone(), RoomState { cursor: live, flags });
+            self.rooms.insert(room.clone(), RoomState::new(live, flags, first_limit));
             self.write_out(Outgoing::Frame(&ServerFrame::Subscribed {
                 room: room.clone(),
                 resumed: false,
@@ -279,23 +339,20 @@ impl<S: Sink> Session<S> {
             return Ok(self.sink.flush().await?);
         };
         let from = if resume.is_zero() { Position::Oldest } else { Position::After(resume) };
-        let page = match self.store.read(&room, from, PAGE).await {
+        let page = match self.store.read(&room, from, first_limit).await {
             Ok(page) => page,
             Err(e) => {
                 self.hub.leave(&room, self.id).await;
                 return Err(store_refusal(e, None));
             }
         };
-        self.rooms.insert(room.clone(), RoomState { cursor: resume, flags });
-        let more = page.events.len() >= PAGE;
+        self.rooms.insert(room.clone(), RoomState::new(resume, flags, first_limit));
         let subscribed = ServerFrame::Subscribed { room: room.clone(), resumed: !page.gap, last_event_id: resume };
         self.write_out(Outgoing::Frame(&subscribed)).await?;
         self.send_known_audience(&room, audience).await?;
-        self.apply_page(&room, page, false).await?;
-        if more {
-            self.sync_or_retry(&room).await?;
-        }
-        Ok(())
+        // The rest of a long history follows page by page, between the
+        // client's own frames, as the client takes it.
+        Ok(self.apply_page(&room, page, false).await?)
     }
 
     /// A new watcher gets the room's audience at once when this node knows
@@ -396,11 +453,7 @@ impl<S: Sink> Session<S> {
                 reference,
             ));
         }
-        let appended = match &key {
-            Some(key) => self.store.append_once(&room, key, json).await,
-            None => self.store.append(&room, json).await.map(Appended::Stored),
-        }
-        .map_err(|e| store_refusal(e, reference))?;
+        let appended = self.store.append(&room, json, key.as_ref()).await.map_err(|e| store_refusal(e, reference))?;
         let repeated = matches!(appended, Appended::Repeated(_));
         if repeated {
             metrics::counter!("roomcast_publish_repeats_total", "via" => "ws").increment(1);
@@ -487,7 +540,9 @@ impl<S: Sink> Session<S> {
                 self.write_out(out).await?;
             }
             written += 1;
-            if written < MAX_COALESCE {
+            // The rest waits for the next turn (the queue wakes it at once)
+            // once the socket holds enough to write.
+            if written < MAX_COALESCE && !self.sink.full() {
                 next = self.inbox.try_recv();
             }
         }
@@ -537,27 +592,35 @@ impl<S: Sink> Session<S> {
         }
     }
 
-    /// Catches up every lagged room from the store.
+    /// Catches up every lagged room from the store, a page each: a room with
+    /// more to read is woken again at once, so a long catch-up takes turns
+    /// with the client's own frames and goes at the pace the client reads.
     pub async fn catch_up(&mut self) -> Result<(), SinkError> {
         self.retry_at = None;
-        let lagged: Vec<(RoomName, &'static str)> = self
+        let lagged: Vec<RoomName> = self
             .rooms
-            .iter()
+            .iter_mut()
             .filter_map(|(room, state)| {
                 let lagged = state.flags.lagged.swap(false, Ordering::AcqRel);
-                let reason = if state.flags.lost.load(Ordering::Acquire) { "store_loss" } else { "lagged" };
-                (lagged || reason == "store_loss").then(|| (room.clone(), reason))
+                let reason = if state.flags.lost.load(Ordering::Acquire) { CatchUp::StoreLoss } else { CatchUp::Lagged };
+                if !(lagged || reason == CatchUp::StoreLoss) {
+                    return None;
+                }
+                if !state.paging {
+                    metrics::counter!("roomcast_catch_ups_total", "reason" => reason.label()).increment(1);
+                    state.read_limit = page_limit(self.limits.max_payload);
+                }
+                Some(room.clone())
             })
             .collect();
-        for (room, reason) in lagged {
-            metrics::counter!("roomcast_catch_ups_total", "reason" => reason).increment(1);
+        for room in lagged {
             self.sync_or_retry(&room).await?;
         }
         Ok(())
     }
 
-    /// Reads `room`'s history after its cursor until nothing is left; if
-    /// the store refuses, flags the room to be retried shortly.
+    /// Reads the next page of `room`'s history after its cursor and sends
+    /// it; if the store refuses, flags the room to be retried shortly.
     async fn sync_or_retry(&mut self, room: &RoomName) -> Result<(), SinkError> {
         // A possible loss is a gap after the cursor, which stays: what the
         // store hands out next is above it, and what it kept is not resent.
@@ -565,35 +628,31 @@ impl<S: Sink> Session<S> {
         if let Some(after) =
             self.rooms.get(room).filter(|s| s.flags.lost.swap(false, Ordering::AcqRel)).map(|s| s.cursor)
         {
-            self.write_gap(room, after, "store_loss").await?;
+            self.write_gap(room, after, GapReason::StoreLoss).await?;
             told = true;
         }
-        loop {
-            let Some(cursor) = self.rooms.get(room).map(|s| s.cursor) else {
-                return Ok(());
-            };
-            match self.store.read(room, Position::After(cursor), PAGE).await {
-                Ok(page) => {
-                    let more = page.events.len() >= PAGE;
-                    self.apply_page(room, page, std::mem::take(&mut told)).await?;
-                    if !more {
-                        return Ok(());
-                    }
+        let Some((cursor, limit)) = self.rooms.get(room).map(|s| (s.cursor, s.read_limit)) else {
+            return Ok(());
+        };
+        match self.store.read(room, Position::After(cursor), limit).await {
+            Ok(page) => self.apply_page(room, page, told).await,
+            Err(e) => {
+                debug!(conn = self.id, room = %room, cause = %e, "catch-up deferred");
+                if let Some(state) = self.rooms.get(room) {
+                    state.flags.lagged.store(true, Ordering::Release);
                 }
-                Err(e) => {
-                    debug!(conn = self.id, room = %room, cause = %e, "catch-up deferred");
-                    if let Some(state) = self.rooms.get(room) {
-                        state.flags.lagged.store(true, Ordering::Release);
-                    }
-                    self.retry_at = Some(Instant::now() + CATCH_UP_RETRY);
-                    return Ok(());
+                self.retry_at = Some(Instant::now() + CATCH_UP_RETRY);
+                if told {
+                    self.sink.flush().await?;
                 }
+                Ok(())
             }
         }
     }
 
     /// Sends a page of history (with its gap, unless the client was just
-    /// told of one) and advances the cursor.
+    /// told of one) in frames bounded in bytes, advances the cursor, and
+    /// wakes the session again for the next page when there is one.
     async fn apply_page(&mut self, room: &RoomName, page: Page, gap_told: bool) -> Result<(), SinkError> {
         let Some(state) = self.rooms.get_mut(room) else {
             return Ok(());
@@ -604,24 +663,46 @@ impl<S: Sink> Session<S> {
             // A gap with nothing after it: continue from the room's real
             // tail (below a token from the future: live delivery follows
             // the gap, and nothing kept at or below the tail is resent).
-            None if page.gap => state.cursor = page.tail,
+            // A reader from the oldest of a room with nothing kept stands
+            // at the room's end, which its next event names.
+            None if page.gap || before.is_zero() => state.cursor = page.tail,
             None => {}
+        }
+        if let Some(largest) = page.events.iter().map(|e| e.data.len()).max() {
+            state.read_limit = page_limit(largest);
+        }
+        state.paging = page.more;
+        if page.more {
+            state.flags.lagged.store(true, Ordering::Release);
+            self.retry_at = Some(Instant::now());
         }
         if page.gap && !gap_told {
             // Past the room's end (a token from elsewhere, or from before a
             // loss), or history no longer kept (trimmed, expired, rebuilt).
-            let reason = if page.events.is_empty() && before > page.tail { "beyond_tail" } else { "not_kept" };
+            let reason =
+                if page.events.is_empty() && before > page.tail { GapReason::BeyondTail } else { GapReason::NotKept };
             self.write_gap(room, before, reason).await?;
         }
-        if !page.events.is_empty() {
-            self.write_out(Outgoing::Events(room, &page.events)).await?;
+        for frame in frames(&page.events, FRAME_BUDGET) {
+            if self.sink.full() {
+                self.sink.flush().await?;
+            }
+            self.write_out(Outgoing::Events(room, frame)).await?;
         }
         self.sink.flush().await
     }
 
-    /// Tells the client that events of `room` after `after` are gone.
-    async fn write_gap(&mut self, room: &RoomName, after: EventId, reason: &'static str) -> Result<(), SinkError> {
-        metrics::counter!("roomcast_gaps_total", "reason" => reason).increment(1);
+    /// Tells the client that events of `room` after `after` are gone, unless
+    /// it was told just that already (nothing was delivered since).
+    async fn write_gap(&mut self, room: &RoomName, after: EventId, reason: GapReason) -> Result<(), SinkError> {
+        let Some(state) = self.rooms.get_mut(room) else {
+            return Ok(());
+        };
+        if state.told == Some(after) {
+            return Ok(());
+        }
+        state.told = Some(after);
+        metrics::counter!("roomcast_gaps_total", "reason" => reason.label()).increment(1);
         self.write_out(Outgoing::Frame(&ServerFrame::Gap { room: room.clone(), after })).await
     }
 
@@ -661,9 +742,19 @@ mod tests {
     use crate::store::memory::MemoryStore;
     use crate::store::StoreOptions;
 
-    /// Records what the session writes, one line per item.
+    /// Records what the session writes, one line per item, and the JSON
+    /// size of every frame and of what was written between flushes.
     #[derive(Default)]
-    struct Recorder(Vec<String>);
+    struct Recorder {
+        lines: Vec<String>,
+        /// (events in the frame, its encoded bytes), for every events frame.
+        frames: Vec<(usize, usize)>,
+        unflushed: usize,
+        most_unflushed: usize,
+    }
+
+    /// What the WebSocket sink buffers before it says it is full.
+    const RECORDER_BUFFER: usize = 64 * 1024;
 
     fn ids(events: &[Event]) -> String {
         events.iter().map(|e| e.id.to_string()).collect::<Vec<_>>().join(",")
@@ -671,17 +762,42 @@ mod tests {
 
     impl Sink for Recorder {
         async fn write(&mut self, out: Outgoing<'_>) -> Result<(), SinkError> {
-            self.0.push(match out {
-                Outgoing::Batch(batch) => format!("events {}", ids(&batch.events)),
-                Outgoing::Events(_, events) => format!("events {}", ids(events)),
-                Outgoing::Frame(frame) => serde_json::to_string(frame).unwrap_or_default(),
-                Outgoing::Notice(notice) => serde_json::to_string(notice.frame()).unwrap_or_default(),
-            });
+            let room = RoomName::parse("r").unwrap();
+            let (line, bytes) = match out {
+                Outgoing::Batch(batch) => {
+                    let bytes = batch.wire(crate::protocol::Format::Json).len();
+                    self.frames.push((batch.events.len(), bytes));
+                    (format!("events {}", ids(&batch.events)), bytes)
+                }
+                Outgoing::Events(_, events) => {
+                    let bytes = crate::protocol::encode_events(crate::protocol::Format::Json, &room, events).len();
+                    self.frames.push((events.len(), bytes));
+                    (format!("events {}", ids(events)), bytes)
+                }
+                Outgoing::Frame(frame) => {
+                    let json = serde_json::to_string(frame).unwrap_or_default();
+                    let n = json.len();
+                    (json, n)
+                }
+                Outgoing::Notice(notice) => {
+                    let json = serde_json::to_string(notice.frame()).unwrap_or_default();
+                    let n = json.len();
+                    (json, n)
+                }
+            };
+            self.lines.push(line);
+            self.unflushed += bytes;
+            self.most_unflushed = self.most_unflushed.max(self.unflushed);
             Ok(())
         }
 
         async fn flush(&mut self) -> Result<(), SinkError> {
+            self.unflushed = 0;
             Ok(())
+        }
+
+        fn full(&self) -> bool {
+            self.unflushed >= RECORDER_BUFFER
         }
     }
 
@@ -692,8 +808,11 @@ mod tests {
     }
 
     fn fixture() -> Fixture {
-        let options =
-            StoreOptions { history: 1000, room_ttl: Duration::from_secs(60), presence_ttl: Duration::from_secs(6) };
+        let options = StoreOptions {
+            history: 100_000,
+            room_ttl: Duration::from_secs(60),
+            presence_ttl: Duration::from_secs(6),
+        };
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new(options));
         let hub = Hub::detached(store.clone());
         Fixture { store, hub, room: RoomName::parse("r").unwrap() }
@@ -701,20 +820,34 @@ mod tests {
 
     impl Fixture {
         fn session(&self) -> Session<Recorder> {
+            self.session_with(1024)
+        }
+
+        fn session_with(&self, max_payload: usize) -> Session<Recorder> {
             let limits = SessionLimits {
                 outbox: OutboxLimits { frames: 16, bytes: 1 << 20 },
                 max_subscriptions: 4,
-                max_payload: 1024,
+                max_payload,
                 publish_rate: 10,
                 publish_burst: 10,
             };
             Session::new(self.hub.clone(), self.store.clone(), Recorder::default(), limits, Grant::Open)
         }
 
+        /// Appends events of the given payload sizes (JSON strings).
+        async fn append_sized(&self, sizes: &[usize]) -> Vec<EventId> {
+            let mut out = Vec::new();
+            for size in sizes {
+                let data = Bytes::from(format!("\"{}\"", "x".repeat(size.saturating_sub(2))));
+                out.push(self.store.append(&self.room, data, None).await.unwrap().id());
+            }
+            out
+        }
+
         async fn append(&self, n: usize) -> Vec<EventId> {
             let mut out = Vec::new();
             for i in 0..n {
-                out.push(self.store.append(&self.room, Bytes::from(i.to_string())).await.unwrap());
+                out.push(self.store.append(&self.room, Bytes::from(i.to_string()), None).await.unwrap().id());
             }
             out
         }
@@ -737,7 +870,7 @@ mod tests {
         let ids = f.append(5).await;
         let mut session = f.session();
         session.subscribe(f.room.clone(), Some(ids[1]), false).await.unwrap();
-        let out = session.close().await.0;
+        let out = session.close().await.lines;
         let expected = format!("events {},{},{}", ids[2], ids[3], ids[4]);
         assert_eq!(
             out,
@@ -760,7 +893,7 @@ mod tests {
         let last = f.read_after(more[1]).await;
         f.hub.deliver(&f.room, last);
         settle(&mut session).await;
-        let out = session.close().await.0;
+        let out = session.close().await.lines;
         assert_eq!(out[1..], [format!("events {},{},{}", more[0], more[1], more[2])], "{out:?}");
         assert!(out[0].contains(&format!(r#""last_event_id":"{}""#, ids[1])), "joined after the last event: {out:?}");
         assert!(!out[1..].iter().any(|l| l.contains(&ids[1].to_string())), "nothing before the live cursor: {out:?}");
@@ -777,7 +910,7 @@ mod tests {
         let next = f.append(1).await;
         f.hub.deliver(&f.room, f.read_after(ids[2]).await);
         settle(&mut session).await;
-        let out = session.close().await.0;
+        let out = session.close().await.lines;
         let gap = format!(r#"{{"type":"gap","room":"r","after":"{}"}}"#, ids[2]);
         assert_eq!(
             out,
@@ -788,5 +921,66 @@ mod tests {
                 format!("events {}", next[0]),
             ]
         );
+    }
+
+    /// Every event delivered, in order, from the recorded lines.
+    fn delivered(lines: &[String]) -> Vec<EventId> {
+        lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("events "))
+            .flat_map(|ids| ids.split(',').map(|id| EventId::parse(id).unwrap()))
+            .collect()
+    }
+
+    /// A catch-up of events of any size: each once, in order, in frames
+    /// bounded in bytes, and never more written between flushes than the
+    /// socket's buffer plus one frame.
+    fn catch_up_holds(sizes: &[usize], max_payload: usize) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+        runtime.block_on(async {
+            let f = fixture();
+            let ids = f.append_sized(sizes).await;
+            let mut session = f.session_with(max_payload);
+            session.subscribe(f.room.clone(), Some(EventId::ZERO), false).await.unwrap();
+            settle(&mut session).await;
+            let recorder = session.close().await;
+            assert_eq!(delivered(&recorder.lines), ids, "every event once, in order");
+            let bound = FRAME_BUDGET + max_payload + 256;
+            for (events, bytes) in &recorder.frames {
+                assert!(*events == 1 || *bytes <= bound, "a frame of {events} events is {bytes} bytes");
+            }
+            assert!(recorder.most_unflushed <= RECORDER_BUFFER + bound, "{} bytes unflushed", recorder.most_unflushed);
+        });
+    }
+
+    #[test]
+    fn a_backlog_of_large_events_is_paced_in_bounded_frames() {
+        // 500 events of 8 KB: one page of them used to exceed the write bound.
+        catch_up_holds(&[8 << 10; 500], 64 << 10);
+        catch_up_holds(&[60 << 10; 40], 64 << 10);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        #[test]
+        fn catch_up_delivers_every_size_once_in_bounded_frames(
+            sizes in proptest::collection::vec(2usize..=65_536, 1..300),
+        ) {
+            catch_up_holds(&sizes, 65_536);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn large_live_batches_are_cut_into_bounded_frames() {
+        let f = fixture();
+        let mut session = f.session_with(64 << 10);
+        session.subscribe(f.room.clone(), None, false).await.unwrap();
+        let ids = f.append_sized(&[20 << 10; 12]).await;
+        f.hub.deliver(&f.room, f.read_after(EventId::ZERO).await);
+        settle(&mut session).await;
+        let recorder = session.close().await;
+        assert_eq!(delivered(&recorder.lines), ids);
+        assert!(recorder.frames.len() >= 4, "12 events of 20 KB in {} frames", recorder.frames.len());
+        assert!(recorder.frames.iter().all(|(n, bytes)| *n == 1 || *bytes <= FRAME_BUDGET + 256));
     }
 }

@@ -12,6 +12,21 @@ pub struct RoomState {
     /// Set by the hub (outbox full, store lost data) or by the session
     /// (discontinuity).
     pub flags: Arc<RoomFlags>,
+    /// The position of the last gap told, while nothing was delivered
+    /// since: one loss seen twice (by the feed, then in the history) is
+    /// told once.
+    pub told: Option<EventId>,
+    /// Events the next history read asks for (see `page_limit`).
+    pub read_limit: usize,
+    /// A catch-up is under way, a page at a time.
+    pub paging: bool,
+}
+
+impl RoomState {
+    /// A room followed from `cursor`, reading history `read_limit` events at a time.
+    pub fn new(cursor: EventId, flags: Arc<RoomFlags>, read_limit: usize) -> Self {
+        RoomState { cursor, flags, told: None, read_limit, paging: false }
+    }
 }
 
 /// A connection's rooms. Most connections follow one room or a few, and
@@ -73,6 +88,11 @@ impl Rooms {
         self.entries.iter().map(|(name, state)| (name, state))
     }
 
+    /// Every followed room with its state, to update.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&RoomName, &mut RoomState)> {
+        self.entries.iter_mut().map(|(name, state)| (&*name, state))
+    }
+
     /// Every followed room's name, consuming the set.
     pub fn into_names(self) -> impl Iterator<Item = RoomName> {
         self.entries.into_iter().map(|(name, _)| name)
@@ -84,7 +104,7 @@ mod tests {
     use super::*;
 
     fn state(ms: u64) -> RoomState {
-        RoomState { cursor: EventId::new(ms, 0), flags: Arc::default() }
+        RoomState::new(EventId::new(ms, 0), Arc::default(), 1)
     }
 
     #[test]

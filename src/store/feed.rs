@@ -345,15 +345,12 @@ impl FeedLoop {
         for check in checks {
             let (room, page, change) = check?;
             let Some(f) = self.followed.get_mut(&room) else { continue };
-            // After a change, continuity is proven only by the stream itself:
-            // a first new event naming our position as its predecessor, or
-            // (nothing new) our last event still being the stream's tail. A
-            // stream that no longer holds our position, or a room we had read
-            // nothing of, may have lost events we never read: tell, a gap too
-            // many rather than one too few.
-            let unproven =
-                change != Change::None && (f.position.is_zero() || (page.events.is_empty() && page.tail != f.position));
-            if page.gap || unproven || change == Change::ServerChanged {
+            // Continuity is proven only by the stream itself: a first new
+            // event naming our position as its predecessor, or (nothing new)
+            // our position still being the room's end; that is the page's gap
+            // rule. Another server may have lost acknowledged events nobody
+            // here read: tell, a gap too many rather than one too few.
+            if page.gap || change == Change::ServerChanged {
                 self.sink.lost(&room);
                 f.position = f.position.min(page.tail);
                 told += 1;
@@ -387,15 +384,13 @@ impl FeedLoop {
     /// Reads every pending room until it has nothing new, delivering in
     /// order. Returns the most events delivered to one room (0: nothing).
     ///
-    /// A stream's first entries (predecessor `0-0`) read for a room the
-    /// feed has read nothing of are held until the room's domain
-    /// incarnation is checked *after* the read: a new room and one whose
-    /// first events were flushed before the feed saw them look alike, and
-    /// only a changed incarnation tells them apart. Once a room has a
-    /// position, the predecessor chain tells.
+    /// Each delivery is one unbroken run of the room's chain: where an event
+    /// does not name the one before it as its predecessor (the store lost
+    /// events, or changed servers, between them), the run ends, so the hub
+    /// hands subscribers the break as the start of a batch, where their
+    /// cursors see it.
     async fn read_pending(&mut self) -> Result<usize, StoreError> {
         let mut busiest = 0;
-        let mut firsts: Vec<(RoomName, Vec<Event>)> = Vec::new();
         while !self.pending.is_empty() {
             let chunk: Vec<(RoomName, EventId)> = self
                 .pending
@@ -413,15 +408,13 @@ impl FeedLoop {
                     more.insert(room.clone());
                 }
                 if let Some(f) = self.followed.get_mut(&room) {
-                    if f.position.is_zero() && events.first().is_some_and(|e| e.prev.is_zero()) {
-                        firsts.push((room, events));
-                        continue;
-                    }
                     f.position = last;
                     debug!(room = %room, events = events.len(), last = %last, "feed delivers");
                     metrics::histogram!("roomcast_reader_lag_seconds").record(crate::metrics::age_seconds(last));
                     busiest = busiest.max(events.len());
-                    self.sink.deliver(&room, events);
+                    for run in chain_runs(events) {
+                        self.sink.deliver(&room, run);
+                    }
                 }
             }
             for (room, _) in &chunk {
@@ -429,49 +422,23 @@ impl FeedLoop {
                     self.pending.remove(room);
                 }
             }
-            // Rooms no longer watched can linger in `pending`; drop them too,
-            // and held first entries, which wait for the check.
+            // Rooms no longer watched can linger in `pending`; drop them too.
             let followed = &self.followed;
-            self.pending.retain(|room| followed.contains_key(room) && !firsts.iter().any(|(r, _)| r == room));
-        }
-        if firsts.is_empty() {
-            return Ok(busiest);
-        }
-        self.check_domains_of(&firsts).await?;
-        for (room, events) in firsts {
-            let (Some(f), Some(last)) = (self.followed.get_mut(&room), events.last().map(|e| e.id)) else { continue };
-            // A room `recover` told of a loss is read again from its tail.
-            if !f.position.is_zero() {
-                continue;
-            }
-            f.position = last;
-            busiest = busiest.max(events.len());
-            self.sink.deliver(&room, events);
+            self.pending.retain(|room| followed.contains_key(room));
         }
         Ok(busiest)
     }
+}
 
-    /// Compares the incarnations of the held rooms' domains with the last
-    /// check, and recovers the domains that changed.
-    async fn check_domains_of(&mut self, held: &[(RoomName, Vec<Event>)]) -> Result<(), StoreError> {
-        let mut domains: Vec<usize> = held.iter().map(|(room, _)| self.store.domain(room)).collect();
-        domains.sort_unstable();
-        domains.dedup();
-        let now = self.store.incarnations(&domains).await?;
-        let Some(known) = self.incarnations.as_mut() else { return Ok(()) };
-        let mut changes = vec![Change::None; known.len()];
-        for (domain, incarnation) in domains.iter().zip(now) {
-            if let Some(old) = known.get_mut(*domain) {
-                changes[*domain] = incarnation.since(old);
-                *old = incarnation;
-            }
-        }
-        if changes.iter().any(|c| *c != Change::None) {
-            // Rooms at position 0 in a changed domain are told of a possible loss.
-            self.recover(&changes, false).await?;
-        }
-        Ok(())
+/// Splits events read in ID order into unbroken runs of the room's chain.
+fn chain_runs(mut events: Vec<Event>) -> Vec<Vec<Event>> {
+    let mut runs = Vec::new();
+    while let Some(i) = events.windows(2).position(|w| w[1].prev != w[0].id) {
+        let rest = events.split_off(i + 1);
+        runs.push(std::mem::replace(&mut events, rest));
     }
+    runs.push(events);
+    runs
 }
 
 #[cfg(test)]
@@ -527,14 +494,14 @@ mod tests {
         feed.watch(room.clone(), 1, EventId::ZERO).await;
 
         let first = Instant::now();
-        store.append(&room, Bytes::from_static(b"0")).await.unwrap();
+        store.append(&room, Bytes::from_static(b"0"), None).await.unwrap();
         let batches = until_batches(&recorder, 1).await;
         assert_eq!(batches.first().map(|b| b.1), Some(1));
         assert!(batches[0].0 - first < WINDOW, "the first event waited for nothing");
 
         // A burst right after a delivery gathers for the rest of the window.
         for i in 1..=5 {
-            store.append(&room, Bytes::from(i.to_string())).await.unwrap();
+            store.append(&room, Bytes::from(i.to_string()), None).await.unwrap();
         }
         let batches = until_batches(&recorder, 2).await;
         assert_eq!(batches.len(), 2, "one delivery for the burst: {batches:?}");
@@ -544,7 +511,7 @@ mod tests {
         // After a quiet spell longer than the window, nothing waits.
         tokio::time::sleep(WINDOW + Duration::from_millis(100)).await;
         let lone = Instant::now();
-        store.append(&room, Bytes::from_static(b"6")).await.unwrap();
+        store.append(&room, Bytes::from_static(b"6"), None).await.unwrap();
         let batches = until_batches(&recorder, 3).await;
         assert_eq!(batches.get(2).map(|b| b.1), Some(1));
         assert!(batches[2].0 - lone < WINDOW, "a lone event was held back");

@@ -52,10 +52,19 @@ struct Inner {
 
 struct RoomLog {
     events: VecDeque<Event>,
-    /// The last ID ever appended; outlives trimming so IDs never go back.
-    last: EventId,
-    /// Last append, for idle expiry.
+    /// The room's floor: the last position it handed out (its last event's
+    /// ID, or an anchor). Outlives trimming and the history's expiry, so IDs
+    /// never go back and a rebuilt history names it.
+    floor: EventId,
+    /// Last append (or anchor), for idle expiry.
     touched: Instant,
+}
+
+impl RoomLog {
+    /// The room's end: its newest kept event, else its floor.
+    fn end(&self) -> EventId {
+        self.events.back().map_or(self.floor, |e| e.id)
+    }
 }
 
 /// Rooms appended to since the feed last looked, and a wake-up for it.
@@ -110,7 +119,15 @@ impl MemoryStore {
     fn expire(&self, now: Instant) {
         let mut inner = lock(&self.inner);
         let ttl = self.options.room_ttl;
-        inner.rooms.retain(|_, log| now.duration_since(log.touched) < ttl);
+        // History goes after the idle time; the floor, like Redis's floor
+        // key, lives twice as long.
+        inner.rooms.retain(|_, log| {
+            let idle = now.duration_since(log.touched);
+            if idle >= ttl {
+                log.events.clear();
+            }
+            idle < ttl * 2
+        });
         inner.idempotent.retain(|_, (_, at)| now.duration_since(*at) < IDEMPOTENCY_WINDOW);
         // A node gone for a minute is forgotten, with its counts.
         let forget = Duration::from_secs(60);
@@ -125,22 +142,20 @@ impl MemoryStore {
     /// Appends under the lock; returns the new ID.
     fn append_locked(&self, inner: &mut Inner, room: &RoomName, data: Bytes) -> EventId {
         let now = Instant::now();
-        let ttl = self.options.room_ttl;
         let log = inner.rooms.entry(room.clone()).or_insert_with(|| RoomLog {
             events: VecDeque::new(),
-            last: EventId::ZERO,
+            floor: EventId::ZERO,
             touched: now,
         });
-        if now.duration_since(log.touched) >= ttl {
+        if now.duration_since(log.touched) >= self.options.room_ttl {
             // Idle past its expiry: the history starts over, as an
-            // expired Redis key would, but the IDs carry on above `last`.
+            // expired Redis key would, above the floor.
             log.events.clear();
         }
-        let ms = now_ms();
-        let id = if ms > log.last.ms { EventId::new(ms, 0) } else { EventId::new(log.last.ms, log.last.seq + 1) };
-        let prev = log.events.back().map(|e| e.id).unwrap_or(EventId::ZERO);
+        let prev = log.end();
+        let id = next_id(prev);
         log.events.push_back(Event { id, prev, data });
-        log.last = id;
+        log.floor = id;
         log.touched = now;
         let history = self.options.history.max(1);
         if log.events.len() >= history + TRIM_BLOCK {
@@ -156,23 +171,50 @@ impl MemoryStore {
         self.changes.notify.notify_one();
     }
 
-    /// The room's log if it exists and has not expired.
-    fn live_log<'a>(&self, inner: &'a Inner, room: &RoomName) -> Option<&'a RoomLog> {
-        inner.rooms.get(room).filter(|log| log.touched.elapsed() < self.options.room_ttl)
+    /// The room's kept events and its end (`0-0` for a room never seen or
+    /// long gone).
+    fn view<'a>(&self, inner: &'a Inner, room: &RoomName) -> (Option<&'a VecDeque<Event>>, EventId) {
+        let Some(log) = inner.rooms.get(room) else {
+            return (None, EventId::ZERO);
+        };
+        let idle = log.touched.elapsed();
+        if idle >= self.options.room_ttl * 2 {
+            (None, EventId::ZERO)
+        } else if idle >= self.options.room_ttl {
+            (None, log.floor)
+        } else {
+            (Some(&log.events), log.end())
+        }
+    }
+}
+
+/// The ID after `end` on the wall clock: the time now, or just above `end`
+/// when the clock has not passed it.
+fn next_id(end: EventId) -> EventId {
+    let ms = now_ms();
+    if ms > end.ms {
+        EventId::new(ms, 0)
+    } else {
+        EventId::new(end.ms, end.seq + 1)
     }
 }
 
 #[async_trait]
 impl Store for MemoryStore {
-    async fn append(&self, room: &RoomName, data: Bytes) -> Result<EventId, StoreError> {
-        let id = self.append_locked(&mut lock(&self.inner), room, data);
-        self.changed(room);
-        Ok(id)
-    }
-
-    async fn append_once(&self, room: &RoomName, key: &IdempotencyKey, data: Bytes) -> Result<Appended, StoreError> {
+    async fn append(
+        &self,
+        room: &RoomName,
+        data: Bytes,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Appended, StoreError> {
         let id = {
             let mut inner = lock(&self.inner);
+            let Some(key) = key else {
+                let id = self.append_locked(&mut inner, room, data);
+                drop(inner);
+                self.changed(room);
+                return Ok(Appended::Stored(id));
+            };
             let entry = (room.clone(), key.clone());
             if let Some((id, _)) = inner.idempotent.get(&entry).filter(|(_, at)| at.elapsed() < IDEMPOTENCY_WINDOW) {
                 return Ok(Appended::Repeated(*id));
@@ -187,29 +229,32 @@ impl Store for MemoryStore {
 
     async fn read(&self, room: &RoomName, from: Position, limit: usize) -> Result<Page, StoreError> {
         let inner = lock(&self.inner);
-        let Some(log) = self.live_log(&inner, room) else {
-            let gap = matches!(from, Position::After(x) if !x.is_zero());
-            return Ok(Page { events: Vec::new(), gap, tail: EventId::ZERO });
+        let (events, tail) = self.view(&inner, room);
+        let events: Vec<Event> = match (events, from) {
+            (None, _) => Vec::new(),
+            (Some(events), Position::Oldest) => events.iter().take(limit).cloned().collect(),
+            (Some(events), Position::After(x)) => {
+                let start = events.partition_point(|e| e.id <= x);
+                events.iter().skip(start).take(limit).cloned().collect()
+            }
         };
-        let tail = log.events.back().map(|e| e.id).unwrap_or(EventId::ZERO);
-        let start = match from {
-            Position::Oldest => 0,
-            Position::After(x) => log.events.partition_point(|e| e.id <= x),
-        };
-        let events: Vec<Event> = log.events.iter().skip(start).take(limit).cloned().collect();
-        let gap = match from {
-            Position::Oldest => false,
-            Position::After(x) => match events.first() {
-                Some(first) => first.prev != x,
-                None => x > tail,
-            },
-        };
-        Ok(Page { events, gap, tail })
+        Ok(Page::new(from, events, limit, tail))
     }
 
     async fn tail(&self, room: &RoomName) -> Result<EventId, StoreError> {
-        let inner = lock(&self.inner);
-        Ok(self.live_log(&inner, room).and_then(|log| log.events.back().map(|e| e.id)).unwrap_or(EventId::ZERO))
+        Ok(self.view(&lock(&self.inner), room).1)
+    }
+
+    async fn anchor(&self, room: &RoomName) -> Result<EventId, StoreError> {
+        let mut inner = lock(&self.inner);
+        let end = self.view(&inner, room).1;
+        if !end.is_zero() {
+            return Ok(end);
+        }
+        let floor = next_id(inner.rooms.get(room).map_or(EventId::ZERO, |log| log.floor));
+        let log = RoomLog { events: VecDeque::new(), floor, touched: Instant::now() };
+        inner.rooms.insert(room.clone(), log);
+        Ok(floor)
     }
 
     async fn read_many(
@@ -220,12 +265,12 @@ impl Store for MemoryStore {
         let inner = lock(&self.inner);
         let mut out = Vec::new();
         for (room, after) in positions {
-            let Some(log) = self.live_log(&inner, room) else {
+            let (Some(events), _) = self.view(&inner, room) else {
                 continue;
             };
-            let start = log.events.partition_point(|e| e.id <= *after);
-            if start < log.events.len() {
-                out.push((room.clone(), log.events.iter().skip(start).take(limit).cloned().collect()));
+            let start = events.partition_point(|e| e.id <= *after);
+            if start < events.len() {
+                out.push((room.clone(), events.iter().skip(start).take(limit).cloned().collect()));
             }
         }
         Ok(out)

@@ -4,27 +4,39 @@
 //! - [`redis::RedisStore`]: Redis Streams through fred, shared by many nodes.
 //!
 //! # Invariants every implementation keeps
-//! - **IDs**: `ms-seq`, strictly increasing per room.
+//! - **IDs**: `ms-seq`, strictly increasing per room, and never repeated,
+//!   even when a room's history is deleted, evicted or expired and rebuilt.
 //! - **Trimming**: each room keeps at least `history` events (`MAXLEN ~`);
 //!   older ones may go.
-//! - **Predecessors**: every event carries the ID of the entry appended just
-//!   before it (`0-0` for a room's first), written atomically with it.
-//! - **Gaps are exact**: reading after position `X` reports a gap iff
+//! - **Predecessors**: every event carries, written atomically with it, the
+//!   position a reader must hold for the event to continue it: the ID of the
+//!   entry appended just before it, or the room's floor (below) for the
+//!   first entry after its history went. Two markers never equal a reader's
+//!   position: [`REBUILT`] (the room was rebuilt and its floor was lost) and
+//!   [`NEW_SERVER`] (the entry was the room's first written by another store
+//!   server process than the one before it: a restart or failover that may
+//!   have lost acknowledged writes without a trace in the keys).
+//! - **The floor**: each room remembers the last position it handed out (its
+//!   last event's ID, or an [anchor](Store::anchor) a live subscriber of an
+//!   empty room was given) longer than its history. A room with no kept
+//!   events ends at its floor.
+//! - **Gaps are exact** and stated once, in [`Page::new`]: reading after
+//!   position `X` reports a gap iff
 //!   - the first kept event after `X` does not name `X` as its predecessor
-//!     (trimmed past `X`, or history lost and rebuilt), or
-//!   - nothing is kept after `X` but `X` is beyond the room's last ID (a
-//!     token from the future: the store lost writes), or
-//!   - the room has no history at all and `X` is not `0-0`.
+//!     (trimmed past `X`, history lost and rebuilt, or a change of server), or
+//!   - nothing is kept after `X` and `X` is not the room's end (a token from
+//!     the future, or history lost with nothing new yet).
 //!
+//!   A page never crosses a break in the chain: it ends before an event that
+//!   does not continue the one before it, so the next read reports it.
 //!   Reading from [`Position::Oldest`] never reports a gap.
 //! - **Idle rooms expire** after the configured idle time, history and all.
-//! - **IDs never repeat**, even when a room's history is deleted, evicted
-//!   or expired and rebuilt: a rebuilt room's first ID is above every ID
-//!   the room ever had, and its predecessor is `0-0`, so the rebuild is a
-//!   gap to anyone who was past it.
+//! - **Appends happen once**: an append the store client had to send again
+//!   (its reply was lost in a reconnection) stores nothing the second time
+//!   and answers the first outcome.
 //! - **Lost data is detectable**: a domain's [`incarnation`](Store::incarnations)
-//!   changes when it may have lost data, which catches what predecessors
-//!   cannot (a room whose whole history, even its existence, was lost).
+//!   changes when it may have lost data, which tells the live feed to check
+//!   the rooms it follows; the predecessor chain tells every later reader.
 //!   Losing the incarnation's own record must never rewind anyone: at worst
 //!   it costs a check of every followed room of its domain.
 //!
@@ -80,17 +92,47 @@ pub enum Position {
     After(EventId),
 }
 
+/// The predecessor of a rebuilt room's first entry when its floor was lost
+/// too: no reader holds it, so the rebuild is a gap to anyone past `0-0`.
+pub const REBUILT: EventId = EventId::new(0, 1);
+/// The predecessor of a room's first entry written by another store server
+/// process than its previous entry (see the module invariants).
+pub const NEW_SERVER: EventId = EventId::new(0, 2);
+
 /// One page of a history read.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Page {
-    /// Kept events after the position, oldest first, at most the limit.
+    /// Kept events after the position, oldest first, at most the limit, and
+    /// each continuing the one before it.
     pub events: Vec<Event>,
     /// True when events between the position and `events[0]` (or the room's
     /// end) are no longer kept: see the module invariants.
     pub gap: bool,
-    /// The room's last ID at read time (`0-0` for a room without history).
-    /// A reader that hit a gap with no events continues from here.
+    /// The room's end at read time: its newest kept event, else its floor,
+    /// else `0-0`. A reader that hit a gap with no events continues from here.
     pub tail: EventId,
+    /// The read stopped before the room's end (the limit, or a break in the
+    /// chain): read on after the last event.
+    pub more: bool,
+}
+
+impl Page {
+    /// The answer to a read from `from`: `events` as the store returned them
+    /// (oldest first, at most `limit`), and the room's end. States the gap
+    /// rule of the module docs, for every store.
+    pub fn new(from: Position, mut events: Vec<Event>, limit: usize, tail: EventId) -> Page {
+        let mut more = events.len() >= limit;
+        if let Some(i) = events.windows(2).position(|w| w[1].prev != w[0].id) {
+            events.truncate(i + 1);
+            more = true;
+        }
+        let gap = match (from, events.first()) {
+            (Position::Oldest, _) => false,
+            (Position::After(x), Some(first)) => first.prev != x,
+            (Position::After(x), None) => x != tail,
+        };
+        Page { events, gap, tail, more }
+    }
 }
 
 /// A store failure: the store is unreachable or refused a command.
@@ -199,20 +241,26 @@ impl StoreOptions {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Appends one event (compact JSON) to `room`, trimming to the history
-    /// bound and refreshing the room's idle expiry. Returns the new ID.
-    async fn append(&self, room: &RoomName, data: Bytes) -> Result<EventId, StoreError>;
+    /// bound and refreshing the room's idle expiry, and returns its ID. With
+    /// a `key` used for `room` within [`IDEMPOTENCY_WINDOW`] (on any node),
+    /// stores nothing and answers the first publish's ID. Atomic, so
+    /// concurrent repeats store one event; and a store client's own resend
+    /// of the same call never stores twice.
+    async fn append(&self, room: &RoomName, data: Bytes, key: Option<&IdempotencyKey>)
+        -> Result<Appended, StoreError>;
 
-    /// Appends like [`append`](Store::append), unless `key` was used for
-    /// `room` within [`IDEMPOTENCY_WINDOW`] (on any node): then stores
-    /// nothing and answers the first publish's ID. Atomic, so concurrent
-    /// repeats store one event.
-    async fn append_once(&self, room: &RoomName, key: &IdempotencyKey, data: Bytes) -> Result<Appended, StoreError>;
-
-    /// Reads up to `limit` kept events from `from`, with exact gap detection.
+    /// Reads up to `limit` kept events from `from`, with exact gap detection
+    /// (see [`Page::new`]).
     async fn read(&self, room: &RoomName, from: Position, limit: usize) -> Result<Page, StoreError>;
 
-    /// The room's last ID, or `0-0` if it has no history.
+    /// The room's end (see [`Page::tail`]); changes nothing.
     async fn tail(&self, room: &RoomName) -> Result<EventId, StoreError>;
+
+    /// Where a live subscriber joining `room` now starts: the room's end, or
+    /// for a room with no end yet, a fresh position recorded as its floor, so
+    /// that the room's first event names it and a room rebuilt meanwhile
+    /// (which cannot) is a gap, not a continuation.
+    async fn anchor(&self, room: &RoomName) -> Result<EventId, StoreError>;
 
     /// Reads up to `limit` events after each given position, for the live
     /// feed. Rooms with nothing new are left out of the answer.
@@ -279,4 +327,54 @@ pub trait Store: Send + Sync + 'static {
 
     /// Starts what tells the live feed which rooms changed.
     async fn change_source(&self, node: &str) -> Result<Box<dyn feed::ChangeSource>, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(links: &[(u64, u64)]) -> Vec<Event> {
+        links
+            .iter()
+            .map(|&(prev, id)| Event {
+                id: EventId::new(id, 0),
+                prev: EventId::new(prev, 0),
+                data: Bytes::from_static(b"1"),
+            })
+            .collect()
+    }
+
+    fn ids(page: &Page) -> Vec<u64> {
+        page.events.iter().map(|e| e.id.ms).collect()
+    }
+
+    #[test]
+    fn the_gap_rule() {
+        let at = |ms| Position::After(EventId::new(ms, 0));
+        let tail = EventId::new(5, 0);
+        // The first event names the position, or it does not.
+        assert!(!Page::new(at(3), chain(&[(3, 4), (4, 5)]), 10, tail).gap);
+        assert!(Page::new(at(2), chain(&[(3, 4), (4, 5)]), 10, tail).gap);
+        // Nothing after the position: complete only at the room's end.
+        assert!(!Page::new(at(5), Vec::new(), 10, tail).gap);
+        assert!(Page::new(at(9), Vec::new(), 10, tail).gap, "a token from the future");
+        assert!(Page::new(at(4), Vec::new(), 10, tail).gap, "history gone below the floor");
+        assert!(!Page::new(Position::After(EventId::ZERO), Vec::new(), 10, EventId::ZERO).gap);
+        // From the oldest: never a gap.
+        assert!(!Page::new(Position::Oldest, chain(&[(3, 4)]), 10, tail).gap);
+    }
+
+    #[test]
+    fn a_page_ends_before_a_break_in_the_chain() {
+        let events = chain(&[(1, 2), (2, 3), (NEW_SERVER.ms, 7), (7, 8)]);
+        let page = Page::new(Position::After(EventId::new(1, 0)), events.clone(), 10, EventId::new(8, 0));
+        assert_eq!(ids(&page), vec![2, 3]);
+        assert!(page.more && !page.gap);
+        let page = Page::new(Position::After(EventId::new(3, 0)), events[2..].to_vec(), 10, EventId::new(8, 0));
+        assert_eq!(ids(&page), vec![7, 8]);
+        assert!(page.gap && !page.more, "the break is reported by the next read");
+        // A full page has more; a short unbroken one does not.
+        assert!(Page::new(Position::Oldest, chain(&[(1, 2), (2, 3)]), 2, EventId::new(3, 0)).more);
+        assert!(!Page::new(Position::Oldest, chain(&[(1, 2), (2, 3)]), 3, EventId::new(3, 0)).more);
+    }
 }

@@ -156,6 +156,14 @@ pub async fn handler(State(app): State<Arc<App>>, Query(query): Query<WsQuery>, 
 struct WsSink {
     sink: SplitSink<Socket, Message>,
     format: Format,
+    /// Bytes fed since the last flush. Past [`WRITE_BUFFER`] the sink is
+    /// [full](Sink::full) and the session flushes before writing more, so
+    /// tungstenite never holds more than that plus one frame (and frames are
+    /// bounded in bytes): a backlog is written at the pace the client
+    /// reads, never refused as too large.
+    /// (A `u32` beside `format` fits the struct's padding: a wider field
+    /// cost every idle connection 72 bytes.)
+    unflushed: u32,
 }
 
 fn message(wire: Wire) -> Message {
@@ -176,18 +184,31 @@ async fn timed<F: std::future::Future<Output = Result<(), WsError>>>(f: F) -> Re
     }
 }
 
+impl WsSink {
+    /// The frame to feed, counted towards [`WsSink::unflushed`].
+    fn counted(&mut self, wire: Wire) -> Message {
+        self.unflushed = self.unflushed.saturating_add(u32::try_from(wire.len()).unwrap_or(u32::MAX));
+        message(wire)
+    }
+}
+
 impl Sink for WsSink {
     async fn write(&mut self, out: Outgoing<'_>) -> Result<(), SinkError> {
-        let msg = match out {
-            Outgoing::Batch(batch) => message(batch.wire(self.format).clone()),
-            Outgoing::Events(room, events) => message(encode_events(self.format, room, events)),
-            Outgoing::Frame(frame) => message(encode_frame(self.format, frame)),
-            Outgoing::Notice(notice) => message(notice.wire(self.format).clone()),
-        };
+        let msg = self.counted(match out {
+            Outgoing::Batch(batch) => batch.wire(self.format).clone(),
+            Outgoing::Events(room, events) => encode_events(self.format, room, events),
+            Outgoing::Frame(frame) => encode_frame(self.format, frame),
+            Outgoing::Notice(notice) => notice.wire(self.format).clone(),
+        });
         timed(self.sink.feed(msg)).await
     }
 
+    fn full(&self) -> bool {
+        self.unflushed as usize >= WRITE_BUFFER
+    }
+
     async fn flush(&mut self) -> Result<(), SinkError> {
+        self.unflushed = 0;
         timed(self.sink.flush()).await
     }
 }
@@ -220,7 +241,7 @@ struct Connection {
 impl Connection {
     fn new(app: Arc<App>, socket: Socket, format: Format, grant: Grant) -> Self {
         let (sink, stream) = socket.split();
-        let session = Session::new(app.hub.clone(), app.store.clone(), WsSink { sink, format }, app.limits, grant);
+        let session = Session::new(app.hub.clone(), app.store.clone(), WsSink { sink, format, unflushed: 0 }, app.limits, grant);
         let strikes = strike_limiter(app.config.limits.max_strikes);
         let pings = rate_limiter(PINGS_PER_SECOND, PING_BURST);
         Connection { app, session, stream, strikes, pings, format }

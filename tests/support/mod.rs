@@ -12,6 +12,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+use serde_json::Value;
+
 /// How long `eventually` and the process helpers wait before failing.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -42,14 +45,31 @@ pub struct Redis {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Arguments beyond the defaults (persistence settings, say).
+    extra: Vec<String>,
 }
 
 impl Redis {
     pub fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// A Redis with extra server arguments, e.g. `["--appendonly", "yes"]`;
+    /// its data directory survives [`Redis::restart_from_disk`].
+    pub fn start_with(extra: &[&str]) -> Redis {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut redis = Redis { port: free_port(), dir, child: None };
+        let extra = extra.iter().map(|a| a.to_string()).collect();
+        let mut redis = Redis { port: free_port(), dir, child: None, extra };
         redis.spawn();
         redis
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same port from
+    /// whatever it had on disk (a snapshot taken with `SAVE`, or its AOF):
+    /// acknowledged writes after that are lost, as in a restore.
+    pub fn restart_from_disk(&mut self) {
+        self.kill();
+        self.spawn();
     }
 
     pub fn url(&self) -> String {
@@ -58,7 +78,7 @@ impl Redis {
 
     /// A Redis that is not running yet: its port is reserved, `begin` starts it.
     pub fn later() -> Redis {
-        Redis { port: free_port(), dir: tempfile::tempdir().expect("tempdir"), child: None }
+        Redis { port: free_port(), dir: tempfile::tempdir().expect("tempdir"), child: None, extra: Vec::new() }
     }
 
     /// Starts a Redis made with [`Redis::later`].
@@ -71,6 +91,7 @@ impl Redis {
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -110,6 +131,11 @@ impl Redis {
     /// Starts it again on the same port, empty.
     pub fn restart_empty(&mut self) {
         self.kill();
+        for file in ["dump.rdb", "appendonlydir"] {
+            let path = self.dir.path().join(file);
+            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_dir_all(&path);
+        }
         self.spawn();
     }
 
@@ -268,6 +294,16 @@ impl Node {
 
     pub fn ws_url(&self, query: &str) -> String {
         format!("ws://{}/ws{}", self.addr, query)
+    }
+
+    /// Freezes the node (SIGSTOP): it falls behind, as under a long pause.
+    pub fn freeze(&self) {
+        let _ = Command::new("kill").args(["-STOP", &self.child.id().to_string()]).status();
+    }
+
+    /// Thaws a frozen node (SIGCONT).
+    pub fn thaw(&self) {
+        let _ = Command::new("kill").args(["-CONT", &self.child.id().to_string()]).status();
     }
 
     /// Sends SIGTERM.
@@ -452,3 +488,34 @@ pub async fn follow_until_end(room: &str, mut base: impl FnMut(usize) -> String)
     }
     unreachable!("the attempts never end")
 }
+
+/// Reads an SSE body until `n` events (and any `gap`) arrived.
+pub async fn sse_events(response: reqwest::Response, n: usize) -> (Vec<(String, Value)>, Vec<String>) {
+    let mut stream = response.bytes_stream();
+    let mut buffer = String::new();
+    let (mut events, mut gaps) = (Vec::new(), Vec::new());
+    while events.len() < n {
+        let chunk = tokio::time::timeout(PATIENCE, stream.next()).await.expect("SSE stalled");
+        buffer.push_str(std::str::from_utf8(&chunk.expect("SSE ended").unwrap()).unwrap());
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let (mut id, mut data, mut kind) = (None, None, "message");
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id: ") {
+                    id = Some(v.to_owned());
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data = Some(serde_json::from_str::<Value>(v).unwrap());
+                } else if line == "event: gap" {
+                    kind = "gap";
+                }
+            }
+            match (kind, id, data) {
+                ("gap", _, Some(d)) => gaps.push(d["after"].as_str().unwrap().to_owned()),
+                ("message", Some(id), Some(d)) => events.push((id, d)),
+                _ => {}
+            }
+        }
+    }
+    (events, gaps)
+}
+

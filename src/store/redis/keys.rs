@@ -15,9 +15,12 @@
 //! ```text
 //! {prefix}:{T}:r:<room>     the room's stream: fields p (predecessor ID), d (JSON)
 //! {prefix}:{T}:a:<room>     hash: node -> its local subscriber count (audience)
-//! {prefix}:{T}:f:<room>     the last ID the room ever handed out (its ID floor)
-//! {prefix}:{T}:i:<room>|<k> the ID a publish with idempotency key k got (5 min;
+//! {prefix}:{T}:f:<room>     "<id> <server>": the last position the room handed out (its
+//!                           floor) and the server process that wrote it
+//! {prefix}:{T}:i:<room>|<k> "<id> <nonce>": what a publish with idempotency key k got (5 min;
 //!                           `|` never occurs in a room name, so pairs cannot collide)
+//! {prefix}:{T}:x:<room>|<n> "<id> <nonce>": what the append call with nonce n got, for a
+//!                           resend of the same call (seconds)
 //! {prefix}:{T}:sig          stream of changed room names in the bucket (its mailbox; cluster)
 //! {prefix}:sig              stream of changed room names (the mailbox of a single Redis)
 //! {prefix}:{T}:ring         shard channel rung with the room's name on every publish
@@ -107,6 +110,12 @@ impl Keys {
     /// What a publish with idempotency key `key` to `room` got.
     pub fn idempotency(&self, room: &RoomName, key: &str) -> String {
         format!("{}:{{{}}}:i:{}|{}", self.prefix, tag(bucket(room)), room, key)
+    }
+
+    /// What the append call with `nonce` (and no idempotency key) got: a
+    /// resend of the call by the Redis client finds it and stores nothing.
+    pub fn replay(&self, room: &RoomName, nonce: &str) -> String {
+        format!("{}:{{{}}}:x:{}|{}", self.prefix, tag(bucket(room)), room, nonce)
     }
 
     /// A bucket's signal stream.

@@ -40,63 +40,99 @@ use super::{
 use crate::config::RedisSettings;
 use crate::protocol::{Event, EventId, IdempotencyKey, RoomName};
 
-/// Appends one event: predecessor, trim, expiry, ID floor and bucket
-/// signal (and, on a cluster, doorbell), atomically. KEYS: room stream,
-/// mailbox (the bucket's on a cluster, the store's on one Redis), room floor, and optionally the publish's idempotency key.
+/// Appends one event: predecessor, trim, expiry, floor and bucket signal
+/// (and, on a cluster, doorbell), atomically, at most once per call.
+///
+/// KEYS: room stream, mailbox (the bucket's on a cluster, the store's on one
+/// Redis), room floor, and the call's record: the publish's idempotency key,
+/// or else a replay key named by the call's nonce.
 /// ARGV: history, data, room ttl ms, room name, signal stream length, floor
-/// ttl ms, idempotency window ms, doorbell channel (empty: none).
-/// Returns `{id, 1}` for a stored event, `{first id, 0}` for a repeated key.
+/// ttl ms, record ttl ms, doorbell channel (empty: none), nonce.
+/// Returns `{id, 1}` for an event stored by this call (now, or by an earlier
+/// send of it whose reply was lost), `{first id, 0}` for a repeated key.
 ///
-/// A room whose stream is gone (deleted, evicted, expired) would restart at
-/// `<now>-0` and hand out IDs it already gave to other events. So every
-/// append also records its ID in the room's floor key, and a stream with no
-/// entry starts strictly above the floor. If the floor is gone too, it
-/// starts at `<now_ms + 1>-<µs within the ms × 1000>`: that virtual clock
-/// grows by 1,000 sequence numbers per microsecond, faster than any stream
-/// (even one rebuilt the same way a moment earlier) can append, so it is
-/// above every ID handed out before.
+/// Every append records `"<id> <nonce>"` under KEYS[4]. fred sends a call
+/// again when the connection drops before the reply (after a Redis restart
+/// from an AOF that has the write, say): the resend finds its own nonce and
+/// stores nothing. Another call with the same idempotency key has another
+/// nonce: a repeat.
 ///
-/// A genuinely new room's first entry names `0-0` as its predecessor. A
-/// stream rebuilt above a floor names `0-1`, an ID no event has: so the
-/// rebuild is a gap to every reader, including one that joined from the
-/// oldest (`0`) and had not yet been handed the events that were lost.
-/// (Measured: with `0-0`, a subscriber from `0` that had not yet received
-/// a room's first events when the stream was deleted took the rebuilt
-/// stream as its continuation, and those acked events were lost without a
-/// gap; the chaos run found it under load.)
+/// The floor holds the room's last position and the server that wrote it
+/// (the first 16 hex digits of `run_id`). A stream with no entry starts
+/// strictly above the floor and names it as its predecessor: a reader that
+/// was there missed nothing, one below it gets a gap. If the floor is gone
+/// too, the room starts at `<now_ms + 1>-<µs within the ms × 1000>`: that
+/// virtual clock grows by 1,000 sequence numbers per microsecond, faster
+/// than any stream (even one rebuilt the same way a moment earlier) can
+/// append, so it is above every ID handed out before; its predecessor is
+/// `0-0`, which no reader past the start holds.
+///
+/// When the floor was written by another server process (Redis restarted
+/// from a snapshot or an AOF, or a replica was promoted), acknowledged
+/// writes after the floor may be lost with no trace in the keys. The entry
+/// then names [`NEW_SERVER`](crate::store::NEW_SERVER) (`0-2`) as its
+/// predecessor: a gap to every reader that resumes across it, whenever it
+/// comes back, not only to those the feed was following at the time.
 const APPEND_LUA: &str = r#"
-if KEYS[4] then
-  local seen = redis.call('GET', KEYS[4])
-  if seen then return {seen, 0} end
+local run = string.sub(string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or '', 1, 16)
+local seen = redis.call('GET', KEYS[4])
+if seen then
+  local first, nonce = string.match(seen, '^(%S+) ?(%S*)$')
+  if nonce == ARGV[9] then return {first, 1} end
+  return {first, 0}
 end
+local floor = redis.call('GET', KEYS[3])
+local fid, frun
+if floor then fid, frun = string.match(floor, '^(%d+%-%d+) ?(%x*)$') end
+local moved = frun ~= nil and frun ~= '' and frun ~= run
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local id
 if last[1] then
-  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'p', last[1][1], 'd', ARGV[2])
+  local prev = last[1][1]
+  if moved then prev = '0-2' end
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'p', prev, 'd', ARGV[2])
 else
   local t = redis.call('TIME')
   local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
   local now = math.floor(us / 1000)
   local ms, seq = now + 1, (us % 1000) * 1000
-  local floor = redis.call('GET', KEYS[3])
   local prev = '0-0'
-  if floor then
-    prev = '0-1'
-    local fms, fseq = string.match(floor, '^(%d+)-(%d+)$')
-    if fms then
-      fms, fseq = tonumber(fms), tonumber(fseq)
-      if now > fms then ms, seq = now, 0 else ms, seq = fms, fseq + 1 end
-    end
+  if fid then
+    prev = fid
+    if moved then prev = '0-2' end
+    local fms, fseq = string.match(fid, '^(%d+)-(%d+)$')
+    fms, fseq = tonumber(fms), tonumber(fseq)
+    if now > fms then ms, seq = now, 0 else ms, seq = fms, fseq + 1 end
   end
   id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], string.format('%.0f-%.0f', ms, seq), 'p', prev, 'd', ARGV[2])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('SET', KEYS[3], id, 'PX', ARGV[6])
+redis.call('SET', KEYS[3], id .. ' ' .. run, 'PX', ARGV[6])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'r', ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 if ARGV[8] ~= '' then redis.call('SPUBLISH', ARGV[8], ARGV[4]) end
-if KEYS[4] then redis.call('SET', KEYS[4], id, 'PX', ARGV[7]) end
+redis.call('SET', KEYS[4], id .. ' ' .. ARGV[9], 'PX', ARGV[7])
 return {id, 1}
+"#;
+
+/// A live subscriber's starting position: the room's end, or a fresh
+/// anchor recorded as the room's floor (see [`Store::anchor`]), on the same
+/// virtual clock as a new room's first ID. KEYS: room stream, room floor.
+/// ARGV: floor ttl ms.
+const ANCHOR_LUA: &str = r#"
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if last[1] then return last[1][1] end
+local floor = redis.call('GET', KEYS[2])
+if floor then
+  local fid = string.match(floor, '^(%d+%-%d+)')
+  if fid then return fid end
+end
+local run = string.sub(string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or '', 1, 16)
+local t = redis.call('TIME')
+local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local id = string.format('%.0f-%.0f', math.floor(us / 1000) + 1, (us % 1000) * 1000)
+redis.call('SET', KEYS[2], id .. ' ' .. run, 'PX', ARGV[1])
+return id
 "#;
 
 /// Returns the server's run ID, then each bucket's epoch token, creating
@@ -121,6 +157,11 @@ return out
 const SIGNALS_KEPT: u64 = mailbox::SIGNALS_PER_READ;
 /// How long `connect` waits for the first connection before carrying on.
 const FIRST_CONNECT: Duration = Duration::from_secs(2);
+/// Shortest time an append's replay record is kept. fred resends a call only
+/// before its command timeout fires (a timed-out call is dropped from its
+/// queue), so a few timeouts' worth is ample; each record costs Redis about
+/// 100 bytes for that long.
+const MIN_REPLAY_WINDOW: Duration = Duration::from_secs(10);
 
 /// Connection settings for [`RedisStore::connect`].
 #[derive(Clone, Debug)]
@@ -152,6 +193,7 @@ impl RedisOptions {
 pub struct RedisStore {
     client: Client,
     append: Script,
+    anchor: Script,
     epoch: Script,
     /// Bumped by every (re)connection of this store's clients.
     generation: Arc<AtomicU64>,
@@ -222,11 +264,13 @@ impl RedisStore {
             );
         }
         let append = Script::from_lua(APPEND_LUA);
+        let anchor = Script::from_lua(ANCHOR_LUA);
         let epoch = Script::from_lua(EPOCH_LUA);
-        Ok(RedisStore { client, append, epoch, generation, keys: Keys::new(&redis.prefix), options, redis })
+        Ok(RedisStore { client, append, anchor, epoch, generation, keys: Keys::new(&redis.prefix), options, redis })
     }
 
-    /// Runs the append script, with the publish's idempotency key if it has one.
+    /// Runs the append script, with the publish's idempotency key if it has
+    /// one, and a fresh nonce either way (see [`APPEND_LUA`]).
     async fn run_append(
         &self,
         room: &RoomName,
@@ -235,8 +279,12 @@ impl RedisStore {
     ) -> Result<Appended, StoreError> {
         let cluster = self.redis.topology.is_cluster();
         let mailbox = mailbox::mailbox_key(&self.keys, mailbox::mailbox_of(room, cluster), cluster);
-        let mut keys = vec![self.keys.room(room), mailbox, self.keys.floor(room)];
-        keys.extend(key.map(|k| self.keys.idempotency(room, k.as_str())));
+        let nonce = format!("{:016x}", rand::random::<u64>());
+        let (record, record_ttl) = match key {
+            Some(k) => (self.keys.idempotency(room, k.as_str()), IDEMPOTENCY_WINDOW),
+            None => (self.keys.replay(room, &nonce), MIN_REPLAY_WINDOW.max(self.redis.command_timeout * 3)),
+        };
+        let keys = vec![self.keys.room(room), mailbox, self.keys.floor(room), record];
         let ttl_ms = self.options.room_ttl.as_millis() as i64;
         let args: Vec<Value> = vec![
             Value::from(self.options.history as i64),
@@ -244,15 +292,10 @@ impl RedisStore {
             Value::from(ttl_ms),
             Value::from(room.as_str()),
             Value::from(SIGNALS_KEPT as i64),
-            // The floor outlives the room: it matters exactly when the
-            // stream vanished early, and costs one small key per room.
-            Value::from(ttl_ms.saturating_mul(2)),
-            Value::from(IDEMPOTENCY_WINDOW.as_millis() as i64),
-            Value::from(if self.redis.topology.is_cluster() {
-                self.keys.doorbell(bucket(room))
-            } else {
-                String::new()
-            }),
+            Value::from(self.floor_ttl_ms()),
+            Value::from(record_ttl.as_millis() as i64),
+            Value::from(if cluster { self.keys.doorbell(bucket(room)) } else { String::new() }),
+            Value::from(nonce),
         ];
         let reply: Value =
             retrying(|| self.append.evalsha_with_reload(&self.client, keys.clone(), args.clone())).await?;
@@ -267,32 +310,44 @@ impl RedisStore {
         }
     }
 
-    async fn last_entry(&self, key: &str) -> Result<Option<EventId>, StoreError> {
-        let value: Value = self.client.xrevrange(key, "+", "-", Some(1)).await.map_err(unavailable)?;
-        Ok(reply::entries(value)?.last().map(|e| e.id))
+    /// How long a room's floor is kept: it matters exactly when the stream
+    /// vanished early, and costs one small key per room, so it outlives the
+    /// room's idle expiry.
+    fn floor_ttl_ms(&self) -> i64 {
+        (self.options.room_ttl.as_millis() as i64).saturating_mul(2)
+    }
+
+    /// The room's end: its stream's last entry, else its floor, else `0-0`.
+    async fn end_of(&self, room: &RoomName) -> Result<EventId, StoreError> {
+        let pipeline = self.client.pipeline();
+        let _: () = pipeline.xrevrange(self.keys.room(room), "+", "-", Some(1)).await.map_err(unavailable)?;
+        let _: () = pipeline.get(self.keys.floor(room)).await.map_err(unavailable)?;
+        let (last, floor): (Value, Option<String>) = pipeline.all().await.map_err(unavailable)?;
+        if let Some(last) = reply::entries(last)?.last() {
+            return Ok(last.id);
+        }
+        Ok(floor
+            .as_deref()
+            .and_then(|f| f.split(' ').next())
+            .and_then(|id| EventId::parse(id).ok())
+            .unwrap_or(EventId::ZERO))
     }
 
     /// One page of a room's history, with exact gap detection.
     async fn read_page(&self, room: &RoomName, from: Position, limit: usize) -> Result<Page, StoreError> {
-        let key = self.keys.room(room);
         let start = match from {
             Position::Oldest => "-".to_owned(),
             Position::After(x) => format!("({x}"),
         };
-        let value: Value = self.client.xrange(&key, start, "+", Some(limit as u64)).await.map_err(unavailable)?;
+        let value: Value =
+            self.client.xrange(self.keys.room(room), start, "+", Some(limit as u64)).await.map_err(unavailable)?;
         let events = reply::entries(value)?;
-        if let Some(first) = events.first() {
-            let gap = matches!(from, Position::After(x) if first.prev != x);
-            let tail = events.last().map(|e| e.id).unwrap_or(first.id);
-            return Ok(Page { events, gap, tail });
-        }
-        let tail = self.last_entry(&key).await?;
-        let gap = match (from, tail) {
-            (Position::Oldest, _) => false,
-            (Position::After(x), None) => !x.is_zero(),
-            (Position::After(x), Some(tail)) => x > tail,
+        // The end matters only to a page that reached it with nothing new.
+        let tail = match events.last() {
+            Some(last) => last.id,
+            None => self.end_of(room).await?,
         };
-        Ok(Page { events, gap, tail: tail.unwrap_or(EventId::ZERO) })
+        Ok(Page::new(from, events, limit, tail))
     }
 
     /// Events after each position, for the live feed.
@@ -376,12 +431,13 @@ async fn timed<T>(
 
 #[async_trait]
 impl Store for RedisStore {
-    async fn append(&self, room: &RoomName, data: Bytes) -> Result<EventId, StoreError> {
-        timed("append", self.run_append(room, None, data)).await.map(Appended::id)
-    }
-
-    async fn append_once(&self, room: &RoomName, key: &IdempotencyKey, data: Bytes) -> Result<Appended, StoreError> {
-        timed("append", self.run_append(room, Some(key), data)).await
+    async fn append(
+        &self,
+        room: &RoomName,
+        data: Bytes,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Appended, StoreError> {
+        timed("append", self.run_append(room, key, data)).await
     }
 
     async fn read(&self, room: &RoomName, from: Position, limit: usize) -> Result<Page, StoreError> {
@@ -389,7 +445,18 @@ impl Store for RedisStore {
     }
 
     async fn tail(&self, room: &RoomName) -> Result<EventId, StoreError> {
-        timed("tail", self.last_entry(&self.keys.room(room))).await.map(|tail| tail.unwrap_or(EventId::ZERO))
+        timed("tail", self.end_of(room)).await
+    }
+
+    async fn anchor(&self, room: &RoomName) -> Result<EventId, StoreError> {
+        let keys = vec![self.keys.room(room), self.keys.floor(room)];
+        let args = vec![Value::from(self.floor_ttl_ms())];
+        let value: Value = timed(
+            "anchor",
+            retrying(|| self.anchor.evalsha_with_reload(&self.client, keys.clone(), args.clone())),
+        )
+        .await?;
+        reply::event_id(&value)
     }
 
     async fn read_many(
