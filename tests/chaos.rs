@@ -1,5 +1,7 @@
 //! A short chaos run: every fault kind strikes a spawned deployment while
-//! subscribers drop and resume across nodes; the promise must hold.
+//! subscribers drop, stay away a while and resume across nodes, and some
+//! publishes carry large events; the promise must hold, and no publish is
+//! stored twice.
 
 // Tests may unwrap: a panic is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
@@ -20,7 +22,7 @@ fn the_promise_holds_through_every_kind_of_fault() {
     assert!(output.status.success(), "chaos run failed:\n{stdout}\n{stderr}");
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     let verdict = &report["verdict"];
-    for field in ["silent_losses", "duplicates", "order_violations", "id_reuse", "phantoms", "stuck"] {
+    for field in ["silent_losses", "duplicates", "order_violations", "id_reuse", "stored_twice", "phantoms", "stuck"] {
         assert_eq!(verdict[field], 0, "{field}: {verdict}");
     }
     assert_eq!(report["fault_failures"], 0, "every fault was applied: {stderr}");
@@ -31,6 +33,9 @@ fn the_promise_holds_through_every_kind_of_fault() {
         "node_kill",
         "node_term",
         "redis_restart",
+        "redis_restore",
+        "redis_crash",
+        "frozen_delete",
         "client_kill",
         "room_delete",
         "metadata_delete",

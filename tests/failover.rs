@@ -76,7 +76,9 @@ fn record(frame: &Value, seen: &mut HashMap<String, Vec<Seen>>, ended: &mut Hash
                 if e["data"] == json!("end") {
                     ended.insert(room.clone());
                 }
-                seen.entry(room.clone()).or_default().push(Seen::Event(e["id"].as_str().unwrap().to_owned(), Instant::now()));
+                seen.entry(room.clone())
+                    .or_default()
+                    .push(Seen::Event(e["id"].as_str().unwrap().to_owned(), Instant::now()));
             }
         }
         Some("gap") => seen.entry(room).or_default().push(Seen::Gap(frame["after"].as_str().unwrap().to_owned())),

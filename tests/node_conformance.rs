@@ -217,7 +217,6 @@ async fn json_and_msgpack_interoperate(d: Deployment) {
     assert_eq!(events[0].1, value);
 }
 
-
 /// Publishes `n` events whose JSON payload is `size` bytes, over HTTP, a few
 /// at a time; returns their IDs in publish order.
 async fn publish_sized(d: &Deployment, room: &str, sizes: &[usize]) -> Vec<(String, Value)> {
@@ -251,7 +250,8 @@ async fn events_of_every_size_arrive_whole(d: Deployment) {
         assert!(gaps.is_empty());
         assert_eq!(events, published, "live, each event whole");
     }
-    let mut from_zero = Client::connect_with(&d.node(2).ws_url("?room=sizes&last_event_id=0"), Format::MsgPack, None).await;
+    let mut from_zero =
+        Client::connect_with(&d.node(2).ws_url("?room=sizes&last_event_id=0"), Format::MsgPack, None).await;
     from_zero.expect_type("subscribed").await;
     assert_eq!(from_zero.events("sizes", sizes.len()).await.0, published, "from history, whole");
     let response = reqwest::get(d.node(1).http("/rooms/sizes/sse?last_event_id=0")).await.unwrap();
@@ -281,7 +281,9 @@ async fn a_backlog_of_large_events_is_delivered_at_the_clients_pace(d: Deploymen
         while got.len() < ids.len() {
             match client.next().await {
                 Ok(frame) if frame["type"] == "events" => {
-                    got.extend(frame["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()));
+                    got.extend(
+                        frame["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()),
+                    );
                     // A slow reader: a few milliseconds per frame.
                     tokio::time::sleep(Duration::from_millis(3)).await;
                 }

@@ -514,10 +514,8 @@ mod lost_writes {
         });
         let publishers: Vec<_> = publishers.collect();
         for _ in 0..5 {
-            eventually("appends go through", || async {
-                (store.tail(&r).await.ok()? > EventId::ZERO).then_some(())
-            })
-            .await;
+            eventually("appends go through", || async { (store.tail(&r).await.ok()? > EventId::ZERO).then_some(()) })
+                .await;
             tokio::time::sleep(Duration::from_millis(300)).await;
             server.restart_from_disk();
         }
@@ -536,7 +534,9 @@ mod lost_writes {
                 Some((page.events, Position::After(last)))
             }
         })
-        .flat_map(|events| futures::stream::iter(events.into_iter().map(|e| (String::from_utf8_lossy(&e.data).into_owned(), e.id))))
+        .flat_map(|events| {
+            futures::stream::iter(events.into_iter().map(|e| (String::from_utf8_lossy(&e.data).into_owned(), e.id)))
+        })
         .collect()
         .await;
         let mut by_payload: std::collections::HashMap<&str, Vec<EventId>> = std::collections::HashMap::new();
@@ -617,10 +617,8 @@ macro_rules! conformance {
 
             #[tokio::test]
             async fn an_anchor_is_named_by_the_rooms_first_event() {
-                cases::an_anchor_is_named_by_the_rooms_first_event(
-                    $store(options(1000, Duration::from_secs(60))).await,
-                )
-                .await
+                cases::an_anchor_is_named_by_the_rooms_first_event($store(options(1000, Duration::from_secs(60))).await)
+                    .await
             }
 
             #[tokio::test]

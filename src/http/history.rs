@@ -77,7 +77,10 @@ async fn read_within(
         else {
             break;
         };
-        let want = (limit - page.events.len()).min(page_limit(largest)).min((PAGE_BYTES - bytes) / (largest + EVENT_OVERHEAD)).max(1);
+        let want = (limit - page.events.len())
+            .min(page_limit(largest))
+            .min((PAGE_BYTES - bytes) / (largest + EVENT_OVERHEAD))
+            .max(1);
         let next = store.read(room, Position::After(last), want).await?;
         // A break in the chain ends this answer; the next one reports it.
         if next.gap {

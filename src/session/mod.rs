@@ -602,7 +602,8 @@ impl<S: Sink> Session<S> {
             .iter_mut()
             .filter_map(|(room, state)| {
                 let lagged = state.flags.lagged.swap(false, Ordering::AcqRel);
-                let reason = if state.flags.lost.load(Ordering::Acquire) { CatchUp::StoreLoss } else { CatchUp::Lagged };
+                let reason =
+                    if state.flags.lost.load(Ordering::Acquire) { CatchUp::StoreLoss } else { CatchUp::Lagged };
                 if !(lagged || reason == CatchUp::StoreLoss) {
                     return None;
                 }
@@ -808,11 +809,8 @@ mod tests {
     }
 
     fn fixture() -> Fixture {
-        let options = StoreOptions {
-            history: 100_000,
-            room_ttl: Duration::from_secs(60),
-            presence_ttl: Duration::from_secs(6),
-        };
+        let options =
+            StoreOptions { history: 100_000, room_ttl: Duration::from_secs(60), presence_ttl: Duration::from_secs(6) };
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new(options));
         let hub = Hub::detached(store.clone());
         Fixture { store, hub, room: RoomName::parse("r").unwrap() }

@@ -201,12 +201,7 @@ fn next_id(end: EventId) -> EventId {
 
 #[async_trait]
 impl Store for MemoryStore {
-    async fn append(
-        &self,
-        room: &RoomName,
-        data: Bytes,
-        key: Option<&IdempotencyKey>,
-    ) -> Result<Appended, StoreError> {
+    async fn append(&self, room: &RoomName, data: Bytes, key: Option<&IdempotencyKey>) -> Result<Appended, StoreError> {
         let id = {
             let mut inner = lock(&self.inner);
             let Some(key) = key else {

@@ -246,8 +246,7 @@ pub trait Store: Send + Sync + 'static {
     /// stores nothing and answers the first publish's ID. Atomic, so
     /// concurrent repeats store one event; and a store client's own resend
     /// of the same call never stores twice.
-    async fn append(&self, room: &RoomName, data: Bytes, key: Option<&IdempotencyKey>)
-        -> Result<Appended, StoreError>;
+    async fn append(&self, room: &RoomName, data: Bytes, key: Option<&IdempotencyKey>) -> Result<Appended, StoreError>;
 
     /// Reads up to `limit` kept events from `from`, with exact gap detection
     /// (see [`Page::new`]).

@@ -241,7 +241,8 @@ struct Connection {
 impl Connection {
     fn new(app: Arc<App>, socket: Socket, format: Format, grant: Grant) -> Self {
         let (sink, stream) = socket.split();
-        let session = Session::new(app.hub.clone(), app.store.clone(), WsSink { sink, format, unflushed: 0 }, app.limits, grant);
+        let session =
+            Session::new(app.hub.clone(), app.store.clone(), WsSink { sink, format, unflushed: 0 }, app.limits, grant);
         let strikes = strike_limiter(app.config.limits.max_strikes);
         let pings = rate_limiter(PINGS_PER_SECOND, PING_BURST);
         Connection { app, session, stream, strikes, pings, format }

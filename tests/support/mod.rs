@@ -518,4 +518,3 @@ pub async fn sse_events(response: reqwest::Response, n: usize) -> (Vec<(String, 
     }
     (events, gaps)
 }
-

@@ -431,12 +431,7 @@ async fn timed<T>(
 
 #[async_trait]
 impl Store for RedisStore {
-    async fn append(
-        &self,
-        room: &RoomName,
-        data: Bytes,
-        key: Option<&IdempotencyKey>,
-    ) -> Result<Appended, StoreError> {
+    async fn append(&self, room: &RoomName, data: Bytes, key: Option<&IdempotencyKey>) -> Result<Appended, StoreError> {
         timed("append", self.run_append(room, key, data)).await
     }
 
@@ -451,11 +446,9 @@ impl Store for RedisStore {
     async fn anchor(&self, room: &RoomName) -> Result<EventId, StoreError> {
         let keys = vec![self.keys.room(room), self.keys.floor(room)];
         let args = vec![Value::from(self.floor_ttl_ms())];
-        let value: Value = timed(
-            "anchor",
-            retrying(|| self.anchor.evalsha_with_reload(&self.client, keys.clone(), args.clone())),
-        )
-        .await?;
+        let value: Value =
+            timed("anchor", retrying(|| self.anchor.evalsha_with_reload(&self.client, keys.clone(), args.clone())))
+                .await?;
         reply::event_id(&value)
     }
 

@@ -22,6 +22,8 @@ use super::id::EventId;
 const ACK_TIMEOUT: Duration = Duration::from_secs(3);
 /// A subscriber that hears nothing for this long reconnects.
 const SILENCE: Duration = Duration::from_secs(15);
+/// One publish in this many carries 8-60 KB of padding.
+const LARGE_ONE_IN: u32 = 25;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -120,17 +122,21 @@ pub async fn publisher(
         }
         n += 1;
         let tag = (index << 32) | n;
-        if publish(ws.as_mut(), &room, tag, &ledger).await.is_err() {
+        // Events of every size: now and then one of 8-60 KB.
+        let pad = if rng.random_ratio(1, LARGE_ONE_IN) { rng.random_range(8_000..60_000) } else { 0 };
+        if publish(ws.as_mut(), &room, tag, pad, &ledger).await.is_err() {
             ws = None;
         }
     }
 }
 
-/// One publish and its answer; `Err` when the connection should be replaced.
-async fn publish(ws: Option<&mut Socket>, room: &str, tag: u64, ledger: &Ledger) -> Result<(), ()> {
+/// One publish (its data padded with `pad` bytes) and its answer; `Err`
+/// when the connection should be replaced.
+async fn publish(ws: Option<&mut Socket>, room: &str, tag: u64, pad: usize, ledger: &Ledger) -> Result<(), ()> {
     let Some(ws) = ws else { return Err(()) };
     *lock(&ledger.attempts) += 1;
-    let frame = json!({"type": "publish", "room": room, "data": {"t": tag}, "ref": tag});
+    let data = if pad == 0 { json!({"t": tag}) } else { json!({"t": tag, "pad": "p".repeat(pad)}) };
+    let frame = json!({"type": "publish", "room": room, "data": data, "ref": tag});
     if ws.send(Message::Text(frame.to_string().into())).await.is_err() {
         ledger.unsure(tag);
         return Err(());
@@ -165,7 +171,7 @@ pub async fn fence(room: &str, nodes: &[SocketAddr], ledger: &Ledger, tag: u64) 
     for attempt in 0..60 {
         if let Some(mut ws) = connect(nodes[attempt % nodes.len()], "").await {
             let tag = tag + attempt as u64;
-            if publish(Some(&mut ws), room, tag, ledger).await.is_ok() {
+            if publish(Some(&mut ws), room, tag, 0, ledger).await.is_ok() {
                 if let Some(id) = lock(&ledger.acked).get(room).and_then(|a| a.iter().find(|(_, t)| *t == tag)) {
                     return Some(id.0);
                 }
@@ -256,6 +262,9 @@ pub async fn subscriber(
             }
             if !stop.is_cancelled() && Instant::now() > drop_at {
                 let _ = ws.close(None).await;
+                // Away a while before resuming: faults also strike
+                // subscribers that are between connections.
+                tokio::time::sleep(Duration::from_millis(rng.random_range(0..2000))).await;
                 break;
             }
             let fence = lock(&fences).get(&room).copied();

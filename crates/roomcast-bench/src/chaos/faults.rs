@@ -26,8 +26,19 @@ pub enum Fault {
     NodeKill,
     /// SIGTERM a node (it closes its sockets with 1012), then start it again.
     NodeTerm,
-    /// Kill Redis and start it empty (no persistence: everything is lost).
+    /// Kill Redis and start it empty (its files gone: everything is lost).
     RedisRestart,
+    /// `SAVE`, a moment of acknowledged writes, then Redis killed and
+    /// started from that snapshot: the writes since are lost, the keys look
+    /// intact (a restore, or a promoted replica that lagged).
+    RedisRestore,
+    /// Redis killed under load and started from its AOF (`appendfsync
+    /// always`): nothing acknowledged is lost, but appends whose reply the
+    /// kill swallowed are sent again by the nodes' Redis client.
+    RedisCrash,
+    /// A node frozen (SIGSTOP) while one room's stream and floor are
+    /// deleted and events go on, then thawed: it finds the room rebuilt.
+    FrozenDelete,
     /// `CLIENT KILL TYPE normal`: every node loses its Redis connections.
     ClientKill,
     /// `DEL` one room's stream.
@@ -44,10 +55,13 @@ pub enum Fault {
 
 impl Fault {
     /// Every fault, in a fixed order.
-    pub const ALL: [Fault; 9] = [
+    pub const ALL: [Fault; 12] = [
         Fault::NodeKill,
         Fault::NodeTerm,
         Fault::RedisRestart,
+        Fault::RedisRestore,
+        Fault::RedisCrash,
+        Fault::FrozenDelete,
         Fault::ClientKill,
         Fault::RoomDelete,
         Fault::MetadataDelete,
@@ -57,11 +71,20 @@ impl Fault {
     ];
 
     /// Whether the fault can make the store lose events, so a gap after it
-    /// is expected (the others must cost no gap at all).
+    /// is expected (the others must cost no gap at all). A Redis that
+    /// restarted from its AOF lost nothing, but nothing in its data can
+    /// prove that: a new server process is a gap to every reader across it.
     pub fn loses_data(self) -> bool {
         matches!(
             self,
-            Fault::RedisRestart | Fault::RoomDelete | Fault::MetadataDelete | Fault::FlushAll | Fault::Eviction
+            Fault::RedisRestart
+                | Fault::RedisRestore
+                | Fault::RedisCrash
+                | Fault::FrozenDelete
+                | Fault::RoomDelete
+                | Fault::MetadataDelete
+                | Fault::FlushAll
+                | Fault::Eviction
         )
     }
 }
@@ -214,6 +237,17 @@ fn reap(child: &mut Option<Child>, within: Duration) {
     let _ = c.wait();
 }
 
+/// What a restarted Redis comes back with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Persistence {
+    /// Nothing.
+    Empty,
+    /// Its last `SAVE`.
+    Snapshot,
+    /// Its AOF: everything it acknowledged.
+    Aof,
+}
+
 /// One node process, restartable on the same address.
 struct NodeProc {
     addr: SocketAddr,
@@ -294,7 +328,7 @@ impl Cluster {
             netns,
             rooms: rooms.to_vec(),
         };
-        cluster.start_redis()?;
+        cluster.start_redis(Persistence::Aof)?;
         for i in 0..nodes.max(1) {
             let isolated = i == 0 && cluster.netns.is_some();
             let (ip, redis_host) = match (&cluster.netns, isolated) {
@@ -337,13 +371,26 @@ impl Cluster {
         Ok(cluster)
     }
 
-    fn start_redis(&mut self) -> anyhow::Result<()> {
+    /// Starts Redis on its port, from its AOF, from its last snapshot, or
+    /// empty; it always runs on with an AOF written `appendfsync always`.
+    fn start_redis(&mut self, from: Persistence) -> anyhow::Result<()> {
         let mut bind = vec!["127.0.0.1".to_owned()];
         bind.extend(self.netns.as_ref().map(|n| n.host_ip.clone()));
+        let aof = self.dir.join("appendonlydir");
+        if matches!(from, Persistence::Empty | Persistence::Snapshot) {
+            let _ = std::fs::remove_dir_all(&aof);
+        }
+        if from == Persistence::Empty {
+            let _ = std::fs::remove_file(self.dir.join("dump.rdb"));
+        }
+        // Redis 7 with an AOF enabled ignores a snapshot: a restore starts
+        // without one and turns it on once loaded.
+        let appendonly = if from == Persistence::Snapshot { "no" } else { "yes" };
         let child = Command::new("redis-server")
             .args(["--port", &self.redis_port.to_string(), "--bind"])
             .args(&bind)
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no", "--dir"])
+            .args(["--save", "", "--appendonly", appendonly, "--appendfsync", "always"])
+            .args(["--protected-mode", "no", "--dir"])
             .arg(self.dir.as_path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -357,7 +404,18 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        if from == Persistence::Snapshot {
+            self.redis(&["CONFIG", "SET", "appendonly", "yes"])?;
+        }
         Ok(())
+    }
+
+    /// Kills Redis (SIGKILL) and starts it again after `pause`.
+    fn restart_redis(&mut self, pause: Duration, from: Persistence) -> anyhow::Result<()> {
+        kill(&mut self.redis, "-KILL");
+        reap(&mut self.redis, Duration::from_secs(5));
+        std::thread::sleep(pause);
+        self.start_redis(from)
     }
 
     /// Where clients reach the nodes.
@@ -398,21 +456,36 @@ impl Cluster {
                 format!("node {i}")
             }
             Fault::RedisRestart => {
-                kill(&mut self.redis, "-KILL");
-                reap(&mut self.redis, Duration::from_secs(5));
-                std::thread::sleep(Duration::from_millis(rng.random_range(100..1000)));
-                self.start_redis()?;
+                self.restart_redis(Duration::from_millis(rng.random_range(100..1000)), Persistence::Empty)?;
                 "empty".to_owned()
+            }
+            Fault::RedisRestore => {
+                self.redis(&["SAVE"])?;
+                let lost = Duration::from_millis(rng.random_range(200..1500));
+                std::thread::sleep(lost);
+                self.restart_redis(Duration::from_millis(rng.random_range(100..500)), Persistence::Snapshot)?;
+                format!("from a snapshot {} ms old", lost.as_millis())
+            }
+            Fault::RedisCrash => {
+                self.restart_redis(Duration::from_millis(rng.random_range(50..500)), Persistence::Aof)?;
+                "from its AOF".to_owned()
+            }
+            Fault::FrozenDelete => {
+                let i = rng.random_range(0..self.nodes.len());
+                kill(&mut self.nodes[i].child, "-STOP");
+                // The node thaws whatever the deletion met.
+                let deleted = self.delete_keys(&room, &["r", "f"]);
+                let frozen = Duration::from_millis(rng.random_range(300..2000));
+                std::thread::sleep(frozen);
+                kill(&mut self.nodes[i].child, "-CONT");
+                format!("node {i} frozen {} ms; room {room}: {}", frozen.as_millis(), deleted?.join(" "))
             }
             Fault::ClientKill => format!("{} connections", self.redis(&["CLIENT", "KILL", "TYPE", "normal"])?),
             Fault::RoomDelete => {
-                let keys = self.keys_of(&room, "r")?;
-                let mut del = vec!["DEL"];
-                del.extend(keys.iter().map(String::as_str));
+                let keys = self.delete_keys(&room, &["r"])?;
                 if keys.is_empty() {
                     return Ok(format!("room {room} (no stream yet)"));
                 }
-                self.redis(&del)?;
                 format!("room {room}: {}", keys.join(" "))
             }
             Fault::MetadataDelete => {
@@ -462,6 +535,20 @@ impl Cluster {
                 format!("node 0 cut off for {} ms", hold.as_millis())
             }
         })
+    }
+
+    /// Deletes the room's keys of the given kinds; returns their names.
+    fn delete_keys(&self, room: &str, kinds: &[&str]) -> anyhow::Result<Vec<String>> {
+        let mut keys = Vec::new();
+        for kind in kinds {
+            keys.extend(self.keys_of(room, kind)?);
+        }
+        if !keys.is_empty() {
+            let mut del = vec!["DEL"];
+            del.extend(keys.iter().map(String::as_str));
+            self.redis(&del)?;
+        }
+        Ok(keys)
     }
 
     /// The room's keys of one kind (`r` stream, `f` floor, `a` audience),

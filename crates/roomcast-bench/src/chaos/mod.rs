@@ -298,7 +298,7 @@ async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
     }
     println!(
         "chaos: {} s, {} faults, {} acknowledged ({} unanswered), {} delivered over {} connections; \
-         silent losses {}, duplicates {}, order violations {}, id reuse {}, phantoms {}, stuck {}; \
+         silent losses {}, duplicates {}, order violations {}, id reuse {}, stored twice {}, phantoms {}, stuck {}; \
          {} gaps {:?}; report {}",
         report.duration_s,
         report.faults.len(),
@@ -310,6 +310,7 @@ async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
         v.duplicates,
         v.order_violations,
         v.id_reuse,
+        v.stored_twice,
         v.phantoms,
         v.stuck,
         v.gaps,

@@ -4,6 +4,8 @@
 //! - **Duplicate**: an ID handed to the same subscriber twice.
 //! - **Order violation**: an ID not above the one handed over before it.
 //! - **ID reuse**: one ID carrying two different events (tags).
+//! - **Stored twice**: one publish (tag) delivered or acknowledged under
+//!   two IDs: the store ran an append twice.
 //! - **Silent loss**: an acknowledged event the subscriber never got, with
 //!   no `gap` covering it. A gap with `after = A` covers every event above
 //!   `A` and below the next event the subscriber was handed after the gap.
@@ -29,6 +31,8 @@ pub struct Verdict {
     pub order_violations: u64,
     /// IDs seen carrying two different events.
     pub id_reuse: u64,
+    /// Publishes seen under two different IDs (stored twice).
+    pub stored_twice: u64,
     /// Events delivered that no publisher ever sent.
     pub phantoms: u64,
     /// Acknowledged events a subscriber missed and was told of (a gap).
@@ -51,6 +55,7 @@ impl Verdict {
             && self.duplicates == 0
             && self.order_violations == 0
             && self.id_reuse == 0
+            && self.stored_twice == 0
             && self.phantoms == 0
             && self.stuck == 0
     }
@@ -101,6 +106,24 @@ pub fn check(
                 v.traces.push(trace(log, *first, *last, started));
             }
         }
+    }
+    // One publish, one ID: a tag seen under two IDs was stored twice.
+    let mut ids_of: HashMap<(&str, u64), Vec<EventId>> = HashMap::new();
+    for ((room, id), tag) in &owner {
+        ids_of.entry((room.as_str(), *tag)).or_default().push(*id);
+    }
+    let mut twice: Vec<String> = ids_of
+        .into_iter()
+        .filter(|(_, ids)| ids.len() > 1)
+        .map(|((room, tag), mut ids)| {
+            ids.sort();
+            format!("{room}: publish {tag} stored as {ids:?}")
+        })
+        .collect();
+    twice.sort();
+    v.stored_twice = twice.len() as u64;
+    for finding in twice {
+        v.note(finding);
     }
     v
 }
@@ -235,6 +258,10 @@ mod tests {
         assert_eq!(check(&[reused], &acked, &none, Instant::now()).id_reuse, 1);
         let phantom = log(vec![ev(1), ev(2), ev(3), ev(4), ev(5), ev(6), Entry::Event(id(7), Some(99))]);
         assert_eq!(check(&[phantom], &acked, &none, Instant::now()).phantoms, 1);
+        let twice = log(vec![ev(1), ev(2), ev(3), ev(4), ev(5), ev(6), Entry::Event(id(7), Some(3))]);
+        let v = check(&[twice], &acked, &none, Instant::now());
+        assert_eq!((v.stored_twice, v.phantoms, v.id_reuse), (1, 0, 0), "{v:?}");
+        assert!(!v.clean());
         let unfinished = SubLog { finished: false, ..log(vec![ev(1)]) };
         assert!(!check(&[unfinished], &acked, &none, Instant::now()).clean());
     }
