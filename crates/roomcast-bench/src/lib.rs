@@ -7,6 +7,7 @@
 //! RSS per connection, as JSON and as an SVG chart. Named presets reproduce
 //! the figures in `docs/benchmarks.md`.
 
+pub mod catchup;
 pub mod chaos;
 pub mod decode;
 pub mod live;
@@ -58,6 +59,9 @@ pub enum Preset {
     /// msg/s, 20 s) on a spawned 3-master Redis Cluster beside single Redis,
     /// twice each; then 10,000 watched rooms idle and churning on each.
     Cluster,
+    /// One node on Redis, a room of 3,200 events of 16 KB (52 MB): one client
+    /// resumes from its start and reads to the end, then 100 at once.
+    CatchUp,
     /// A few seconds at small scale, with a storm (the test suite runs it).
     Smoke,
 }
@@ -475,6 +479,7 @@ pub fn main(args: BenchArgs) -> anyhow::Result<bool> {
                     "watched_rooms": idle,
                 }))
             }
+            Some(Preset::CatchUp) => catchup::run().await?,
             Some(Preset::ResumeStorm) => {
                 let o = bench.run(&TargetSpec::Redis { nodes: 2 }, bench.spec(2000, 1, 500.0, 20, 1.0)).await?;
                 (o.clean() && o.storm_stragglers == 0, json!({ "clean": o.clean(), "caught_up_ms": o.storm_caught_up_ms, "stragglers": o.storm_stragglers, "target_ms": 3000 }))
