@@ -11,11 +11,11 @@
 //! - **Predecessors**: every event carries, written atomically with it, the
 //!   position a reader must hold for the event to continue it: the ID of the
 //!   entry appended just before it, or the room's floor (below) for the
-//!   first entry after its history went. Two markers never equal a reader's
-//!   position: [`REBUILT`] (the room was rebuilt and its floor was lost) and
-//!   [`NEW_SERVER`] (the entry was the room's first written by another store
-//!   server process than the one before it: a restart or failover that may
-//!   have lost acknowledged writes without a trace in the keys).
+//!   first entry after its history went (`0-0` when the floor went too).
+//!   One marker never equals a reader's position: [`NEW_SERVER`] (the entry
+//!   was the room's first written by another store server process than the
+//!   one before it: a restart or failover that may have lost acknowledged
+//!   writes without a trace in the keys).
 //! - **The floor**: each room remembers the last position it handed out (its
 //!   last event's ID, or an [anchor](Store::anchor) a live subscriber of an
 //!   empty room was given) longer than its history. A room with no kept
@@ -92,9 +92,6 @@ pub enum Position {
     After(EventId),
 }
 
-/// The predecessor of a rebuilt room's first entry when its floor was lost
-/// too: no reader holds it, so the rebuild is a gap to anyone past `0-0`.
-pub const REBUILT: EventId = EventId::new(0, 1);
 /// The predecessor of a room's first entry written by another store server
 /// process than its previous entry (see the module invariants).
 pub const NEW_SERVER: EventId = EventId::new(0, 2);
@@ -365,7 +362,8 @@ mod tests {
 
     #[test]
     fn a_page_ends_before_a_break_in_the_chain() {
-        let events = chain(&[(1, 2), (2, 3), (NEW_SERVER.ms, 7), (7, 8)]);
+        // Event 7 names a position nobody holds (a break, like `NEW_SERVER`).
+        let events = chain(&[(1, 2), (2, 3), (0, 7), (7, 8)]);
         let page = Page::new(Position::After(EventId::new(1, 0)), events.clone(), 10, EventId::new(8, 0));
         assert_eq!(ids(&page), vec![2, 3]);
         assert!(page.more && !page.gap);
