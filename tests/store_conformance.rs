@@ -215,6 +215,39 @@ mod cases {
         assert!(!oldest.gap);
     }
 
+    const RACING_APPENDS: usize = 600;
+
+    /// A reader following a room while it is appended to is never told of
+    /// a gap: a read that raced an append is read again, not misjudged.
+    pub async fn reads_racing_appends_see_no_gap(f: Fixture) {
+        let r = room("racing");
+        let first = f.store.append(&r, data(0), None).await.unwrap().id();
+        let writer = {
+            let (store, r) = (f.store.clone(), r.clone());
+            // Slower than the reader, which so keeps finding nothing new.
+            tokio::spawn(async move {
+                for i in 1..RACING_APPENDS {
+                    store.append(&r, data(i), None).await.unwrap();
+                    tokio::time::sleep(Duration::from_micros(500)).await;
+                }
+            })
+        };
+        let mut cursor = first;
+        let mut read = 1;
+        while !writer.is_finished() || read < RACING_APPENDS {
+            tokio::task::yield_now().await;
+            let page = f.store.read(&r, Position::After(cursor), 1).await.unwrap();
+            assert!(!page.gap, "a gap after {cursor} while nothing was lost: {page:?}");
+            if let Some(e) = page.events.first() {
+                assert_eq!(e.prev, cursor);
+                cursor = e.id;
+                read += 1;
+            }
+        }
+        writer.await.unwrap();
+        assert_eq!(read, RACING_APPENDS);
+    }
+
     pub async fn events_of_every_size_round_trip(f: Fixture) {
         let r = room("sizes");
         let sizes = [1usize, 100, 4 << 10, 16 << 10, 60 << 10];
@@ -619,6 +652,11 @@ macro_rules! conformance {
             async fn an_anchor_is_named_by_the_rooms_first_event() {
                 cases::an_anchor_is_named_by_the_rooms_first_event($store(options(1000, Duration::from_secs(60))).await)
                     .await
+            }
+
+            #[tokio::test]
+            async fn reads_racing_appends_see_no_gap() {
+                cases::reads_racing_appends_see_no_gap($store(options(10_000, Duration::from_secs(60))).await).await
             }
 
             #[tokio::test]

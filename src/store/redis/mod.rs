@@ -157,11 +157,21 @@ return out
 const SIGNALS_KEPT: u64 = mailbox::SIGNALS_PER_READ;
 /// How long `connect` waits for the first connection before carrying on.
 const FIRST_CONNECT: Duration = Duration::from_secs(2);
+/// Reads of an empty range that an append raced before a page says so.
+const RACING_READS: usize = 3;
 /// Shortest time an append's replay record is kept. fred resends a call only
 /// before its command timeout fires (a timed-out call is dropped from its
 /// queue), so a few timeouts' worth is ample; each record costs Redis about
 /// 100 bytes for that long.
 const MIN_REPLAY_WINDOW: Duration = Duration::from_secs(10);
+
+/// Where a room ends, and what says so.
+enum End {
+    /// Its stream's last entry.
+    Stream(EventId),
+    /// Its floor (`0-0` without one): the stream is gone.
+    Floor(EventId),
+}
 
 /// Connection settings for [`RedisStore::connect`].
 #[derive(Clone, Debug)]
@@ -318,36 +328,58 @@ impl RedisStore {
     }
 
     /// The room's end: its stream's last entry, else its floor, else `0-0`.
-    async fn end_of(&self, room: &RoomName) -> Result<EventId, StoreError> {
+    async fn end_of(&self, room: &RoomName) -> Result<End, StoreError> {
         let pipeline = self.client.pipeline();
         let _: () = pipeline.xrevrange(self.keys.room(room), "+", "-", Some(1)).await.map_err(unavailable)?;
         let _: () = pipeline.get(self.keys.floor(room)).await.map_err(unavailable)?;
         let (last, floor): (Value, Option<String>) = pipeline.all().await.map_err(unavailable)?;
         if let Some(last) = reply::entries(last)?.last() {
-            return Ok(last.id);
+            return Ok(End::Stream(last.id));
         }
-        Ok(floor
-            .as_deref()
-            .and_then(|f| f.split(' ').next())
-            .and_then(|id| EventId::parse(id).ok())
-            .unwrap_or(EventId::ZERO))
+        Ok(End::Floor(
+            floor
+                .as_deref()
+                .and_then(|f| f.split(' ').next())
+                .and_then(|id| EventId::parse(id).ok())
+                .unwrap_or(EventId::ZERO),
+        ))
     }
 
     /// One page of a room's history, with exact gap detection.
+    ///
+    /// The range and, when it comes back empty, the room's end are two
+    /// reads: an append between them makes the stream end above a position
+    /// with nothing after it, which only a lost history can do when the
+    /// reads see the same moment. So that answer is read again; a room that
+    /// keeps racing gets "nothing new yet, no gap", which holds (the events
+    /// after the position are kept) and the caller reads again.
     async fn read_page(&self, room: &RoomName, from: Position, limit: usize) -> Result<Page, StoreError> {
         let start = match from {
             Position::Oldest => "-".to_owned(),
             Position::After(x) => format!("({x}"),
         };
-        let value: Value =
-            self.client.xrange(self.keys.room(room), start, "+", Some(limit as u64)).await.map_err(unavailable)?;
-        let events = reply::entries(value)?;
-        // The end matters only to a page that reached it with nothing new.
-        let tail = match events.last() {
-            Some(last) => last.id,
-            None => self.end_of(room).await?,
+        for _ in 0..RACING_READS {
+            let value: Value = self
+                .client
+                .xrange(self.keys.room(room), start.as_str(), "+", Some(limit as u64))
+                .await
+                .map_err(unavailable)?;
+            let events = reply::entries(value)?;
+            let tail = match events.last() {
+                Some(last) => last.id,
+                None => match (self.end_of(room).await?, from) {
+                    (End::Stream(last), Position::After(x)) if last > x => continue,
+                    (End::Stream(end) | End::Floor(end), _) => end,
+                },
+            };
+            return Ok(Page::new(from, events, limit, tail));
+        }
+        // Only a read after a position races (see above): it stands there.
+        let at = match from {
+            Position::After(x) => x,
+            Position::Oldest => EventId::ZERO,
         };
-        Ok(Page::new(from, events, limit, tail))
+        Ok(Page::new(from, Vec::new(), limit, at))
     }
 
     /// Events after each position, for the live feed.
@@ -440,7 +472,9 @@ impl Store for RedisStore {
     }
 
     async fn tail(&self, room: &RoomName) -> Result<EventId, StoreError> {
-        timed("tail", self.end_of(room)).await
+        timed("tail", self.end_of(room)).await.map(|end| match end {
+            End::Stream(id) | End::Floor(id) => id,
+        })
     }
 
     async fn anchor(&self, room: &RoomName) -> Result<EventId, StoreError> {
