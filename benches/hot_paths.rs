@@ -16,7 +16,7 @@ use roomcast::hub::outbox::{Outbox, OutboxLimits};
 use roomcast::hub::Batch;
 use roomcast::protocol::{encode_events, Event, EventId, Format, RoomName};
 use roomcast::store::memory::MemoryStore;
-use roomcast::store::{Position, Store, StoreOptions};
+use roomcast::store::{EventLog, Position, StoreOptions};
 
 fn events(n: u64, payload: usize) -> Vec<Event> {
     let data = Bytes::from(format!("{{\"msg\":\"{}\"}}", "x".repeat(payload.saturating_sub(10))));

@@ -8,20 +8,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::hub::Hub;
-use crate::session::SessionLimits;
+use crate::session::Context;
 use crate::store::Store;
 
 /// Node-wide state, shared by handlers and sessions.
 pub struct App {
     /// Validated settings.
     pub config: Config,
-    /// Where events live.
+    /// The store engine: event log, loss detection and live log.
     pub store: Arc<dyn Store>,
-    /// Local room registry and fanout.
-    pub hub: Arc<Hub>,
-    /// Limits applied to every connection.
-    pub limits: SessionLimits,
+    /// What every connection's session shares: the hub, the log, the live
+    /// audience, the publish path and the per-connection limits.
+    pub sessions: Arc<Context>,
     /// Cancelled when the node shuts down.
     pub shutdown: CancellationToken,
     /// Tracks connection tasks, so shutdown can wait for them.

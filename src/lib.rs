@@ -30,6 +30,7 @@ pub mod hub;
 pub mod live;
 pub mod metrics;
 pub mod protocol;
+pub mod publish;
 pub mod server;
 pub mod session;
 pub mod shutdown;
@@ -53,15 +54,17 @@ pub use crate::error::Error;
 
 use crate::app::App;
 use crate::auth::Origins;
-use crate::http::{health, history, publish, rooms, web};
+use crate::http::{health, history, rooms, web};
 use crate::hub::Hub;
+use crate::live::Live;
+use crate::publish::Publisher;
 use crate::server::AcceptLimits;
-use crate::session::SessionLimits;
+use crate::session::{Context, SessionLimits};
 use crate::store::coalesce::Coalescing;
 use crate::store::feed::Feed;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::{RedisOptions, RedisStore};
-use crate::store::{Store, StoreError, StoreOptions};
+use crate::store::{Store, StoreOptions};
 use crate::transport::{sse, ws};
 
 /// Every route of a node (`/metrics` only when it has no address of its own).
@@ -75,7 +78,7 @@ fn router(app: Arc<App>) -> Router {
     // `EventSource`: the room resources answer CORS for the allowed origins.
     let rooms = Router::new()
         .route("/rooms/{room}", get(rooms::info))
-        .route("/rooms/{room}/events", get(history::list).post(publish::create))
+        .route("/rooms/{room}/events", get(history::list).post(http::publish::create))
         .route("/rooms/{room}/sse", get(sse::handler))
         .layer(cors(app.config.origins.clone()));
     router
@@ -111,56 +114,9 @@ fn metrics_router(app: Arc<App>) -> Router {
     Router::new().route("/metrics", get(health::metrics)).route("/healthz", get(health::healthz)).with_state(app)
 }
 
-/// Starts the live feed if the store answers now (it is waited for at
-/// most one command timeout).
-async fn try_start_feed(store: &Arc<dyn Store>, hub: &Arc<Hub>, feed: &FeedStart) -> Result<(), StoreError> {
-    store.ping().await?;
-    let source = store.change_source(&feed.node_id).await?;
-    hub.attach_feed(Feed::spawn(
-        store.clone(),
-        source,
-        hub.clone(),
-        feed.coalesce,
-        feed.shutdown.clone(),
-        &feed.tracker,
-    ));
-    Ok(())
-}
-
-/// What starting the feed needs.
-struct FeedStart {
-    node_id: String,
-    coalesce: Coalescing,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-}
-
-/// Keeps trying to start the feed until the store answers: the node serves
-/// meanwhile (not ready; subscribes and publishes answer
-/// `store_unavailable`), so a Redis that is not up yet at deploy time is
-/// no crash loop.
-async fn start_feed_when_ready(store: Arc<dyn Store>, hub: Arc<Hub>, feed: FeedStart) {
-    let mut waited = backoff::Backoff::new(STORE_RETRY_MIN, STORE_RETRY_MAX);
-    loop {
-        tokio::select! {
-            _ = feed.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(waited.next_delay()) => {}
-        }
-        let outcome = tokio::select! {
-            _ = feed.shutdown.cancelled() => return,
-            outcome = try_start_feed(&store, &hub, &feed) => outcome,
-        };
-        if outcome.is_ok() {
-            info!("the store answers: this node is ready");
-            return;
-        }
-    }
-}
-
-/// Retry delays while the store does not answer at start.
-const STORE_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(100);
-/// The longest of them.
-const STORE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a starting node waits for its feed to reach the store before
+/// it serves anyway (not ready until it does).
+const FIRST_LOOK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Runs a node on an already-bound listener until `shutdown` is cancelled,
 /// then closes every connection (1012) and returns within the grace period.
@@ -177,30 +133,33 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
             Arc::new(memory)
         }
     };
-    let hub = Hub::new(store.clone());
-    let feed = FeedStart {
-        node_id: config.node_id.clone(),
-        coalesce: Coalescing { base: config.node.coalesce, max: config.node.coalesce_max },
-        shutdown: shutdown.clone(),
-        tracker: tracker.clone(),
-    };
-    if let Err(e) = try_start_feed(&store, &hub, &feed).await {
-        warn!(cause = %e, "the store does not answer yet; serving, not ready, until it does");
-        tracker.spawn(start_feed_when_ready(store.clone(), hub.clone(), feed));
+    // The feed's loop reaches the store by itself, and retries until it
+    // does: meanwhile the node serves, not ready (subscribes and publishes
+    // answer `store_unavailable`), so a Redis that is not up yet at deploy
+    // time is no crash loop.
+    let coalesce = Coalescing { base: config.node.coalesce, max: config.node.coalesce_max };
+    let (feed, feed_loop) = Feed::new(store.clone(), store.change_source(&config.node_id)?, coalesce);
+    let hub = Hub::new(feed);
+    feed_loop.spawn(hub.clone(), shutdown.clone(), &tracker);
+    // Usually the store answers at once: serve ready from the first request.
+    if !hub.wait_live(FIRST_LOOK).await {
+        warn!("the store does not answer yet; serving, not ready, until it does");
     }
     hub.spawn_heartbeat(config.node.heartbeat, shutdown.clone(), &tracker);
-    live::spawn(hub.clone(), store.clone(), config.node_id.clone(), shutdown.clone(), &tracker);
+    let live = Arc::new(Live::default());
+    live::spawn(live.clone(), hub.clone(), store.clone(), config.node_id.clone(), shutdown.clone(), &tracker);
 
     if config.auth.is_open() {
         warn!("no --jwt-secret, --jwt-public-key or --api-key: this node is OPEN, anyone who can reach it may publish and subscribe");
     }
     let limits = SessionLimits::from(&config.limits);
     let grace = config.node.shutdown_grace;
+    let publisher = Publisher::new(store.clone(), limits.max_payload);
+    let sessions = Arc::new(Context { hub, log: store.clone(), live, publisher, limits });
     let app = Arc::new(App {
         config,
         store,
-        hub,
-        limits,
+        sessions,
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
         metrics: recorder,

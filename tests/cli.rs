@@ -42,3 +42,44 @@ fn a_malformed_redis_url_is_a_clear_failure() {
     assert_eq!(code, Some(64), "{stderr}");
     assert!(stderr.contains("redis:// URL"), "{stderr}");
 }
+
+/// `docs/configuration.md` is where the flags are written down: it must
+/// name every flag `serve --help` has, with the same environment variable
+/// and default, and no flag the binary does not have.
+#[test]
+fn the_configuration_doc_matches_help() {
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_roomcast")).args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    // flag -> (env, default) from the help text.
+    let mut flags = std::collections::BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in help.lines() {
+        let line = line.trim();
+        if let Some(flag) = line.strip_prefix("--").map(|f| f.split_whitespace().next().unwrap_or("")) {
+            if flag != "help" {
+                current = Some(format!("--{flag}"));
+                flags.insert(format!("--{flag}"), (String::new(), None::<String>));
+            }
+        } else if let (Some(flag), Some(env)) = (&current, line.strip_prefix("[env: ")) {
+            flags.get_mut(flag).unwrap().0 = env.trim_end_matches(']').trim_end_matches('=').to_owned();
+        } else if let (Some(flag), Some(default)) = (&current, line.strip_prefix("[default: ")) {
+            flags.get_mut(flag).unwrap().1 = Some(default.trim_end_matches(']').to_owned());
+        }
+    }
+    assert!(flags.len() > 25, "help parsed: {flags:?}");
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md")).unwrap();
+    let mut documented = std::collections::BTreeSet::new();
+    for row in doc.lines().filter(|l| l.starts_with("| `--")) {
+        let cells: Vec<&str> = row.split(" | ").map(|c| c.trim_matches(|ch| ch == '|' || ch == ' ')).collect();
+        let flag = cells[0].trim_matches('`');
+        let (env, default) =
+            flags.get(flag).unwrap_or_else(|| panic!("{flag} is documented but `serve --help` has no such flag"));
+        assert_eq!(cells[1].trim_matches('`'), env, "{flag}: its environment variable");
+        if let Some(default) = default {
+            assert_eq!(cells[2], format!("`{default}`"), "{flag}: its default");
+        }
+        documented.insert(flag.to_owned());
+    }
+    let missing: Vec<&String> = flags.keys().filter(|f| !documented.contains(f.as_str())).collect();
+    assert!(missing.is_empty(), "flags missing from docs/configuration.md: {missing:?}");
+}

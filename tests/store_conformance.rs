@@ -326,7 +326,7 @@ mod cases {
 
     pub async fn change_source_reports_watched_rooms(f: Fixture) {
         let r = room("watched");
-        let mut source = f.store.change_source("n1").await.unwrap();
+        let mut source = f.store.change_source("n1").unwrap();
         source.watch(&r);
         source.prepare().await.unwrap();
         f.store.append(&r, data(1), None).await.unwrap();
@@ -426,7 +426,7 @@ mod key_loss {
         let f = redis(options(100, Duration::from_secs(60))).await;
         let server = f._redis.as_ref().unwrap();
         let control = Keys::new("t").control("early");
-        let mut source = f.store.change_source("early").await.unwrap();
+        let mut source = f.store.change_source("early").unwrap();
         source.waker().wake();
         eventually("the wake is on the control stream", || async {
             server.command(&["XLEN", &control]).filter(|n| n != ":0").map(|_| ())

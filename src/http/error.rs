@@ -30,12 +30,14 @@ impl IntoResponse for Refusal {
 
 /// A store failure as an HTTP answer: 507 when the store is out of memory
 /// (an operator must act), 503 otherwise (retry, perhaps on another node).
-pub fn store_error_response(e: &StoreError) -> Response {
-    let status = match e {
-        StoreError::OutOfMemory(_) => StatusCode::INSUFFICIENT_STORAGE,
-        StoreError::Unavailable(_) | StoreError::Protocol(_) => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    error_response(status, e.error_code(), &e.to_string())
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Self {
+        let status = match e {
+            StoreError::OutOfMemory(_) => StatusCode::INSUFFICIENT_STORAGE,
+            StoreError::Unavailable(_) | StoreError::Protocol(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Refusal::new(status, e.error_code(), e.to_string())
+    }
 }
 
 /// A JSON error body: `{"error": code, "message": text}`.

@@ -22,7 +22,7 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
     if app.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
-    if !app.hub.is_live() {
+    if !app.sessions.hub.is_live() {
         return (StatusCode::SERVICE_UNAVAILABLE, "connecting to the store\n").into_response();
     }
     match tokio::time::timeout(READY_TIMEOUT, app.store.ping()).await {
@@ -35,8 +35,8 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
 /// Prometheus text format. Gauges that are cheaper to read than to keep
 /// current are read here, once per scrape.
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
-    metrics::gauge!("roomcast_rooms").set(app.hub.room_count() as f64);
-    let (queued, deepest) = app.hub.outbox_bytes();
+    metrics::gauge!("roomcast_rooms").set(app.sessions.hub.room_count() as f64);
+    let (queued, deepest) = app.sessions.hub.outbox_bytes();
     metrics::gauge!("roomcast_outbox_queued_bytes").set(queued as f64);
     metrics::gauge!("roomcast_outbox_queued_bytes_max").set(deepest as f64);
     metrics::gauge!("roomcast_max_connections").set(app.config.limits.max_connections as f64);

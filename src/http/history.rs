@@ -2,16 +2,16 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::{error_response, room_access, store_error_response, Access};
+use super::{Readable, Refusal};
 use crate::app::App;
 use crate::protocol::{json_history, ErrorCode, Event, EventId, RoomName, EVENT_OVERHEAD};
 use crate::session::{page_limit, PAGE_BYTES};
-use crate::store::{Page, Position, Store, StoreError};
+use crate::store::{EventLog, Page, Position, StoreError};
 
 /// Events per page unless `limit` says otherwise.
 const DEFAULT_LIMIT: usize = 100;
@@ -29,33 +29,27 @@ pub struct HistoryQuery {
 /// with `gap: true` when events after `after` are no longer kept.
 pub async fn list(
     State(app): State<Arc<App>>,
-    Path(room): Path<String>,
+    Readable(room): Readable,
     Query(q): Query<HistoryQuery>,
-    headers: HeaderMap,
-) -> Response {
-    let room = match room_access(&app, &headers, &room, Access::Read) {
-        Ok(room) => room,
-        Err(refusal) => return refusal.into_response(),
-    };
-    let after = match q.after.as_deref().map(EventId::parse).transpose() {
-        Ok(after) => after.unwrap_or(EventId::ZERO),
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadEventId, &e.to_string()),
-    };
+) -> Result<Response, Refusal> {
+    let after = q
+        .after
+        .as_deref()
+        .map(EventId::parse)
+        .transpose()
+        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, ErrorCode::BadEventId, e.to_string()))?
+        .unwrap_or(EventId::ZERO);
     let limit = match q.limit.as_deref().map(str::parse::<usize>).transpose() {
         Ok(Some(n)) if (1..=MAX_LIMIT).contains(&n) => n,
         Ok(None) => DEFAULT_LIMIT,
         _ => {
             let message = format!("limit must be between 1 and {MAX_LIMIT}");
-            return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadFrame, &message);
+            return Err(Refusal::new(StatusCode::BAD_REQUEST, ErrorCode::BadFrame, message));
         }
     };
     let from = if after.is_zero() { Position::Oldest } else { Position::After(after) };
-    match read_within(&*app.store, &room, from, limit, app.limits.max_payload).await {
-        Ok(page) => {
-            ([(header::CONTENT_TYPE, "application/json")], json_history(&room, &page.events, page.gap)).into_response()
-        }
-        Err(e) => store_error_response(&e),
-    }
+    let page = read_within(&*app.store, &room, from, limit, app.sessions.limits.max_payload).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], json_history(&room, &page.events, page.gap)).into_response())
 }
 
 /// Up to `limit` events from `from`, and about [`PAGE_BYTES`] at most: read
@@ -63,7 +57,7 @@ pub async fn list(
 /// allowed), so a room of large events costs one answer a bounded amount of
 /// memory. A shorter answer than asked means "read on after the last".
 async fn read_within(
-    store: &dyn Store,
+    store: &dyn EventLog,
     room: &RoomName,
     from: Position,
     limit: usize,

@@ -1,6 +1,7 @@
 //! The HTTP resources: one file per resource (the router in the crate root
-//! assembles them with the streaming transports), the credential check
-//! they share, and the error shape in [`error`].
+//! assembles them with the streaming transports), the room extractors they
+//! share, and the error shape in [`error`]. Handlers return
+//! `Result<_, Refusal>`: a refusal is a response.
 
 pub mod error;
 pub mod health;
@@ -9,49 +10,67 @@ pub mod publish;
 pub mod rooms;
 pub mod web;
 
-pub use self::error::{error_response, store_error_response, Refusal};
+pub use self::error::{error_response, Refusal};
 
-use axum::http::{HeaderMap, StatusCode};
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Path};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
 
 use crate::app::App;
 use crate::auth::Grant;
 use crate::protocol::{ErrorCode, RoomName};
 
-/// What a request wants to do with a room.
-#[derive(Clone, Copy, Debug)]
-pub enum Access {
-    /// Read history, room info.
-    Read,
-    /// Publish.
-    Publish,
-}
-
-/// Validates the room name in a path (400) and the request's credential for
-/// `access` to it (401/403): the first step of every room resource.
-pub fn room_access(app: &App, headers: &HeaderMap, raw: &str, access: Access) -> Result<RoomName, Refusal> {
+/// A room named in the path, and the credential the request carries: the
+/// first step of every room resource. A bad name is 400, a bad credential
+/// 401.
+async fn room_and_grant(parts: &mut Parts, app: &Arc<App>) -> Result<(RoomName, Grant), Refusal> {
+    let Path(raw) = Path::<String>::from_request_parts(parts, app)
+        .await
+        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, ErrorCode::BadRoom, e.body_text()))?;
     let room =
-        RoomName::parse(raw).map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, ErrorCode::BadRoom, e.to_string()))?;
-    authorize(app, headers, &room, access)?;
-    Ok(room)
-}
-
-/// Checks the request's credential (`Authorization: Bearer`) for `access`
-/// to `room`: 401 without a valid one, 403 when it does not cover the room.
-pub fn authorize(app: &App, headers: &HeaderMap, room: &RoomName, access: Access) -> Result<(), Refusal> {
+        RoomName::parse(&raw).map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, ErrorCode::BadRoom, e.to_string()))?;
     let grant = app
         .config
         .auth
-        .authenticate(headers, None)
+        .authenticate(&parts.headers, None)
         .map_err(|e| Refusal::new(StatusCode::UNAUTHORIZED, ErrorCode::Forbidden, e.to_string()))?;
-    let allowed = match access {
-        Access::Read => grant.may_subscribe(room),
-        Access::Publish => grant.may_publish(room),
-    };
-    if allowed {
-        Ok(())
-    } else if matches!(grant, Grant::Anonymous) {
-        Err(Refusal::new(StatusCode::UNAUTHORIZED, ErrorCode::Forbidden, "publishing needs the API key or a token"))
-    } else {
-        Err(Refusal::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, "this credential does not cover this room"))
+    Ok((room, grant))
+}
+
+/// A credential that does not cover what it asks: 401 without one (the
+/// request may succeed with a credential), 403 with one.
+pub fn forbidden(grant: &Grant, message: impl Into<String>) -> Refusal {
+    let status = if matches!(grant, Grant::Anonymous) { StatusCode::UNAUTHORIZED } else { StatusCode::FORBIDDEN };
+    Refusal::new(status, ErrorCode::Forbidden, message)
+}
+
+/// A room the request may read (history, room info).
+pub struct Readable(pub RoomName);
+
+impl FromRequestParts<Arc<App>> for Readable {
+    type Rejection = Refusal;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Refusal> {
+        let (room, grant) = room_and_grant(parts, app).await?;
+        if grant.may_subscribe(&room) {
+            Ok(Readable(room))
+        } else {
+            Err(forbidden(&grant, "this credential does not cover this room"))
+        }
+    }
+}
+
+/// A room the request publishes to, with its credential: what the
+/// credential may do there is for the publish path to say.
+pub struct Publishing(pub RoomName, pub Grant);
+
+impl FromRequestParts<Arc<App>> for Publishing {
+    type Rejection = Refusal;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Refusal> {
+        let (room, grant) = room_and_grant(parts, app).await?;
+        Ok(Publishing(room, grant))
     }
 }

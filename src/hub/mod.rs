@@ -6,20 +6,20 @@
 //! lagged and catches up from the store on its own time.
 //!
 //! A room enters the registry with its first local subscriber (and the feed
-//! starts following it from the room's tail) and leaves it with its last.
+//! starts following it from the room's anchor) and leaves it with its last.
+//! Room-wide notices (audience, reactions) go out through [`Hub::offer`];
+//! what they say is the live audience's business (`crate::live`).
 
 mod batch;
 mod notice;
 pub mod outbox;
-mod tally;
 
 pub use batch::Batch;
 pub use notice::{Audience, Notice};
-pub use tally::{Tally, MAX_KEYS_PER_WINDOW};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 
 use std::time::Duration;
 
@@ -28,9 +28,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::outbox::Outbox;
-use crate::protocol::{frames, Event, EventId, ReactionKey, RoomName, ServerFrame, FRAME_BUDGET};
+use crate::protocol::{frames, Event, EventId, RoomName, FRAME_BUDGET};
 use crate::store::feed::{Feed, FeedSink};
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
 
 /// One connection's membership in one room, as the hub sees it.
 #[derive(Clone)]
@@ -64,27 +64,18 @@ struct RoomEntry {
     /// Distinguishes successive lives of the same room in the registry, so a
     /// late "unwatch" from an old life cannot stop the feed for a new one.
     generation: u64,
-    /// The room's tail when its first local subscriber joined: where the
+    /// The room's anchor when its first local subscriber joined: where the
     /// feed starts. Resolved once, whoever asks first.
     start: OnceCell<EventId>,
     members: RwLock<Members>,
-    /// The room's audience as last pushed ([`UNKNOWN`] before the first).
-    audience: AtomicU64,
 }
-
-/// No audience count is known for the room yet.
-const UNKNOWN: u64 = u64::MAX;
 
 /// The node-local room registry and fanout.
 pub struct Hub {
     rooms: Mutex<HashMap<RoomName, Arc<RoomEntry>>>,
-    /// Reactions counted on this node since the last window closed.
-    reactions: Mutex<Tally>,
     generations: AtomicU64,
-    store: Arc<dyn Store>,
-    feed: OnceLock<Feed>,
-    /// A hub that is fed by hand (unit tests): joins need no feed.
-    detached: bool,
+    /// The live feed that follows the rooms registered here.
+    feed: Feed,
     /// Every connection's outbox, for the heartbeat tick. Weak: a
     /// connection that is gone is pruned at the next tick.
     connections: Mutex<HashMap<u64, Weak<Outbox>>>,
@@ -103,41 +94,20 @@ fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 }
 
 impl Hub {
-    /// An empty hub over `store`; call [`Hub::attach_feed`] before use.
-    pub fn new(store: Arc<dyn Store>) -> Arc<Hub> {
-        Arc::new(Hub {
-            rooms: Mutex::default(),
-            reactions: Mutex::default(),
-            generations: AtomicU64::new(1),
-            store,
-            feed: OnceLock::new(),
-            detached: false,
-            connections: Mutex::default(),
-        })
+    /// An empty hub whose rooms `feed` follows (start the feed's loop with
+    /// this hub as its sink).
+    pub fn new(feed: Feed) -> Arc<Hub> {
+        Arc::new(Hub { rooms: Mutex::default(), generations: AtomicU64::new(1), feed, connections: Mutex::default() })
     }
 
-    /// A hub whose rooms no feed follows: batches are handed to it by
-    /// hand. For tests of what sits above the feed.
-    #[cfg(test)]
-    pub(crate) fn detached(store: Arc<dyn Store>) -> Arc<Hub> {
-        let hub = Hub::new(store);
-        match Arc::try_unwrap(hub) {
-            Ok(mut hub) => {
-                hub.detached = true;
-                Arc::new(hub)
-            }
-            Err(hub) => hub,
-        }
-    }
-
-    /// Whether the live feed runs (it starts once the store first answers).
+    /// Whether the live feed runs (it reaches the store).
     pub fn is_live(&self) -> bool {
-        self.feed.get().is_some()
+        self.feed.is_live()
     }
 
-    /// Connects the feed (which needs the hub as its sink, hence two steps).
-    pub fn attach_feed(&self, feed: Feed) {
-        let _ = self.feed.set(feed);
+    /// Waits up to `within` for the live feed to run; whether it does.
+    pub async fn wait_live(&self, within: Duration) -> bool {
+        self.feed.wait_live(within).await
     }
 
     /// Adds `conn` to `room`. Returns the live cursor: every event after it
@@ -152,7 +122,6 @@ impl Hub {
                         generation: self.generations.fetch_add(1, Ordering::Relaxed),
                         start: OnceCell::new(),
                         members: RwLock::new(Members { by_conn: HashMap::new(), last: None }),
-                        audience: AtomicU64::new(UNKNOWN),
                     })
                 })
                 .clone();
@@ -163,22 +132,7 @@ impl Hub {
             };
             (entry, last)
         };
-        let start = entry
-            .start
-            .get_or_try_init(|| async {
-                // No feed yet: the store has not answered since the node
-                // started, and a room joined now would never be followed.
-                let feed = self.feed.get();
-                if feed.is_none() && !self.detached {
-                    return Err(StoreError::Unavailable("the node is still connecting to its store".into()));
-                }
-                let tail = self.store.anchor(room).await?;
-                if let Some(feed) = feed {
-                    feed.watch(room.clone(), entry.generation, tail).await;
-                }
-                Ok::<_, StoreError>(tail)
-            })
-            .await;
+        let start = entry.start.get_or_try_init(|| self.feed.follow(room, entry.generation)).await;
         match start {
             Ok(start) => Ok(last.unwrap_or(*start)),
             Err(e) => {
@@ -208,8 +162,8 @@ impl Hub {
                 None
             }
         };
-        if let (Some(generation), Some(feed)) = (emptied, self.feed.get()) {
-            feed.unwatch(room.clone(), generation).await;
+        if let Some(generation) = emptied {
+            self.feed.unwatch(room.clone(), generation).await;
         }
     }
 
@@ -231,54 +185,20 @@ impl Hub {
             .collect()
     }
 
-    /// The room's audience as last pushed, if one was.
-    pub fn known_audience(&self, room: &RoomName) -> Option<u64> {
-        let entry = lock(&self.rooms).get(room).cloned()?;
-        let count = entry.audience.load(Ordering::Acquire);
-        (count != UNKNOWN).then_some(count)
-    }
-
-    /// Pushes the room's audience to its watchers if it changed (or was
-    /// never pushed).
-    pub fn push_audience(&self, room: &RoomName, count: u64) {
+    /// Offers a room-wide notice to the room's local subscribers (`to`:
+    /// all, or those that asked for its audience); `false` when the room
+    /// has none here.
+    pub fn offer(&self, room: &RoomName, notice: &Arc<Notice>, to: Audience) -> bool {
         let Some(entry) = lock(&self.rooms).get(room).cloned() else {
-            return;
+            return false;
         };
-        if entry.audience.swap(count, Ordering::AcqRel) == count {
-            return;
-        }
-        let notice = Arc::new(Notice::new(room.clone(), ServerFrame::Audience { room: room.clone(), count }));
-        Self::offer(&entry, &notice, Audience::Watchers);
-    }
-
-    /// Sends every local subscriber of `room` one window of reactions.
-    pub fn push_reactions(&self, room: &RoomName, counts: std::collections::BTreeMap<ReactionKey, u64>) {
-        let Some(entry) = lock(&self.rooms).get(room).cloned() else {
-            return;
-        };
-        let notice = Arc::new(Notice::new(room.clone(), ServerFrame::Reactions { room: room.clone(), counts }));
-        Self::offer(&entry, &notice, Audience::Everyone);
-        metrics::counter!("roomcast_reaction_frames_total").increment(1);
-    }
-
-    fn offer(entry: &RoomEntry, notice: &Arc<Notice>, to: Audience) {
         let members = read(&entry.members);
         for subscriber in members.by_conn.values() {
             if to == Audience::Everyone || subscriber.flags.audience.load(Ordering::Relaxed) {
                 subscriber.outbox.offer_notice(notice);
             }
         }
-    }
-
-    /// Counts one reaction in this node's current window; `false` when the
-    /// window already holds as many distinct keys for the room as allowed.
-    pub fn react(&self, room: &RoomName, key: &ReactionKey) -> bool {
-        lock(&self.reactions).add(room, key)
-    }
-
-    /// Closes the current reaction window and returns what it counted.
-    pub fn take_reactions(&self) -> Tally {
-        std::mem::take(&mut *lock(&self.reactions))
+        true
     }
 
     /// Registers a connection's outbox for the heartbeat tick.

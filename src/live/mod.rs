@@ -11,9 +11,12 @@
 //! See `docs/architecture.md`, "Live audience".
 
 mod table;
+mod tally;
+
+pub use self::tally::{Tally, MAX_KEYS_PER_WINDOW};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -21,9 +24,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use self::table::AudienceTable;
-use crate::hub::{Hub, Tally};
-use crate::protocol::{ReactionKey, RoomName};
-use crate::store::notes::NOTES_PER_READ;
+use crate::hub::{Audience, Hub, Notice};
+use crate::protocol::{ReactionKey, RoomName, ServerFrame};
+use crate::store::live_log::NOTES_PER_READ;
 use crate::store::{LiveNote, NoteCursor, Store, StoreError};
 
 /// One reaction window: how often reactions are combined and sent.
@@ -37,10 +40,75 @@ const ROOMS_PER_NOTE: usize = 1_000;
 /// Note reads per window at most (each up to `NOTES_PER_READ`).
 const READS_PER_WINDOW: usize = 4;
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the node's connections share with its live-audience task: the
+/// reactions its viewers sent in the current window, and each room's
+/// audience as last pushed.
+#[derive(Debug, Default)]
+pub struct Live {
+    /// Reactions counted on this node since the last window closed.
+    reactions: Mutex<Tally>,
+    /// Each room's audience as last pushed to its watchers (rooms with
+    /// local subscribers only; pruned every audience round).
+    pushed: Mutex<HashMap<RoomName, u64>>,
+}
+
+impl Live {
+    /// Counts one reaction in this node's current window; `false` when the
+    /// window already holds as many distinct keys for the room as allowed.
+    pub fn react(&self, room: &RoomName, key: &ReactionKey) -> bool {
+        lock(&self.reactions).add(room, key)
+    }
+
+    /// The room's audience as last pushed, if one was: a new watcher gets
+    /// it at once.
+    pub fn known_audience(&self, room: &RoomName) -> Option<u64> {
+        lock(&self.pushed).get(room).copied()
+    }
+
+    /// Closes the current reaction window and returns what it counted.
+    fn take_reactions(&self) -> Tally {
+        std::mem::take(&mut *lock(&self.reactions))
+    }
+
+    /// Pushes `room`'s audience to its watchers if it changed (or was never
+    /// pushed).
+    fn push_audience(&self, hub: &Hub, room: &RoomName, count: u64) {
+        if lock(&self.pushed).insert(room.clone(), count) == Some(count) {
+            return;
+        }
+        let notice = Arc::new(Notice::new(room.clone(), ServerFrame::Audience { room: room.clone(), count }));
+        hub.offer(room, &notice, Audience::Watchers);
+    }
+
+    /// Forgets what was pushed for rooms no longer held here.
+    fn retain_pushed(&self, held: &HashMap<RoomName, usize>) {
+        lock(&self.pushed).retain(|room, _| held.contains_key(room));
+    }
+}
+
+/// Sends every local subscriber of `room` one window of reactions.
+fn push_reactions(hub: &Hub, room: &RoomName, counts: BTreeMap<ReactionKey, u64>) {
+    let notice = Arc::new(Notice::new(room.clone(), ServerFrame::Reactions { room: room.clone(), counts }));
+    if hub.offer(room, &notice, Audience::Everyone) {
+        metrics::counter!("roomcast_reaction_frames_total").increment(1);
+    }
+}
+
 /// Starts the node's live-audience task; it runs until `shutdown`, then
 /// withdraws this node's counts.
-pub fn spawn(hub: Arc<Hub>, store: Arc<dyn Store>, node: String, shutdown: CancellationToken, tracker: &TaskTracker) {
-    let mut live = Live::new(hub, store, node);
+pub fn spawn(
+    live: Arc<Live>,
+    hub: Arc<Hub>,
+    store: Arc<dyn Store>,
+    node: String,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) {
+    let mut live = LiveTask::new(live, hub, store, node);
     tracker.spawn(async move {
         let mut tick = tokio::time::interval(WINDOW);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -55,7 +123,8 @@ pub fn spawn(hub: Arc<Hub>, store: Arc<dyn Store>, node: String, shutdown: Cance
 }
 
 /// The task's state between windows.
-struct Live {
+struct LiveTask {
+    shared: Arc<Live>,
     hub: Arc<Hub>,
     store: Arc<dyn Store>,
     node: String,
@@ -75,9 +144,10 @@ struct Live {
     failing: bool,
 }
 
-impl Live {
-    fn new(hub: Arc<Hub>, store: Arc<dyn Store>, node: String) -> Self {
-        Live {
+impl LiveTask {
+    fn new(shared: Arc<Live>, hub: Arc<Hub>, store: Arc<dyn Store>, node: String) -> Self {
+        LiveTask {
+            shared,
             hub,
             store,
             node,
@@ -125,7 +195,7 @@ impl Live {
     /// A window the store refuses is lost (and counted): reactions are
     /// moments, not data.
     async fn write_reactions(&mut self) -> Result<(), StoreError> {
-        let tally = self.hub.take_reactions();
+        let tally = self.shared.take_reactions();
         if tally.is_empty() {
             return Ok(());
         }
@@ -179,7 +249,7 @@ impl Live {
     /// without local subscribers are skipped by the hub).
     fn send_reactions(&mut self) {
         for (room, counts) in std::mem::take(&mut self.combined).into_rooms() {
-            self.hub.push_reactions(&room, counts);
+            push_reactions(&self.hub, &room, counts);
         }
     }
 
@@ -211,8 +281,9 @@ impl Live {
         for (room, counts) in missing.iter().cloned().zip(self.store.audience_by_node(&missing).await?) {
             self.table.load(room, counts);
         }
+        self.shared.retain_pushed(&self.reported);
         for room in self.table.rooms() {
-            self.hub.push_audience(room, self.table.sum(room, &self.live_nodes));
+            self.shared.push_audience(&self.hub, room, self.table.sum(room, &self.live_nodes));
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::protocol::RoomName;
+use crate::store::live_sum;
 
 /// Per watched room, every node's last reported local count.
 #[derive(Debug, Default)]
@@ -43,7 +44,7 @@ impl AudienceTable {
 
     /// The room's audience over the nodes alive now.
     pub(super) fn sum(&self, room: &RoomName, live: &HashSet<String>) -> u64 {
-        self.rooms.get(room).map_or(0, |counts| counts.iter().filter(|(n, _)| live.contains(*n)).map(|(_, c)| c).sum())
+        self.rooms.get(room).map_or(0, |counts| live_sum(counts, live))
     }
 
     /// The rooms held.

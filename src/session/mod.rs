@@ -9,6 +9,7 @@
 //! missed history in pages; the same merge makes the seam exact.
 
 pub mod cursor;
+pub mod limiters;
 pub mod rooms;
 
 use std::future::Future;
@@ -16,24 +17,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::num::NonZeroU32;
-
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::Value;
 use tokio::time::Instant;
 use tracing::debug;
 
 use self::cursor::{accept, Accept};
+use self::limiters::{Limiters, REACTION_BURST, REACTION_RATE, SUBSCRIBE_BURST, SUBSCRIBE_RATE};
 use self::rooms::{RoomState, Rooms};
 use crate::auth::Grant;
 use crate::config::Limits;
 use crate::hub::outbox::{Item, Outbox, OutboxLimits, OutboxReceiver, Pending};
 use crate::hub::{Batch, Hub, Notice, RoomFlags, Subscriber};
+use crate::live::Live;
 use crate::protocol::{
-    data_to_json, frames, ErrorCode, Event, EventId, FrameError, IdempotencyKey, ReactionKey, RoomName, ServerFrame,
-    EVENT_OVERHEAD, FRAME_BUDGET,
+    frames, ErrorCode, Event, EventId, FrameError, IdempotencyKey, ReactionKey, RoomName, ServerFrame, EVENT_OVERHEAD,
+    FRAME_BUDGET,
 };
-use crate::store::{Appended, Page, Position, Store, StoreError};
+use crate::publish::{Publisher, Refused, Via};
+use crate::store::{EventLog, Page, Position, StoreError};
 
 /// Most events read per history page.
 pub const PAGE: usize = 256;
@@ -122,21 +123,11 @@ impl From<&Limits> for SessionLimits {
     }
 }
 
-/// Subscribes and unsubscribes one connection may make per second: each
-/// costs the store a read, so churn is bounded like publishing.
-const SUBSCRIBE_RATE: u32 = 20;
-/// Subscribes and unsubscribes allowed in a burst: enough to join the most
-/// rooms a connection may follow at once.
-const SUBSCRIBE_BURST: u32 = 100;
 /// One connection in this many records the delivery delay.
 const DELAY_SAMPLE: u64 = 16;
 /// The heartbeat frame, kept static: a temporary frame held across the
 /// write would be a slot in every idle connection's future.
 static HEARTBEAT: ServerFrame = ServerFrame::Heartbeat;
-/// Reactions one connection may send per second, sustained.
-pub const REACTION_RATE: u32 = 10;
-/// Reactions one connection may send in a burst (the contract's 20).
-pub const REACTION_BURST: u32 = 20;
 
 /// What woke the session up.
 pub enum Wakeup {
@@ -170,14 +161,27 @@ pub enum Answer {
     Refused,
 }
 
+/// What every session of a node shares: where events are followed, read
+/// and published, and the live audience.
+pub struct Context {
+    /// The room registry and fanout.
+    pub hub: Arc<Hub>,
+    /// Where history is read.
+    pub log: Arc<dyn EventLog>,
+    /// Reactions and audience counts.
+    pub live: Arc<Live>,
+    /// The one publish path.
+    pub publisher: Publisher,
+    /// Limits applied to every connection.
+    pub limits: SessionLimits,
+}
+
 /// One connection's rooms, cursors and outbox.
 pub struct Session<S: Sink> {
     id: u64,
-    hub: Arc<Hub>,
-    store: Arc<dyn Store>,
+    ctx: Arc<Context>,
     inbox: OutboxReceiver,
     rooms: Rooms,
-    limits: SessionLimits,
     /// When a catch-up the store refused is retried.
     retry_at: Option<Instant>,
     /// When the credential expires.
@@ -186,22 +190,9 @@ pub struct Session<S: Sink> {
     grant: Grant,
     /// Whether anything was written since the last heartbeat tick.
     spoke: bool,
-    /// Per-connection publish rate limit (not applied to the API key).
-    publishes: DefaultDirectRateLimiter,
-    /// Per-connection subscribe/unsubscribe rate limit.
-    churn: DefaultDirectRateLimiter,
-    /// Per-connection reaction rate limit, made on the first reaction (boxed:
-    /// most connections never react, and this lives in every one).
-    reactions: Option<Box<DefaultDirectRateLimiter>>,
+    /// What this connection has left of its rates.
+    limiters: Limiters,
     sink: S,
-}
-
-/// A rate limiter allowing `per_second` sustained and `burst` at once (a
-/// zero is taken as one: a limit, never a ban).
-pub fn rate_limiter(per_second: u32, burst: u32) -> DefaultDirectRateLimiter {
-    let rate = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
-    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
-    RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
 }
 
 fn store_refusal(e: StoreError, reference: Option<u64>) -> SessionError {
@@ -263,26 +254,23 @@ impl GapReason {
 
 impl<S: Sink> Session<S> {
     /// A session writing to `sink`, acting with `grant`'s permissions.
-    pub fn new(hub: Arc<Hub>, store: Arc<dyn Store>, sink: S, limits: SessionLimits, grant: Grant) -> Self {
+    pub fn new(ctx: Arc<Context>, sink: S, grant: Grant) -> Self {
+        let limits = ctx.limits;
         let (outbox, inbox) = Outbox::new(limits.outbox);
         let id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
-        hub.connect(id, &outbox);
+        ctx.hub.connect(id, &outbox);
         Session {
             id,
-            hub,
-            store,
+            ctx,
             inbox,
             rooms: Rooms::default(),
-            limits,
             retry_at: None,
             expires_at: grant.remaining().map(|left| Instant::now() + left),
             grant,
             // The first tick after connecting never beats: the connection
             // has just been answered.
             spoke: true,
-            publishes: rate_limiter(limits.publish_rate, limits.publish_burst),
-            churn: rate_limiter(SUBSCRIBE_RATE, SUBSCRIBE_BURST),
-            reactions: None,
+            limiters: Limiters::new(limits.publish_rate, limits.publish_burst),
             sink,
         }
     }
@@ -315,18 +303,15 @@ impl<S: Sink> Session<S> {
         if self.rooms.contains(&room) {
             return Err(refuse(ErrorCode::AlreadySubscribed, format!("already subscribed to {room}"), None));
         }
-        if self.rooms.len() >= self.limits.max_subscriptions {
-            return Err(refuse(
-                ErrorCode::LimitExceeded,
-                format!("at most {} subscriptions per connection", self.limits.max_subscriptions),
-                None,
-            ));
+        let max = self.ctx.limits.max_subscriptions;
+        if self.rooms.len() >= max {
+            return Err(refuse(ErrorCode::LimitExceeded, format!("at most {max} subscriptions per connection"), None));
         }
         let flags = Arc::new(RoomFlags::default());
         flags.audience.store(audience, Ordering::Relaxed);
         let subscriber = Subscriber { outbox: self.inbox.outbox().clone(), flags: flags.clone() };
-        let live = self.hub.join(&room, self.id, subscriber).await.map_err(|e| store_refusal(e, None))?;
-        let first_limit = page_limit(self.limits.max_payload);
+        let live = self.ctx.hub.join(&room, self.id, subscriber).await.map_err(|e| store_refusal(e, None))?;
+        let first_limit = page_limit(self.ctx.limits.max_payload);
         let Some(resume) = last_event_id else {
             self.rooms.insert(room.clone(), RoomState::new(live, flags, first_limit));
             self.write_out(Outgoing::Frame(&ServerFrame::Subscribed {
@@ -339,10 +324,10 @@ impl<S: Sink> Session<S> {
             return Ok(self.sink.flush().await?);
         };
         let from = if resume.is_zero() { Position::Oldest } else { Position::After(resume) };
-        let page = match self.store.read(&room, from, first_limit).await {
+        let page = match self.ctx.log.read(&room, from, first_limit).await {
             Ok(page) => page,
             Err(e) => {
-                self.hub.leave(&room, self.id).await;
+                self.ctx.hub.leave(&room, self.id).await;
                 return Err(store_refusal(e, None));
             }
         };
@@ -358,7 +343,7 @@ impl<S: Sink> Session<S> {
     /// A new watcher gets the room's audience at once when this node knows
     /// it; otherwise the next audience round brings it (within 2 s).
     async fn send_known_audience(&mut self, room: &RoomName, audience: bool) -> Result<(), SinkError> {
-        match self.hub.known_audience(room).filter(|_| audience) {
+        match self.ctx.live.known_audience(room).filter(|_| audience) {
             Some(count) => self.write_out(Outgoing::Frame(&ServerFrame::Audience { room: room.clone(), count })).await,
             None => Ok(()),
         }
@@ -371,13 +356,12 @@ impl<S: Sink> Session<S> {
         if !self.rooms.contains(room) {
             return Err(refuse(ErrorCode::NotSubscribed, format!("react to a room you follow; not to {room}"), None));
         }
-        let limiter = self.reactions.get_or_insert_with(|| Box::new(rate_limiter(REACTION_RATE, REACTION_BURST)));
-        if limiter.check().is_err() {
+        if !self.limiters.react() {
             metrics::counter!("roomcast_reactions_dropped_total", "reason" => "rate").increment(1);
             let message = format!("more than {REACTION_RATE} reactions per second (burst {REACTION_BURST})");
             return Err(refuse(ErrorCode::RateLimited, message, None));
         }
-        if self.hub.react(room, key) {
+        if self.ctx.live.react(room, key) {
             metrics::counter!("roomcast_reactions_total").increment(1);
         } else {
             metrics::counter!("roomcast_reactions_dropped_total", "reason" => "keys").increment(1);
@@ -387,7 +371,7 @@ impl<S: Sink> Session<S> {
 
     /// Refuses subscribe/unsubscribe churn past the per-connection rate.
     fn check_churn(&self) -> Result<(), SessionError> {
-        if matches!(self.grant, Grant::ApiKey) || self.churn.check().is_ok() {
+        if self.limiters.churn(&self.grant) {
             return Ok(());
         }
         metrics::counter!("roomcast_rate_limited_total", "what" => "subscribe").increment(1);
@@ -404,7 +388,7 @@ impl<S: Sink> Session<S> {
             self.rooms.iter().map(|(room, _)| room).filter(|room| !grant.may_subscribe(room)).cloned().collect();
         for room in dropped {
             self.rooms.remove(&room);
-            self.hub.leave(&room, self.id).await;
+            self.ctx.hub.leave(&room, self.id).await;
             self.write_out(Outgoing::Frame(&ServerFrame::Unsubscribed { room })).await?;
         }
         let remaining = grant.remaining();
@@ -419,13 +403,13 @@ impl<S: Sink> Session<S> {
         if self.rooms.remove(&room).is_none() {
             return Err(refuse(ErrorCode::NotSubscribed, format!("not subscribed to {room}"), None));
         }
-        self.hub.leave(&room, self.id).await;
+        self.ctx.hub.leave(&room, self.id).await;
         Ok(self.send(&ServerFrame::Unsubscribed { room }).await?)
     }
 
-    /// Appends `data` to `room` and acks with its ID; never acks what the
-    /// store did not confirm. With an idempotency key, a repeat within the
-    /// window stores nothing and is acked with the first publish's ID.
+    /// Publishes `data` to `room` through the node's publish path and acks
+    /// with its ID; never acks what the store did not confirm. Past the
+    /// connection's publish rate it is refused before anything else.
     pub async fn publish(
         &mut self,
         room: RoomName,
@@ -433,33 +417,20 @@ impl<S: Sink> Session<S> {
         reference: Option<u64>,
         key: Option<IdempotencyKey>,
     ) -> Result<(), SessionError> {
-        if !self.grant.may_publish(&room) {
-            return Err(refuse(ErrorCode::Forbidden, format!("this connection may not publish to {room}"), reference));
-        }
-        // The API key is the broadcaster's own backend: never throttled.
-        if !matches!(self.grant, Grant::ApiKey) && self.publishes.check().is_err() {
+        if !self.limiters.publish(&self.grant) {
             metrics::counter!("roomcast_rate_limited_total", "what" => "publish").increment(1);
-            let message = format!(
-                "more than {} publishes per second (burst {})",
-                self.limits.publish_rate, self.limits.publish_burst
-            );
+            let limits = &self.ctx.limits;
+            let message =
+                format!("more than {} publishes per second (burst {})", limits.publish_rate, limits.publish_burst);
             return Err(refuse(ErrorCode::RateLimited, message, reference));
         }
-        let json = data_to_json(&data);
-        if json.len() > self.limits.max_payload {
-            return Err(refuse(
-                ErrorCode::TooLarge,
-                format!("payload is {} bytes; the limit is {}", json.len(), self.limits.max_payload),
-                reference,
-            ));
-        }
-        let appended = self.store.append(&room, json, key.as_ref()).await.map_err(|e| store_refusal(e, reference))?;
-        let repeated = matches!(appended, Appended::Repeated(_));
-        if repeated {
-            metrics::counter!("roomcast_publish_repeats_total", "via" => "ws").increment(1);
-        } else {
-            metrics::counter!("roomcast_published_total", "via" => "ws").increment(1);
-        }
+        let appended = self
+            .ctx
+            .publisher
+            .publish(&self.grant, &room, &data, key.as_ref(), Via::WebSocket)
+            .await
+            .map_err(|e: Refused| refuse(e.code(), e.to_string(), reference))?;
+        let repeated = matches!(appended, crate::store::Appended::Repeated(_));
         Ok(self.send(&ServerFrame::Ack { reference, id: appended.id(), repeated }).await?)
     }
 
@@ -597,6 +568,7 @@ impl<S: Sink> Session<S> {
     /// with the client's own frames and goes at the pace the client reads.
     pub async fn catch_up(&mut self) -> Result<(), SinkError> {
         self.retry_at = None;
+        let max_payload = self.ctx.limits.max_payload;
         let lagged: Vec<RoomName> = self
             .rooms
             .iter_mut()
@@ -609,7 +581,7 @@ impl<S: Sink> Session<S> {
                 }
                 if !state.paging {
                     metrics::counter!("roomcast_catch_ups_total", "reason" => reason.label()).increment(1);
-                    state.read_limit = page_limit(self.limits.max_payload);
+                    state.read_limit = page_limit(max_payload);
                 }
                 Some(room.clone())
             })
@@ -635,7 +607,7 @@ impl<S: Sink> Session<S> {
         let Some((cursor, limit)) = self.rooms.get(room).map(|s| (s.cursor, s.read_limit)) else {
             return Ok(());
         };
-        match self.store.read(room, Position::After(cursor), limit).await {
+        match self.ctx.log.read(room, Position::After(cursor), limit).await {
             Ok(page) => self.apply_page(room, page, told).await,
             Err(e) => {
                 debug!(conn = self.id, room = %room, cause = %e, "catch-up deferred");
@@ -709,9 +681,9 @@ impl<S: Sink> Session<S> {
 
     /// Leaves every room and hands back the sink (to close it).
     pub async fn close(mut self) -> S {
-        self.hub.disconnect(self.id);
+        self.ctx.hub.disconnect(self.id);
         for room in std::mem::take(&mut self.rooms).into_names() {
-            self.hub.leave(&room, self.id).await;
+            self.ctx.hub.leave(&room, self.id).await;
         }
         self.sink
     }
@@ -739,7 +711,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::store::feed::FeedSink;
+    use crate::store::feed::{Feed, FeedSink};
     use crate::store::memory::MemoryStore;
     use crate::store::StoreOptions;
 
@@ -803,7 +775,7 @@ mod tests {
     }
 
     struct Fixture {
-        store: Arc<dyn Store>,
+        store: Arc<MemoryStore>,
         hub: Arc<Hub>,
         room: RoomName,
     }
@@ -811,8 +783,8 @@ mod tests {
     fn fixture() -> Fixture {
         let options =
             StoreOptions { history: 100_000, room_ttl: Duration::from_secs(60), presence_ttl: Duration::from_secs(6) };
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(options));
-        let hub = Hub::detached(store.clone());
+        let store = Arc::new(MemoryStore::new(options));
+        let hub = Hub::new(Feed::unattended(store.clone()));
         Fixture { store, hub, room: RoomName::parse("r").unwrap() }
     }
 
@@ -829,7 +801,14 @@ mod tests {
                 publish_rate: 10,
                 publish_burst: 10,
             };
-            Session::new(self.hub.clone(), self.store.clone(), Recorder::default(), limits, Grant::Open)
+            let ctx = Context {
+                hub: self.hub.clone(),
+                log: self.store.clone(),
+                live: Arc::default(),
+                publisher: Publisher::new(self.store.clone(), max_payload),
+                limits,
+            };
+            Session::new(Arc::new(ctx), Recorder::default(), Grant::Open)
         }
 
         /// Appends events of the given payload sizes (JSON strings).

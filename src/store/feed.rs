@@ -9,18 +9,19 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use futures::StreamExt;
+use tokio::time::Instant;
 
 use super::coalesce::{Coalescing, Window};
-use super::{Change, Incarnation, Position, Store, StoreError};
+use super::{Change, EventLog, Incarnation, Position, Store, StoreError};
 use crate::backoff::Backoff;
 use crate::protocol::{Event, EventId, RoomName};
 
@@ -99,48 +100,93 @@ struct Followed {
     position: EventId,
 }
 
-/// The node's handle on its feed loop.
+/// The node's handle on its feed loop: made before the loop runs (the hub
+/// holds it from its start), and cheap to clone.
 #[derive(Clone)]
 pub struct Feed {
     commands: mpsc::Sender<Command>,
     waker: Arc<dyn Wake>,
+    log: Arc<dyn EventLog>,
+    /// Turns true once the loop's first look at the store succeeded.
+    live: watch::Receiver<bool>,
+}
+
+/// The feed loop, built but not running yet (see [`Feed::new`]).
+pub struct FeedRunner {
+    feed: FeedLoop,
 }
 
 impl Feed {
-    /// Starts the feed loop; it stops when `shutdown` is cancelled.
-    pub fn spawn(
-        store: Arc<dyn Store>,
-        source: Box<dyn ChangeSource>,
-        sink: Arc<dyn FeedSink>,
-        coalesce: Coalescing,
-        shutdown: CancellationToken,
-        tracker: &TaskTracker,
-    ) -> Feed {
+    /// A feed over `store` fed by `source`: its handle, and the loop to
+    /// start with [`FeedRunner::spawn`] once its sink exists.
+    pub fn new(store: Arc<dyn Store>, source: Box<dyn ChangeSource>, coalesce: Coalescing) -> (Feed, FeedRunner) {
         let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
-        let waker = source.waker();
-        let feed = FeedLoop {
-            store,
-            source,
-            sink,
-            commands: rx,
-            window: Window::new(coalesce),
-            followed: HashMap::new(),
-            pending: HashSet::new(),
-            incarnations: None,
-            seen_generation: u64::MAX,
-            failing: false,
-            last_sweep: Instant::now(),
-            last_check: Instant::now(),
-            last_reread: Instant::now(),
-            delivered_at: None,
+        let (live, live_rx) = watch::channel(false);
+        let feed = Feed { commands, waker: source.waker(), log: store.clone(), live: live_rx };
+        let now = Instant::now();
+        let runner = FeedRunner {
+            feed: FeedLoop {
+                store,
+                source,
+                commands: rx,
+                window: Window::new(coalesce),
+                followed: HashMap::new(),
+                pending: HashSet::new(),
+                incarnations: None,
+                seen_generation: u64::MAX,
+                failing: false,
+                live,
+                last_sweep: now,
+                last_check: now,
+                last_reread: now,
+                delivered_at: None,
+            },
         };
-        tracker.spawn(feed.run(shutdown));
-        Feed { commands, waker }
+        (feed, runner)
     }
 
-    /// Follows `room` (the hub's `generation` of it) from just after `from`,
-    /// its tail when the first local subscriber joined. Takes effect
-    /// promptly, even if the loop is waiting.
+    /// A handle with no loop behind it, as if the store answered: rooms are
+    /// anchored, nothing is read. For tests of what sits above the feed,
+    /// which hand batches to the hub themselves.
+    #[cfg(test)]
+    pub(crate) fn unattended(log: Arc<dyn EventLog>) -> Feed {
+        struct Nobody;
+        impl Wake for Nobody {
+            fn wake(&self) {}
+        }
+        let (commands, _) = mpsc::channel(1);
+        Feed { commands, waker: Arc::new(Nobody), log, live: watch::channel(true).1 }
+    }
+
+    /// Whether the loop runs: it has reached the store once. Until then the
+    /// node is not ready, and no room is followed.
+    pub fn is_live(&self) -> bool {
+        *self.live.borrow()
+    }
+
+    /// Waits up to `within` for the loop to reach the store; whether it did.
+    pub async fn wait_live(&self, within: Duration) -> bool {
+        let mut live = self.live.clone();
+        let reached = tokio::time::timeout(within, live.wait_for(|l| *l)).await;
+        matches!(reached, Ok(Ok(_)))
+    }
+
+    /// Follows `room` (the hub's `generation` of it) for its first local
+    /// subscriber; returns where: the room's [anchor](EventLog::anchor).
+    /// Every event after it will be handed to the sink, none before it.
+    pub async fn follow(&self, room: &RoomName, generation: u64) -> Result<EventId, StoreError> {
+        if !self.is_live() {
+            // A room joined before the loop ever reached the store would
+            // not be read until it did; say so rather than wait.
+            return Err(StoreError::Unavailable("the node is still connecting to its store".into()));
+        }
+        let from = self.log.anchor(room).await?;
+        self.watch(room.clone(), generation, from).await;
+        Ok(from)
+    }
+
+    /// Follows `room` from just after `from`. Takes effect promptly, even
+    /// if the loop is waiting.
     pub async fn watch(&self, room: RoomName, generation: u64, from: EventId) {
         if self.commands.send(Command::Watch(room, generation, from)).await.is_ok() {
             self.waker.wake();
@@ -154,11 +200,17 @@ impl Feed {
     }
 }
 
+impl FeedRunner {
+    /// Runs the loop, handing batches to `sink`, until `shutdown`.
+    pub fn spawn(self, sink: Arc<dyn FeedSink>, shutdown: CancellationToken, tracker: &TaskTracker) {
+        tracker.spawn(self.feed.run(sink, shutdown));
+    }
+}
+
 /// The feed loop's state; each turn of [`FeedLoop::run`] is a few named steps.
 struct FeedLoop {
     store: Arc<dyn Store>,
     source: Box<dyn ChangeSource>,
-    sink: Arc<dyn FeedSink>,
     commands: mpsc::Receiver<Command>,
     /// How long to gather after a delivery (see [`Window`]).
     window: Window,
@@ -171,6 +223,8 @@ struct FeedLoop {
     seen_generation: u64,
     /// The last turn failed: the next one checks the store before reading.
     failing: bool,
+    /// Shared with the handles: true once the store first answered.
+    live: watch::Sender<bool>,
     last_sweep: Instant,
     last_check: Instant,
     last_reread: Instant,
@@ -179,14 +233,14 @@ struct FeedLoop {
 }
 
 impl FeedLoop {
-    async fn run(mut self, shutdown: CancellationToken) {
+    async fn run(mut self, sink: Arc<dyn FeedSink>, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         loop {
             self.take_commands();
-            let sweep = self.sweep();
+            let sweep = self.sweep(&*sink);
             let outcome = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                outcome = self.turn(sweep) => outcome,
+                outcome = self.turn(&*sink, sweep) => outcome,
             };
             match outcome {
                 Ok(changed) => {
@@ -210,13 +264,17 @@ impl FeedLoop {
 
     /// One turn: check the store if due, make new watches effective, read
     /// what is pending, then wait for the next changes.
-    async fn turn(&mut self, sweep: bool) -> Result<Vec<RoomName>, StoreError> {
-        self.check_store(sweep).await?;
+    async fn turn(&mut self, sink: &dyn FeedSink, sweep: bool) -> Result<Vec<RoomName>, StoreError> {
+        self.check_store(sink, sweep).await?;
         self.source.prepare().await?;
+        if !*self.live.borrow() {
+            self.live.send_replace(true);
+            info!("the store answers: the live feed runs");
+        }
         if let Some(rest) = self.gather() {
             tokio::time::sleep(rest).await;
         }
-        let busiest = self.read_pending().await?;
+        let busiest = self.read_pending(sink).await?;
         if busiest > 0 {
             let now = Instant::now();
             if let Some(before) = self.delivered_at {
@@ -260,11 +318,11 @@ impl FeedLoop {
 
     /// Drops rooms nobody wants any more, and now and then queues every
     /// followed room for a read. Returns whether the store is due a check.
-    fn sweep(&mut self) -> bool {
+    fn sweep(&mut self, sink: &dyn FeedSink) -> bool {
         if self.last_sweep.elapsed() < SWEEP_EVERY {
             return false;
         }
-        let (sink, source) = (&self.sink, &mut self.source);
+        let source = &mut self.source;
         self.followed.retain(|room, f| {
             let wanted = sink.wants(room, f.generation);
             if !wanted {
@@ -289,7 +347,7 @@ impl FeedLoop {
     /// rooms of domains that changed. After a reconnection or a failure,
     /// every followed room's tail is checked too: a tail below the position
     /// is a gap (the store lost writes), whatever the incarnations say.
-    async fn check_store(&mut self, sweep: bool) -> Result<(), StoreError> {
+    async fn check_store(&mut self, sink: &dyn FeedSink, sweep: bool) -> Result<(), StoreError> {
         let generation = self.store.connection_generation();
         let reconnected = generation != self.seen_generation || self.failing;
         if !reconnected && !sweep {
@@ -306,7 +364,7 @@ impl FeedLoop {
         let changes: Vec<Change> =
             now.iter().enumerate().map(|(d, n)| old.get(d).map_or(Change::None, |o| n.since(o))).collect();
         if reconnected || changes.iter().any(|c| *c != Change::None) {
-            self.recover(&changes, reconnected).await?;
+            self.recover(sink, &changes, reconnected).await?;
             if reconnected {
                 info!("live feed (re)connected; every watched room checked and re-read");
             }
@@ -323,7 +381,7 @@ impl FeedLoop {
     /// kept, so nobody is handed an event twice: a position only drops to
     /// the tail when the tail is below it (the history is gone, and every ID
     /// the store hands out from now on is above both).
-    async fn recover(&mut self, changes: &[Change], all: bool) -> Result<(), StoreError> {
+    async fn recover(&mut self, sink: &dyn FeedSink, changes: &[Change], all: bool) -> Result<(), StoreError> {
         let store = &*self.store;
         let rooms: Vec<(RoomName, EventId, Change)> = self
             .followed
@@ -351,7 +409,7 @@ impl FeedLoop {
             // rule. Another server may have lost acknowledged events nobody
             // here read: tell, a gap too many rather than one too few.
             if page.gap || change == Change::ServerChanged {
-                self.sink.lost(&room);
+                sink.lost(&room);
                 f.position = f.position.min(page.tail);
                 told += 1;
             }
@@ -389,7 +447,7 @@ impl FeedLoop {
     /// events, or changed servers, between them), the run ends, so the hub
     /// hands subscribers the break as the start of a batch, where their
     /// cursors see it.
-    async fn read_pending(&mut self) -> Result<usize, StoreError> {
+    async fn read_pending(&mut self, sink: &dyn FeedSink) -> Result<usize, StoreError> {
         let mut busiest = 0;
         while !self.pending.is_empty() {
             let chunk: Vec<(RoomName, EventId)> = self
@@ -413,7 +471,7 @@ impl FeedLoop {
                     metrics::histogram!("roomcast_reader_lag_seconds").record(crate::metrics::age_seconds(last));
                     busiest = busiest.max(events.len());
                     for run in chain_runs(events) {
-                        self.sink.deliver(&room, run);
+                        sink.deliver(&room, run);
                     }
                 }
             }
@@ -478,7 +536,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    /// On a paused clock: the window's timing is exact, whatever the machine.
+    #[tokio::test(start_paused = true)]
     async fn events_inside_the_window_share_a_delivery_and_a_lone_event_does_not_wait() {
         const WINDOW: Duration = Duration::from_millis(400);
         let options =
@@ -487,11 +546,18 @@ mod tests {
         let recorder = Arc::new(Recorder::default());
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let source = store.change_source("test").await.unwrap();
-        let feed =
-            Feed::spawn(store.clone(), source, recorder.clone(), Coalescing::fixed(WINDOW), shutdown.clone(), &tracker);
+        let source = store.change_source("test").unwrap();
+        let (feed, runner) = Feed::new(store.clone(), source, Coalescing::fixed(WINDOW));
+        runner.spawn(recorder.clone(), shutdown.clone(), &tracker);
+        while !feed.is_live() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let room = RoomName::parse("r").unwrap();
-        feed.watch(room.clone(), 1, EventId::ZERO).await;
+        assert_eq!(
+            feed.follow(&room, 1).await.unwrap(),
+            store.tail(&room).await.unwrap(),
+            "it follows from the anchor"
+        );
 
         let first = Instant::now();
         store.append(&room, Bytes::from_static(b"0"), None).await.unwrap();

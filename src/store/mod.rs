@@ -17,7 +17,7 @@
 //!   one before it: a restart or failover that may have lost acknowledged
 //!   writes without a trace in the keys).
 //! - **The floor**: each room remembers the last position it handed out (its
-//!   last event's ID, or an [anchor](Store::anchor) a live subscriber of an
+//!   last event's ID, or an [anchor](EventLog::anchor) a live subscriber of an
 //!   empty room was given) longer than its history. A room with no kept
 //!   events ends at its floor.
 //! - **Gaps are exact** and stated once, in [`Page::new`]: reading after
@@ -34,22 +34,27 @@
 //! - **Appends happen once**: an append the store client had to send again
 //!   (its reply was lost in a reconnection) stores nothing the second time
 //!   and answers the first outcome.
-//! - **Lost data is detectable**: a domain's [`incarnation`](Store::incarnations)
+//! - **Lost data is detectable**: a domain's [`incarnation`](LossDetection::incarnations)
 //!   changes when it may have lost data, which tells the live feed to check
 //!   the rooms it follows; the predecessor chain tells every later reader.
 //!   Losing the incarnation's own record must never rewind anyone: at worst
 //!   it costs a check of every followed room of its domain.
+//!
+//! Three contracts, one engine value implementing all of them ([`Store`]):
+//! - [`EventLog`] (here): append, read, follow;
+//! - [`LossDetection`] ([`loss`]): domains, incarnations, connection generations;
+//! - [`LiveLog`] ([`live_log`]): per-node audience counts, live nodes, notes.
 //!
 //! Live delivery goes through a [`feed::Feed`]: the node tells it which rooms
 //! have local subscribers; it hands each new batch to a [`feed::FeedSink`].
 
 pub mod coalesce;
 pub mod feed;
+pub mod live_log;
+pub mod loss;
 pub mod memory;
-pub mod notes;
 pub mod redis;
 
-use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -58,7 +63,8 @@ use bytes::Bytes;
 use crate::config::StoreSettings;
 use crate::protocol::{ErrorCode, Event, EventId, IdempotencyKey, RoomName};
 
-pub use self::notes::{LiveNote, NoteCursor};
+pub use self::live_log::{live_sum, LiveLog, LiveNote, NoteCursor};
+pub use self::loss::{Change, Incarnation, LossDetection};
 
 /// How long an idempotency key is remembered per room: a repeat within
 /// this stores nothing and answers the first publish's ID.
@@ -167,55 +173,6 @@ impl StoreError {
     }
 }
 
-/// Who holds the data now, compared by the feed after reconnections.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Incarnation {
-    /// A token stored beside the data; it changes when the data (or just the
-    /// token) was deleted while the server kept running.
-    pub data: String,
-    /// The server process answering (Redis `run_id`); it changes when the
-    /// store restarted or failed over, when acknowledged writes may be lost
-    /// even though every key looks intact (a snapshot older than the acks).
-    pub server: String,
-}
-
-/// How two incarnations differ, which decides what the feed must do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Change {
-    /// Same data, same server: nothing happened.
-    None,
-    /// Same server, new token: keys were deleted or evicted. Each followed
-    /// room's history can be checked exactly from its position.
-    DataTouched,
-    /// Another server process: acked writes may be gone without a trace.
-    /// Every followed room gets a gap.
-    ServerChanged,
-}
-
-impl Change {
-    /// The metric label and log word for this change.
-    pub fn label(self) -> &'static str {
-        match self {
-            Change::None => "none",
-            Change::DataTouched => "data_touched",
-            Change::ServerChanged => "server_changed",
-        }
-    }
-}
-
-impl Incarnation {
-    /// What changed from `earlier` to `self`.
-    pub fn since(&self, earlier: &Incarnation) -> Change {
-        if self.server != earlier.server {
-            Change::ServerChanged
-        } else if self.data != earlier.data {
-            Change::DataTouched
-        } else {
-            Change::None
-        }
-    }
-}
-
 /// Settings both stores share.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -234,9 +191,11 @@ impl StoreOptions {
     }
 }
 
-/// The small contract between the node and where events live.
+/// The event log: rooms' events, appended, read and followed. The small
+/// contract the rest of the node reads and writes events through; its rules
+/// are the module invariants.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait EventLog: Send + Sync + 'static {
     /// Appends one event (compact JSON) to `room`, trimming to the history
     /// bound and refreshing the room's idle expiry, and returns its ID. With
     /// a `key` used for `room` within [`IDEMPOTENCY_WINDOW`] (on any node),
@@ -266,64 +225,22 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<(RoomName, Vec<Event>)>, StoreError>;
 
-    /// Records this node's live subscriber counts for the rooms given (a
-    /// count of 0 removes the node's entry) and marks the node alive for
-    /// `presence_ttl`. Counts of a node that stops reporting stop counting
-    /// once its liveness expires, so a crashed node's audience vanishes on
-    /// its own, with no per-room refresh.
-    async fn report_audience(&self, node: &str, counts: &[(RoomName, usize)]) -> Result<(), StoreError>;
-
-    /// Live subscribers of `room` summed over all live nodes.
-    async fn audience(&self, room: &RoomName) -> Result<usize, StoreError>;
-
-    /// Each room's recorded count per node (live or not), in `rooms` order.
-    async fn audience_by_node(&self, rooms: &[RoomName]) -> Result<Vec<HashMap<String, u64>>, StoreError>;
-
-    /// The nodes whose liveness has not expired.
-    async fn live_nodes(&self) -> Result<HashSet<String>, StoreError>;
-
-    /// Appends a note to the live log every node reads.
-    async fn append_note(&self, note: &LiveNote) -> Result<(), StoreError>;
-
-    /// Notes after `after`, oldest first, with the cursor to read on from.
-    /// `None` starts at the log's present end (returns no notes).
-    async fn read_notes(&self, after: Option<&NoteCursor>) -> Result<(Vec<LiveNote>, NoteCursor), StoreError>;
-
-    /// How many loss-detection domains the store has: parts of the data
-    /// that can be lost, or fail over, independently (Redis: the buckets,
-    /// each in one slot of one master; the embedded store: one).
-    fn domains(&self) -> usize {
-        1
-    }
-
-    /// The domain `room`'s data lives in, below [`domains`](Store::domains).
-    fn domain(&self, _room: &RoomName) -> usize {
-        0
-    }
-
-    /// Identifies the data and the server holding it for each of `domains`,
-    /// in order (see [`Incarnation`]). The feed compares them after every
-    /// reconnection and sweep: events acked just before a loss may never
-    /// have been read, so followed rooms of a changed domain must be
-    /// checked, or told of a possible gap; other domains' rooms are left be.
-    async fn incarnations(&self, domains: &[usize]) -> Result<Vec<Incarnation>, StoreError>;
-
-    /// The incarnation of domain 0, which is the whole store when it has one domain.
-    async fn incarnation(&self) -> Result<Incarnation, StoreError> {
-        let mut all = self.incarnations(&[0]).await?;
-        all.pop().ok_or_else(|| StoreError::Protocol("no incarnation for domain 0".into()))
-    }
-
-    /// Increases with every (re)connection to the store, so the feed knows
-    /// when to compare incarnations. Constant for the embedded store.
-    fn connection_generation(&self) -> u64;
-
     /// Checks the store answers (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// Starts what tells the live feed which rooms changed.
-    async fn change_source(&self, node: &str) -> Result<Box<dyn feed::ChangeSource>, StoreError>;
+    /// What tells the live feed which rooms changed. Makes no call to the
+    /// store: a source connects on its first [`prepare`](feed::ChangeSource::prepare),
+    /// so a node builds its feed before its store first answers.
+    fn change_source(&self, node: &str) -> Result<Box<dyn feed::ChangeSource>, StoreError>;
 }
+
+/// A store engine: one value that is the event log, detects its own losses
+/// and carries the live log (as centrifuge's engine is both its broker and
+/// its presence manager). The node holds one; each part of the node sees
+/// the contract it uses.
+pub trait Store: EventLog + LossDetection + LiveLog {}
+
+impl<T: EventLog + LossDetection + LiveLog> Store for T {}
 
 #[cfg(test)]
 mod tests {

@@ -113,7 +113,7 @@ impl Sink for SseSink {
 
 async fn run(app: Arc<App>, room: RoomName, last: Option<EventId>, tx: mpsc::Sender<Bytes>, grant: Grant) {
     let closed = tx.clone();
-    let mut session = Session::new(app.hub.clone(), app.store.clone(), SseSink { tx }, app.limits, grant);
+    let mut session = Session::new(app.sessions.clone(), SseSink { tx }, grant);
     let outcome = session.subscribe(room, last, false).await;
     let mut alive = matches!(session.answer(outcome).await, Ok(Answer::Done));
     let mut keepalive = tokio::time::interval(KEEPALIVE);

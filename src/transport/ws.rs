@@ -30,7 +30,8 @@ use crate::protocol::{
     decode_client, encode_events, encode_frame, ClientFrame, CloseReason, ErrorCode, EventId, Format, FrameError,
     RoomName, Wire, MSGPACK_SUBPROTOCOL,
 };
-use crate::session::{rate_limiter, Answer, Flow, Outgoing, Session, SessionError, Sink, SinkError, Wakeup};
+use crate::session::limiters::rate_limiter;
+use crate::session::{Answer, Flow, Outgoing, Session, SessionError, Sink, SinkError, Wakeup};
 
 /// The upgraded connection, straight into tokio-tungstenite: the close path
 /// needs the raw socket back (see [`close_handshake`]).
@@ -241,8 +242,7 @@ struct Connection {
 impl Connection {
     fn new(app: Arc<App>, socket: Socket, format: Format, grant: Grant) -> Self {
         let (sink, stream) = socket.split();
-        let session =
-            Session::new(app.hub.clone(), app.store.clone(), WsSink { sink, format, unflushed: 0 }, app.limits, grant);
+        let session = Session::new(app.sessions.clone(), WsSink { sink, format, unflushed: 0 }, grant);
         let strikes = strike_limiter(app.config.limits.max_strikes);
         let pings = rate_limiter(PINGS_PER_SECOND, PING_BURST);
         Connection { app, session, stream, strikes, pings, format }

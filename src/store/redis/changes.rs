@@ -27,8 +27,10 @@ use tracing::debug;
 
 use super::fault::unavailable;
 use super::keys::Keys;
+use super::layout::Layout;
 use super::mailbox::{Mailboxes, SIGNALS_PER_READ};
 use super::reply;
+use super::OwnClient;
 use crate::protocol::{EventId, RoomName};
 use crate::store::feed::{ChangeSource, Wake};
 use crate::store::StoreError;
@@ -42,7 +44,7 @@ const REPLY_SLACK: Duration = Duration::from_secs(5);
 
 /// The single-Redis (and Sentinel) change source: one blocking `XREAD`.
 pub(super) struct RedisChanges {
-    reader: Client,
+    reader: OwnClient,
     control_key: String,
     control_position: EventId,
     mailboxes: Mailboxes,
@@ -50,14 +52,14 @@ pub(super) struct RedisChanges {
 }
 
 impl RedisChanges {
-    pub(super) fn new(reader: Client, commands: Client, keys: Keys, node: &str) -> Self {
+    pub(super) fn new(reader: OwnClient, commands: Client, keys: Keys, node: &str) -> Self {
         let control_key = keys.control(node);
         let waker = Arc::new(ControlWake { client: commands, key: control_key.clone() });
         RedisChanges {
             reader,
             control_key,
             control_position: EventId::ZERO,
-            mailboxes: Mailboxes::new(keys, false),
+            mailboxes: Mailboxes::new(keys, Layout::Single),
             waker,
         }
     }
@@ -74,7 +76,8 @@ impl ChangeSource for RedisChanges {
     }
 
     async fn prepare(&mut self) -> Result<(), StoreError> {
-        self.mailboxes.resolve(&self.reader).await
+        let reader = self.reader.ready().await?;
+        self.mailboxes.resolve(reader).await
     }
 
     async fn wait(&mut self, timeout: Duration) -> Result<Vec<RoomName>, StoreError> {
@@ -89,6 +92,7 @@ impl ChangeSource for RedisChanges {
         let options = Options { timeout: Some(timeout + REPLY_SLACK), ..Default::default() };
         let value: Value = self
             .reader
+            .client()
             .with_options(&options)
             .xread(Some(SIGNALS_PER_READ), Some(timeout.as_millis() as u64), keys.clone(), ids)
             .await

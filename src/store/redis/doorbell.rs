@@ -17,7 +17,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use fred::prelude::*;
@@ -27,8 +29,10 @@ use tracing::debug;
 
 use super::fault::unavailable;
 use super::keys::Keys;
+use super::layout::Layout;
 use super::mailbox::{Mailboxes, SIGNALS_PER_READ};
 use super::reply;
+use super::OwnClient;
 use crate::protocol::RoomName;
 use crate::store::feed::{ChangeSource, Wake};
 use crate::store::StoreError;
@@ -37,7 +41,7 @@ use crate::store::StoreError;
 const MAILBOX_EVERY: Duration = Duration::from_secs(1);
 
 pub(super) struct Doorbells {
-    subscriber: Client,
+    subscriber: OwnClient,
     commands: Client,
     keys: Keys,
     mailboxes: Mailboxes,
@@ -56,18 +60,18 @@ pub(super) struct Doorbells {
 impl Doorbells {
     /// A change source on `subscriber` (a client of its own: subscribed
     /// connections take no other commands), reading mailboxes on `commands`.
-    pub(super) fn new(subscriber: Client, commands: Client, keys: Keys) -> Self {
-        let messages = subscriber.message_rx();
+    pub(super) fn new(subscriber: OwnClient, commands: Client, keys: Keys) -> Self {
+        let messages = subscriber.client().message_rx();
         let connections = Arc::new(AtomicU64::new(0));
         let counter = connections.clone();
-        subscriber.on_reconnect(move |_| {
+        subscriber.client().on_reconnect(move |_| {
             counter.fetch_add(1, Ordering::AcqRel);
             async { Ok(()) }
         });
         Doorbells {
             subscriber,
             commands,
-            mailboxes: Mailboxes::new(keys.clone(), true),
+            mailboxes: Mailboxes::new(keys.clone(), Layout::Cluster),
             keys,
             messages,
             subscribed: Default::default(),
@@ -122,6 +126,7 @@ impl ChangeSource for Doorbells {
     }
 
     async fn prepare(&mut self) -> Result<(), StoreError> {
+        self.subscriber.ready().await?;
         let connections = self.connections.load(Ordering::Acquire);
         if connections != self.seen_connections {
             // A new connection holds no subscriptions.
@@ -131,13 +136,13 @@ impl ChangeSource for Doorbells {
         for b in std::mem::take(&mut self.leaving) {
             if !self.mailboxes.is_watched(b) && self.subscribed.remove(&b) {
                 // Best effort: a stray doorbell only names an unwatched room.
-                if let Err(e) = self.subscriber.sunsubscribe(self.keys.doorbell(b)).await {
+                if let Err(e) = self.subscriber.client().sunsubscribe(self.keys.doorbell(b)).await {
                     debug!(cause = %e, bucket = b, "could not leave a doorbell");
                 }
             }
         }
         let new: Vec<u16> = self.mailboxes.buckets().filter(|b| !self.subscribed.contains(b)).collect();
-        let subscriber = &self.subscriber;
+        let subscriber = self.subscriber.client();
         let keys = &self.keys;
         let joins = new.iter().map(|b| async move { subscriber.ssubscribe(keys.doorbell(*b)).await });
         for (b, joined) in new.iter().zip(futures::future::join_all(joins).await) {

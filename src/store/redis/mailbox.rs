@@ -9,7 +9,8 @@ use std::collections::{HashMap, HashSet};
 
 use fred::prelude::*;
 
-use super::keys::{bucket, Keys};
+use super::keys::Keys;
+use super::layout::Layout;
 use super::reply;
 use crate::protocol::{EventId, RoomName};
 use crate::store::StoreError;
@@ -27,46 +28,26 @@ struct Mailbox {
     position: Option<EventId>,
 }
 
-/// The mailbox `room` signals to: its bucket's on a cluster, the store's
-/// one (mailbox 0) on a single Redis. The publish script and the reader
-/// both ask here, so they cannot disagree.
-pub(super) fn mailbox_of(room: &RoomName, per_bucket: bool) -> u16 {
-    if per_bucket {
-        bucket(room)
-    } else {
-        0
-    }
-}
-
-/// The key of mailbox `b` (see [`mailbox_of`]).
-pub(super) fn mailbox_key(keys: &Keys, b: u16, per_bucket: bool) -> String {
-    if per_bucket {
-        keys.signals(b)
-    } else {
-        keys.mailbox()
-    }
-}
-
 /// The watched mailboxes and their positions: one per bucket on a
 /// cluster, one for the whole store on a single Redis (mailbox 0).
 pub(super) struct Mailboxes {
     keys: Keys,
-    per_bucket: bool,
+    layout: Layout,
     buckets: HashMap<u16, Mailbox>,
 }
 
 impl Mailboxes {
-    /// Per-bucket mailboxes (a cluster), or the store's one mailbox.
-    pub(super) fn new(keys: Keys, per_bucket: bool) -> Self {
-        Mailboxes { keys, per_bucket, buckets: HashMap::new() }
+    /// The mailboxes `layout` gives: per bucket, or the store's one.
+    pub(super) fn new(keys: Keys, layout: Layout) -> Self {
+        Mailboxes { keys, layout, buckets: HashMap::new() }
     }
 
     fn of(&self, room: &RoomName) -> u16 {
-        mailbox_of(room, self.per_bucket)
+        self.layout.mailbox(room)
     }
 
     fn key(&self, b: u16) -> String {
-        mailbox_key(&self.keys, b, self.per_bucket)
+        self.layout.mailbox_key(&self.keys, b)
     }
 
     /// Watches `room`; returns its bucket if the bucket was not watched before.

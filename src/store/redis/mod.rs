@@ -13,13 +13,18 @@ mod changes;
 mod doorbell;
 mod fault;
 pub mod keys;
+mod layout;
+mod live_log;
+mod loss;
 mod mailbox;
 mod reply;
+mod scripts;
 mod topology;
 
+pub use self::layout::Layout;
 pub use self::topology::Topology;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -31,126 +36,11 @@ use fred::types::scripts::Script;
 use tracing::{debug, info, warn};
 
 use self::fault::{retrying, unavailable};
-use self::keys::{bucket, Keys};
+use self::keys::Keys;
 use super::feed::ChangeSource;
-use super::notes::{NOTES_KEPT, NOTES_PER_READ};
-use super::{
-    Appended, Incarnation, LiveNote, NoteCursor, Page, Position, Store, StoreError, StoreOptions, IDEMPOTENCY_WINDOW,
-};
+use super::{Appended, EventLog, Page, Position, StoreError, StoreOptions, IDEMPOTENCY_WINDOW};
 use crate::config::RedisSettings;
 use crate::protocol::{Event, EventId, IdempotencyKey, RoomName};
-
-/// Appends one event: predecessor, trim, expiry, floor and bucket signal
-/// (and, on a cluster, doorbell), atomically, at most once per call.
-///
-/// KEYS: room stream, mailbox (the bucket's on a cluster, the store's on one
-/// Redis), room floor, and the call's record: the publish's idempotency key,
-/// or else a replay key named by the call's nonce.
-/// ARGV: history, data, room ttl ms, room name, signal stream length, floor
-/// ttl ms, record ttl ms, doorbell channel (empty: none), nonce.
-/// Returns `{id, 1}` for an event stored by this call (now, or by an earlier
-/// send of it whose reply was lost), `{first id, 0}` for a repeated key.
-///
-/// Every append records `"<id> <nonce>"` under KEYS[4]. fred sends a call
-/// again when the connection drops before the reply (after a Redis restart
-/// from an AOF that has the write, say): the resend finds its own nonce and
-/// stores nothing. Another call with the same idempotency key has another
-/// nonce: a repeat.
-///
-/// The floor holds the room's last position and the server that wrote it
-/// (the first 16 hex digits of `run_id`). A stream with no entry starts
-/// strictly above the floor and names it as its predecessor: a reader that
-/// was there missed nothing, one below it gets a gap. If the floor is gone
-/// too, the room starts at `<now_ms + 1>-<µs within the ms × 1000>`: that
-/// virtual clock grows by 1,000 sequence numbers per microsecond, faster
-/// than any stream (even one rebuilt the same way a moment earlier) can
-/// append, so it is above every ID handed out before; its predecessor is
-/// `0-0`, which no reader past the start holds.
-///
-/// When the floor was written by another server process (Redis restarted
-/// from a snapshot or an AOF, or a replica was promoted), acknowledged
-/// writes after the floor may be lost with no trace in the keys. The entry
-/// then names [`NEW_SERVER`](crate::store::NEW_SERVER) (`0-2`) as its
-/// predecessor: a gap to every reader that resumes across it, whenever it
-/// comes back, not only to those the feed was following at the time.
-const APPEND_LUA: &str = r#"
-local run = string.sub(string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or '', 1, 16)
-local seen = redis.call('GET', KEYS[4])
-if seen then
-  local first, nonce = string.match(seen, '^(%S+) ?(%S*)$')
-  if nonce == ARGV[9] then return {first, 1} end
-  return {first, 0}
-end
-local floor = redis.call('GET', KEYS[3])
-local fid, frun
-if floor then fid, frun = string.match(floor, '^(%d+%-%d+) ?(%x*)$') end
-local moved = frun ~= nil and frun ~= '' and frun ~= run
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-local id
-if last[1] then
-  local prev = last[1][1]
-  if moved then prev = '0-2' end
-  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'p', prev, 'd', ARGV[2])
-else
-  local t = redis.call('TIME')
-  local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  local now = math.floor(us / 1000)
-  local ms, seq = now + 1, (us % 1000) * 1000
-  local prev = '0-0'
-  if fid then
-    prev = fid
-    if moved then prev = '0-2' end
-    local fms, fseq = string.match(fid, '^(%d+)-(%d+)$')
-    fms, fseq = tonumber(fms), tonumber(fseq)
-    if now > fms then ms, seq = now, 0 else ms, seq = fms, fseq + 1 end
-  end
-  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], string.format('%.0f-%.0f', ms, seq), 'p', prev, 'd', ARGV[2])
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('SET', KEYS[3], id .. ' ' .. run, 'PX', ARGV[6])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'r', ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-if ARGV[8] ~= '' then redis.call('SPUBLISH', ARGV[8], ARGV[4]) end
-redis.call('SET', KEYS[4], id .. ' ' .. ARGV[9], 'PX', ARGV[7])
-return {id, 1}
-"#;
-
-/// A live subscriber's starting position: the room's end, or a fresh
-/// anchor recorded as the room's floor (see [`Store::anchor`]), on the same
-/// virtual clock as a new room's first ID. KEYS: room stream, room floor.
-/// ARGV: floor ttl ms.
-const ANCHOR_LUA: &str = r#"
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-if last[1] then return last[1][1] end
-local floor = redis.call('GET', KEYS[2])
-if floor then
-  local fid = string.match(floor, '^(%d+%-%d+)')
-  if fid then return fid end
-end
-local run = string.sub(string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or '', 1, 16)
-local t = redis.call('TIME')
-local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local id = string.format('%.0f-%.0f', math.floor(us / 1000) + 1, (us % 1000) * 1000)
-redis.call('SET', KEYS[2], id .. ' ' .. run, 'PX', ARGV[1])
-return id
-"#;
-
-/// Returns the server's run ID, then each bucket's epoch token, creating
-/// the ones that are missing (as they are after Redis lost its data, or
-/// just these keys). KEYS: epoch keys. ARGV: a fresh token.
-const EPOCH_LUA: &str = r#"
-local info = redis.call('INFO', 'server')
-local out = {string.match(info, 'run_id:(%w+)') or ''}
-for i, key in ipairs(KEYS) do
-  local v = redis.call('GET', key)
-  if not v then
-    redis.call('SET', key, ARGV[1])
-    v = ARGV[1]
-  end
-  out[i + 1] = v
-end
-return out
-"#;
 
 /// Entries kept per bucket signal stream: at least a mailbox read's page,
 /// so a reader that gets less than a full page missed nothing.
@@ -205,6 +95,8 @@ pub struct RedisStore {
     append: Script,
     anchor: Script,
     epoch: Script,
+    /// Single server or Cluster, decided at connect.
+    layout: Layout,
     /// Bumped by every (re)connection of this store's clients.
     generation: Arc<AtomicU64>,
     keys: Keys,
@@ -212,8 +104,39 @@ pub struct RedisStore {
     redis: RedisOptions,
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A change source's own client (a blocking reader or a subscriber),
+/// connected on the source's first `prepare`, so that the node builds its
+/// feed before its store first answers; fred reconnects it from then on.
+pub(super) struct OwnClient {
+    client: Client,
+    connected: bool,
+}
+
+impl OwnClient {
+    fn new(client: Client) -> Self {
+        OwnClient { client, connected: false }
+    }
+
+    /// The client, once its first connection is up.
+    pub(super) async fn ready(&mut self) -> Result<&Client, StoreError> {
+        if !self.connected {
+            if self.client.state() == fred::types::ClientState::Disconnected {
+                drop(self.client.connect());
+            }
+            self.client.wait_for_connect().await.map_err(unavailable)?;
+            self.connected = true;
+        }
+        Ok(&self.client)
+    }
+
+    /// The client, connected or not (its commands wait or fail as fred's do).
+    pub(super) fn client(&self) -> &Client {
+        &self.client
+    }
 }
 
 /// Bumps `generation` on every connection the client makes.
@@ -273,10 +196,12 @@ impl RedisStore {
                 "Redis does not answer yet; connecting in the background"
             );
         }
-        let append = Script::from_lua(APPEND_LUA);
-        let anchor = Script::from_lua(ANCHOR_LUA);
-        let epoch = Script::from_lua(EPOCH_LUA);
-        Ok(RedisStore { client, append, anchor, epoch, generation, keys: Keys::new(&redis.prefix), options, redis })
+        let append = Script::from_lua(scripts::APPEND_LUA);
+        let anchor = Script::from_lua(scripts::ANCHOR_LUA);
+        let epoch = Script::from_lua(scripts::EPOCH_LUA);
+        let layout = Layout::of(&redis.topology);
+        let keys = Keys::new(&redis.prefix);
+        Ok(RedisStore { client, append, anchor, epoch, layout, generation, keys, options, redis })
     }
 
     /// Runs the append script, with the publish's idempotency key if it has
@@ -287,8 +212,7 @@ impl RedisStore {
         key: Option<&IdempotencyKey>,
         data: Bytes,
     ) -> Result<Appended, StoreError> {
-        let cluster = self.redis.topology.is_cluster();
-        let mailbox = mailbox::mailbox_key(&self.keys, mailbox::mailbox_of(room, cluster), cluster);
+        let mailbox = self.layout.mailbox_key(&self.keys, self.layout.mailbox(room));
         let nonce = format!("{:016x}", rand::random::<u64>());
         let (record, record_ttl) = match key {
             Some(k) => (self.keys.idempotency(room, k.as_str()), IDEMPOTENCY_WINDOW),
@@ -304,7 +228,7 @@ impl RedisStore {
             Value::from(SIGNALS_KEPT as i64),
             Value::from(self.floor_ttl_ms()),
             Value::from(record_ttl.as_millis() as i64),
-            Value::from(if cluster { self.keys.doorbell(bucket(room)) } else { String::new() }),
+            Value::from(self.layout.doorbell(&self.keys, room).unwrap_or_default()),
             Value::from(nonce),
         ];
         let reply: Value =
@@ -382,7 +306,8 @@ impl RedisStore {
         Ok(Page::new(from, Vec::new(), limit, at))
     }
 
-    /// Events after each position, for the live feed.
+    /// Events after each position, for the live feed: one `XREAD` per
+    /// group the layout allows, all at once.
     async fn read_rooms(
         &self,
         positions: &[(RoomName, EventId)],
@@ -391,17 +316,9 @@ impl RedisStore {
         if positions.is_empty() {
             return Ok(Vec::new());
         }
-        if !self.redis.topology.is_cluster() {
-            return self.read_slot(positions, limit).await;
-        }
-        // On a cluster one XREAD names one slot: a read per bucket, all at once.
-        let mut by_bucket: HashMap<u16, Vec<(RoomName, EventId)>> = HashMap::new();
-        for (room, position) in positions {
-            by_bucket.entry(bucket(room)).or_default().push((room.clone(), *position));
-        }
-        let reads = by_bucket.values().map(|group| self.read_slot(group, limit));
+        let groups = self.layout.reads(positions);
         let mut out = Vec::new();
-        for read in futures::future::join_all(reads).await {
+        for read in futures::future::join_all(groups.iter().map(|group| self.read_slot(group, limit))).await {
             out.extend(read?);
         }
         Ok(out)
@@ -429,29 +346,10 @@ impl RedisStore {
         }
         Ok(out)
     }
-
-    /// Runs the epoch script over `buckets` (of one slot, on a cluster).
-    async fn epochs(&self, buckets: &[usize]) -> Result<Vec<Incarnation>, StoreError> {
-        let fresh = format!("{:016x}", rand::random::<u64>());
-        let keys: Vec<String> = buckets.iter().map(|b| self.keys.epoch(*b as u16)).collect();
-        let value: Value =
-            retrying(|| self.epoch.evalsha_with_reload(&self.client, keys.clone(), vec![fresh.clone()])).await?;
-        let Value::Array(parts) = value else {
-            return Err(StoreError::Protocol("epoch reply is not an array".into()));
-        };
-        let mut parts = parts.into_iter().map(|v| v.into_string().unwrap_or_default());
-        let server = parts.next().filter(|s| !s.is_empty());
-        let server = server.ok_or_else(|| StoreError::Protocol("INFO server has no run_id".into()))?;
-        let epochs: Vec<Incarnation> = parts.map(|data| Incarnation { data, server: server.clone() }).collect();
-        if epochs.len() != buckets.len() {
-            return Err(StoreError::Protocol("epoch reply is short".into()));
-        }
-        Ok(epochs)
-    }
 }
 
 /// Runs a store command, recording its latency by operation.
-async fn timed<T>(
+pub(super) async fn timed<T>(
     op: &'static str,
     f: impl std::future::Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
@@ -462,7 +360,7 @@ async fn timed<T>(
 }
 
 #[async_trait]
-impl Store for RedisStore {
+impl EventLog for RedisStore {
     async fn append(&self, room: &RoomName, data: Bytes, key: Option<&IdempotencyKey>) -> Result<Appended, StoreError> {
         timed("append", self.run_append(room, key, data)).await
     }
@@ -494,142 +392,6 @@ impl Store for RedisStore {
         timed("read_many", self.read_rooms(positions, limit)).await
     }
 
-    async fn report_audience(&self, node: &str, counts: &[(RoomName, usize)]) -> Result<(), StoreError> {
-        let alive_until = now_ms() + self.options.presence_ttl.as_millis() as u64;
-        let pipeline = self.client.pipeline();
-        let _: () = pipeline.hset(self.keys.nodes(), (node, alive_until)).await.map_err(unavailable)?;
-        for (room, count) in counts {
-            let key = self.keys.audience(room);
-            if *count == 0 {
-                let _: () = pipeline.hdel(&key, node).await.map_err(unavailable)?;
-            } else {
-                let _: () = pipeline.hset(&key, (node, *count as u64)).await.map_err(unavailable)?;
-                // Counts of rooms nobody reports on for a day go on their own.
-                let ttl = self.options.room_ttl.as_millis() as i64;
-                let _: () = pipeline.pexpire(&key, ttl, None).await.map_err(unavailable)?;
-            }
-        }
-        let _: Vec<Value> = pipeline.all().await.map_err(unavailable)?;
-        Ok(())
-    }
-
-    async fn audience(&self, room: &RoomName) -> Result<usize, StoreError> {
-        let live = self.live_nodes().await?;
-        let by_node = self.audience_by_node(std::slice::from_ref(room)).await?;
-        Ok(by_node
-            .iter()
-            .flat_map(|counts| counts.iter())
-            .filter(|(node, _)| live.contains(*node))
-            .map(|(_, n)| *n as usize)
-            .sum())
-    }
-
-    async fn audience_by_node(&self, rooms: &[RoomName]) -> Result<Vec<HashMap<String, u64>>, StoreError> {
-        if rooms.is_empty() {
-            return Ok(Vec::new());
-        }
-        let pipeline = self.client.pipeline();
-        for room in rooms {
-            let _: () = pipeline.hgetall(self.keys.audience(room)).await.map_err(unavailable)?;
-        }
-        let replies: Vec<HashMap<String, String>> = pipeline.all().await.map_err(unavailable)?;
-        Ok(replies
-            .into_iter()
-            .map(|counts| {
-                counts
-                    .into_iter()
-                    // Older nodes wrote "<count>:<expires-ms>".
-                    .filter_map(|(node, v)| Some((node, v.split(':').next()?.parse::<u64>().ok()?)))
-                    .collect()
-            })
-            .collect())
-    }
-
-    async fn live_nodes(&self) -> Result<HashSet<String>, StoreError> {
-        let nodes: HashMap<String, u64> = self.client.hgetall(self.keys.nodes()).await.map_err(unavailable)?;
-        let now = now_ms();
-        // A node gone for a minute is forgotten by whoever notices.
-        let forgotten: Vec<&String> =
-            nodes.iter().filter(|(_, until)| **until + 60_000 < now).map(|(node, _)| node).collect();
-        if !forgotten.is_empty() {
-            let _: Result<(), _> = self.client.hdel(self.keys.nodes(), forgotten).await;
-        }
-        Ok(nodes.into_iter().filter(|(_, until)| *until > now).map(|(node, _)| node).collect())
-    }
-
-    async fn append_note(&self, note: &LiveNote) -> Result<(), StoreError> {
-        let json = serde_json::to_string(note).map_err(|e| StoreError::Protocol(e.to_string()))?;
-        let _: Value = self
-            .client
-            .xadd(self.keys.notes(), false, ("MAXLEN", "~", NOTES_KEPT as u64), "*", ("d", json))
-            .await
-            .map_err(unavailable)?;
-        Ok(())
-    }
-
-    async fn read_notes(&self, after: Option<&NoteCursor>) -> Result<(Vec<LiveNote>, NoteCursor), StoreError> {
-        let key = self.keys.notes();
-        let Some(after) = after else {
-            let value: Value = self.client.xrevrange(&key, "+", "-", Some(1)).await.map_err(unavailable)?;
-            let last = match value {
-                Value::Array(items) => items.first().map(reply::entry_id).transpose()?,
-                _ => None,
-            };
-            return Ok((Vec::new(), NoteCursor(last.unwrap_or(EventId::ZERO).to_string())));
-        };
-        let value: Value =
-            self.client.xread(Some(NOTES_PER_READ as u64), None, key, after.0.clone()).await.map_err(unavailable)?;
-        let mut notes = Vec::new();
-        let mut cursor = after.clone();
-        for (_, items) in reply::xread_streams(value)? {
-            for item in &items {
-                let (id, data) = reply::id_and_field(item, b"d")?;
-                cursor = NoteCursor(id.to_string());
-                match data.map(|d| serde_json::from_slice::<LiveNote>(&d)) {
-                    Some(Ok(note)) => notes.push(note),
-                    _ => warn!(%id, "a live note that is not roomcast's; skipped"),
-                }
-            }
-        }
-        Ok((notes, cursor))
-    }
-
-    /// On a cluster, each bucket can fail over alone (with its master); one
-    /// Redis (or Sentinel's master) is one domain, tracked by bucket 0's epoch.
-    fn domains(&self) -> usize {
-        if self.redis.topology.is_cluster() {
-            usize::from(keys::BUCKETS)
-        } else {
-            1
-        }
-    }
-
-    fn domain(&self, room: &RoomName) -> usize {
-        if self.redis.topology.is_cluster() {
-            usize::from(bucket(room))
-        } else {
-            0
-        }
-    }
-
-    async fn incarnations(&self, domains: &[usize]) -> Result<Vec<Incarnation>, StoreError> {
-        if !self.redis.topology.is_cluster() {
-            return timed("epoch", self.epochs(domains)).await;
-        }
-        // Each bucket is its own slot, and lives on the master that owns it:
-        // the run ID each script answers is that master's.
-        let reads = domains.iter().map(|d| self.epochs(std::slice::from_ref(d)));
-        let mut out = Vec::with_capacity(domains.len());
-        for read in futures::future::join_all(reads).await {
-            out.extend(read?);
-        }
-        Ok(out)
-    }
-
-    fn connection_generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
     async fn ping(&self) -> Result<(), StoreError> {
         timed("ping", async {
             let _: Value = self.client.ping(None).await.map_err(unavailable)?;
@@ -638,20 +400,27 @@ impl Store for RedisStore {
         .await
     }
 
-    async fn change_source(&self, node: &str) -> Result<Box<dyn ChangeSource>, StoreError> {
+    fn change_source(&self, node: &str) -> Result<Box<dyn ChangeSource>, StoreError> {
         // The blocking XREAD, or the subscriber, gets its own connections:
         // fred queues other commands behind a blocking one on the same
-        // client, and a subscribed connection takes no other commands.
-        let cluster = self.redis.topology.is_cluster();
-        let reader =
-            if cluster { self.redis.topology.subscriber()? } else { self.redis.topology.client(Duration::ZERO)? };
-        count_connections(&reader, &self.generation);
-        let source: Box<dyn ChangeSource> = if cluster {
-            Box::new(doorbell::Doorbells::new(reader.clone(), self.client.clone(), self.keys.clone()))
-        } else {
-            Box::new(changes::RedisChanges::new(reader.clone(), self.client.clone(), self.keys.clone(), node))
-        };
-        reader.init().await.map_err(unavailable)?;
-        Ok(source)
+        // client, and a subscribed connection takes no other commands. The
+        // source connects them on its first `prepare`.
+        Ok(match self.layout {
+            Layout::Single => {
+                let reader = self.redis.topology.client(Duration::ZERO)?;
+                count_connections(&reader, &self.generation);
+                Box::new(changes::RedisChanges::new(
+                    OwnClient::new(reader),
+                    self.client.clone(),
+                    self.keys.clone(),
+                    node,
+                ))
+            }
+            Layout::Cluster => {
+                let subscriber = self.redis.topology.subscriber()?;
+                count_connections(&subscriber, &self.generation);
+                Box::new(doorbell::Doorbells::new(OwnClient::new(subscriber), self.client.clone(), self.keys.clone()))
+            }
+        })
     }
 }

@@ -60,12 +60,6 @@ fn host_port(url: &str) -> Result<(String, u16), StoreError> {
 }
 
 impl Topology {
-    /// Whether keys of different slots live on different servers, so that
-    /// every multi-key command must stay within one slot.
-    pub fn is_cluster(&self) -> bool {
-        matches!(self, Topology::Cluster(_))
-    }
-
     /// The fred configuration: credentials and database from the first URL,
     /// servers from all of them.
     pub fn config(&self) -> Result<Config, StoreError> {

@@ -6,7 +6,9 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -14,10 +16,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod live_log;
+
 use super::feed::{ChangeSource, Wake};
-use super::notes::{NOTES_KEPT, NOTES_PER_READ};
 use super::{
-    Appended, Incarnation, LiveNote, NoteCursor, Page, Position, Store, StoreError, StoreOptions, IDEMPOTENCY_WINDOW,
+    Appended, EventLog, Incarnation, LiveNote, LossDetection, Page, Position, StoreError, StoreOptions,
+    IDEMPOTENCY_WINDOW,
 };
 use crate::protocol::{Event, EventId, IdempotencyKey, RoomName};
 
@@ -200,7 +204,7 @@ fn next_id(end: EventId) -> EventId {
 }
 
 #[async_trait]
-impl Store for MemoryStore {
+impl EventLog for MemoryStore {
     async fn append(&self, room: &RoomName, data: Bytes, key: Option<&IdempotencyKey>) -> Result<Appended, StoreError> {
         let id = {
             let mut inner = lock(&self.inner);
@@ -271,69 +275,17 @@ impl Store for MemoryStore {
         Ok(out)
     }
 
-    async fn report_audience(&self, node: &str, counts: &[(RoomName, usize)]) -> Result<(), StoreError> {
-        let mut inner = lock(&self.inner);
-        let alive_until = Instant::now() + self.options.presence_ttl;
-        inner.nodes.insert(node.to_owned(), alive_until);
-        for (room, count) in counts {
-            if *count == 0 {
-                if let Some(nodes) = inner.audience.get_mut(room) {
-                    nodes.remove(node);
-                    if nodes.is_empty() {
-                        inner.audience.remove(room);
-                    }
-                }
-            } else {
-                inner.audience.entry(room.clone()).or_default().insert(node.to_owned(), *count as u64);
-            }
-        }
+    async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
 
-    async fn audience(&self, room: &RoomName) -> Result<usize, StoreError> {
-        let inner = lock(&self.inner);
-        let now = Instant::now();
-        let alive = |node: &String| inner.nodes.get(node).is_some_and(|until| *until > now);
-        Ok(inner
-            .audience
-            .get(room)
-            .map(|nodes| nodes.iter().filter(|(node, _)| alive(node)).map(|(_, n)| *n as usize).sum())
-            .unwrap_or(0))
+    fn change_source(&self, _node: &str) -> Result<Box<dyn ChangeSource>, StoreError> {
+        Ok(Box::new(MemoryChanges { changes: self.changes.clone() }))
     }
+}
 
-    async fn audience_by_node(&self, rooms: &[RoomName]) -> Result<Vec<HashMap<String, u64>>, StoreError> {
-        let inner = lock(&self.inner);
-        Ok(rooms.iter().map(|room| inner.audience.get(room).cloned().unwrap_or_default()).collect())
-    }
-
-    async fn live_nodes(&self) -> Result<HashSet<String>, StoreError> {
-        let inner = lock(&self.inner);
-        let now = Instant::now();
-        Ok(inner.nodes.iter().filter(|(_, until)| **until > now).map(|(node, _)| node.clone()).collect())
-    }
-
-    async fn append_note(&self, note: &LiveNote) -> Result<(), StoreError> {
-        let mut inner = lock(&self.inner);
-        inner.note_seq += 1;
-        let seq = inner.note_seq;
-        inner.notes.push_back((seq, note.clone()));
-        if inner.notes.len() > NOTES_KEPT {
-            inner.notes.pop_front();
-        }
-        Ok(())
-    }
-
-    async fn read_notes(&self, after: Option<&NoteCursor>) -> Result<(Vec<LiveNote>, NoteCursor), StoreError> {
-        let inner = lock(&self.inner);
-        let Some(after) = after.and_then(|c| c.0.parse::<u64>().ok()) else {
-            return Ok((Vec::new(), NoteCursor(inner.note_seq.to_string())));
-        };
-        let notes: Vec<(u64, LiveNote)> =
-            inner.notes.iter().filter(|(seq, _)| *seq > after).take(NOTES_PER_READ).cloned().collect();
-        let next = notes.last().map_or(after, |(seq, _)| *seq);
-        Ok((notes.into_iter().map(|(_, note)| note).collect(), NoteCursor(next.to_string())))
-    }
-
+#[async_trait]
+impl LossDetection for MemoryStore {
     async fn incarnations(&self, domains: &[usize]) -> Result<Vec<Incarnation>, StoreError> {
         // Data lives exactly as long as this process: one incarnation.
         Ok(domains.iter().map(|_| self.incarnation.clone()).collect())
@@ -341,14 +293,6 @@ impl Store for MemoryStore {
 
     fn connection_generation(&self) -> u64 {
         0
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-
-    async fn change_source(&self, _node: &str) -> Result<Box<dyn ChangeSource>, StoreError> {
-        Ok(Box::new(MemoryChanges { changes: self.changes.clone() }))
     }
 }
 

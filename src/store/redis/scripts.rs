@@ -1,0 +1,113 @@
+//! The Lua scripts that make each multi-key step atomic in Redis.
+
+/// Appends one event: predecessor, trim, expiry, floor and bucket signal
+/// (and, on a cluster, doorbell), atomically, at most once per call.
+///
+/// KEYS: room stream, mailbox (the bucket's on a cluster, the store's on one
+/// Redis), room floor, and the call's record: the publish's idempotency key,
+/// or else a replay key named by the call's nonce.
+/// ARGV: history, data, room ttl ms, room name, signal stream length, floor
+/// ttl ms, record ttl ms, doorbell channel (empty: none), nonce.
+/// Returns `{id, 1}` for an event stored by this call (now, or by an earlier
+/// send of it whose reply was lost), `{first id, 0}` for a repeated key.
+///
+/// Every append records `"<id> <nonce>"` under KEYS[4]. fred sends a call
+/// again when the connection drops before the reply (after a Redis restart
+/// from an AOF that has the write, say): the resend finds its own nonce and
+/// stores nothing. Another call with the same idempotency key has another
+/// nonce: a repeat.
+///
+/// The floor holds the room's last position and the server that wrote it
+/// (the first 16 hex digits of `run_id`). A stream with no entry starts
+/// strictly above the floor and names it as its predecessor: a reader that
+/// was there missed nothing, one below it gets a gap. If the floor is gone
+/// too, the room starts at `<now_ms + 1>-<µs within the ms × 1000>`: that
+/// virtual clock grows by 1,000 sequence numbers per microsecond, faster
+/// than any stream (even one rebuilt the same way a moment earlier) can
+/// append, so it is above every ID handed out before; its predecessor is
+/// `0-0`, which no reader past the start holds.
+///
+/// When the floor was written by another server process (Redis restarted
+/// from a snapshot or an AOF, or a replica was promoted), acknowledged
+/// writes after the floor may be lost with no trace in the keys. The entry
+/// then names [`NEW_SERVER`](crate::store::NEW_SERVER) (`0-2`) as its
+/// predecessor: a gap to every reader that resumes across it, whenever it
+/// comes back, not only to those the feed was following at the time.
+pub(super) const APPEND_LUA: &str = r#"
+local run = string.sub(string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or '', 1, 16)
+local seen = redis.call('GET', KEYS[4])
+if seen then
+  local first, nonce = string.match(seen, '^(%S+) ?(%S*)$')
+  if nonce == ARGV[9] then return {first, 1} end
+  return {first, 0}
+end
+local floor = redis.call('GET', KEYS[3])
+local fid, frun
+if floor then fid, frun = string.match(floor, '^(%d+%-%d+) ?(%x*)$') end
+local moved = frun ~= nil and frun ~= '' and frun ~= run
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local id
+if last[1] then
+  local prev = last[1][1]
+  if moved then prev = '0-2' end
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'p', prev, 'd', ARGV[2])
+else
+  local t = redis.call('TIME')
+  local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local now = math.floor(us / 1000)
+  local ms, seq = now + 1, (us % 1000) * 1000
+  local prev = '0-0'
+  if fid then
+    prev = fid
+    if moved then prev = '0-2' end
+    local fms, fseq = string.match(fid, '^(%d+)-(%d+)$')
+    fms, fseq = tonumber(fms), tonumber(fseq)
+    if now > fms then ms, seq = now, 0 else ms, seq = fms, fseq + 1 end
+  end
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], string.format('%.0f-%.0f', ms, seq), 'p', prev, 'd', ARGV[2])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('SET', KEYS[3], id .. ' ' .. run, 'PX', ARGV[6])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'r', ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+if ARGV[8] ~= '' then redis.call('SPUBLISH', ARGV[8], ARGV[4]) end
+redis.call('SET', KEYS[4], id .. ' ' .. ARGV[9], 'PX', ARGV[7])
+return {id, 1}
+"#;
+
+/// A live subscriber's starting position: the room's end, or a fresh
+/// anchor recorded as the room's floor (see [`EventLog::anchor`](crate::store::EventLog::anchor)), on the same
+/// virtual clock as a new room's first ID. KEYS: room stream, room floor.
+/// ARGV: floor ttl ms.
+pub(super) const ANCHOR_LUA: &str = r#"
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if last[1] then return last[1][1] end
+local floor = redis.call('GET', KEYS[2])
+if floor then
+  local fid = string.match(floor, '^(%d+%-%d+)')
+  if fid then return fid end
+end
+local run = string.sub(string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or '', 1, 16)
+local t = redis.call('TIME')
+local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local id = string.format('%.0f-%.0f', math.floor(us / 1000) + 1, (us % 1000) * 1000)
+redis.call('SET', KEYS[2], id .. ' ' .. run, 'PX', ARGV[1])
+return id
+"#;
+
+/// Returns the server's run ID, then each bucket's epoch token, creating
+/// the ones that are missing (as they are after Redis lost its data, or
+/// just these keys). KEYS: epoch keys. ARGV: a fresh token.
+pub(super) const EPOCH_LUA: &str = r#"
+local info = redis.call('INFO', 'server')
+local out = {string.match(info, 'run_id:(%w+)') or ''}
+for i, key in ipairs(KEYS) do
+  local v = redis.call('GET', key)
+  if not v then
+    redis.call('SET', key, ARGV[1])
+    v = ARGV[1]
+  end
+  out[i + 1] = v
+end
+return out
+"#;
