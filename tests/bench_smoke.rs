@@ -2,7 +2,7 @@
 //! against two spawned nodes on a spawned Redis, with a reconnect storm.
 
 // Tests may unwrap: a panic is how they fail.
-#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types, unreachable_pub)]
 
 use std::process::Command;
 

@@ -4,7 +4,7 @@
 //! stored twice.
 
 // Tests may unwrap: a panic is how they fail.
-#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types, unreachable_pub)]
 
 use std::process::Command;
 

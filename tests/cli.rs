@@ -1,7 +1,7 @@
 //! The binary's edges: configuration errors exit 64 before binding.
 
 // Tests may unwrap: a panic is how they fail.
-#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types, unreachable_pub)]
 
 mod support;
 

@@ -3,7 +3,7 @@
 //! metric the dashboard and the alerts use exists on a live node.
 
 // Tests may unwrap: a panic is how they fail.
-#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types, unreachable_pub)]
 
 mod support;
 

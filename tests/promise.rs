@@ -3,7 +3,7 @@
 //! lost while its node was behind; and a client far behind in large events.
 
 // Tests may unwrap: a panic is how they fail.
-#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types, unreachable_pub)]
 
 mod support;
 

@@ -2,7 +2,7 @@
 //! picking up new rooms, store outages and restarts, nodes dying.
 
 // Tests may unwrap: a panic is how they fail.
-#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types, unreachable_pub)]
 
 mod support;
 

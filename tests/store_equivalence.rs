@@ -7,7 +7,7 @@
 //! the conformance suite checks on its own terms.
 
 // Tests may unwrap: a panic is how they fail.
-#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types, unreachable_pub)]
 
 mod support;
 

@@ -711,6 +711,9 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
     use crate::store::feed::{Feed, FeedSink};
     use crate::store::memory::MemoryStore;
     use crate::store::StoreOptions;
@@ -774,6 +777,16 @@ mod tests {
         }
     }
 
+    fn f_limits(max_payload: usize) -> SessionLimits {
+        SessionLimits {
+            outbox: OutboxLimits { frames: 16, bytes: 1 << 20 },
+            max_subscriptions: 4,
+            max_payload,
+            publish_rate: 10,
+            publish_burst: 10,
+        }
+    }
+
     struct Fixture {
         store: Arc<MemoryStore>,
         hub: Arc<Hub>,
@@ -794,13 +807,7 @@ mod tests {
         }
 
         fn session_with(&self, max_payload: usize) -> Session<Recorder> {
-            let limits = SessionLimits {
-                outbox: OutboxLimits { frames: 16, bytes: 1 << 20 },
-                max_subscriptions: 4,
-                max_payload,
-                publish_rate: 10,
-                publish_burst: 10,
-            };
+            let limits = f_limits(max_payload);
             let ctx = Context {
                 hub: self.hub.clone(),
                 log: self.store.clone(),
@@ -959,5 +966,137 @@ mod tests {
         assert_eq!(delivered(&recorder.lines), ids);
         assert!(recorder.frames.len() >= 4, "12 events of 20 KB in {} frames", recorder.frames.len());
         assert!(recorder.frames.iter().all(|(n, bytes)| *n == 1 || *bytes <= FRAME_BUDGET + 256));
+    }
+
+    /// Heartbeats on a paused clock: the first tick after connecting never
+    /// beats, a silent connection beats at every later tick, and one that
+    /// spoke since the last tick does not.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_beats_at_each_tick_after_the_first() {
+        let f = fixture();
+        let mut session = f.session();
+        let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
+        f.hub.spawn_heartbeat(Duration::from_secs(15), shutdown.clone(), &tracker);
+        let beats = |s: &Session<Recorder>| s.sink.lines.iter().filter(|l| l.contains("heartbeat")).count();
+        tokio::time::sleep(Duration::from_secs(16)).await;
+        settle(&mut session).await;
+        assert_eq!(beats(&session), 0, "the first tick after connecting is quiet");
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        settle(&mut session).await;
+        assert_eq!(beats(&session), 1);
+        session.send(&ServerFrame::Unsubscribed { room: f.room.clone() }).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        settle(&mut session).await;
+        assert_eq!(beats(&session), 1, "a connection that spoke since the last tick does not beat");
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        settle(&mut session).await;
+        assert_eq!(beats(&session), 2);
+        shutdown.cancel();
+    }
+
+    /// A token's expiry ends the session at its time, on a paused clock.
+    #[tokio::test(start_paused = true)]
+    async fn an_expiring_token_ends_the_session_at_its_expiry() {
+        let f = fixture();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let claims = crate::auth::Claims { sub: None, exp: now + 60, rooms: vec!["*".into()], publish: vec![] };
+        let ctx = f.session().ctx.clone();
+        let mut session = Session::new(ctx, Recorder::default(), Grant::Token(claims));
+        let started = Instant::now();
+        loop {
+            let wakeup = session.next().await;
+            if matches!(session.handle(wakeup).await.unwrap(), Flow::Expired) {
+                break;
+            }
+        }
+        let after = started.elapsed();
+        assert!(after >= Duration::from_secs(58) && after <= Duration::from_secs(61), "expired after {after:?}");
+    }
+
+    /// An event log whose reads fail while `failing` is set.
+    struct Flaky {
+        inner: MemoryStore,
+        failing: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl EventLog for Flaky {
+        async fn append(
+            &self,
+            room: &RoomName,
+            data: Bytes,
+            key: Option<&IdempotencyKey>,
+        ) -> Result<crate::store::Appended, StoreError> {
+            self.inner.append(room, data, key).await
+        }
+        async fn read(&self, room: &RoomName, from: Position, limit: usize) -> Result<Page, StoreError> {
+            if self.failing.load(Ordering::Relaxed) {
+                return Err(StoreError::Unavailable("down for the test".into()));
+            }
+            self.inner.read(room, from, limit).await
+        }
+        async fn tail(&self, room: &RoomName) -> Result<EventId, StoreError> {
+            self.inner.tail(room).await
+        }
+        async fn anchor(&self, room: &RoomName) -> Result<EventId, StoreError> {
+            self.inner.anchor(room).await
+        }
+        async fn read_many(
+            &self,
+            positions: &[(RoomName, EventId)],
+            limit: usize,
+        ) -> Result<Vec<(RoomName, Vec<Event>)>, StoreError> {
+            self.inner.read_many(positions, limit).await
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn change_source(&self, node: &str) -> Result<Box<dyn crate::store::feed::ChangeSource>, StoreError> {
+            self.inner.change_source(node)
+        }
+    }
+
+    /// A catch-up the store refuses is retried a second later, not sooner,
+    /// and then delivers what was missed.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_catch_up_is_retried_after_a_second() {
+        let options =
+            StoreOptions { history: 1000, room_ttl: Duration::from_secs(60), presence_ttl: Duration::from_secs(6) };
+        let flaky = Arc::new(Flaky { inner: MemoryStore::new(options), failing: Default::default() });
+        let hub = Hub::new(Feed::unattended(flaky.clone()));
+        let room = RoomName::parse("r").unwrap();
+        let limits = f_limits(1024);
+        let ctx = Context {
+            hub: hub.clone(),
+            log: flaky.clone(),
+            live: Arc::default(),
+            publisher: Publisher::new(flaky.clone(), 1024),
+            limits,
+        };
+        let mut session = Session::new(Arc::new(ctx), Recorder::default(), Grant::Open);
+        session.subscribe(room.clone(), None, false).await.unwrap();
+        let ids: Vec<EventId> = {
+            let mut ids = Vec::new();
+            for i in 0..3 {
+                ids.push(flaky.append(&room, Bytes::from(i.to_string()), None).await.unwrap().id());
+            }
+            ids
+        };
+        // Only the last event is handed over: the session must catch up.
+        flaky.failing.store(true, Ordering::Relaxed);
+        let last = flaky.inner.read(&room, Position::After(ids[1]), 10).await.unwrap().events;
+        hub.deliver(&room, last);
+        // The batch sends the session to the store at once, which refuses.
+        for _ in 0..2 {
+            let wakeup = session.next().await;
+            session.handle(wakeup).await.unwrap();
+        }
+        assert_eq!(delivered(&session.sink.lines), Vec::<EventId>::new(), "nothing while the store refuses");
+        let refused = Instant::now();
+        flaky.failing.store(false, Ordering::Relaxed);
+        let wakeup = session.next().await;
+        assert!(refused.elapsed() >= CATCH_UP_RETRY, "retried after {:?}", refused.elapsed());
+        session.handle(wakeup).await.unwrap();
+        assert_eq!(delivered(&session.sink.lines), ids);
     }
 }

@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::load::{source_ip, tcp};
+use crate::subscribers::{source_ip, tcp};
 use crate::target::Target;
 
 /// What the reactions preset measured.

@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
-use super::load::{self, LoadSpec, Shared};
+use crate::spec::{LoadSpec, Progress, ReaderKind};
+use crate::subscribers::{self, histogram, Shared};
 
 /// How long a share may take to connect and subscribe.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(180);
@@ -50,8 +51,8 @@ pub struct SubscriberArgs {
     #[arg(long)]
     pub source_ips: u8,
     /// How subscribers read.
-    #[arg(long, value_enum, default_value_t = load::ReaderKind::Fast)]
-    pub reader: load::ReaderKind,
+    #[arg(long, value_enum, default_value_t = ReaderKind::Fast)]
+    pub reader: ReaderKind,
 }
 
 /// What one share measured.
@@ -76,7 +77,7 @@ pub(crate) struct Reports {
 
 impl Default for Reports {
     fn default() -> Self {
-        Reports { received: 0, duplicates: 0, out_of_order: 0, gaps: 0, latency: load::histogram() }
+        Reports { received: 0, duplicates: 0, out_of_order: 0, gaps: 0, latency: histogram() }
     }
 }
 
@@ -111,7 +112,7 @@ impl Workers {
                 .args(["--first", &first.to_string(), "--count", &count.to_string()])
                 .args(["--rooms", &spec.rooms.max(1).to_string(), "--room-prefix", &spec.room_prefix])
                 .args(["--source-ips", &spec.source_ips.to_string()])
-                .args(["--reader", if spec.reader == load::ReaderKind::Full { "full" } else { "fast" }])
+                .args(["--reader", if spec.reader == ReaderKind::Full { "full" } else { "fast" }])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
@@ -128,7 +129,7 @@ impl Workers {
     /// have: one connect wave at a time, the way a single generator's would
     /// come (measured: six shares connecting at once had nodes close
     /// connections mid-upgrade on two cores).
-    pub(crate) async fn ready(&mut self, progress: &load::Progress) -> anyhow::Result<()> {
+    pub(crate) async fn ready(&mut self, progress: &Progress) -> anyhow::Result<()> {
         let total: usize = self.shares.iter().map(|s| s.range.len()).sum();
         let mut done = 0;
         for share in &mut self.shares {
@@ -197,7 +198,7 @@ async fn share(args: SubscriberArgs) -> anyhow::Result<()> {
     let shared = Shared::new(1);
     let subscribed = Arc::new(AtomicUsize::new(0));
     let range = args.first..args.first + args.count;
-    let (mut tasks, cells) = load::spawn_subscribers(&spec, &args.nodes, range, 0, &shared, &subscribed).await;
+    let (mut tasks, cells) = subscribers::spawn_subscribers(&spec, &args.nodes, range, 0, &shared, &subscribed).await;
     let deadline = Instant::now() + CONNECT_PATIENCE;
     while subscribed.load(std::sync::atomic::Ordering::Acquire) < args.count {
         anyhow::ensure!(Instant::now() < deadline, "only {subscribed:?} of this share's subscribers got in");

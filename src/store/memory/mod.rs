@@ -321,3 +321,27 @@ impl ChangeSource for MemoryChanges {
         self.changes.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Expiry on a paused clock: history goes after the idle time, the
+    /// floor after twice that.
+    #[tokio::test(start_paused = true)]
+    async fn history_expires_after_the_idle_time_and_the_floor_after_twice_that() {
+        let ttl = Duration::from_secs(60);
+        let store = MemoryStore::new(StoreOptions { history: 10, room_ttl: ttl, presence_ttl: Duration::from_secs(6) });
+        let room = RoomName::parse("r").unwrap();
+        let id = store.append(&room, Bytes::from_static(b"1"), None).await.unwrap().id();
+        tokio::time::advance(ttl - Duration::from_secs(1)).await;
+        assert_eq!(store.read(&room, Position::Oldest, 10).await.unwrap().events.len(), 1, "kept until the idle time");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        store.expire(Instant::now());
+        assert!(store.read(&room, Position::Oldest, 10).await.unwrap().events.is_empty(), "history gone");
+        assert_eq!(store.tail(&room).await.unwrap(), id, "the floor stays");
+        tokio::time::advance(ttl).await;
+        store.expire(Instant::now());
+        assert_eq!(store.tail(&room).await.unwrap(), EventId::ZERO, "then the floor goes too");
+    }
+}

@@ -353,7 +353,7 @@ pub(super) async fn timed<T>(
     op: &'static str,
     f: impl std::future::Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let outcome = f.await;
     metrics::histogram!("roomcast_store_command_seconds", "op" => op).record(started.elapsed().as_secs_f64());
     outcome
