@@ -5,8 +5,24 @@
 # Sentinel, which the tests start themselves on free loopback ports); then the JavaScript client's tests against real nodes and in a real
 # Chromium. Installs what they need from Debian first when it is missing, and
 # the client's npm packages from its lockfile.
+#
+# `scripts/test.sh --fast` runs the fast tier instead, in well under a
+# minute once built, and needs nothing installed: unit tests (the paused-
+# clock ones among them), the store suite on the embedded store, nodes run
+# in-process, the CLI, and the JavaScript client's state machine against a
+# fake node.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--fast" ]; then
+  shift
+  cargo test -q --lib "$@"
+  cargo test -q --test in_process --test cli "$@"
+  cargo test -q --test store_conformance "$@" -- memory::
+  cd clients/js
+  node --test --test-reporter=spec test/state.test.js
+  exit 0
+fi
 
 # What the tests need from Debian: redis-server (every Redis test, and the
 # Sentinel ones run it with --sentinel), redis-tools (redis-cli builds the

@@ -242,6 +242,24 @@ pub struct Config {
 }
 
 impl Config {
+    /// The configuration `roomcast serve ARGS` would run with (the flags,
+    /// then the environment, then the defaults): for a node run in-process.
+    pub fn from_args<I, T>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        /// `roomcast serve`'s flags as a command of their own.
+        #[derive(clap::Parser)]
+        struct Serve {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        let argv = std::iter::once(std::ffi::OsString::from("serve")).chain(args.into_iter().map(Into::into));
+        let serve = <Serve as clap::Parser>::try_parse_from(argv).map_err(|e| ConfigError(e.to_string()))?;
+        Config::try_from(serve.args)
+    }
+
     /// Runtime worker threads; `None` for one per core.
     pub fn threads(&self) -> Option<usize> {
         (self.node.threads > 0).then_some(self.node.threads)

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod in_process;
 pub mod topology;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -87,13 +88,8 @@ impl Redis {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
+        let child = roomcast_bench::spawn::redis_server(self.port, self.dir.path())
             .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (the README's test command installs it)");
         self.child = Some(child);
@@ -256,35 +252,13 @@ impl Node {
                 sh
             }
         };
-        let mut child = command
-            .args(&args)
-            .env("RUST_LOG", "info,roomcast=debug")
-            .env_remove("REDIS_URL")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start roomcast");
-        let stderr = child.stderr.take().expect("piped stderr");
+        command.args(&args).env("RUST_LOG", "info,roomcast=debug").env_remove("REDIS_URL");
         let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
         let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("addr=").nth(1) {
-                    if line.contains("listening") {
-                        let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_owned());
-                    }
-                }
-                sink.lock().unwrap().push(line);
-            }
+        let started = roomcast_bench::spawn::node(command, PATIENCE, move |line| sink.lock().unwrap().push(line));
+        let (child, addr) = started.unwrap_or_else(|e| {
+            panic!("node did not start ({e}); args {args:?}; logs:\n{}", logs.lock().unwrap().join("\n"))
         });
-        let addr = match rx.recv_timeout(PATIENCE) {
-            Ok(addr) => addr.parse().expect("listening address"),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("node did not start; args {args:?}; logs:\n{}", logs.lock().unwrap().join("\n"))
-            }
-        };
         Node { addr, child, logs, args }
     }
 

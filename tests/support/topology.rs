@@ -21,10 +21,8 @@ fn cluster_port() -> u16 {
     }
 }
 
-/// Starts `redis-server` with `args`; it dies with the thread that started it.
-fn spawn_server(args: &[String]) -> Child {
-    let mut command = Command::new("redis-server");
-    command.args(args).stdout(Stdio::null()).stderr(Stdio::null());
+/// Starts `command` (a `redis-server`); it dies with the thread that started it.
+fn spawn_server(mut command: Command) -> Child {
     // SAFETY: prctl is async-signal-safe and touches only this child.
     unsafe {
         command.pre_exec(|| {
@@ -36,29 +34,11 @@ fn spawn_server(args: &[String]) -> Child {
 }
 
 /// Starts a data server on `port` without persistence, storing in `dir`,
-/// with `extra` flags; replicas sync at once (no diskless-sync delay).
+/// with `extra` flags.
 fn spawn_data_server(port: u16, dir: &std::path::Path, extra: &[&str]) -> Child {
-    let port = port.to_string();
-    let dir = dir.to_string_lossy();
-    let mut args: Vec<String> = [
-        "--port",
-        &port,
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--repl-diskless-sync-delay",
-        "0",
-        "--dir",
-        &dir,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    spawn_server(&args)
+    let mut command = roomcast_bench::spawn::redis_server(port, dir);
+    command.args(extra);
+    spawn_server(command)
 }
 
 /// Sends one command and reads its whole reply (a bulk string in full).
@@ -257,7 +237,9 @@ impl RedisSentinel {
                 ),
             )
             .expect("sentinel config");
-            children.push((port, Some(spawn_server(&[conf.to_string_lossy().into_owned(), "--sentinel".into()]))));
+            let mut sentinel = Command::new("redis-server");
+            sentinel.arg(&conf).arg("--sentinel").stdout(Stdio::null()).stderr(Stdio::null());
+            children.push((port, Some(spawn_server(sentinel))));
             sentinels.push(port);
         }
         for port in &sentinels {

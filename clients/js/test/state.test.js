@@ -72,3 +72,66 @@ describe("reconnecting after a node found the client too slow (1013)", () => {
     assert.equal(client.lastClose, null);
   });
 });
+
+describe("reconnecting and resuming, against a fake node", () => {
+  let node, client;
+  beforeEach(() => {
+    mock.timers.enable({ apis: ["setTimeout", "Date"] });
+    node = new FakeNode();
+  });
+  afterEach(() => {
+    client?.close();
+    mock.timers.reset();
+  });
+
+  function tickUntil(check, limit = 60_000) {
+    let waited = 0;
+    while (!check() && waited < limit) {
+      mock.timers.tick(10);
+      waited += 10;
+    }
+    assert.ok(check(), `not within ${limit} ms`);
+    return waited;
+  }
+
+  test("after a 1012 it goes to the next URL within restartDelay", () => {
+    client = connect(["ws://a/ws", "ws://b/ws"], { WebSocket: node.WebSocket });
+    assert.match(node.last.url, /^ws:\/\/a\//);
+    node.open();
+    node.close(1012, "server restart");
+    const waited = tickUntil(() => node.sockets.length === 2);
+    assert.ok(waited <= DEFAULTS.restartDelay, `${waited} ms`);
+    assert.match(node.last.url, /^ws:\/\/b\//);
+  });
+
+  test("silence past heartbeatTimeout is a dead link: it reconnects", () => {
+    client = connect("ws://a/ws", { WebSocket: node.WebSocket, heartbeatTimeout: 5000 });
+    node.open();
+    mock.timers.tick(4000);
+    node.receive({ type: "heartbeat" });
+    mock.timers.tick(4000);
+    assert.equal(client.state, "connected", "a heartbeat keeps the link alive");
+    mock.timers.tick(1100);
+    assert.notEqual(client.state, "connected", "silence ends it");
+    tickUntil(() => node.sockets.length === 2);
+  });
+
+  test("every subscription resumes from its last event, and a repeat is not handed over twice", () => {
+    client = connect("ws://a/ws", { WebSocket: node.WebSocket });
+    const sub = client.subscribe("show");
+    const got = [];
+    sub.on("event", (e) => got.push(e.id));
+    node.open();
+    node.receive({ type: "subscribed", room: "show", resumed: false, last_event_id: "1-0" });
+    node.receive({ type: "events", room: "show", events: [{ id: "2-0", data: 1 }, { id: "3-0", data: 2 }] });
+    node.close(1006);
+    tickUntil(() => node.sockets.length === 2);
+    node.open();
+    const subscribe = node.last.sent.find((f) => f.type === "subscribe");
+    assert.equal(subscribe.last_event_id, "3-0");
+    node.receive({ type: "subscribed", room: "show", resumed: true, last_event_id: "3-0" });
+    node.receive({ type: "events", room: "show", events: [{ id: "3-0", data: 2 }, { id: "4-0", data: 3 }] });
+    assert.deepEqual(got, ["2-0", "3-0", "4-0"]);
+    assert.equal(sub.lastEventId, "4-0");
+  });
+});

@@ -17,6 +17,7 @@ mod presets;
 pub mod reader;
 pub mod reference;
 pub mod report;
+pub mod spawn;
 pub mod spec;
 pub mod spread;
 pub mod subscribers;

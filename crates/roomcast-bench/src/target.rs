@@ -2,10 +2,8 @@
 //! `redis-server` and nodes of this same build, or the bare reference
 //! server), or an existing deployment given by URL.
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -65,13 +63,8 @@ fn free_port() -> anyhow::Result<u16> {
 /// Starts a `redis-server` without persistence on `port`, storing in
 /// `dir`, with `extra` flags.
 fn start_server(port: u16, dir: &std::path::Path, extra: &[&str]) -> anyhow::Result<Spawned> {
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+    let child = crate::spawn::redis_server(port, dir)
         .args(extra)
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .context("starting redis-server (is it installed?)")?;
     Ok(Spawned { child, name: "redis-server".into() })
@@ -113,7 +106,7 @@ pub fn spawn_cluster() -> anyhow::Result<(Vec<Spawned>, Vec<String>)> {
     let mut servers = Vec::new();
     for port in &ports {
         let config = format!("nodes-{port}.conf");
-        let cluster = ["--cluster-enabled", "yes", "--cluster-node-timeout", "1000", "--repl-diskless-sync-delay", "0"];
+        let cluster = ["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"];
         servers.push(start_server(*port, &dir, &[&cluster[..], &["--cluster-config-file", &config]].concat())?);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -160,27 +153,10 @@ fn redis_reply(port: u16, command: &str) -> Option<String> {
 
 /// Starts this binary with `args`, waiting for its "listening addr=" line.
 pub fn spawn_self(name: &str, args: &[String]) -> anyhow::Result<(Spawned, SocketAddr)> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(args)
-        .env("RUST_LOG", "warn,roomcast=info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting a node")?;
-    let stderr = child.stderr.take().context("stderr")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("listening") {
-                if let Some(addr) = line.split("addr=").nth(1).and_then(|a| a.split_whitespace().next()) {
-                    let _ = tx.send(addr.to_owned());
-                }
-            }
-        }
-    });
-    let spawned = Spawned { child, name: name.to_owned() };
-    let addr = rx.recv_timeout(Duration::from_secs(20)).context("a spawned node did not start")?;
-    Ok((spawned, addr.parse()?))
+    let mut command = Command::new(std::env::current_exe()?);
+    command.args(args).env("RUST_LOG", "warn,roomcast=info");
+    let (child, addr) = crate::spawn::node(command, Duration::from_secs(20), |_| {})?;
+    Ok((Spawned { child, name: name.to_owned() }, addr))
 }
 
 /// The deployment under load.

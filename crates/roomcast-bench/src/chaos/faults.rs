@@ -386,14 +386,10 @@ impl Cluster {
         // Redis 7 with an AOF enabled ignores a snapshot: a restore starts
         // without one and turns it on once loaded.
         let appendonly = if from == Persistence::Snapshot { "no" } else { "yes" };
-        let child = Command::new("redis-server")
-            .args(["--port", &self.redis_port.to_string(), "--bind"])
+        let child = crate::spawn::redis_server(self.redis_port, &self.dir)
+            .arg("--bind")
             .args(&bind)
-            .args(["--save", "", "--appendonly", appendonly, "--appendfsync", "always"])
-            .args(["--protected-mode", "no", "--dir"])
-            .arg(self.dir.as_path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .args(["--appendonly", appendonly, "--appendfsync", "always", "--protected-mode", "no"])
             .spawn()
             .context("starting redis-server (is it installed?)")?;
         self.redis = Some(child);
