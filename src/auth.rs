@@ -179,6 +179,14 @@ impl Grant {
         }
     }
 
+    /// The token's `sub`, when it names one.
+    pub fn sub(&self) -> Option<&str> {
+        match self {
+            Grant::Token(claims) => claims.sub.as_deref(),
+            Grant::Open | Grant::ApiKey | Grant::Anonymous => None,
+        }
+    }
+
     /// Who holds it, for logs.
     pub fn subject(&self) -> &str {
         match self {
@@ -189,27 +197,26 @@ impl Grant {
     }
 }
 
-/// Matches a room pattern where `*` stands for any run of characters.
+/// Matches a room pattern: `*` stands for any run of characters (`:`
+/// included, so `show-*` also covers `show-1:backstage`), `%` for any run
+/// that holds no `:` (so `show-%` covers `show-1` and not its sub-rooms).
+/// Time and memory grow with the product of the two lengths, never worse.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
     let (p, t) = (pattern.as_bytes(), text.as_bytes());
-    let (mut pi, mut ti) = (0, 0);
-    let mut backtrack: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && p[pi] == b'*' {
-            backtrack = Some((pi, ti));
-            pi += 1;
-        } else if pi < p.len() && p[pi] == t[ti] {
-            pi += 1;
-            ti += 1;
-        } else if let Some((star, mark)) = backtrack {
-            pi = star + 1;
-            ti = mark + 1;
-            backtrack = Some((star, mark + 1));
-        } else {
-            return false;
+    // `next[j]`: whether the pattern after the current position matches t[j..].
+    let mut next: Vec<bool> = (0..=t.len()).map(|j| j == t.len()).collect();
+    for &c in p.iter().rev() {
+        let mut here = vec![false; t.len() + 1];
+        for j in (0..=t.len()).rev() {
+            here[j] = match c {
+                b'*' => next[j] || (j < t.len() && here[j + 1]),
+                b'%' => next[j] || (j < t.len() && t[j] != b':' && here[j + 1]),
+                _ => j < t.len() && t[j] == c && next[j + 1],
+            };
         }
+        next = here;
     }
-    p[pi..].iter().all(|&c| c == b'*')
+    next[0]
 }
 
 /// Browser origins allowed to connect; empty allows every origin.
@@ -235,9 +242,12 @@ impl Origins {
     /// Whether a request with these headers may connect. Requests without an
     /// `Origin` header (not from a browser) are allowed.
     pub fn allows(&self, headers: &HeaderMap) -> bool {
-        match headers.get(axum::http::header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        match headers.get(axum::http::header::ORIGIN).map(|v| v.to_str()) {
             None => true,
-            Some(origin) => self.allows_origin(origin),
+            Some(Ok(origin)) => self.allows_origin(origin),
+            // An Origin that is not even text names no allowed page: refused
+            // where origins are checked, not taken for a client without one.
+            Some(Err(_)) => self.0.is_empty(),
         }
     }
 
@@ -279,6 +289,12 @@ mod tests {
         assert!(glob_match("a*c*e", "abcde"));
         assert!(!glob_match("a*c*e", "abcd"));
         assert!(glob_match("exact", "exact"));
+        assert!(glob_match("show-*", "show-1:backstage"), "`*` crosses `:`");
+        assert!(glob_match("show-%", "show-1"));
+        assert!(!glob_match("show-%", "show-1:backstage"), "`%` stops at `:`");
+        assert!(glob_match("show-%:chat", "show-1:chat"));
+        assert!(glob_match("%", ""));
+        assert!(!glob_match("a*a*a*a*a*a*a*a*b", &"a".repeat(128)), "no blow-up on many stars");
         assert!(!glob_match("exact", "exactly"));
         assert!(glob_match("*-vip", "room-vip"));
     }
@@ -344,5 +360,9 @@ mod tests {
         assert!(!Origins::parse(Some("https://b.example")).allows(&h));
         assert!(Origins::parse(Some("*")).allows(&h));
         assert!(Origins::parse(None).allows(&h));
+        // An Origin header that is not text is not a missing one.
+        h.insert("origin", axum::http::HeaderValue::from_bytes(b"https://a.example\xff").unwrap());
+        assert!(!Origins::parse(Some("https://a.example")).allows(&h));
+        assert!(Origins::parse(None).allows(&h), "an open node checks no origin");
     }
 }

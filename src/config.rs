@@ -195,6 +195,12 @@ pub struct Limits {
     /// Refused frames a connection may send per 10 seconds before it is closed (1008).
     #[arg(long, env = "ROOMCAST_MAX_STRIKES", default_value_t = 20)]
     pub max_strikes: u32,
+
+    /// New rooms (ones the store has no trace of) one connection, and one
+    /// token subject on this node, may create per minute by publishing or
+    /// subscribing; the API key is not limited.
+    #[arg(long, env = "ROOMCAST_NEW_ROOMS_PER_MINUTE", default_value_t = 120)]
+    pub new_rooms_per_minute: u32,
 }
 
 /// Credentials and origins, as given; [`Config`] holds them verified.

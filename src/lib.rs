@@ -23,6 +23,7 @@
 pub mod app;
 pub mod auth;
 pub mod backoff;
+pub mod budget;
 pub mod config;
 pub mod error;
 pub mod http;
@@ -80,6 +81,8 @@ fn router(app: Arc<App>) -> Router {
         .route("/rooms/{room}", get(rooms::info))
         .route("/rooms/{room}/events", get(history::list).post(http::publish::create))
         .route("/rooms/{room}/sse", get(sse::handler))
+        // Before the CORS layer, so a preflight (OPTIONS) is answered by it.
+        .method_not_allowed_fallback(http::method_not_allowed)
         .layer(cors(app.config.origins.clone()));
     router
         .merge(rooms)
@@ -88,6 +91,8 @@ fn router(app: Arc<App>) -> Router {
         .route("/ws", get(ws::handler))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .fallback(http::not_found)
+        .method_not_allowed_fallback(http::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(app)
 }
@@ -154,7 +159,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     }
     let limits = SessionLimits::from(&config.limits);
     let grace = config.node.shutdown_grace;
-    let publisher = Publisher::new(store.clone(), limits.max_payload);
+    let publisher = Publisher::new(store.clone(), limits.max_payload, config.limits.new_rooms_per_minute);
     let sessions = Arc::new(Context { hub, log: store.clone(), live, publisher, limits });
     let app = Arc::new(App {
         config,

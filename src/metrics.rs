@@ -32,10 +32,12 @@ const COUNTERS: &[(&str, &str, &[&str])] = &[
     ("roomcast_connections_shed_total", "reason", &["pending_limit", "fd_limit"]),
     ("roomcast_accept_errors_total", "kind", &["fd_limit", "other"]),
     ("roomcast_reactions_total", "", &[]),
-    ("roomcast_reactions_dropped_total", "reason", &["rate", "keys", "store"]),
+    ("roomcast_reactions_dropped_total", "reason", &["rate", "keys", "connection_keys", "bytes", "store"]),
     ("roomcast_reaction_frames_total", "", &[]),
     ("roomcast_notices_dropped_total", "", &[]),
     ("roomcast_ping_floods_total", "", &[]),
+    ("roomcast_frame_floods_total", "", &[]),
+    ("roomcast_rooms_refused_total", "", &[]),
     ("roomcast_mailbox_overflows_total", "", &[]),
     ("roomcast_store_incarnation_changes_total", "change", &["data_touched", "server_changed"]),
 ];
@@ -44,7 +46,7 @@ const COUNTERS: &[(&str, &str, &[&str])] = &[
 const HISTOGRAMS: &[&str] = &["roomcast_delivery_delay_seconds", "roomcast_reader_lag_seconds"];
 
 /// The store operations whose latency is measured (`op` label).
-pub const STORE_OPS: &[&str] = &["append", "read", "tail", "read_many", "ping", "epoch"];
+pub const STORE_OPS: &[&str] = &["append", "read", "tail", "anchor", "read_many", "ping", "epoch"];
 
 /// Installs the recorder on first call; later calls return the same handle.
 /// `None` if another recorder was installed first.

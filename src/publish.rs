@@ -9,7 +9,8 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::auth::Grant;
-use crate::protocol::{data_to_json, ErrorCode, IdempotencyKey, RoomName};
+use crate::budget::{self, RoomBudget, Window};
+use crate::protocol::{data_to_json, ErrorCode, EventId, IdempotencyKey, RoomName};
 use crate::store::{Appended, EventLog, StoreError};
 
 /// What carried a publish, for its metrics.
@@ -31,6 +32,24 @@ impl Via {
     }
 }
 
+/// A publish the store confirmed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Published {
+    /// Stored now, as this event.
+    Stored(EventId),
+    /// A repeat of an idempotent publish: nothing stored, the first one's ID.
+    Repeated(EventId),
+}
+
+impl Published {
+    /// The event's ID, stored now or before.
+    pub fn id(self) -> EventId {
+        match self {
+            Published::Stored(id) | Published::Repeated(id) => id,
+        }
+    }
+}
+
 /// Why a publish was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum Refused {
@@ -45,6 +64,12 @@ pub enum Refused {
         /// The limit.
         limit: usize,
     },
+    /// Past the new rooms the connection or credential may create per minute.
+    #[error("more than {0} new rooms a minute")]
+    TooManyRooms(u32),
+    /// The idempotency key was used within the window for another payload.
+    #[error("this idempotency key was used for another payload in this room; the first publish stands as {0}")]
+    Conflict(EventId),
     /// The store did not confirm the append: it may or may not be stored.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -56,6 +81,8 @@ impl Refused {
         match self {
             Refused::Forbidden(_) => ErrorCode::Forbidden,
             Refused::TooLarge { .. } => ErrorCode::TooLarge,
+            Refused::Conflict(_) => ErrorCode::IdempotencyConflict,
+            Refused::TooManyRooms(_) => ErrorCode::TooManyRooms,
             Refused::Store(e) => e.error_code(),
         }
     }
@@ -66,25 +93,35 @@ pub struct Publisher {
     log: Arc<dyn EventLog>,
     /// Largest payload, as compact JSON (`--max-message-bytes`).
     max_payload: usize,
+    /// New rooms per connection and credential (`--new-rooms-per-minute`).
+    budget: RoomBudget,
 }
 
 impl Publisher {
-    /// Publishes into `log`, refusing payloads over `max_payload` bytes.
-    pub fn new(log: Arc<dyn EventLog>, max_payload: usize) -> Self {
-        Publisher { log, max_payload }
+    /// Publishes into `log`, refusing payloads over `max_payload` bytes and
+    /// more than `new_rooms_per_minute` new rooms per connection or credential.
+    pub fn new(log: Arc<dyn EventLog>, max_payload: usize, new_rooms_per_minute: u32) -> Self {
+        Publisher { log, max_payload, budget: RoomBudget::new(new_rooms_per_minute) }
     }
 
-    /// Stores `data` in `room` for `grant` and answers its ID; never
-    /// answers an ID the store did not confirm. With an idempotency key, a
-    /// repeat within the window stores nothing and answers the first ID.
+    /// The new-room budgets, which a live subscribe spends from too.
+    pub fn budget(&self) -> &RoomBudget {
+        &self.budget
+    }
+
+    /// Stores `data` in `room` for `grant` (on the connection whose new-room
+    /// window is `conn`, if any) and answers its ID; never answers an ID the
+    /// store did not confirm. With an idempotency key, a repeat within the
+    /// window stores nothing and answers the first ID.
     pub async fn publish(
         &self,
         grant: &Grant,
+        conn: Option<&mut Window>,
         room: &RoomName,
         data: &Value,
         key: Option<&IdempotencyKey>,
         via: Via,
-    ) -> Result<Appended, Refused> {
+    ) -> Result<Published, Refused> {
         if !grant.may_publish(room) {
             return Err(Refused::Forbidden(room.clone()));
         }
@@ -92,14 +129,21 @@ impl Publisher {
         if json.len() > self.max_payload {
             return Err(Refused::TooLarge { size: json.len(), limit: self.max_payload });
         }
-        let appended = self.log.append(room, json, key).await?;
-        match appended {
-            Appended::Stored(_) => metrics::counter!("roomcast_published_total", "via" => via.label()).increment(1),
-            Appended::Repeated(_) => {
-                metrics::counter!("roomcast_publish_repeats_total", "via" => via.label()).increment(1)
+        self.budget.admit(room, grant, conn, &*self.log).await.map_err(|e| match e {
+            budget::Refused::TooMany(n) => Refused::TooManyRooms(n),
+            budget::Refused::Store(e) => Refused::Store(e),
+        })?;
+        match self.log.append(room, json, key).await? {
+            Appended::Stored(id) => {
+                metrics::counter!("roomcast_published_total", "via" => via.label()).increment(1);
+                Ok(Published::Stored(id))
             }
+            Appended::Repeated(id) => {
+                metrics::counter!("roomcast_publish_repeats_total", "via" => via.label()).increment(1);
+                Ok(Published::Repeated(id))
+            }
+            Appended::Conflict(id) => Err(Refused::Conflict(id)),
         }
-        Ok(appended)
     }
 }
 
@@ -115,20 +159,23 @@ mod tests {
     async fn authorises_sizes_and_stores_once_per_key() {
         let options =
             StoreOptions { history: 10, room_ttl: Duration::from_secs(60), presence_ttl: Duration::from_secs(6) };
-        let publisher = Publisher::new(Arc::new(MemoryStore::new(options)), 16);
+        let publisher = Publisher::new(Arc::new(MemoryStore::new(options)), 16, 100);
         let room = RoomName::parse("r").unwrap();
         let key = IdempotencyKey::parse("k").unwrap();
-        let first = publisher.publish(&Grant::Open, &room, &Value::from(1), Some(&key), Via::Http).await.unwrap();
-        assert!(matches!(first, Appended::Stored(_)));
-        let again = publisher.publish(&Grant::Open, &room, &Value::from(2), Some(&key), Via::WebSocket).await.unwrap();
-        assert_eq!(again, Appended::Repeated(first.id()));
+        let first = publisher.publish(&Grant::Open, None, &room, &Value::from(1), Some(&key), Via::Http).await.unwrap();
+        assert!(matches!(first, Published::Stored(_)));
+        let again =
+            publisher.publish(&Grant::Open, None, &room, &Value::from(1), Some(&key), Via::WebSocket).await.unwrap();
+        assert_eq!(again, Published::Repeated(first.id()));
+        let other = publisher.publish(&Grant::Open, None, &room, &Value::from(2), Some(&key), Via::Http).await;
+        assert!(matches!(other, Err(Refused::Conflict(id)) if id == first.id()), "{other:?}");
         let big = Value::from("x".repeat(20));
         assert!(matches!(
-            publisher.publish(&Grant::Open, &room, &big, None, Via::Http).await,
+            publisher.publish(&Grant::Open, None, &room, &big, None, Via::Http).await,
             Err(Refused::TooLarge { size: 22, limit: 16 })
         ));
         assert!(matches!(
-            publisher.publish(&Grant::Anonymous, &room, &Value::from(1), None, Via::Http).await,
+            publisher.publish(&Grant::Anonymous, None, &room, &Value::from(1), None, Via::Http).await,
             Err(Refused::Forbidden(_))
         ));
     }

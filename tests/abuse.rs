@@ -267,3 +267,215 @@ async fn a_slow_request_does_not_hold_shutdown_past_the_grace() {
     assert!(started.elapsed() < Duration::from_secs(5), "shutdown took {:?} with a 2 s grace", started.elapsed());
     assert!(closed_within(&mut slow, Duration::from_secs(1)).await);
 }
+
+/// Empty continuation frames, a few bytes each, are counted: a message cut
+/// into more than 1,024 frames closes the connection with 1008, and nobody
+/// else notices. (Before, a client could stream them forever and keep a
+/// core busy.)
+#[tokio::test]
+async fn a_flood_of_empty_continuation_frames_is_closed() {
+    let node = Node::memory(&[]);
+    let mut bystander = Client::connect(&node.ws_url("?room=calm")).await;
+    bystander.expect_type("subscribed").await;
+    let mut flood = Client::connect_small_buffer(node.addr, &node.ws_url("")).await;
+    flood.send_raw(Message::Frame(Frame::message(b"{".to_vec(), OpCode::Data(Data::Text), false))).await;
+    let mut sent = 0;
+    while sent < 20_000 {
+        let empty = Frame::message(Vec::new(), OpCode::Data(Data::Continue), false);
+        if !flood.try_send(Message::Frame(empty)).await {
+            break;
+        }
+        sent += 1;
+    }
+    assert_eq!(flood.closed().await, Closed::Code(1008, "too many frames".into()), "after {sent} fragments");
+    let id = publish(&node, "calm", json!("still here")).await;
+    assert_eq!(bystander.events("calm", 1).await.0[0].0, id);
+}
+
+/// Junk reaction keys from many connections neither silence honest ones
+/// nor make nodes disagree: a key many viewers send goes out, on every
+/// node, with its exact count.
+#[tokio::test]
+async fn junk_reaction_keys_do_not_silence_honest_ones_on_any_node() {
+    let redis = Redis::start();
+    let nodes = [Node::redis(&redis, &[]), Node::redis(&redis, &[])];
+    let mut watchers = Vec::new();
+    for node in &nodes {
+        let mut c = Client::connect(&node.ws_url("?room=show")).await;
+        c.expect_type("subscribed").await;
+        watchers.push(c);
+    }
+    let mut junk = Vec::new();
+    for i in 0..40 {
+        let mut c = Client::connect(&nodes[0].ws_url("?room=show")).await;
+        c.expect_type("subscribed").await;
+        junk.push((i, c));
+    }
+    let mut honest = Vec::new();
+    for (node, key) in [(0, "🔥"), (0, "🔥"), (0, "🔥"), (1, "👏"), (1, "👏")] {
+        let mut c = Client::connect(&nodes[node].ws_url("?room=show")).await;
+        c.expect_type("subscribed").await;
+        honest.push((key, c));
+    }
+    // The junk first, as fast as each connection may: every key new, and
+    // each sent again and again.
+    for (i, c) in &mut junk {
+        for k in 0..4 {
+            for _ in 0..5 {
+                c.send(json!({"type": "react", "room": "show", "key": format!("junk-{i}-{k}")})).await;
+            }
+        }
+    }
+    for (key, c) in &mut honest {
+        c.send(json!({"type": "react", "room": "show", "key": key})).await;
+    }
+    for watcher in &mut watchers {
+        let mut summed: std::collections::BTreeMap<String, u64> = Default::default();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while summed.get("🔥") != Some(&3) || summed.get("👏") != Some(&2) {
+                let frame = watcher.expect_type("reactions").await;
+                assert!(frame["counts"].as_object().unwrap().len() <= 32, "at most 32 keys a frame: {frame}");
+                for (key, n) in frame["counts"].as_object().unwrap() {
+                    *summed.entry(key.clone()).or_default() += n.as_u64().unwrap();
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("honest keys lost among the junk: {summed:?}"));
+    }
+}
+
+/// A connection may not use more than a few different reaction keys a
+/// second: the rest are refused, and its known keys still count.
+#[tokio::test]
+async fn one_connection_may_use_only_a_few_reaction_keys_a_second() {
+    let node = Node::memory(&[]);
+    let mut c = Client::connect(&node.ws_url("?room=show")).await;
+    c.expect_type("subscribed").await;
+    for k in 0..4 {
+        c.send(json!({"type": "react", "room": "show", "key": format!("k{k}")})).await;
+    }
+    c.send(json!({"type": "react", "room": "show", "key": "k4"})).await;
+    let error = c.expect_type("error").await;
+    assert_eq!(error["code"], "rate_limited", "{error}");
+    assert!(error["message"].as_str().unwrap().contains("different reaction keys"), "{error}");
+    c.send(json!({"type": "react", "room": "show", "key": "k0"})).await;
+    let mut summed: std::collections::BTreeMap<String, u64> = Default::default();
+    while summed.values().sum::<u64>() < 5 {
+        let frame = c.expect_type("reactions").await;
+        for (key, n) in frame["counts"].as_object().unwrap() {
+            *summed.entry(key.clone()).or_default() += n.as_u64().unwrap();
+        }
+    }
+    assert_eq!(summed.get("k0"), Some(&2));
+    assert!(!summed.contains_key("k4"));
+}
+
+/// Reactions in many rooms at once: every live note the store keeps is at
+/// most 16 KiB (one node's viewers in 200 rooms made 87 KiB notes before),
+/// and the rooms' viewers still get their counts.
+#[tokio::test]
+async fn live_notes_are_bounded_in_bytes() {
+    let redis = Redis::start();
+    let node = Node::redis(&redis, &[]);
+    let mut viewers = Vec::new();
+    for r in 0..200 {
+        let mut c = Client::connect(&node.ws_url(&format!("?room=party-{r}"))).await;
+        c.expect_type("subscribed").await;
+        viewers.push(c);
+    }
+    for (r, c) in viewers.iter_mut().enumerate() {
+        for k in 0..4 {
+            c.send(json!({"type": "react", "room": format!("party-{r}"), "key": format!("key-number-{k:02}-{r:04}")}))
+                .await;
+        }
+    }
+    for c in viewers.iter_mut().take(5) {
+        let frame = c.expect_type("reactions").await;
+        assert_eq!(frame["counts"].as_object().unwrap().len(), 4, "{frame}");
+    }
+    let notes = roomcast::store::redis::keys::Keys::new("rc").notes();
+    let client = support::RedisClient::connect(redis.port);
+    let count: usize = client.command(&["XLEN", &notes]).unwrap().trim_start_matches(':').parse().unwrap();
+    assert!(count > 0, "the node wrote notes");
+    let sizes = support::stream_field_sizes(redis.port, &notes, "d");
+    assert_eq!(sizes.len(), count);
+    let largest = sizes.iter().max().copied().unwrap_or(0);
+    assert!(largest <= 16 * 1024, "a live note of {largest} bytes");
+    assert!(sizes.len() >= 2, "200 rooms' reactions took several notes: {sizes:?}");
+}
+
+/// New rooms are budgeted per connection and per token subject: past the
+/// budget, publishes and subscribes that would make a room are refused
+/// with `too_many_rooms`; rooms that exist are not counted, and the API
+/// key is not limited.
+#[tokio::test]
+async fn new_rooms_are_limited_per_connection_and_per_credential() {
+    let secret = "a-secret-long-enough-for-hs256-keys!";
+    let node = Node::memory(&["--jwt-secret", secret, "--api-key", API_KEY, "--new-rooms-per-minute", "5"]);
+    let token =
+        support::hs256(secret, json!({"sub": "viewer", "exp": support::now() + 600, "rooms": ["*"], "publish": ["*"]}));
+    let mut c = Client::try_connect(&node.ws_url(&format!("?token={token}")), &[]).await.unwrap();
+    for i in 0..5 {
+        let id = c.publish(&format!("made-{i}"), json!(i), i).await;
+        assert!(id.contains('-'));
+    }
+    c.send(json!({"type": "publish", "room": "made-5", "data": 5, "ref": 5})).await;
+    let error = c.expect_type("error").await;
+    assert_eq!((error["code"].as_str(), error["ref"].as_u64()), (Some("too_many_rooms"), Some(5)), "{error}");
+    c.subscribe("never-made", None).await;
+    assert_eq!(c.expect_type("error").await["code"], "too_many_rooms");
+    // Rooms that exist cost nothing.
+    c.publish("made-0", json!("again"), 6).await;
+    c.subscribe("made-1", None).await;
+    c.expect_type("subscribed").await;
+    // The same subject on a new connection, or over HTTP, shares the budget.
+    let mut again = Client::try_connect(&node.ws_url(&format!("?token={token}")), &[]).await.unwrap();
+    again.send(json!({"type": "publish", "room": "made-6", "data": 6, "ref": 1})).await;
+    assert_eq!(again.expect_type("error").await["code"], "too_many_rooms");
+    let http = reqwest::Client::new()
+        .post(node.http("/rooms/made-7/events"))
+        .bearer_auth(&token)
+        .json(&json!(7))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(http.status(), 429);
+    assert_eq!(http.json::<serde_json::Value>().await.unwrap()["error"], "too_many_rooms");
+    // The API key makes what rooms it likes.
+    for i in 0..10 {
+        let status = reqwest::Client::new()
+            .post(node.http(&format!("/rooms/backend-{i}/events")))
+            .bearer_auth(API_KEY)
+            .json(&json!(i))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 201);
+    }
+}
+
+/// Smaller things a client can send: the largest event ID as a position is
+/// a client past the end (a gap), not a store failure; unknown paths and
+/// methods, and repeated query fields, get the JSON error body.
+#[tokio::test]
+async fn odd_positions_paths_and_queries_get_clear_answers() {
+    let redis = Redis::start();
+    let node = Node::redis(&redis, &[]);
+    let first = publish(&node, "edge", json!(1)).await;
+    let max = "18446744073709551615-18446744073709551615";
+    let mut c = Client::connect(&node.ws_url(&format!("?room=edge&last_event_id={max}"))).await;
+    assert_eq!(c.expect_type("subscribed").await["resumed"], false);
+    assert_eq!(c.expect_type("gap").await["after"], max);
+    let (status, body) = support::get_json(&node.http(&format!("/rooms/edge/events?after={max}"))).await;
+    assert_eq!((status, body["gap"].clone()), (200, json!(true)), "{body}");
+    let (status, body) = support::get_json(&node.http("/rooms/edge/events?after=0&after=1")).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("bad_frame")), "{body}");
+    let (status, body) = support::get_json(&node.http("/no/such/thing")).await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")), "{body}");
+    let deleted = reqwest::Client::new().delete(node.http("/rooms/edge/events")).send().await.unwrap();
+    assert_eq!(deleted.status(), 405);
+    assert_eq!(deleted.json::<serde_json::Value>().await.unwrap()["error"], "method_not_allowed");
+    let _ = first;
+}

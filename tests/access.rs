@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -15,12 +15,10 @@ use support::Node;
 const SECRET: &str = "a-test-secret-of-some-length";
 const API_KEY: &str = "publisher-key-0123456789";
 
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
+use support::now;
 
 fn hs256(claims: Value) -> String {
-    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+    support::hs256(SECRET, claims)
 }
 
 async fn post(node: &Node, room: &str, auth: Option<&str>) -> u16 {
@@ -115,6 +113,12 @@ async fn a_refresh_frame_extends_the_connection_and_can_narrow_it() {
     assert_eq!(client.expect_type("error").await["code"], "bad_token");
     client.send(json!({"type": "refresh"})).await;
     assert_eq!(client.expect_type("error").await["code"], "bad_frame");
+    // A valid token for another subject does not take over the connection.
+    let someone_else = hs256(json!({"sub": "admin", "exp": now() + 600, "rooms": ["*"], "publish": ["*"]}));
+    client.send(json!({"type": "refresh", "token": someone_else})).await;
+    let refused = client.expect_type("error").await;
+    assert_eq!(refused["code"], "bad_token", "{refused}");
+    assert!(refused["message"].as_str().unwrap().contains("same subject"), "{refused}");
 
     // A fresh token that covers show-* only: backstage is left, with word.
     let fresh = hs256(json!({"sub": "viewer", "exp": now() + 600, "rooms": ["show-*"]}));

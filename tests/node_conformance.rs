@@ -167,6 +167,17 @@ async fn idempotent_publishes_store_once_on_any_node(d: Deployment) {
     publisher.send(frame).await;
     let ack = publisher.expect_type("ack").await;
     assert_eq!((ack["id"].clone(), ack["repeated"].clone()), (first["id"].clone(), json!(true)), "{ack}");
+    // The same key with another payload is refused, naming the first ID.
+    let changed = post(1 % d.nodes.len(), "bid-1", json!({"amount": 11})).await.unwrap();
+    assert_eq!(changed.status(), 409);
+    let changed: Value = changed.json().await.unwrap();
+    assert_eq!((changed["error"].as_str(), &changed["id"]), (Some("idempotency_conflict"), &first["id"]), "{changed}");
+    let frame =
+        json!({"type": "publish", "room": "auction", "data": {"amount": 11}, "ref": 6, "idempotency_key": "bid-1"});
+    publisher.send(frame).await;
+    let error = publisher.expect_type("error").await;
+    assert_eq!((error["code"].as_str(), error["ref"].as_u64()), (Some("idempotency_conflict"), Some(6)), "{error}");
+    assert!(error["message"].as_str().unwrap().contains(first["id"].as_str().unwrap()), "{error}");
     let fresh =
         json!({"type": "publish", "room": "auction", "data": {"amount": 12}, "ref": 8, "idempotency_key": "bid-2"});
     publisher.send(fresh).await;
@@ -573,6 +584,9 @@ async fn bad_reactions_get_errors_and_harm_nobody(d: Deployment) {
         (json!({"type": "react", "room": "calm"}), "bad_frame"),
         (json!({"type": "react", "room": "calm", "key": "k".repeat(33)}), "bad_reaction"),
         (json!({"type": "react", "room": "calm", "key": "two words"}), "bad_reaction"),
+        // Invisible format characters would make keys that look alike.
+        (json!({"type": "react", "room": "calm", "key": "\u{200b}"}), "bad_reaction"),
+        (json!({"type": "react", "room": "calm", "key": "\u{202e}fire"}), "bad_reaction"),
         (json!({"type": "react", "room": "calm", "key": 7}), "bad_frame"),
         (json!({"type": "react", "room": "elsewhere", "key": "clap"}), "not_subscribed"),
         (json!({"type": "react", "room": "bad room", "key": "clap"}), "bad_room"),

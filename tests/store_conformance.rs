@@ -79,8 +79,10 @@ mod cases {
         let Appended::Stored(first) = f.store.append(&r, data(1), Some(&key)).await.unwrap() else {
             panic!("a new key stores")
         };
-        // A retry, even with other data, stores nothing and answers the first ID.
-        assert_eq!(f.store.append(&r, data(2), Some(&key)).await.unwrap(), Appended::Repeated(first));
+        // A retry stores nothing and answers the first ID; the same key with
+        // another payload is a conflict, which stores nothing either.
+        assert_eq!(f.store.append(&r, data(1), Some(&key)).await.unwrap(), Appended::Repeated(first));
+        assert_eq!(f.store.append(&r, data(2), Some(&key)).await.unwrap(), Appended::Conflict(first));
         let page = f.store.read(&r, Position::Oldest, 10).await.unwrap();
         assert_eq!(page.events.len(), 1);
         assert_eq!(page.events[0].data, data(1));
@@ -92,11 +94,12 @@ mod cases {
         let key3 = IdempotencyKey::parse("bid-19").unwrap();
         let outcomes = futures::future::join_all((0..20).map(|i| {
             let (store, r, key3) = (f.store.clone(), r.clone(), key3.clone());
-            async move { store.append(&r, data(i), Some(&key3)).await.unwrap() }
+            async move { store.append(&r, data(i % 2), Some(&key3)).await.unwrap() }
         }))
         .await;
         let stored: Vec<_> = outcomes.iter().filter(|o| matches!(o, Appended::Stored(_))).collect();
         assert_eq!(stored.len(), 1, "{outcomes:?}");
+        assert_eq!(outcomes.iter().filter(|o| matches!(o, Appended::Conflict(_))).count(), 10, "{outcomes:?}");
         assert!(outcomes.iter().all(|o| o.id() == stored[0].id()));
         assert_eq!(f.store.read(&r, Position::Oldest, 100).await.unwrap().events.len(), 3);
     }
@@ -295,6 +298,27 @@ mod cases {
         // A report with no rooms still says the node is alive.
         f.store.report_audience("node-c", &[]).await.unwrap();
         assert!(f.store.live_nodes().await.unwrap().contains("node-c"));
+    }
+
+    /// A killed node's counts go once it is forgotten (ten liveness
+    /// periods after it stopped reporting), not with the room a day later.
+    pub async fn a_forgotten_nodes_counts_go(f: Fixture) {
+        let r = room("left-behind");
+        f.store.report_audience("killed", &[(r.clone(), 3)]).await.unwrap();
+        f.store.report_audience("alive", &[(r.clone(), 2)]).await.unwrap();
+        let store = f.store.clone();
+        let r2 = r.clone();
+        eventually("the killed node to be forgotten", || {
+            let (store, r2) = (store.clone(), r2.clone());
+            async move {
+                store.report_audience("alive", &[]).await.ok()?;
+                let live = store.live_nodes().await.ok()?;
+                let counts = store.audience_by_node(std::slice::from_ref(&r2)).await.ok()?;
+                (live.contains("alive") && !counts[0].contains_key("killed")).then_some(())
+            }
+        })
+        .await;
+        assert_eq!(f.store.audience_by_node(&[r]).await.unwrap()[0].get("alive"), Some(&2));
     }
 
     pub async fn live_notes_are_read_once_in_order(f: Fixture) {
@@ -678,6 +702,13 @@ macro_rules! conformance {
             #[tokio::test]
             async fn audience_counts_only_live_nodes() {
                 cases::audience_counts_only_live_nodes($store(options(1000, Duration::from_secs(60))).await).await
+            }
+
+            #[tokio::test]
+            async fn a_forgotten_nodes_counts_go() {
+                let mut opts = options(1000, Duration::from_secs(60));
+                opts.presence_ttl = Duration::from_millis(100);
+                cases::a_forgotten_nodes_counts_go($store(opts).await).await
             }
 
             #[tokio::test]

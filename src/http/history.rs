@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::{Readable, Refusal};
+use super::{Params, Readable, Refusal};
 use crate::app::App;
 use crate::protocol::{json_history, ErrorCode, Event, EventId, RoomName, EVENT_OVERHEAD};
 use crate::session::{page_limit, PAGE_BYTES};
@@ -30,7 +30,7 @@ pub struct HistoryQuery {
 pub async fn list(
     State(app): State<Arc<App>>,
     Readable(room): Readable,
-    Query(q): Query<HistoryQuery>,
+    Params(q): Params<HistoryQuery>,
 ) -> Result<Response, Refusal> {
     let after = q
         .after

@@ -14,9 +14,10 @@ pub use self::error::{error_response, Refusal};
 
 use std::sync::Arc;
 
-use axum::extract::{FromRequestParts, Path};
+use axum::extract::{FromRequestParts, Path, Query};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
 
 use crate::app::App;
 use crate::auth::Grant;
@@ -44,6 +45,31 @@ async fn room_and_grant(parts: &mut Parts, app: &Arc<App>) -> Result<(RoomName, 
 pub fn forbidden(grant: &Grant, message: impl Into<String>) -> Refusal {
     let status = if matches!(grant, Grant::Anonymous) { StatusCode::UNAUTHORIZED } else { StatusCode::FORBIDDEN };
     Refusal::new(status, ErrorCode::Forbidden, message)
+}
+
+/// Query parameters, refused (a repeated field, a bad value) with the JSON
+/// error body every other refusal has, not the framework's plain text.
+pub struct Params<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = Refusal;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Refusal> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(params)| Params(params))
+            .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, ErrorCode::BadFrame, e.body_text()))
+    }
+}
+
+/// No resource at this path: a JSON 404.
+pub async fn not_found() -> Refusal {
+    Refusal::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such resource")
+}
+
+/// A resource asked with a method it does not take: a JSON 405.
+pub async fn method_not_allowed() -> Refusal {
+    Refusal::new(StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed, "this resource does not take this method")
 }
 
 /// A room the request may read (history, room info).

@@ -12,8 +12,7 @@ use serde_json::Value;
 use super::{forbidden, Publishing, Refusal};
 use crate::app::App;
 use crate::protocol::{msgpack_to_value, ErrorCode, IdempotencyKey, InvalidIdempotencyKey};
-use crate::publish::{Refused, Via};
-use crate::store::Appended;
+use crate::publish::{Published, Refused, Via};
 
 /// Appends the body (JSON, or MessagePack with `Content-Type:
 /// application/msgpack`) through the node's publish path and answers
@@ -38,16 +37,27 @@ pub async fn create(
             Refusal::new(StatusCode::BAD_REQUEST, ErrorCode::BadIdempotencyKey, InvalidIdempotencyKey.to_string())
         })?),
     };
-    let published = app.sessions.publisher.publish(&grant, &room, &value, key.as_ref(), Via::Http).await;
+    let published = app.sessions.publisher.publish(&grant, None, &room, &value, key.as_ref(), Via::Http).await;
     match published {
-        Ok(Appended::Stored(id)) => Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response()),
+        Ok(Published::Stored(id)) => Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response()),
         // A repeat of an idempotent publish: the same body, nothing stored.
-        Ok(Appended::Repeated(id)) => Ok((StatusCode::OK, Json(serde_json::json!({ "id": id }))).into_response()),
+        Ok(Published::Repeated(id)) => Ok((StatusCode::OK, Json(serde_json::json!({ "id": id }))).into_response()),
         Err(Refused::Forbidden(_)) if matches!(grant, crate::auth::Grant::Anonymous) => {
             Err(forbidden(&grant, "publishing needs the API key or a token"))
         }
         Err(Refused::Forbidden(_)) => Err(forbidden(&grant, "this credential does not cover this room")),
         Err(e @ Refused::TooLarge { .. }) => Err(Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, e.code(), e.to_string())),
+        // The client learns the first publish's ID, as with a repeat.
+        Err(Refused::Conflict(id)) => Ok((
+            StatusCode::CONFLICT,
+            Json(serde_json::json!({
+                "error": ErrorCode::IdempotencyConflict.as_str(),
+                "message": Refused::Conflict(id).to_string(),
+                "id": id,
+            })),
+        )
+            .into_response()),
+        Err(e @ Refused::TooManyRooms(_)) => Err(Refusal::new(StatusCode::TOO_MANY_REQUESTS, e.code(), e.to_string())),
         Err(Refused::Store(e)) => Err(e.into()),
     }
 }

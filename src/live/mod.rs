@@ -13,7 +13,7 @@
 mod table;
 mod tally;
 
-pub use self::tally::{Tally, MAX_KEYS_PER_WINDOW};
+pub use self::tally::{Count, Tally, Top, MAX_KEYS_PER_WINDOW, MAX_KEYS_TRACKED};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -35,8 +35,10 @@ pub const WINDOW: Duration = Duration::from_millis(250);
 pub const AUDIENCE_EVERY: u64 = 8;
 /// How long a node counts as alive after its last audience round.
 pub const PRESENCE_TTL: Duration = Duration::from_secs(6);
-/// Rooms per audience note, so one note stays small.
-const ROOMS_PER_NOTE: usize = 1_000;
+/// Notes of reactions one node writes per window at most (each at most
+/// `MAX_NOTE_BYTES`): what one node's viewers can make the shared log
+/// carry, however many rooms they react in (past it, counted and dropped).
+const REACTION_NOTES_PER_WINDOW: usize = 4;
 /// Note reads per window at most (each up to `NOTES_PER_READ`).
 const READS_PER_WINDOW: usize = 4;
 
@@ -57,10 +59,11 @@ pub struct Live {
 }
 
 impl Live {
-    /// Counts one reaction in this node's current window; `false` when the
-    /// window already holds as many distinct keys for the room as allowed.
-    pub fn react(&self, room: &RoomName, key: &ReactionKey) -> bool {
-        lock(&self.reactions).add(room, key)
+    /// Counts one reaction in this node's current window (`new_reactor`:
+    /// its viewer's first with this key lately); `false` when the window
+    /// already tracks as many distinct keys for the room as allowed.
+    pub fn react(&self, room: &RoomName, key: &ReactionKey, new_reactor: bool) -> bool {
+        lock(&self.reactions).add(room, key, new_reactor)
     }
 
     /// The room's audience as last pushed, if one was: a new watcher gets
@@ -199,15 +202,28 @@ impl LiveTask {
         if tally.is_empty() {
             return Ok(());
         }
-        let reactions: BTreeMap<String, BTreeMap<String, u64>> = tally
-            .into_rooms()
-            .map(|(room, keys)| (room.to_string(), keys.into_iter().map(|(k, n)| (k.to_string(), n)).collect()))
-            .collect();
-        let total: u64 = reactions.values().flat_map(|keys| keys.values()).sum();
-        let note = LiveNote { node: self.node.clone(), reactions, ..LiveNote::default() };
-        self.store.append_note(&note).await.inspect_err(|_| {
-            metrics::counter!("roomcast_reactions_dropped_total", "reason" => "store").increment(total);
-        })
+        // Each room's most popular keys only: junk keys neither crowd out
+        // honest ones nor fill the log.
+        let (top, past_the_cap) = tally.into_top();
+        metrics::counter!("roomcast_reactions_dropped_total", "reason" => "keys").increment(past_the_cap);
+        let mut note = LiveNote { node: self.node.clone(), ..LiveNote::default() };
+        for (room, keys) in top {
+            let room = room.to_string();
+            note.reactions.insert(room.clone(), keys.iter().map(|(k, c)| (k.to_string(), c.n)).collect());
+            note.reactors.insert(room, keys.iter().map(|(k, c)| (k.to_string(), c.reactors)).collect());
+        }
+        let sum = |note: &LiveNote| note.reactions.values().flat_map(|keys| keys.values()).sum::<u64>();
+        let total = sum(&note);
+        let mut written = 0;
+        for part in note.split().into_iter().take(REACTION_NOTES_PER_WINDOW) {
+            let n = sum(&part);
+            self.store.append_note(&part).await.inspect_err(|_| {
+                metrics::counter!("roomcast_reactions_dropped_total", "reason" => "store").increment(total - written);
+            })?;
+            written += n;
+        }
+        metrics::counter!("roomcast_reactions_dropped_total", "reason" => "bytes").increment(total - written);
+        Ok(())
     }
 
     /// Reads every node's notes since the last read: reactions for rooms
@@ -234,11 +250,13 @@ impl LiveTask {
                 self.table.apply(&note.node, &room, count);
             }
         }
-        for (room, keys) in note.reactions {
-            let Ok(room) = RoomName::parse(&room) else { continue };
-            for (key, n) in keys {
-                let Ok(key) = ReactionKey::parse(&key) else { continue };
-                if !self.combined.add_n(&room, &key, n) {
+        for (room_name, keys) in note.reactions {
+            let Ok(room) = RoomName::parse(&room_name) else { continue };
+            let reactors = note.reactors.get(&room_name);
+            for (key_name, n) in keys {
+                let Ok(key) = ReactionKey::parse(&key_name) else { continue };
+                let reactors = reactors.and_then(|r| r.get(&key_name)).copied().unwrap_or(n);
+                if !self.combined.add_n(&room, &key, Count { n, reactors }) {
                     metrics::counter!("roomcast_reactions_dropped_total", "reason" => "keys").increment(n);
                 }
             }
@@ -248,8 +266,10 @@ impl LiveTask {
     /// One `reactions` frame per room with reactions this window (rooms
     /// without local subscribers are skipped by the hub).
     fn send_reactions(&mut self) {
-        for (room, counts) in std::mem::take(&mut self.combined).into_rooms() {
-            push_reactions(&self.hub, &room, counts);
+        let (top, past_the_cap) = std::mem::take(&mut self.combined).into_top();
+        metrics::counter!("roomcast_reactions_dropped_total", "reason" => "keys").increment(past_the_cap);
+        for (room, keys) in top {
+            push_reactions(&self.hub, &room, keys.into_iter().map(|(k, c)| (k, c.n)).collect());
         }
     }
 
@@ -291,9 +311,9 @@ impl LiveTask {
     /// Records `changed` (and this node's liveness) and tells the others.
     async fn report(&self, changed: &[(RoomName, usize)]) -> Result<(), StoreError> {
         self.store.report_audience(&self.node, changed).await?;
-        for chunk in changed.chunks(ROOMS_PER_NOTE) {
-            let audience = chunk.iter().map(|(room, count)| (room.to_string(), *count as u64)).collect();
-            self.store.append_note(&LiveNote { node: self.node.clone(), audience, ..LiveNote::default() }).await?;
+        let audience = changed.iter().map(|(room, count)| (room.to_string(), *count as u64)).collect();
+        for note in (LiveNote { node: self.node.clone(), audience, ..LiveNote::default() }).split() {
+            self.store.append_note(&note).await?;
         }
         Ok(())
     }

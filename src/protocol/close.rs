@@ -22,6 +22,9 @@ pub enum CloseReason {
     InvalidData,
     /// The client sent pings faster than the node answers them (1008).
     PingFlood,
+    /// The client sent frames faster, or cut a message into more of them,
+    /// than any client needs (1008).
+    FrameFlood,
 }
 
 impl CloseReason {
@@ -32,7 +35,9 @@ impl CloseReason {
             CloseReason::TooBig => 1009,
             CloseReason::Stalled => 1013,
             CloseReason::ProtocolError => 1002,
-            CloseReason::TokenExpired | CloseReason::Misbehaving | CloseReason::PingFlood => 1008,
+            CloseReason::TokenExpired | CloseReason::Misbehaving | CloseReason::PingFlood | CloseReason::FrameFlood => {
+                1008
+            }
             CloseReason::InvalidData => 1007,
         }
     }
@@ -48,6 +53,7 @@ impl CloseReason {
             CloseReason::Misbehaving => "too many refused frames",
             CloseReason::InvalidData => "invalid utf-8 in a text frame",
             CloseReason::PingFlood => "too many pings",
+            CloseReason::FrameFlood => "too many frames",
         }
     }
 }

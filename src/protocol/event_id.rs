@@ -26,6 +26,9 @@ impl EventId {
     /// `0-0`: before every entry. A client's `0` means "from the oldest kept".
     pub const ZERO: EventId = EventId { ms: 0, seq: 0 };
 
+    /// The largest ID there is: nothing can come after it.
+    pub const MAX: EventId = EventId { ms: u64::MAX, seq: u64::MAX };
+
     /// Builds an ID from its two parts.
     pub const fn new(ms: u64, seq: u64) -> Self {
         EventId { ms, seq }

@@ -93,6 +93,16 @@ pub enum ErrorCode {
     RateLimited,
     /// The node cannot take this now (shutting down, full); try another node.
     Unavailable,
+    /// An idempotency key used within the window for another payload: the
+    /// first publish stands (its ID is in the message), this one is not
+    /// stored.
+    IdempotencyConflict,
+    /// Creating new rooms faster than a connection or credential may.
+    TooManyRooms,
+    /// No resource at this path (HTTP).
+    NotFound,
+    /// The resource does not take this method (HTTP).
+    MethodNotAllowed,
 }
 
 impl ErrorCode {
@@ -116,6 +126,10 @@ impl ErrorCode {
             ErrorCode::BadToken => "bad_token",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::IdempotencyConflict => "idempotency_conflict",
+            ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
         }
     }
 }

@@ -22,7 +22,9 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use self::cursor::{accept, Accept};
-use self::limiters::{Limiters, REACTION_BURST, REACTION_RATE, SUBSCRIBE_BURST, SUBSCRIBE_RATE};
+use self::limiters::{
+    Limiters, ReactLimit, REACTION_BURST, REACTION_KEYS, REACTION_RATE, SUBSCRIBE_BURST, SUBSCRIBE_RATE,
+};
 use self::rooms::{RoomState, Rooms};
 use crate::auth::Grant;
 use crate::config::Limits;
@@ -307,6 +309,13 @@ impl<S: Sink> Session<S> {
         if self.rooms.len() >= max {
             return Err(refuse(ErrorCode::LimitExceeded, format!("at most {max} subscriptions per connection"), None));
         }
+        // Following a room the store has no trace of makes it (its anchor):
+        // that spends from the new-room budgets.
+        let budget = self.ctx.publisher.budget();
+        budget.admit(&room, &self.grant, Some(self.limiters.rooms()), &*self.ctx.log).await.map_err(|e| match e {
+            crate::budget::Refused::TooMany(_) => refuse(ErrorCode::TooManyRooms, e.to_string(), None),
+            crate::budget::Refused::Store(e) => store_refusal(e, None),
+        })?;
         let flags = Arc::new(RoomFlags::default());
         flags.audience.store(audience, Ordering::Relaxed);
         let subscriber = Subscriber { outbox: self.inbox.outbox().clone(), flags: flags.clone() };
@@ -356,12 +365,20 @@ impl<S: Sink> Session<S> {
         if !self.rooms.contains(room) {
             return Err(refuse(ErrorCode::NotSubscribed, format!("react to a room you follow; not to {room}"), None));
         }
-        if !self.limiters.react() {
-            metrics::counter!("roomcast_reactions_dropped_total", "reason" => "rate").increment(1);
-            let message = format!("more than {REACTION_RATE} reactions per second (burst {REACTION_BURST})");
-            return Err(refuse(ErrorCode::RateLimited, message, None));
-        }
-        if self.ctx.live.react(room, key) {
+        let new_reactor = match self.limiters.react(key) {
+            Ok(new_reactor) => new_reactor,
+            Err(ReactLimit::Rate) => {
+                metrics::counter!("roomcast_reactions_dropped_total", "reason" => "rate").increment(1);
+                let message = format!("more than {REACTION_RATE} reactions per second (burst {REACTION_BURST})");
+                return Err(refuse(ErrorCode::RateLimited, message, None));
+            }
+            Err(ReactLimit::Keys) => {
+                metrics::counter!("roomcast_reactions_dropped_total", "reason" => "connection_keys").increment(1);
+                let message = format!("more than {REACTION_KEYS} different reaction keys a second");
+                return Err(refuse(ErrorCode::RateLimited, message, None));
+            }
+        };
+        if self.ctx.live.react(room, key, new_reactor) {
             metrics::counter!("roomcast_reactions_total").increment(1);
         } else {
             metrics::counter!("roomcast_reactions_dropped_total", "reason" => "keys").increment(1);
@@ -383,7 +400,14 @@ impl<S: Sink> Session<S> {
     /// Puts a fresh credential in force without ending the connection.
     /// Rooms the new credential no longer allows are left, each answered
     /// with `unsubscribed`, so a refresh can narrow access as well as extend it.
+    /// The new credential must name the same subject as the one the
+    /// connection was opened with: a refresh extends or narrows access, it
+    /// never turns one user's connection into another's.
     pub async fn refresh(&mut self, grant: Grant) -> Result<(), SessionError> {
+        if self.grant.sub() != grant.sub() {
+            let message = "a refreshed token must name the same subject (`sub`) as the connection's";
+            return Err(refuse(ErrorCode::BadToken, message, None));
+        }
         let dropped: Vec<RoomName> =
             self.rooms.iter().map(|(room, _)| room).filter(|room| !grant.may_subscribe(room)).cloned().collect();
         for room in dropped {
@@ -427,10 +451,10 @@ impl<S: Sink> Session<S> {
         let appended = self
             .ctx
             .publisher
-            .publish(&self.grant, &room, &data, key.as_ref(), Via::WebSocket)
+            .publish(&self.grant, Some(self.limiters.rooms()), &room, &data, key.as_ref(), Via::WebSocket)
             .await
             .map_err(|e: Refused| refuse(e.code(), e.to_string(), reference))?;
-        let repeated = matches!(appended, crate::store::Appended::Repeated(_));
+        let repeated = matches!(appended, crate::publish::Published::Repeated(_));
         Ok(self.send(&ServerFrame::Ack { reference, id: appended.id(), repeated }).await?)
     }
 
@@ -812,7 +836,7 @@ mod tests {
                 hub: self.hub.clone(),
                 log: self.store.clone(),
                 live: Arc::default(),
-                publisher: Publisher::new(self.store.clone(), max_payload),
+                publisher: Publisher::new(self.store.clone(), max_payload, 1000),
                 limits,
             };
             Session::new(Arc::new(ctx), Recorder::default(), Grant::Open)
@@ -1070,7 +1094,7 @@ mod tests {
             hub: hub.clone(),
             log: flaky.clone(),
             live: Arc::default(),
-            publisher: Publisher::new(flaky.clone(), 1024),
+            publisher: Publisher::new(flaky.clone(), 1024, 1000),
             limits,
         };
         let mut session = Session::new(Arc::new(ctx), Recorder::default(), Grant::Open);

@@ -27,6 +27,61 @@ pub struct LiveNote {
     /// Reactions it counted in one window, per room and key.
     #[serde(rename = "r", default, skip_serializing_if = "BTreeMap::is_empty")]
     pub reactions: BTreeMap<String, BTreeMap<String, u64>>,
+    /// How many viewers sent each of those keys (a key missing here: as
+    /// many as its reactions, as nodes that did not count viewers wrote).
+    #[serde(rename = "p", default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reactors: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+impl LiveNote {
+    /// The note as stored: compact JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Cuts the note into notes of at most [`MAX_NOTE_BYTES`] each, room by
+    /// room (a room's entry is never split); an entry too large for a note
+    /// of its own is left out, which none of the node's own writes can be
+    /// (32 keys of 32 bytes, a room name of 164).
+    pub fn split(self) -> Vec<LiveNote> {
+        let empty = || LiveNote { node: self.node.clone(), ..LiveNote::default() };
+        let base = empty().to_json().len() + 16;
+        let mut notes = vec![empty()];
+        let mut size = base;
+        let entry = |room: &str, json: usize| room.len() + json + 8;
+        for (room, count) in &self.audience {
+            let bytes = entry(room, count.to_string().len());
+            if size + bytes > MAX_NOTE_BYTES {
+                notes.push(empty());
+                size = base;
+            }
+            size += bytes;
+            if let Some(note) = notes.last_mut() {
+                note.audience.insert(room.clone(), *count);
+            }
+        }
+        for (room, keys) in &self.reactions {
+            let reactors = self.reactors.get(room);
+            let json = |v: &BTreeMap<String, u64>| serde_json::to_string(v).map_or(usize::MAX / 4, |j| j.len());
+            let bytes = entry(room, json(keys)) + reactors.map_or(0, |r| entry(room, json(r)));
+            if base + bytes > MAX_NOTE_BYTES {
+                continue;
+            }
+            if size + bytes > MAX_NOTE_BYTES {
+                notes.push(empty());
+                size = base;
+            }
+            size += bytes;
+            if let Some(note) = notes.last_mut() {
+                note.reactions.insert(room.clone(), keys.clone());
+                if let Some(reactors) = reactors {
+                    note.reactors.insert(room.clone(), reactors.clone());
+                }
+            }
+        }
+        notes.retain(|n| !n.audience.is_empty() || !n.reactions.is_empty());
+        notes
+    }
 }
 
 /// Where a reader of the live notes stands (opaque to callers).
@@ -34,11 +89,21 @@ pub struct LiveNote {
 pub struct NoteCursor(pub(crate) String);
 
 /// Notes kept in the shared log: far more than nodes write between two
-/// reads (each node writes at most a few per second).
-pub const NOTES_KEPT: usize = 10_000;
+/// reads (each node writes a few per second; readers read four times a
+/// second). With [`MAX_NOTE_BYTES`], the log holds at most 32 MiB.
+pub const NOTES_KEPT: usize = 2_000;
+
+/// Bytes one note may hold, as stored JSON: a node's news is cut into notes
+/// of at most this much ([`LiveNote::split`]), and a store refuses larger.
+pub const MAX_NOTE_BYTES: usize = 16 * 1024;
 
 /// Notes read per call, so one read stays small.
 pub const NOTES_PER_READ: usize = 1_000;
+
+/// A node whose liveness lapsed this many liveness periods ago is forgotten
+/// (with the default 6 s, after a minute): its entries are removed by
+/// whoever notices, so a killed node leaves nothing behind for long.
+pub const FORGET_AFTER_PERIODS: u32 = 10;
 
 /// A room's audience: the counts of the nodes that are alive, summed. The
 /// one place the rule "a node that stopped reporting stops counting" is

@@ -78,13 +78,16 @@ pub enum Appended {
     /// The key was used for this room within the window: nothing was
     /// stored, and this is the first publish's ID.
     Repeated(EventId),
+    /// The key was used for this room within the window for another
+    /// payload: nothing was stored; the first publish's ID.
+    Conflict(EventId),
 }
 
 impl Appended {
     /// The event's ID, stored now or before.
     pub fn id(self) -> EventId {
         match self {
-            Appended::Stored(id) | Appended::Repeated(id) => id,
+            Appended::Stored(id) | Appended::Repeated(id) | Appended::Conflict(id) => id,
         }
     }
 }
@@ -96,6 +99,18 @@ pub enum Position {
     Oldest,
     /// Strictly after this ID; a gap if anything after it is no longer kept.
     After(EventId),
+}
+
+/// A fingerprint of a payload (64-bit FNV-1a, as hex), stored beside an
+/// idempotency key's first ID: a repeat with another payload is a conflict,
+/// not a repeat. Fixed, so every node of a deployment computes the same.
+pub fn payload_fingerprint(data: &[u8]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in data {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
 }
 
 /// The predecessor of a room's first entry written by another store server

@@ -1,5 +1,6 @@
 //! Transports: adapters between a socket and a [`Session`](crate::session::Session).
 
+pub mod meter;
 pub mod sse;
 pub mod ws;
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -18,6 +18,7 @@ use super::{admit, slot, within_write_timeout};
 use crate::app::{App, Transport};
 use crate::auth::Grant;
 use crate::http::error::error_response;
+use crate::http::Params;
 use crate::protocol::{sse_events, sse_gap, ErrorCode, EventId, RoomName, ServerFrame};
 use crate::session::{Answer, Flow, Outgoing, Session, Sink, SinkError};
 
@@ -38,7 +39,7 @@ pub struct SseQuery {
 pub async fn handler(
     State(app): State<Arc<App>>,
     Path(room): Path<String>,
-    Query(query): Query<SseQuery>,
+    Params(query): Params<SseQuery>,
     headers: HeaderMap,
 ) -> Response {
     let room = match RoomName::parse(&room) {

@@ -4,7 +4,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Query, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::stream::{SplitSink, SplitStream};
@@ -21,11 +21,13 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tracing::debug;
 
+use super::meter::{FrameFlood, FrameMeter};
 use super::{admit, slot, within_write_timeout};
 use crate::app::App;
 use crate::app::{ConnectionSlot, Transport};
 use crate::auth::Grant;
 use crate::http::error::Refusal;
+use crate::http::Params;
 use crate::protocol::{
     decode_client, encode_events, encode_frame, ClientFrame, CloseReason, ErrorCode, EventId, Format, FrameError,
     RoomName, Wire, MSGPACK_SUBPROTOCOL,
@@ -35,7 +37,7 @@ use crate::session::{Answer, Flow, Outgoing, Session, SessionError, Sink, SinkEr
 
 /// The upgraded connection, straight into tokio-tungstenite: the close path
 /// needs the raw socket back (see [`close_handshake`]).
-type Socket = WebSocketStream<TokioIo<Upgraded>>;
+type Socket = WebSocketStream<FrameMeter<TokioIo<Upgraded>>>;
 
 /// tungstenite's read buffer, allocated for every connection: its 128 KiB
 /// default costs that much per idle connection. Client frames are small; a
@@ -92,7 +94,7 @@ fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> boo
 
 /// Upgrades to a WebSocket session, after checking the handshake, origin,
 /// credential and the node's connection limit.
-pub async fn handler(State(app): State<Arc<App>>, Query(query): Query<WsQuery>, mut request: Request) -> Response {
+pub async fn handler(State(app): State<Arc<App>>, Params(query): Params<WsQuery>, mut request: Request) -> Response {
     let headers = request.headers();
     if !header_has(headers, header::CONNECTION, "upgrade") || !header_has(headers, header::UPGRADE, "websocket") {
         return bad_handshake("a WebSocket upgrade request is expected here");
@@ -108,7 +110,7 @@ pub async fn handler(State(app): State<Arc<App>>, Query(query): Query<WsQuery>, 
         None => None,
         Some("json") => Some(Format::Json),
         Some("msgpack") => Some(Format::MsgPack),
-        Some(_) => return (StatusCode::BAD_REQUEST, "format must be json or msgpack\n").into_response(),
+        Some(_) => return bad_handshake("format must be json or msgpack"),
     };
     let grant = match admit(&app, headers, query.token.as_deref()) {
         Ok(grant) => grant,
@@ -137,7 +139,8 @@ pub async fn handler(State(app): State<Arc<App>>, Query(query): Query<WsQuery>, 
             debug!("websocket upgrade did not complete");
             return;
         };
-        let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+        let raw = FrameMeter::new(TokioIo::new(upgraded));
+        let socket = WebSocketStream::from_raw_socket(raw, Role::Server, Some(config)).await;
         tracker.spawn(run(Connection::new(app, socket, format, grant), Box::new(query), slot));
     });
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
@@ -360,6 +363,10 @@ fn read_error(e: WsError) -> End {
         WsError::Protocol(_) => End::Close(CloseReason::ProtocolError),
         WsError::Utf8(_) => End::Close(CloseReason::InvalidData),
         WsError::WriteBufferFull(_) => End::Close(CloseReason::Stalled),
+        WsError::Io(e) if FrameFlood::is(&e) => {
+            metrics::counter!("roomcast_frame_floods_total").increment(1);
+            End::Close(CloseReason::FrameFlood)
+        }
         _ => End::Gone,
     }
 }

@@ -492,3 +492,25 @@ pub async fn sse_events(response: reqwest::Response, n: usize) -> (Vec<(String, 
     }
     (events, gaps)
 }
+
+/// Seconds since the epoch, as token claims count them.
+pub fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs()
+}
+
+/// A token with `claims`, signed HS256 with `secret`.
+pub fn hs256(secret: &str, claims: Value) -> String {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes())).expect("sign")
+}
+
+/// The size of `field` in every entry of the stream `key`, in order.
+pub fn stream_field_sizes(port: u16, key: &str, field: &str) -> Vec<usize> {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "--raw", "XRANGE", key, "-", "+"])
+        .output()
+        .expect("redis-cli (the README's test command installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    lines.windows(2).filter(|w| w[0] == field).map(|w| w[1].len()).collect()
+}

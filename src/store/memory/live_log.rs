@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use super::{lock, MemoryStore};
 use crate::protocol::RoomName;
-use crate::store::live_log::{NOTES_KEPT, NOTES_PER_READ};
+use crate::store::live_log::{FORGET_AFTER_PERIODS, MAX_NOTE_BYTES, NOTES_KEPT, NOTES_PER_READ};
 use crate::store::{LiveLog, LiveNote, NoteCursor, StoreError};
 
 #[async_trait]
@@ -33,16 +33,33 @@ impl LiveLog for MemoryStore {
 
     async fn audience_by_node(&self, rooms: &[RoomName]) -> Result<Vec<HashMap<String, u64>>, StoreError> {
         let inner = lock(&self.inner);
-        Ok(rooms.iter().map(|room| inner.audience.get(room).cloned().unwrap_or_default()).collect())
+        // Counts of nodes no longer remembered (killed, and forgotten) are
+        // left out, as the Redis store drops them.
+        let known = |node: &String| inner.nodes.contains_key(node);
+        Ok(rooms
+            .iter()
+            .map(|room| {
+                let counts = inner.audience.get(room);
+                counts.map(|c| c.iter().filter(|(n, _)| known(n)).map(|(n, c)| (n.clone(), *c)).collect())
+            })
+            .map(Option::unwrap_or_default)
+            .collect())
     }
 
     async fn live_nodes(&self) -> Result<HashSet<String>, StoreError> {
-        let inner = lock(&self.inner);
+        let mut inner = lock(&self.inner);
         let now = Instant::now();
+        // A node gone for a while is forgotten by whoever notices.
+        let forget = self.options.presence_ttl * FORGET_AFTER_PERIODS;
+        inner.nodes.retain(|_, until| now.saturating_duration_since(*until) < forget);
         Ok(inner.nodes.iter().filter(|(_, until)| **until > now).map(|(node, _)| node.clone()).collect())
     }
 
     async fn append_note(&self, note: &LiveNote) -> Result<(), StoreError> {
+        let size = note.to_json().len();
+        if size > MAX_NOTE_BYTES {
+            return Err(StoreError::Protocol(format!("a live note of {size} bytes (at most {MAX_NOTE_BYTES})")));
+        }
         let mut inner = lock(&self.inner);
         inner.note_seq += 1;
         let seq = inner.note_seq;

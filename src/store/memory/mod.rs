@@ -20,8 +20,8 @@ mod live_log;
 
 use super::feed::{ChangeSource, Wake};
 use super::{
-    Appended, EventLog, Incarnation, LiveNote, LossDetection, Page, Position, StoreError, StoreOptions,
-    IDEMPOTENCY_WINDOW,
+    payload_fingerprint, Appended, EventLog, Incarnation, LiveNote, LossDetection, Page, Position, StoreError,
+    StoreOptions, IDEMPOTENCY_WINDOW,
 };
 use crate::protocol::{Event, EventId, IdempotencyKey, RoomName};
 
@@ -50,8 +50,8 @@ struct Inner {
     notes: VecDeque<(u64, LiveNote)>,
     /// The last note's sequence number.
     note_seq: u64,
-    /// (room, idempotency key) -> (the ID it got, when)
-    idempotent: HashMap<(RoomName, IdempotencyKey), (EventId, Instant)>,
+    /// (room, idempotency key) -> (the ID it got, when, its payload's fingerprint)
+    idempotent: HashMap<(RoomName, IdempotencyKey), (EventId, Instant, String)>,
 }
 
 struct RoomLog {
@@ -132,9 +132,9 @@ impl MemoryStore {
             }
             idle < ttl * 2
         });
-        inner.idempotent.retain(|_, (_, at)| now.duration_since(*at) < IDEMPOTENCY_WINDOW);
+        inner.idempotent.retain(|_, (_, at, _)| now.duration_since(*at) < IDEMPOTENCY_WINDOW);
         // A node gone for a minute is forgotten, with its counts.
-        let forget = Duration::from_secs(60);
+        let forget = self.options.presence_ttl * crate::store::live_log::FORGET_AFTER_PERIODS;
         inner.nodes.retain(|_, until| now.saturating_duration_since(*until) < forget);
         let Inner { audience, nodes, .. } = &mut *inner;
         audience.retain(|_, counts| {
@@ -215,11 +215,14 @@ impl EventLog for MemoryStore {
                 return Ok(Appended::Stored(id));
             };
             let entry = (room.clone(), key.clone());
-            if let Some((id, _)) = inner.idempotent.get(&entry).filter(|(_, at)| at.elapsed() < IDEMPOTENCY_WINDOW) {
-                return Ok(Appended::Repeated(*id));
+            let print = payload_fingerprint(&data);
+            if let Some((id, _, first)) =
+                inner.idempotent.get(&entry).filter(|(_, at, _)| at.elapsed() < IDEMPOTENCY_WINDOW)
+            {
+                return Ok(if *first == print { Appended::Repeated(*id) } else { Appended::Conflict(*id) });
             }
             let id = self.append_locked(&mut inner, room, data);
-            inner.idempotent.insert(entry, (id, Instant::now()));
+            inner.idempotent.insert(entry, (id, Instant::now(), print));
             id
         };
         self.changed(room);

@@ -14,7 +14,10 @@ const TRYAGAIN_ATTEMPTS: u32 = 8;
 pub(super) fn unavailable(e: Error) -> StoreError {
     let text = e.to_string();
     let error = if e.details().starts_with("OOM") || text.contains("OOM command not allowed") {
-        StoreError::OutOfMemory(text)
+        // Redis's text names the script and its line: for the log, not for
+        // clients.
+        tracing::warn!(cause = %text, "Redis refuses writes: used memory is over maxmemory");
+        StoreError::OutOfMemory("used memory is over Redis's maxmemory; nothing was stored".into())
     } else {
         StoreError::Unavailable(text)
     };

@@ -10,7 +10,7 @@ use tracing::warn;
 use super::fault::unavailable;
 use super::{now_ms, reply, RedisStore};
 use crate::protocol::{EventId, RoomName};
-use crate::store::live_log::{NOTES_KEPT, NOTES_PER_READ};
+use crate::store::live_log::{FORGET_AFTER_PERIODS, MAX_NOTE_BYTES, NOTES_KEPT, NOTES_PER_READ};
 use crate::store::{LiveLog, LiveNote, NoteCursor, StoreError};
 
 #[async_trait]
@@ -39,28 +39,41 @@ impl LiveLog for RedisStore {
             return Ok(Vec::new());
         }
         let pipeline = self.client.pipeline();
+        let _: () = pipeline.hkeys(self.keys.nodes()).await.map_err(unavailable)?;
         for room in rooms {
             let _: () = pipeline.hgetall(self.keys.audience(room)).await.map_err(unavailable)?;
         }
-        let replies: Vec<HashMap<String, String>> = pipeline.all().await.map_err(unavailable)?;
-        Ok(replies
-            .into_iter()
-            .map(|counts| {
+        let mut replies: Vec<Value> = pipeline.all().await.map_err(unavailable)?;
+        let known: HashSet<String> =
+            if replies.is_empty() { HashSet::new() } else { replies.remove(0).convert().map_err(unavailable)? };
+        let mut out = Vec::with_capacity(rooms.len());
+        for (room, reply) in rooms.iter().zip(replies) {
+            let counts: HashMap<String, String> = reply.convert().map_err(unavailable)?;
+            // A node that is not even remembered (killed, and forgotten
+            // since) still has its counts here: drop them now.
+            let gone: Vec<&String> = counts.keys().filter(|node| !known.contains(*node)).collect();
+            if !gone.is_empty() {
+                let _: Result<(), _> = self.client.hdel(self.keys.audience(room), gone).await;
+            }
+            out.push(
                 counts
-                    .into_iter()
+                    .iter()
+                    .filter(|(node, _)| known.contains(*node))
                     // Older nodes wrote "<count>:<expires-ms>".
-                    .filter_map(|(node, v)| Some((node, v.split(':').next()?.parse::<u64>().ok()?)))
-                    .collect()
-            })
-            .collect())
+                    .filter_map(|(node, v)| Some((node.clone(), v.split(':').next()?.parse::<u64>().ok()?)))
+                    .collect(),
+            );
+        }
+        Ok(out)
     }
 
     async fn live_nodes(&self) -> Result<HashSet<String>, StoreError> {
         let nodes: HashMap<String, u64> = self.client.hgetall(self.keys.nodes()).await.map_err(unavailable)?;
         let now = now_ms();
-        // A node gone for a minute is forgotten by whoever notices.
+        // A node gone for a while is forgotten by whoever notices.
+        let forget = self.options.presence_ttl.as_millis() as u64 * u64::from(FORGET_AFTER_PERIODS);
         let forgotten: Vec<&String> =
-            nodes.iter().filter(|(_, until)| **until + 60_000 < now).map(|(node, _)| node).collect();
+            nodes.iter().filter(|(_, until)| **until + forget < now).map(|(node, _)| node).collect();
         if !forgotten.is_empty() {
             let _: Result<(), _> = self.client.hdel(self.keys.nodes(), forgotten).await;
         }
@@ -68,7 +81,13 @@ impl LiveLog for RedisStore {
     }
 
     async fn append_note(&self, note: &LiveNote) -> Result<(), StoreError> {
-        let json = serde_json::to_string(note).map_err(|e| StoreError::Protocol(e.to_string()))?;
+        let json = note.to_json();
+        if json.len() > MAX_NOTE_BYTES {
+            return Err(StoreError::Protocol(format!(
+                "a live note of {} bytes (at most {MAX_NOTE_BYTES})",
+                json.len()
+            )));
+        }
         let _: Value = self
             .client
             .xadd(self.keys.notes(), false, ("MAXLEN", "~", NOTES_KEPT as u64), "*", ("d", json))

@@ -38,7 +38,7 @@ use tracing::{debug, info, warn};
 use self::fault::{retrying, unavailable};
 use self::keys::Keys;
 use super::feed::ChangeSource;
-use super::{Appended, EventLog, Page, Position, StoreError, StoreOptions, IDEMPOTENCY_WINDOW};
+use super::{payload_fingerprint, Appended, EventLog, Page, Position, StoreError, StoreOptions, IDEMPOTENCY_WINDOW};
 use crate::config::RedisSettings;
 use crate::protocol::{Event, EventId, IdempotencyKey, RoomName};
 
@@ -214,9 +214,11 @@ impl RedisStore {
     ) -> Result<Appended, StoreError> {
         let mailbox = self.layout.mailbox_key(&self.keys, self.layout.mailbox(room));
         let nonce = format!("{:016x}", rand::random::<u64>());
-        let (record, record_ttl) = match key {
-            Some(k) => (self.keys.idempotency(room, k.as_str()), IDEMPOTENCY_WINDOW),
-            None => (self.keys.replay(room, &nonce), MIN_REPLAY_WINDOW.max(self.redis.command_timeout * 3)),
+        let (record, record_ttl, print) = match key {
+            Some(k) => (self.keys.idempotency(room, k.as_str()), IDEMPOTENCY_WINDOW, payload_fingerprint(&data)),
+            None => {
+                (self.keys.replay(room, &nonce), MIN_REPLAY_WINDOW.max(self.redis.command_timeout * 3), String::new())
+            }
         };
         let keys = vec![self.keys.room(room), mailbox, self.keys.floor(room), record];
         let ttl_ms = self.options.room_ttl.as_millis() as i64;
@@ -230,6 +232,7 @@ impl RedisStore {
             Value::from(record_ttl.as_millis() as i64),
             Value::from(self.layout.doorbell(&self.keys, room).unwrap_or_default()),
             Value::from(nonce),
+            Value::from(print),
         ];
         let reply: Value =
             retrying(|| self.append.evalsha_with_reload(&self.client, keys.clone(), args.clone())).await?;
@@ -240,6 +243,7 @@ impl RedisStore {
         match parts.get(1).and_then(|v| v.as_i64()) {
             Some(1) => Ok(Appended::Stored(id)),
             Some(0) => Ok(Appended::Repeated(id)),
+            Some(2) => Ok(Appended::Conflict(id)),
             _ => Err(StoreError::Protocol("append reply has no outcome".into())),
         }
     }
@@ -283,12 +287,18 @@ impl RedisStore {
             Position::After(x) => format!("({x}"),
         };
         for _ in 0..RACING_READS {
-            let value: Value = self
-                .client
-                .xrange(self.keys.room(room), start.as_str(), "+", Some(limit as u64))
-                .await
-                .map_err(unavailable)?;
-            let events = reply::entries(value)?;
+            // Nothing comes after the largest ID (and Redis refuses it as an
+            // exclusive start): a client holding it is past the room's end.
+            let events = if from == Position::After(EventId::MAX) {
+                Vec::new()
+            } else {
+                let value: Value = self
+                    .client
+                    .xrange(self.keys.room(room), start.as_str(), "+", Some(limit as u64))
+                    .await
+                    .map_err(unavailable)?;
+                reply::entries(value)?
+            };
             let tail = match events.last() {
                 Some(last) => last.id,
                 None => match (self.end_of(room).await?, from) {

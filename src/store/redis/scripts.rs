@@ -7,11 +7,13 @@
 /// Redis), room floor, and the call's record: the publish's idempotency key,
 /// or else a replay key named by the call's nonce.
 /// ARGV: history, data, room ttl ms, room name, signal stream length, floor
-/// ttl ms, record ttl ms, doorbell channel (empty: none), nonce.
+/// ttl ms, record ttl ms, doorbell channel (empty: none), nonce, payload
+/// fingerprint (empty for a replay key).
 /// Returns `{id, 1}` for an event stored by this call (now, or by an earlier
-/// send of it whose reply was lost), `{first id, 0}` for a repeated key.
+/// send of it whose reply was lost), `{first id, 0}` for a repeated key,
+/// `{first id, 2}` for a key used with another payload.
 ///
-/// Every append records `"<id> <nonce>"` under KEYS[4]. fred sends a call
+/// Every append records `"<id> <nonce> <fingerprint>"` under KEYS[4]. fred sends a call
 /// again when the connection drops before the reply (after a Redis restart
 /// from an AOF that has the write, say): the resend finds its own nonce and
 /// stores nothing. Another call with the same idempotency key has another
@@ -37,8 +39,9 @@ pub(super) const APPEND_LUA: &str = r#"
 local run = string.sub(string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or '', 1, 16)
 local seen = redis.call('GET', KEYS[4])
 if seen then
-  local first, nonce = string.match(seen, '^(%S+) ?(%S*)$')
+  local first, nonce, print = string.match(seen, '^(%S+) ?(%S*) ?(%S*)$')
   if nonce == ARGV[9] then return {first, 1} end
+  if print ~= '' and ARGV[10] ~= '' and print ~= ARGV[10] then return {first, 2} end
   return {first, 0}
 end
 local floor = redis.call('GET', KEYS[3])
@@ -71,7 +74,7 @@ redis.call('SET', KEYS[3], id .. ' ' .. run, 'PX', ARGV[6])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'r', ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 if ARGV[8] ~= '' then redis.call('SPUBLISH', ARGV[8], ARGV[4]) end
-redis.call('SET', KEYS[4], id .. ' ' .. ARGV[9], 'PX', ARGV[7])
+redis.call('SET', KEYS[4], id .. ' ' .. ARGV[9] .. ' ' .. ARGV[10], 'PX', ARGV[7])
 return {id, 1}
 "#;
 
