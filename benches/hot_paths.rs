@@ -16,7 +16,7 @@ use roomcast::hub::outbox::{Outbox, OutboxLimits};
 use roomcast::hub::Batch;
 use roomcast::protocol::{encode_events, Event, EventId, Format, RoomName};
 use roomcast::store::memory::MemoryStore;
-use roomcast::store::{EventLog, Position, StoreOptions};
+use roomcast::store::{AppendOptions, EventLog, Position, StoreOptions};
 
 fn events(n: u64, payload: usize) -> Vec<Event> {
     let data = Bytes::from(format!("{{\"msg\":\"{}\"}}", "x".repeat(payload.saturating_sub(10))));
@@ -25,6 +25,7 @@ fn events(n: u64, payload: usize) -> Vec<Event> {
             id: EventId::new(1_732_270_000_000 + i, 0),
             prev: EventId::new(1_732_270_000_000 + i - 1, 0),
             data: data.clone(),
+            key: None,
         })
         .collect()
 }
@@ -66,15 +67,21 @@ fn outbox(c: &mut Criterion) {
 
 fn memory_store(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let options =
-        StoreOptions { history: 10_000, room_ttl: Duration::from_secs(3600), presence_ttl: Duration::from_secs(6) };
+    let options = StoreOptions {
+        history: 10_000,
+        room_ttl: Duration::from_secs(3600),
+        presence_ttl: Duration::from_secs(6),
+        max_state_keys: 1000,
+    };
     let store = MemoryStore::new(options);
     let room = RoomName::parse("bench").unwrap();
     let data = Bytes::from_static(br#"{"msg":"hello, world"}"#);
-    c.bench_function("memory_append", |b| b.iter(|| runtime.block_on(store.append(&room, data.clone(), None))));
+    c.bench_function("memory_append", |b| {
+        b.iter(|| runtime.block_on(store.append(&room, data.clone(), AppendOptions::default())))
+    });
     let after = runtime.block_on(store.tail(&room)).unwrap();
     for _ in 0..100 {
-        runtime.block_on(store.append(&room, data.clone(), None)).unwrap();
+        runtime.block_on(store.append(&room, data.clone(), AppendOptions::default())).unwrap();
     }
     c.bench_function("memory_read_100", |b| {
         b.iter(|| runtime.block_on(store.read(&room, Position::After(black_box(after)), 100)))

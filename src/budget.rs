@@ -133,7 +133,7 @@ mod tests {
     use super::*;
     use crate::auth::Claims;
     use crate::store::memory::MemoryStore;
-    use crate::store::StoreOptions;
+    use crate::store::{AppendOptions, StoreOptions};
 
     fn token(sub: &str) -> Grant {
         Grant::Token(Claims {
@@ -146,8 +146,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn new_rooms_are_counted_per_connection_and_per_subject_existing_ones_are_free() {
-        let store =
-            MemoryStore::new(StoreOptions { history: 10, room_ttl: PERIOD * 60, presence_ttl: Duration::from_secs(6) });
+        let store = MemoryStore::new(StoreOptions {
+            history: 10,
+            room_ttl: PERIOD * 60,
+            presence_ttl: Duration::from_secs(6),
+            max_state_keys: 1000,
+        });
         let budget = RoomBudget::new(3);
         let room = |i: usize| RoomName::parse(&format!("r{i}")).unwrap();
         let (mut a, mut b) = (Window::default(), Window::default());
@@ -159,7 +163,7 @@ mod tests {
         // Another connection of the same subject shares the subject's budget.
         assert!(budget.admit(&room(4), &viewer, Some(&mut b), &store).await.is_err());
         // A room that exists costs nothing, and neither does the API key.
-        store.append(&room(9), bytes::Bytes::from_static(b"1"), None).await.unwrap();
+        store.append(&room(9), bytes::Bytes::from_static(b"1"), AppendOptions::default()).await.unwrap();
         budget.admit(&room(9), &viewer, Some(&mut a), &store).await.unwrap();
         budget.admit(&room(5), &Grant::ApiKey, None, &store).await.unwrap();
         // Another subject has its own; a minute later the budget is whole.

@@ -118,6 +118,11 @@ pub struct StoreSettings {
     /// Seconds after its last publish a room's history expires.
     #[arg(long = "room-ttl", env = "ROOMCAST_ROOM_TTL", default_value = "86400", value_parser = seconds)]
     pub room_ttl: Duration,
+
+    /// Most state keys a room keeps; a publish with a new key past it is
+    /// refused (`too_many_keys`).
+    #[arg(long = "max-state-keys", env = "ROOMCAST_MAX_STATE_KEYS", default_value_t = 1000)]
+    pub max_state_keys: usize,
 }
 
 /// How to reach Redis; without a URL the node runs on the embedded store.
@@ -307,6 +312,7 @@ impl TryFrom<ServeArgs> for Config {
         }
         check((1..=10_000_000).contains(&store.history), || "--history must be between 1 and 10000000".into())?;
         check(store.room_ttl >= Duration::from_secs(1), || "--room-ttl must be at least 1 second".into())?;
+        check(store.max_state_keys >= 1, || "--max-state-keys must be at least 1".into())?;
         check(plain_name(&redis.key_prefix), || "--key-prefix must be 1-64 bytes of A-Z a-z 0-9 _ . -".into())?;
         let node_id = match &node.node_id {
             Some(id) => {

@@ -81,6 +81,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/rooms/{room}", get(rooms::info))
         .route("/rooms/{room}/events", get(history::list).post(http::publish::create))
         .route("/rooms/{room}/sse", get(sse::handler))
+        .route("/rooms/{room}/state", get(rooms::state))
         // Before the CORS layer, so a preflight (OPTIONS) is answered by it.
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(cors(app.config.origins.clone()));

@@ -46,7 +46,8 @@ const COUNTERS: &[(&str, &str, &[&str])] = &[
 const HISTOGRAMS: &[&str] = &["roomcast_delivery_delay_seconds", "roomcast_reader_lag_seconds"];
 
 /// The store operations whose latency is measured (`op` label).
-pub const STORE_OPS: &[&str] = &["append", "read", "tail", "anchor", "read_many", "ping", "epoch"];
+pub const STORE_OPS: &[&str] =
+    &["append", "read", "read_back", "state", "tail", "anchor", "read_many", "ping", "epoch"];
 
 /// Installs the recorder on first call; later calls return the same handle.
 /// `None` if another recorder was installed first.

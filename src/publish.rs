@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use crate::auth::Grant;
 use crate::budget::{self, RoomBudget, Window};
-use crate::protocol::{data_to_json, ErrorCode, EventId, IdempotencyKey, RoomName};
-use crate::store::{Appended, EventLog, StoreError};
+use crate::protocol::{data_to_json, ErrorCode, EventId, RoomName};
+use crate::store::{AppendOptions, Appended, EventLog, StoreError};
 
 /// What carried a publish, for its metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +70,9 @@ pub enum Refused {
     /// The idempotency key was used within the window for another payload.
     #[error("this idempotency key was used for another payload in this room; the first publish stands as {0}")]
     Conflict(EventId),
+    /// A new state key in a room that has as many as it may keep.
+    #[error("this room has as many state keys as it may keep; publish to an existing key")]
+    TooManyKeys,
     /// The store did not confirm the append: it may or may not be stored.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -83,6 +86,7 @@ impl Refused {
             Refused::TooLarge { .. } => ErrorCode::TooLarge,
             Refused::Conflict(_) => ErrorCode::IdempotencyConflict,
             Refused::TooManyRooms(_) => ErrorCode::TooManyRooms,
+            Refused::TooManyKeys => ErrorCode::TooManyKeys,
             Refused::Store(e) => e.error_code(),
         }
     }
@@ -112,14 +116,15 @@ impl Publisher {
     /// Stores `data` in `room` for `grant` (on the connection whose new-room
     /// window is `conn`, if any) and answers its ID; never answers an ID the
     /// store did not confirm. With an idempotency key, a repeat within the
-    /// window stores nothing and answers the first ID.
+    /// window stores nothing and answers the first ID; with a state key, the
+    /// event becomes that key's current value.
     pub async fn publish(
         &self,
         grant: &Grant,
         conn: Option<&mut Window>,
         room: &RoomName,
         data: &Value,
-        key: Option<&IdempotencyKey>,
+        options: AppendOptions<'_>,
         via: Via,
     ) -> Result<Published, Refused> {
         if !grant.may_publish(room) {
@@ -133,7 +138,7 @@ impl Publisher {
             budget::Refused::TooMany(n) => Refused::TooManyRooms(n),
             budget::Refused::Store(e) => Refused::Store(e),
         })?;
-        match self.log.append(room, json, key).await? {
+        match self.log.append(room, json, options).await? {
             Appended::Stored(id) => {
                 metrics::counter!("roomcast_published_total", "via" => via.label()).increment(1);
                 Ok(Published::Stored(id))
@@ -143,6 +148,7 @@ impl Publisher {
                 Ok(Published::Repeated(id))
             }
             Appended::Conflict(id) => Err(Refused::Conflict(id)),
+            Appended::TooManyKeys => Err(Refused::TooManyKeys),
         }
     }
 }
@@ -152,31 +158,44 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::protocol::{IdempotencyKey, StateKey};
     use crate::store::memory::MemoryStore;
     use crate::store::StoreOptions;
 
     #[tokio::test]
     async fn authorises_sizes_and_stores_once_per_key() {
-        let options =
-            StoreOptions { history: 10, room_ttl: Duration::from_secs(60), presence_ttl: Duration::from_secs(6) };
+        let options = StoreOptions {
+            history: 10,
+            room_ttl: Duration::from_secs(60),
+            presence_ttl: Duration::from_secs(6),
+            max_state_keys: 1,
+        };
         let publisher = Publisher::new(Arc::new(MemoryStore::new(options)), 16, 100);
         let room = RoomName::parse("r").unwrap();
         let key = IdempotencyKey::parse("k").unwrap();
-        let first = publisher.publish(&Grant::Open, None, &room, &Value::from(1), Some(&key), Via::Http).await.unwrap();
+        let once = AppendOptions::idempotent(Some(&key));
+        let none = AppendOptions::default();
+        let first = publisher.publish(&Grant::Open, None, &room, &Value::from(1), once, Via::Http).await.unwrap();
         assert!(matches!(first, Published::Stored(_)));
-        let again =
-            publisher.publish(&Grant::Open, None, &room, &Value::from(1), Some(&key), Via::WebSocket).await.unwrap();
+        let again = publisher.publish(&Grant::Open, None, &room, &Value::from(1), once, Via::WebSocket).await.unwrap();
         assert_eq!(again, Published::Repeated(first.id()));
-        let other = publisher.publish(&Grant::Open, None, &room, &Value::from(2), Some(&key), Via::Http).await;
+        let other = publisher.publish(&Grant::Open, None, &room, &Value::from(2), once, Via::Http).await;
         assert!(matches!(other, Err(Refused::Conflict(id)) if id == first.id()), "{other:?}");
         let big = Value::from("x".repeat(20));
         assert!(matches!(
-            publisher.publish(&Grant::Open, None, &room, &big, None, Via::Http).await,
+            publisher.publish(&Grant::Open, None, &room, &big, none, Via::Http).await,
             Err(Refused::TooLarge { size: 22, limit: 16 })
         ));
         assert!(matches!(
-            publisher.publish(&Grant::Anonymous, None, &room, &Value::from(1), None, Via::Http).await,
+            publisher.publish(&Grant::Anonymous, None, &room, &Value::from(1), none, Via::Http).await,
             Err(Refused::Forbidden(_))
         ));
+        // One state key at most here: the second is refused, the first takes new values.
+        let (score, poll) = (StateKey::parse("score").unwrap(), StateKey::parse("poll").unwrap());
+        let keyed = |key| AppendOptions { idempotency: None, key: Some(key) };
+        publisher.publish(&Grant::Open, None, &room, &Value::from(1), keyed(&score), Via::Http).await.unwrap();
+        publisher.publish(&Grant::Open, None, &room, &Value::from(2), keyed(&score), Via::Http).await.unwrap();
+        let refused = publisher.publish(&Grant::Open, None, &room, &Value::from(3), keyed(&poll), Via::Http).await;
+        assert!(matches!(refused, Err(Refused::TooManyKeys)), "{refused:?}");
     }
 }

@@ -645,6 +645,256 @@ async fn one_idempotency_key_on_two_nodes_at_once_stores_one_event(d: Deployment
     assert_eq!(history["events"].as_array().unwrap().len(), 10);
 }
 
+/// Publishes `data` to `room` on node `node`, as state key `key` when given;
+/// returns the event ID.
+async fn publish_keyed(d: &Deployment, node: usize, room: &str, key: &str, data: Value) -> String {
+    let url = d.node(node).http(&format!("/rooms/{room}/events?key={key}"));
+    let response = reqwest::Client::new().post(url).json(&data).send().await.unwrap();
+    assert_eq!(response.status(), 201, "a keyed publish is stored");
+    response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
+}
+
+/// A late viewer sees the room's last events, then live, each once; fewer
+/// kept is all of them with no gap; a position given beside a rewind wins.
+async fn rewind_then_live_once_in_order(d: Deployment) {
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        ids.push(d.publish(i, "stage", json!(i)).await);
+    }
+    let mut late = Client::connect(&d.node(1).ws_url("")).await;
+    late.send(json!({"type": "subscribe", "room": "stage", "rewind": 10})).await;
+    let subscribed = late.expect_type("subscribed").await;
+    assert_eq!(subscribed["resumed"], false);
+    let (rewound, gaps) = late.events("stage", 10).await;
+    assert!(gaps.is_empty());
+    assert_eq!(
+        rewound.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(),
+        ids[20..].to_vec(),
+        "the last 10, oldest first"
+    );
+    let live = d.publish(0, "stage", json!("live")).await;
+    assert_eq!(late.events("stage", 1).await.0, vec![(live.clone(), json!("live"))]);
+    late.expect_silence(Duration::from_millis(200)).await;
+    ids.push(live);
+    // More than is kept: everything, no gap (and the query form, on another node).
+    let mut all = Client::connect(&d.node(2).ws_url("?room=stage&rewind=1000")).await;
+    all.expect_type("subscribed").await;
+    let (got, gaps) = all.events("stage", 31).await;
+    assert!(gaps.is_empty());
+    assert_eq!(got.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(), ids);
+    all.expect_silence(Duration::from_millis(200)).await;
+    // A resume position wins over a rewind.
+    let mut resumer = Client::connect(&d.node(0).ws_url("")).await;
+    resumer.send(json!({"type": "subscribe", "room": "stage", "rewind": 3, "last_event_id": ids[25]})).await;
+    assert_eq!(resumer.expect_type("subscribed").await["resumed"], true);
+    let (got, _) = resumer.events("stage", 5).await;
+    assert_eq!(got.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(), ids[26..].to_vec());
+    // A room with nothing kept rewinds to nothing and goes live.
+    let mut empty = Client::connect(&d.node(1).ws_url("?room=quiet&rewind=50")).await;
+    empty.expect_type("subscribed").await;
+    let first = d.publish(2, "quiet", json!("first")).await;
+    assert_eq!(empty.events("quiet", 1).await.0, vec![(first, json!("first"))]);
+    // SSE rewinds too.
+    let response = reqwest::get(d.node(2).http("/rooms/stage/sse?rewind=4")).await.unwrap();
+    let (sse, _) = sse_events(response, 4).await;
+    assert_eq!(sse.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(), ids[27..].to_vec());
+    // Out of range.
+    for bad in [json!(0), json!(1001), json!(-1), json!("5")] {
+        late.send(json!({"type": "subscribe", "room": "other", "rewind": bad})).await;
+        assert_eq!(late.expect_type("error").await["code"], "bad_frame", "rewind {bad}");
+    }
+}
+
+/// `GET .../events?before=`: the newest N, then older pages, with `more`.
+async fn history_backwards(d: Deployment) {
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        ids.push(d.publish(i, "scroll", json!(i)).await);
+    }
+    let page = |query: String| {
+        let url = d.node(1).http(&format!("/rooms/scroll/events?{query}"));
+        async move { get_json(&url).await }
+    };
+    let ids_of = |body: &Value| -> Vec<String> {
+        body["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect()
+    };
+    let (status, newest) = page("before=latest&limit=10".into()).await;
+    assert_eq!(status, 200);
+    assert_eq!(ids_of(&newest), ids[15..].to_vec());
+    assert_eq!(newest["more"], true);
+    assert_eq!(newest["events"][9]["data"], json!(24));
+    let (_, older) = page(format!("before={}&limit=10", ids[15])).await;
+    assert_eq!(ids_of(&older), ids[5..15].to_vec());
+    let (_, oldest) = page(format!("before={}&limit=10", ids[5])).await;
+    assert_eq!(ids_of(&oldest), ids[..5].to_vec());
+    assert_eq!(oldest["more"], false);
+    // Forward reads are unchanged, and say `more` too.
+    let (_, forward) = page(format!("after={}&limit=5", ids[9])).await;
+    assert_eq!(ids_of(&forward), ids[10..15].to_vec());
+    assert_eq!((forward["gap"].clone(), forward["more"].clone()), (json!(false), json!(true)));
+    for bad in ["before=nonsense", &format!("before=latest&after={}", ids[3]), "before=latest&limit=0"] {
+        let (status, body) = page(bad.to_owned()).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+}
+
+/// Keyed events become the room's state; a joiner's state frame and the
+/// live events after it agree exactly, while publishing goes on.
+async fn state_is_consistent_with_live_delivery(d: Deployment) {
+    let mut published: Vec<(String, Option<String>, Value)> = Vec::new();
+    for i in 0..5 {
+        published.push((publish_keyed(&d, i, "match", "score", json!(i)).await, Some("score".into()), json!(i)));
+    }
+    // A watcher paces the joins by the events it sees (no sleeps).
+    let mut watcher = Client::connect(&d.node(0).ws_url("?room=match")).await;
+    watcher.expect_type("subscribed").await;
+    let publisher = {
+        let d_nodes: Vec<String> = (0..3).map(|i| d.node(i).http("/rooms/match/events")).collect();
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut out = Vec::new();
+            for i in 5..120u64 {
+                let keyed = i % 3 != 0;
+                let key = if i % 2 == 0 { "score" } else { "clock" };
+                let url = if keyed {
+                    format!("{}?key={key}", d_nodes[i as usize % 3])
+                } else {
+                    d_nodes[i as usize % 3].clone()
+                };
+                let response = http.post(url).json(&json!(i)).send().await.unwrap();
+                assert_eq!(response.status(), 201);
+                let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+                out.push((id, keyed.then(|| key.to_owned()), json!(i)));
+            }
+            out
+        })
+    };
+    // Viewers join while the publisher runs, on every node.
+    let mut viewers = Vec::new();
+    let mut seen = 0;
+    for i in 0..6 {
+        let mut c = Client::connect(&d.node(i).ws_url("")).await;
+        c.send(json!({"type": "subscribe", "room": "match", "state": true})).await;
+        let subscribed = c.expect_type("subscribed").await;
+        let state = c.expect_type("state").await;
+        assert_eq!(
+            state["last_event_id"], subscribed["last_event_id"],
+            "the subscription starts where the state stands"
+        );
+        viewers.push((c, state));
+        // A frame may carry several events: count what was seen.
+        let target = 15 * (i + 1);
+        if seen < target {
+            seen += watcher.events("match", target - seen).await.0.len();
+        }
+    }
+    published.extend(publisher.await.unwrap());
+    let end = d.publish(0, "match", json!("end")).await;
+    published.push((end.clone(), None, json!("end")));
+    let final_values = |upto: usize| {
+        let mut values = std::collections::BTreeMap::new();
+        for (id, key, data) in &published[..upto] {
+            if let Some(key) = key {
+                values.insert(key.clone(), json!({"id": id, "data": data}));
+            }
+        }
+        values
+    };
+    for (mut c, state) in viewers {
+        let position = state["last_event_id"].as_str().unwrap().to_owned();
+        let at = published.iter().position(|(id, _, _)| *id == position).map_or(0, |i| i + 1);
+        // The state holds exactly the values of the events up to its position...
+        let values: std::collections::BTreeMap<String, Value> =
+            state["values"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        assert_eq!(values, final_values(at), "state as of {position}");
+        // ... and live delivery continues with the very next event.
+        let expected: Vec<String> = published[at..].iter().map(|(id, _, _)| id.clone()).collect();
+        let (events, gaps) = c.events("match", expected.len()).await;
+        assert!(gaps.is_empty());
+        assert_eq!(events.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(), expected);
+        c.expect_silence(Duration::from_millis(100)).await;
+    }
+    // Keyed events carry their key; the state endpoint agrees.
+    let (status, body) = get_json(&d.node(2).http("/rooms/match/state")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["last_event_id"], json!(end));
+    let values: std::collections::BTreeMap<String, Value> =
+        body["values"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    assert_eq!(values, final_values(published.len()));
+    let mut keyed = Client::connect(&d.node(0).ws_url("?room=match")).await;
+    keyed.expect_type("subscribed").await;
+    keyed.send(json!({"type": "publish", "room": "match", "data": 7, "key": "score", "ref": 1})).await;
+    let ack = keyed.expect_type("ack").await;
+    let frame = keyed.expect_type("events").await;
+    assert_eq!(frame["events"][0], json!({"id": ack["id"], "key": "score", "data": 7}));
+}
+
+/// A resume on another node with the state: the current state first, then
+/// exactly the missed events; state and rewind together; the key limit.
+async fn state_with_resume_rewind_and_limits(d: Deployment) {
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(publish_keyed(&d, i, "bids", "lead", json!({"amount": i})).await);
+    }
+    let mut resumer = Client::connect(&d.node(1).ws_url("")).await;
+    resumer.send(json!({"type": "subscribe", "room": "bids", "state": true, "last_event_id": ids[6]})).await;
+    assert_eq!(resumer.expect_type("subscribed").await["resumed"], true);
+    let state = resumer.expect_type("state").await;
+    assert_eq!(state["values"]["lead"], json!({"id": ids[9], "data": {"amount": 9}}));
+    assert_eq!(
+        resumer.events("bids", 3).await.0.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(),
+        ids[7..].to_vec()
+    );
+    let mut both = Client::connect(&d.node(2).ws_url("?room=bids&rewind=2&state=1")).await;
+    both.expect_type("subscribed").await;
+    assert_eq!(both.expect_type("state").await["last_event_id"], json!(ids[9]));
+    assert_eq!(both.events("bids", 2).await.0.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(), ids[8..].to_vec());
+    // SSE carries the state as its own event.
+    let response = reqwest::get(d.node(0).http("/rooms/bids/sse?state=1")).await.unwrap();
+    let mut body = response.bytes_stream();
+    let mut text = String::new();
+    while !text.contains("event: state") || !text.ends_with("\n\n") {
+        use futures::StreamExt;
+        let chunk = tokio::time::timeout(Duration::from_secs(10), body.next()).await.unwrap().unwrap().unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert!(text.contains(&format!(r#""lead":{{"id":"{}","data":{{"amount":9}}}}"#, ids[9])), "{text}");
+    // Bad keys, and at most --max-state-keys (3 here) keys a room.
+    let http = reqwest::Client::new();
+    let post = |key: &str| http.post(d.node(0).http(&format!("/rooms/limits/events?key={key}"))).json(&json!(1)).send();
+    let bad = post("two%20words").await.unwrap();
+    assert_eq!(bad.status(), 400);
+    assert_eq!(bad.json::<Value>().await.unwrap()["error"], "bad_key");
+    for key in ["a", "b", "c", "a"] {
+        assert_eq!(post(key).await.unwrap().status(), 201);
+    }
+    let refused = post("d").await.unwrap();
+    assert_eq!(refused.status(), 409);
+    assert_eq!(refused.json::<Value>().await.unwrap()["error"], "too_many_keys");
+    resumer.send(json!({"type": "publish", "room": "limits", "data": 1, "key": "e", "ref": 5})).await;
+    let error = resumer.expect_type("error").await;
+    assert_eq!((error["code"].clone(), error["ref"].clone()), (json!("too_many_keys"), json!(5)));
+    resumer.send(json!({"type": "publish", "room": "limits", "data": 1, "key": "", "ref": 6})).await;
+    assert_eq!(resumer.expect_type("error").await["code"], "bad_key");
+}
+
+/// A rewind of events near the size limit is paged in bounded frames.
+async fn a_rewind_of_large_events_is_paged(d: Deployment) {
+    let published = publish_sized(&d, "big", &[60_000; 120]).await;
+    let mut c = Client::connect(&d.node(1).ws_url("?room=big&rewind=100")).await;
+    c.expect_type("subscribed").await;
+    let mut got = Vec::new();
+    while got.len() < 100 {
+        let frame = c.next().await.unwrap();
+        if frame["type"] == "events" {
+            let events = frame["events"].as_array().unwrap();
+            assert_eq!(events.len(), 1, "one 60 KB event a frame");
+            got.push((events[0]["id"].as_str().unwrap().to_owned(), events[0]["data"].clone()));
+        }
+    }
+    assert_eq!(got, published[20..].to_vec());
+}
+
 macro_rules! conformance {
     ($name:ident, $deployment:expr) => {
         mod $name {
@@ -717,6 +967,26 @@ macro_rules! conformance {
             #[tokio::test]
             async fn a_backlog_of_large_events_is_delivered_at_the_clients_pace() {
                 super::a_backlog_of_large_events_is_delivered_at_the_clients_pace($deployment(&[])).await
+            }
+            #[tokio::test]
+            async fn rewind_then_live_once_in_order() {
+                super::rewind_then_live_once_in_order($deployment(&[])).await
+            }
+            #[tokio::test]
+            async fn history_backwards() {
+                super::history_backwards($deployment(&[])).await
+            }
+            #[tokio::test]
+            async fn state_is_consistent_with_live_delivery() {
+                super::state_is_consistent_with_live_delivery($deployment(&[])).await
+            }
+            #[tokio::test]
+            async fn state_with_resume_rewind_and_limits() {
+                super::state_with_resume_rewind_and_limits($deployment(&["--max-state-keys", "3"])).await
+            }
+            #[tokio::test]
+            async fn a_rewind_of_large_events_is_paged() {
+                super::a_rewind_of_large_events_is_paged($deployment(&[])).await
             }
             #[tokio::test]
             async fn sigterm_closes_with_1012_and_exits_0() {

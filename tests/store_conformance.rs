@@ -13,11 +13,11 @@ use bytes::Bytes;
 use roomcast::protocol::{EventId, RoomName};
 use roomcast::store::memory::MemoryStore;
 use roomcast::store::redis::{RedisOptions, RedisStore, Topology};
-use roomcast::store::{LiveNote, Position, Store, StoreOptions};
+use roomcast::store::{AppendOptions, LiveNote, Position, Store, StoreOptions};
 use support::{eventually, Redis};
 
 fn options(history: usize, room_ttl: Duration) -> StoreOptions {
-    StoreOptions { history, room_ttl, presence_ttl: Duration::from_secs(60) }
+    StoreOptions { history, room_ttl, presence_ttl: Duration::from_secs(60), max_state_keys: 1000 }
 }
 
 fn room(name: &str) -> RoomName {
@@ -31,7 +31,7 @@ fn data(i: usize) -> Bytes {
 async fn append_n(store: &dyn Store, r: &RoomName, n: usize) -> Vec<EventId> {
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
-        ids.push(store.append(r, data(i), None).await.unwrap().id());
+        ids.push(store.append(r, data(i), AppendOptions::default()).await.unwrap().id().unwrap());
     }
     ids
 }
@@ -76,25 +76,38 @@ mod cases {
     pub async fn an_idempotency_key_stores_once_per_room(f: Fixture) {
         let (r, other) = (room("bids"), room("bids-2"));
         let key = IdempotencyKey::parse("bid-17").unwrap();
-        let Appended::Stored(first) = f.store.append(&r, data(1), Some(&key)).await.unwrap() else {
+        let Appended::Stored(first) = f.store.append(&r, data(1), AppendOptions::idempotent(Some(&key))).await.unwrap()
+        else {
             panic!("a new key stores")
         };
         // A retry stores nothing and answers the first ID; the same key with
         // another payload is a conflict, which stores nothing either.
-        assert_eq!(f.store.append(&r, data(1), Some(&key)).await.unwrap(), Appended::Repeated(first));
-        assert_eq!(f.store.append(&r, data(2), Some(&key)).await.unwrap(), Appended::Conflict(first));
+        assert_eq!(
+            f.store.append(&r, data(1), AppendOptions::idempotent(Some(&key))).await.unwrap(),
+            Appended::Repeated(first)
+        );
+        assert_eq!(
+            f.store.append(&r, data(2), AppendOptions::idempotent(Some(&key))).await.unwrap(),
+            Appended::Conflict(first)
+        );
         let page = f.store.read(&r, Position::Oldest, 10).await.unwrap();
         assert_eq!(page.events.len(), 1);
         assert_eq!(page.events[0].data, data(1));
         // Keys are per room, and other keys are other publishes.
-        assert!(matches!(f.store.append(&other, data(3), Some(&key)).await.unwrap(), Appended::Stored(_)));
+        assert!(matches!(
+            f.store.append(&other, data(3), AppendOptions::idempotent(Some(&key))).await.unwrap(),
+            Appended::Stored(_)
+        ));
         let key2 = IdempotencyKey::parse("bid-18").unwrap();
-        assert!(matches!(f.store.append(&r, data(4), Some(&key2)).await.unwrap(), Appended::Stored(_)));
+        assert!(matches!(
+            f.store.append(&r, data(4), AppendOptions::idempotent(Some(&key2))).await.unwrap(),
+            Appended::Stored(_)
+        ));
         // Concurrent retries store one event.
         let key3 = IdempotencyKey::parse("bid-19").unwrap();
         let outcomes = futures::future::join_all((0..20).map(|i| {
             let (store, r, key3) = (f.store.clone(), r.clone(), key3.clone());
-            async move { store.append(&r, data(i % 2), Some(&key3)).await.unwrap() }
+            async move { store.append(&r, data(i % 2), AppendOptions::idempotent(Some(&key3))).await.unwrap() }
         }))
         .await;
         let stored: Vec<_> = outcomes.iter().filter(|o| matches!(o, Appended::Stored(_))).collect();
@@ -102,6 +115,80 @@ mod cases {
         assert_eq!(outcomes.iter().filter(|o| matches!(o, Appended::Conflict(_))).count(), 10, "{outcomes:?}");
         assert!(outcomes.iter().all(|o| o.id() == stored[0].id()));
         assert_eq!(f.store.read(&r, Position::Oldest, 100).await.unwrap().events.len(), 3);
+    }
+
+    pub async fn history_reads_backwards(f: Fixture) {
+        let r = room("scroll");
+        assert_eq!(f.store.read_back(&r, None, 10).await.unwrap(), roomcast::store::BackPage::default());
+        let ids = append_n(&*f.store, &r, 25).await;
+        // The newest N, oldest first, and whether older ones are kept.
+        let page = f.store.read_back(&r, None, 10).await.unwrap();
+        assert_eq!(page.events.iter().map(|e| e.id).collect::<Vec<_>>(), ids[15..].to_vec());
+        assert!(page.more && !page.gap);
+        // Scrolling back: before the oldest shown, until nothing more.
+        let page = f.store.read_back(&r, Some(ids[15]), 10).await.unwrap();
+        assert_eq!(page.events.iter().map(|e| e.id).collect::<Vec<_>>(), ids[5..15].to_vec());
+        assert!(page.more);
+        let page = f.store.read_back(&r, Some(ids[5]), 10).await.unwrap();
+        assert_eq!(page.events.iter().map(|e| e.id).collect::<Vec<_>>(), ids[..5].to_vec());
+        assert!(!page.more && !page.gap);
+        assert!(f.store.read_back(&r, Some(ids[0]), 10).await.unwrap().events.is_empty());
+        // A position that is no event: the events below it.
+        let between = EventId::new(ids[3].ms, ids[3].seq + 1);
+        let expected: Vec<EventId> = ids.iter().copied().filter(|id| *id < between).collect();
+        let page = f.store.read_back(&r, Some(between), 100).await.unwrap();
+        assert_eq!(page.events.iter().map(|e| e.id).collect::<Vec<_>>(), expected);
+        assert_eq!(f.store.read_back(&r, Some(EventId::MAX), 3).await.unwrap().events.len(), 3);
+    }
+
+    pub async fn state_keeps_each_keys_latest_and_survives_trimming(f: Fixture) {
+        use roomcast::protocol::StateKey;
+        let r = room("auction");
+        let empty = f.store.state(&r).await.unwrap();
+        assert!(empty.values.is_empty() && empty.position.is_zero());
+        let (bid, lot) = (StateKey::parse("bid").unwrap(), StateKey::parse("lot-17").unwrap());
+        let keyed = |key| AppendOptions { idempotency: None, key: Some(key) };
+        let first_lot = f.store.append(&r, data(1), keyed(&lot)).await.unwrap().id().unwrap();
+        for i in 0..60 {
+            f.store.append(&r, data(100 + i), keyed(&bid)).await.unwrap();
+            append_n(&*f.store, &r, 2).await;
+        }
+        let top = f.store.append(&r, data(999), keyed(&bid)).await.unwrap().id().unwrap();
+        let end = append_n(&*f.store, &r, 1).await[0];
+        let state = f.store.state(&r).await.unwrap();
+        assert_eq!(state.position, end, "the state says which position it reflects");
+        let values: std::collections::HashMap<_, _> = state.values.iter().cloned().collect();
+        assert_eq!(values.len(), 2);
+        assert_eq!((values[&bid].id, values[&bid].data.clone()), (top, data(999)));
+        assert_eq!(values[&bid].key.as_ref(), Some(&bid));
+        // The first lot event was trimmed from the history (10 kept), not from the state.
+        assert_eq!(values[&lot].id, first_lot);
+        assert!(f.store.read(&r, Position::Oldest, 1).await.unwrap().events[0].id > first_lot);
+        // Keyed events carry their key in the history too.
+        let page = f.store.read_back(&r, None, 2).await.unwrap();
+        assert_eq!(page.events[0].key.as_ref(), Some(&bid));
+        assert_eq!(page.events[1].key, None);
+    }
+
+    pub async fn a_room_keeps_at_most_its_state_keys(f: Fixture) {
+        use roomcast::protocol::StateKey;
+        let r = room("poll");
+        let key = |i: usize| StateKey::parse(&format!("k{i}")).unwrap();
+        for i in 0..3 {
+            let k = key(i);
+            assert!(matches!(
+                f.store.append(&r, data(i), AppendOptions { idempotency: None, key: Some(&k) }).await.unwrap(),
+                Appended::Stored(_)
+            ));
+        }
+        let (k3, k0) = (key(3), key(0));
+        let refused = f.store.append(&r, data(3), AppendOptions { idempotency: None, key: Some(&k3) }).await.unwrap();
+        assert_eq!(refused, Appended::TooManyKeys);
+        // Nothing was stored; a known key still takes new values.
+        assert_eq!(f.store.read(&r, Position::Oldest, 10).await.unwrap().events.len(), 3);
+        let again = f.store.append(&r, data(9), AppendOptions { idempotency: None, key: Some(&k0) }).await.unwrap();
+        assert!(matches!(again, Appended::Stored(_)));
+        assert_eq!(f.store.state(&r).await.unwrap().values.len(), 3);
     }
 
     pub async fn ids_increase_and_chain(f: Fixture) {
@@ -185,7 +272,7 @@ mod cases {
         assert!(gone.gap && gone.events.is_empty(), "history lost to expiry is a gap: {gone:?}");
         let complete = f.store.read(&r, Position::After(ids[2]), 10).await.unwrap();
         assert!(!complete.gap, "a reader at the floor missed nothing: {complete:?}");
-        let new_id = f.store.append(&r, data(9), None).await.unwrap().id();
+        let new_id = f.store.append(&r, data(9), AppendOptions::default()).await.unwrap().id().unwrap();
         assert!(new_id > ids[2], "IDs carry on above the floor");
         let page = f.store.read(&r, Position::After(ids[1]), 10).await.unwrap();
         assert!(page.gap, "a rebuilt room does not continue where its history was lost");
@@ -206,7 +293,7 @@ mod cases {
         assert_eq!(f.store.tail(&r).await.unwrap(), anchor, "the room ends at its anchor");
         let waiting = f.store.read(&r, Position::After(anchor), 10).await.unwrap();
         assert!(!waiting.gap && waiting.events.is_empty(), "{waiting:?}");
-        let first = f.store.append(&r, data(1), None).await.unwrap().id();
+        let first = f.store.append(&r, data(1), AppendOptions::default()).await.unwrap().id().unwrap();
         assert!(first > anchor);
         let page = f.store.read(&r, Position::After(anchor), 10).await.unwrap();
         assert!(!page.gap, "the first event continues the anchor: {page:?}");
@@ -224,13 +311,13 @@ mod cases {
     /// a gap: a read that raced an append is read again, not misjudged.
     pub async fn reads_racing_appends_see_no_gap(f: Fixture) {
         let r = room("racing");
-        let first = f.store.append(&r, data(0), None).await.unwrap().id();
+        let first = f.store.append(&r, data(0), AppendOptions::default()).await.unwrap().id().unwrap();
         let writer = {
             let (store, r) = (f.store.clone(), r.clone());
             // Slower than the reader, which so keeps finding nothing new.
             tokio::spawn(async move {
                 for i in 1..RACING_APPENDS {
-                    store.append(&r, data(i), None).await.unwrap();
+                    store.append(&r, data(i), AppendOptions::default()).await.unwrap();
                     tokio::time::sleep(Duration::from_micros(500)).await;
                 }
             })
@@ -257,7 +344,10 @@ mod cases {
         let mut ids = Vec::new();
         for size in sizes {
             let payload = Bytes::from(format!("\"{}\"", "x".repeat(size)));
-            ids.push((f.store.append(&r, payload.clone(), None).await.unwrap().id(), payload));
+            ids.push((
+                f.store.append(&r, payload.clone(), AppendOptions::default()).await.unwrap().id().unwrap(),
+                payload,
+            ));
         }
         let page = f.store.read(&r, Position::Oldest, 100).await.unwrap();
         let got: Vec<(EventId, Bytes)> = page.events.into_iter().map(|e| (e.id, e.data)).collect();
@@ -353,7 +443,7 @@ mod cases {
         let mut source = f.store.change_source("n1").unwrap();
         source.watch(&r);
         source.prepare().await.unwrap();
-        f.store.append(&r, data(1), None).await.unwrap();
+        f.store.append(&r, data(1), AppendOptions::default()).await.unwrap();
         let mut seen = Vec::new();
         for _ in 0..5 {
             seen.extend(source.wait(Duration::from_millis(500)).await.unwrap());
@@ -387,7 +477,7 @@ mod key_loss {
             futures::stream::iter(0..4000)
                 .map(|i| {
                     let (store, r) = (store.clone(), r.clone());
-                    async move { store.append(&r, data(i), None).await.unwrap().id() }
+                    async move { store.append(&r, data(i), AppendOptions::default()).await.unwrap().id().unwrap() }
                 })
                 .buffer_unordered(64)
                 .collect::<Vec<EventId>>()
@@ -429,7 +519,7 @@ mod key_loss {
             // Nothing kept: a client inside the old history is told.
             let page = f.store.read(&r, Position::After(old[4]), 10).await.unwrap();
             assert!(page.gap && page.events.is_empty(), "{name}: {page:?}");
-            let new = f.store.append(&r, data(99), None).await.unwrap().id();
+            let new = f.store.append(&r, data(99), AppendOptions::default()).await.unwrap().id().unwrap();
             assert!(new > last, "{name}: the rebuilt room reissued {new} (old last {last})");
             let page = f.store.read(&r, Position::After(old[4]), 10).await.unwrap();
             assert!(page.gap, "{name}: a rebuild must be a gap after {}: {page:?}", old[4]);
@@ -498,7 +588,12 @@ mod lost_writes {
 
     /// Appends once the store answers again.
     async fn append_when_back(store: &Arc<dyn Store>, r: &RoomName, i: usize) -> EventId {
-        eventually("the store answers again", || async { store.append(r, data(i), None).await.ok() }).await.id()
+        eventually("the store answers again", || async {
+            store.append(r, data(i), AppendOptions::default()).await.ok()
+        })
+        .await
+        .id()
+        .unwrap()
     }
 
     #[tokio::test]
@@ -538,10 +633,10 @@ mod lost_writes {
         let keys = Keys::new("t");
         let r = room("empty-then-deleted");
         let anchor = store.anchor(&r).await.unwrap();
-        let first = store.append(&r, data(1), None).await.unwrap().id();
+        let first = store.append(&r, data(1), AppendOptions::default()).await.unwrap().id().unwrap();
         // The room's keys go before the reader at the anchor saw `first`.
         assert_eq!(server.command(&["DEL", &keys.room(&r), &keys.floor(&r)]).as_deref(), Some(":2"));
-        let second = store.append(&r, data(2), None).await.unwrap().id();
+        let second = store.append(&r, data(2), AppendOptions::default()).await.unwrap().id().unwrap();
         let page = store.read(&r, Position::After(anchor), 10).await.unwrap();
         assert!(page.gap, "the first event was lost: {page:?}");
         assert_eq!(page.events.iter().map(|e| e.id).collect::<Vec<_>>(), vec![second]);
@@ -561,8 +656,9 @@ mod lost_writes {
                 let mut i = 0;
                 while !done.load(std::sync::atomic::Ordering::Relaxed) {
                     let payload = format!("{{\"p\":{p},\"i\":{i}}}");
-                    if let Ok(appended) = store.append(&r, Bytes::from(payload.clone()), None).await {
-                        acked.push((payload, appended.id()));
+                    if let Ok(appended) = store.append(&r, Bytes::from(payload.clone()), AppendOptions::default()).await
+                    {
+                        acked.push((payload, appended.id().unwrap_or_default()));
                     }
                     i += 1;
                 }
@@ -642,6 +738,26 @@ macro_rules! conformance {
             async fn an_idempotency_key_stores_once_per_room() {
                 cases::an_idempotency_key_stores_once_per_room($store(options(1000, Duration::from_secs(60))).await)
                     .await
+            }
+
+            #[tokio::test]
+            async fn history_reads_backwards() {
+                cases::history_reads_backwards($store(options(1000, Duration::from_secs(60))).await).await
+            }
+
+            #[tokio::test]
+            async fn state_keeps_each_keys_latest_and_survives_trimming() {
+                cases::state_keeps_each_keys_latest_and_survives_trimming(
+                    $store(options(10, Duration::from_secs(60))).await,
+                )
+                .await
+            }
+
+            #[tokio::test]
+            async fn a_room_keeps_at_most_its_state_keys() {
+                let mut opts = options(1000, Duration::from_secs(60));
+                opts.max_state_keys = 3;
+                cases::a_room_keeps_at_most_its_state_keys($store(opts).await).await
             }
 
             #[tokio::test]

@@ -20,7 +20,7 @@ use proptest::prelude::*;
 use roomcast::protocol::{EventId, RoomName};
 use roomcast::store::memory::MemoryStore;
 use roomcast::store::redis::{RedisOptions, RedisStore, Topology};
-use roomcast::store::{Page, Position, Store, StoreOptions};
+use roomcast::store::{AppendOptions, Page, Position, Store, StoreOptions};
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -74,7 +74,12 @@ async fn apply(store: &dyn Store, room: &RoomName, ids: &mut Vec<EventId>, op: &
     let read = |from, limit| async move { store.read(room, from, limit).await.unwrap() };
     match op {
         Op::Append(n) => {
-            let id = store.append(room, Bytes::from(format!("{{\"n\":{n}}}")), None).await.unwrap().id();
+            let id = store
+                .append(room, Bytes::from(format!("{{\"n\":{n}}}")), AppendOptions::default())
+                .await
+                .unwrap()
+                .id()
+                .unwrap();
             ids.push(id);
             Answer::Appended(ids.len() as i64 - 1)
         }
@@ -108,8 +113,12 @@ static CASE: AtomicU64 = AtomicU64::new(0);
 fn memory_and_redis_stores_answer_alike() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let server = support::Redis::start();
-    let options =
-        StoreOptions { history: 1000, room_ttl: Duration::from_secs(600), presence_ttl: Duration::from_secs(60) };
+    let options = StoreOptions {
+        history: 1000,
+        room_ttl: Duration::from_secs(600),
+        presence_ttl: Duration::from_secs(60),
+        max_state_keys: 1000,
+    };
     let redis: Arc<dyn Store> = Arc::new(
         runtime
             .block_on(RedisStore::connect(

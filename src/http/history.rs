@@ -1,4 +1,5 @@
-//! `GET /rooms/{room}/events?after=ID&limit=N`: kept history.
+//! `GET /rooms/{room}/events?after=ID&limit=N` (forwards) and
+//! `?before=ID|latest&limit=N` (backwards): kept history.
 
 use std::sync::Arc;
 
@@ -11,7 +12,7 @@ use super::{Params, Readable, Refusal};
 use crate::app::App;
 use crate::protocol::{json_history, ErrorCode, Event, EventId, RoomName, EVENT_OVERHEAD};
 use crate::session::{page_limit, PAGE_BYTES};
-use crate::store::{EventLog, Page, Position, StoreError};
+use crate::store::{BackPage, EventLog, Page, Position, StoreError};
 
 /// Events per page unless `limit` says otherwise.
 const DEFAULT_LIMIT: usize = 100;
@@ -22,34 +23,86 @@ const MAX_LIMIT: usize = 1000;
 #[derive(Debug, Deserialize)]
 pub struct HistoryQuery {
     after: Option<String>,
+    before: Option<String>,
     limit: Option<String>,
 }
 
+fn bad_id(e: impl ToString) -> Refusal {
+    Refusal::new(StatusCode::BAD_REQUEST, ErrorCode::BadEventId, e.to_string())
+}
+
 /// Kept events after `after` (default `0`: from the oldest), oldest first,
-/// with `gap: true` when events after `after` are no longer kept.
+/// with `gap: true` when events after `after` are no longer kept; or with
+/// `before`, the kept events just before it (`latest`: the newest), oldest
+/// first, with `more: true` while older ones are kept.
 pub async fn list(
     State(app): State<Arc<App>>,
     Readable(room): Readable,
     Params(q): Params<HistoryQuery>,
 ) -> Result<Response, Refusal> {
-    let after = q
-        .after
-        .as_deref()
-        .map(EventId::parse)
-        .transpose()
-        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, ErrorCode::BadEventId, e.to_string()))?
-        .unwrap_or(EventId::ZERO);
-    let limit = match q.limit.as_deref().map(str::parse::<usize>).transpose() {
-        Ok(Some(n)) if (1..=MAX_LIMIT).contains(&n) => n,
-        Ok(None) => DEFAULT_LIMIT,
+    let json = |body: String| ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    let limit = limit(q.limit.as_deref())?;
+    let max_payload = app.sessions.limits.max_payload;
+    if let Some(before) = q.before.as_deref() {
+        if q.after.is_some() {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadFrame,
+                "give `after` or `before`, not both",
+            ));
+        }
+        let before = if before == "latest" { None } else { Some(EventId::parse(before).map_err(bad_id)?) };
+        let page = read_back_within(&*app.store, &room, before, limit, max_payload).await?;
+        return Ok(json(json_history(&room, &page.events, page.gap, page.more)));
+    }
+    let after = q.after.as_deref().map(EventId::parse).transpose().map_err(bad_id)?.unwrap_or(EventId::ZERO);
+    let from = if after.is_zero() { Position::Oldest } else { Position::After(after) };
+    let page = read_within(&*app.store, &room, from, limit, max_payload).await?;
+    Ok(json(json_history(&room, &page.events, page.gap, page.more)))
+}
+
+/// The `limit` parameter: 1 to [`MAX_LIMIT`], [`DEFAULT_LIMIT`] when absent.
+fn limit(raw: Option<&str>) -> Result<usize, Refusal> {
+    match raw.map(str::parse::<usize>).transpose() {
+        Ok(Some(n)) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Ok(None) => Ok(DEFAULT_LIMIT),
         _ => {
             let message = format!("limit must be between 1 and {MAX_LIMIT}");
-            return Err(Refusal::new(StatusCode::BAD_REQUEST, ErrorCode::BadFrame, message));
+            Err(Refusal::new(StatusCode::BAD_REQUEST, ErrorCode::BadFrame, message))
         }
-    };
-    let from = if after.is_zero() { Position::Oldest } else { Position::After(after) };
-    let page = read_within(&*app.store, &room, from, limit, app.sessions.limits.max_payload).await?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], json_history(&room, &page.events, page.gap)).into_response())
+    }
+}
+
+/// Up to `limit` events just before `before`, about [`PAGE_BYTES`] at most,
+/// read newest first in pages sized like [`read_within`]'s. A shorter
+/// answer than asked, with `more`, means "read on before the first".
+async fn read_back_within(
+    store: &dyn EventLog,
+    room: &RoomName,
+    before: Option<EventId>,
+    limit: usize,
+    max_payload: usize,
+) -> Result<BackPage, StoreError> {
+    let mut page = store.read_back(room, before, limit.min(page_limit(max_payload))).await?;
+    let mut bytes: usize = page.events.iter().map(Event::frame_size).sum();
+    while page.more && page.events.len() < limit && bytes < PAGE_BYTES {
+        let (Some(first), Some(largest)) =
+            (page.events.first().map(|e| e.id), page.events.iter().map(|e| e.data.len()).max())
+        else {
+            break;
+        };
+        let want = (limit - page.events.len())
+            .min(page_limit(largest))
+            .min((PAGE_BYTES - bytes) / (largest + EVENT_OVERHEAD))
+            .max(1);
+        let older = store.read_back(room, Some(first), want).await?;
+        bytes += older.events.iter().map(Event::frame_size).sum::<usize>();
+        page.more = older.more;
+        page.gap |= older.gap;
+        let newer = std::mem::replace(&mut page.events, older.events);
+        page.events.extend(newer);
+    }
+    Ok(page)
 }
 
 /// Up to `limit` events from `from`, and about [`PAGE_BYTES`] at most: read

@@ -9,21 +9,39 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::Value;
 
-use super::{forbidden, Publishing, Refusal};
+use serde::Deserialize;
+
+use super::{forbidden, Params, Publishing, Refusal};
 use crate::app::App;
-use crate::protocol::{msgpack_to_value, ErrorCode, IdempotencyKey, InvalidIdempotencyKey};
+use crate::protocol::{msgpack_to_value, ErrorCode, IdempotencyKey, InvalidIdempotencyKey, StateKey};
+use crate::store::AppendOptions;
+
+/// Query parameters of a publish.
+#[derive(Debug, Deserialize)]
+pub struct PublishQuery {
+    /// The state key the event becomes the value of.
+    key: Option<String>,
+}
 use crate::publish::{Published, Refused, Via};
 
 /// Appends the body (JSON, or MessagePack with `Content-Type:
 /// application/msgpack`) through the node's publish path and answers
 /// `201 {"id": ID}` (`200` with the first ID for a repeated idempotency
-/// key); 503 if the store did not confirm it.
+/// key); 503 if the store did not confirm it. `?key=K` makes the event K's
+/// current value in the room.
 pub async fn create(
     State(app): State<Arc<App>>,
     Publishing(room, grant): Publishing,
+    Params(query): Params<PublishQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Refusal> {
+    let state_key = match query.key.as_deref() {
+        None => None,
+        Some(k) => Some(
+            StateKey::parse(k).map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, ErrorCode::BadKey, e.to_string()))?,
+        ),
+    };
     let msgpack = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -37,7 +55,8 @@ pub async fn create(
             Refusal::new(StatusCode::BAD_REQUEST, ErrorCode::BadIdempotencyKey, InvalidIdempotencyKey.to_string())
         })?),
     };
-    let published = app.sessions.publisher.publish(&grant, None, &room, &value, key.as_ref(), Via::Http).await;
+    let options = AppendOptions { idempotency: key.as_ref(), key: state_key.as_ref() };
+    let published = app.sessions.publisher.publish(&grant, None, &room, &value, options, Via::Http).await;
     match published {
         Ok(Published::Stored(id)) => Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response()),
         // A repeat of an idempotent publish: the same body, nothing stored.
@@ -58,6 +77,7 @@ pub async fn create(
         )
             .into_response()),
         Err(e @ Refused::TooManyRooms(_)) => Err(Refusal::new(StatusCode::TOO_MANY_REQUESTS, e.code(), e.to_string())),
+        Err(e @ Refused::TooManyKeys) => Err(Refusal::new(StatusCode::CONFLICT, e.code(), e.to_string())),
         Err(Refused::Store(e)) => Err(e.into()),
     }
 }

@@ -1,13 +1,17 @@
-//! `GET /rooms/{room}`: last event ID and audience across nodes.
+//! `GET /rooms/{room}`: last event ID and audience across nodes; and
+//! `GET /rooms/{room}/state`: each state key's current value.
 
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::Value;
 
 use super::{Readable, Refusal};
 use crate::app::App;
+use crate::protocol::json_room_state;
 use crate::store::{EventLog, LiveLog};
 
 /// `{"room", "last_event_id" (null without history), "audience"}`.
@@ -19,4 +23,12 @@ pub async fn info(State(app): State<Arc<App>>, Readable(room): Readable) -> Resu
         "last_event_id": (!tail.is_zero()).then_some(tail),
         "audience": audience?,
     })))
+}
+
+/// `{"room", "last_event_id", "values": {K: {"id", "data"}}}`: the room's
+/// state as of `last_event_id`, read from the store at one moment.
+pub async fn state(State(app): State<Arc<App>>, Readable(room): Readable) -> Result<Response, Refusal> {
+    let snapshot = EventLog::state(&*app.store, &room).await?;
+    let body = json_room_state(&room, snapshot.position, snapshot.values.iter().map(|(_, e)| e));
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }

@@ -13,9 +13,11 @@
 mod batch;
 mod notice;
 pub mod outbox;
+pub mod recent;
 
 pub use batch::Batch;
 pub use notice::{Audience, Notice};
+pub use recent::State;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,9 +30,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::outbox::Outbox;
+use self::recent::{Recent, MAX_RECENT_EVENTS, RESUME_KEEP};
 use crate::protocol::{frames, Event, EventId, RoomName, FRAME_BUDGET};
 use crate::store::feed::{Feed, FeedSink};
-use crate::store::StoreError;
+use crate::store::{Page, Position, StoreError};
+
+/// Payload bytes one page served from a room's recent events holds at most
+/// (past its first event), like a page read from the store.
+const PAGE_BYTES: usize = 1 << 20;
+/// Times a join re-reads the state when the feed moved past the read.
+const STATE_READS: usize = 3;
 
 /// One connection's membership in one room, as the hub sees it.
 #[derive(Clone)]
@@ -58,6 +67,24 @@ struct Members {
     /// The last event ID handed to members. Every later event is offered to
     /// whoever is a member now, which is what makes it a joiner's cursor.
     last: Option<EventId>,
+    /// The room's newest events, kept once joiners ask for them.
+    recent: Recent,
+    /// The room's current state, once a joiner asked for it; `None` until
+    /// read, and again after the feed saw a hole.
+    state: Option<Arc<State>>,
+}
+
+impl Members {
+    /// Where the room's delivered events end (its anchor before any).
+    fn end(&self, start: Option<&EventId>) -> Option<EventId> {
+        self.last.or(start.copied())
+    }
+}
+
+/// Counts what joiners got from memory and what went to the store.
+fn served(what: &'static str, hit: bool) {
+    metrics::counter!("roomcast_recent_total", "what" => what, "outcome" => if hit { "hit" } else { "miss" })
+        .increment(1);
 }
 
 struct RoomEntry {
@@ -68,6 +95,9 @@ struct RoomEntry {
     /// feed starts. Resolved once, whoever asks first.
     start: OnceCell<EventId>,
     members: RwLock<Members>,
+    /// One store read at a time fills the recent events or the state, and
+    /// joiners arriving meanwhile wait for it instead of reading too.
+    fill: tokio::sync::Mutex<()>,
 }
 
 /// The node-local room registry and fanout.
@@ -121,7 +151,13 @@ impl Hub {
                     Arc::new(RoomEntry {
                         generation: self.generations.fetch_add(1, Ordering::Relaxed),
                         start: OnceCell::new(),
-                        members: RwLock::new(Members { by_conn: HashMap::new(), last: None }),
+                        members: RwLock::new(Members {
+                            by_conn: HashMap::new(),
+                            last: None,
+                            recent: Recent::default(),
+                            state: None,
+                        }),
+                        fill: tokio::sync::Mutex::new(()),
                     })
                 })
                 .clone();
@@ -140,6 +176,136 @@ impl Hub {
                 Err(e)
             }
         }
+    }
+
+    fn entry(&self, room: &RoomName) -> Option<Arc<RoomEntry>> {
+        lock(&self.rooms).get(room).cloned()
+    }
+
+    /// Where a rewind of `room`'s last `n` events starts, for a subscriber
+    /// that joined it: told from the room's recent events when this node
+    /// holds enough of them, else from one store read that fills them for
+    /// the joiners after it.
+    pub async fn rewind(&self, room: &RoomName, n: usize) -> Result<Position, StoreError> {
+        let Some(entry) = self.entry(room) else {
+            return Err(StoreError::Unavailable("the room is not followed here".into()));
+        };
+        let from_memory = |entry: &RoomEntry| {
+            let mut members = write(&entry.members);
+            members.recent.want(n);
+            let end = members.end(entry.start.get())?;
+            members.recent.rewind(n, end)
+        };
+        if let Some(at) = from_memory(&entry) {
+            served("rewind", true);
+            return Ok(at);
+        }
+        let _filling = entry.fill.lock().await;
+        if let Some(at) = from_memory(&entry) {
+            served("rewind", true);
+            return Ok(at);
+        }
+        served("rewind", false);
+        let asked = n.max(read(&entry.members).recent.wanted()).min(MAX_RECENT_EVENTS);
+        let newest = self.feed.log().read_back(room, None, asked).await?;
+        let at = match newest.events.len().checked_sub(n) {
+            Some(i) => Position::After(newest.events[i].prev),
+            None => newest.events.first().map_or(Position::Oldest, |e| Position::After(e.prev)),
+        };
+        let mut members = write(&entry.members);
+        if let Some(end) = members.end(entry.start.get()) {
+            members.recent.backfill(newest.events, !newest.more, end);
+        }
+        Ok(at)
+    }
+
+    /// A page of `room`'s history from `from`: from the events this node
+    /// holds when they cover it, else from the store. A resume that had to
+    /// go to the store makes the node keep more, for the resumes after it.
+    pub async fn history(&self, room: &RoomName, from: Position, limit: usize) -> Result<Page, StoreError> {
+        let log = self.feed.log();
+        let Some(entry) = self.entry(room) else {
+            return log.read(room, from, limit).await;
+        };
+        let from_memory = |entry: &RoomEntry| {
+            let members = read(&entry.members);
+            let end = members.end(entry.start.get())?;
+            members.recent.page(from, limit, PAGE_BYTES, end)
+        };
+        if let Some(page) = from_memory(&entry) {
+            served("history", true);
+            return Ok(page);
+        }
+        let fill = {
+            let mut members = write(&entry.members);
+            let short = members.recent.wanted() < RESUME_KEEP;
+            members.recent.want(RESUME_KEEP);
+            short
+        };
+        if fill {
+            // The first resume to miss fills the recent events once.
+            let _filling = entry.fill.lock().await;
+            let newest = log.read_back(room, None, RESUME_KEEP).await?;
+            {
+                let mut members = write(&entry.members);
+                if let Some(end) = members.end(entry.start.get()) {
+                    members.recent.backfill(newest.events, !newest.more, end);
+                }
+            }
+            if let Some(page) = from_memory(&entry) {
+                served("history", true);
+                return Ok(page);
+            }
+        }
+        served("history", false);
+        log.read(room, from, limit).await
+    }
+
+    /// `room`'s current state as the feed follows it: read from the store
+    /// once per node, then kept in step with every event the feed hands over.
+    pub async fn state(&self, room: &RoomName) -> Result<Arc<State>, StoreError> {
+        let log = self.feed.log();
+        let Some(entry) = self.entry(room) else {
+            return Ok(Arc::new(State::from(log.state(room).await?)));
+        };
+        if let Some(state) = read(&entry.members).state.clone() {
+            served("state", true);
+            return Ok(state);
+        }
+        let _filling = entry.fill.lock().await;
+        if let Some(state) = read(&entry.members).state.clone() {
+            served("state", true);
+            return Ok(state);
+        }
+        served("state", false);
+        let mut state = State::from(log.state(room).await?);
+        for _ in 0..STATE_READS {
+            if let Some(state) = Self::install_state(&entry, &mut state) {
+                return Ok(state);
+            }
+            state = State::from(log.state(room).await?);
+        }
+        // A room too busy to meet: this joiner gets the store's answer, which
+        // is consistent in itself (its position says where it stands).
+        Ok(Arc::new(state))
+    }
+
+    /// Makes `state`, read from the store, the room's followed state when it
+    /// meets the feed: at or ahead of what the feed handed over (the events
+    /// up to it are skipped when they come), or behind it by events this
+    /// node still holds. `None` when it cannot meet (read it again).
+    fn install_state(entry: &RoomEntry, state: &mut State) -> Option<Arc<State>> {
+        let mut members = write(&entry.members);
+        let end = members.end(entry.start.get()).unwrap_or(EventId::ZERO);
+        if state.position < end {
+            let page = members.recent.page(Position::After(state.position), usize::MAX, usize::MAX, end)?;
+            if !state.apply(&page.events) || state.position != end {
+                return None;
+            }
+        }
+        let state = Arc::new(state.clone());
+        members.state = Some(state.clone());
+        Some(state)
     }
 
     /// Removes `conn` from `room`; the room leaves the registry (and the
@@ -278,6 +444,16 @@ impl FeedSink for Hub {
             })
             .collect();
         let mut members = write(&entry.members);
+        let before = members.end(entry.start.get());
+        for batch in &batches {
+            members.recent.push(before, &batch.events);
+        }
+        if let Some(state) = members.state.as_mut() {
+            let whole = batches.iter().all(|b| Arc::make_mut(state).apply(&b.events));
+            if !whole {
+                members.state = None;
+            }
+        }
         members.last = Some(last);
         for batch in &batches {
             for subscriber in members.by_conn.values() {
@@ -293,7 +469,10 @@ impl FeedSink for Hub {
         };
         // Cursors, and `last` for joiners, stay: every ID the store hands
         // out after a loss is above them, so nothing is delivered twice.
-        let members = read(&entry.members);
+        // What the node held of the room may not be the store's any more.
+        let mut members = write(&entry.members);
+        members.recent.clear();
+        members.state = None;
         for subscriber in members.by_conn.values() {
             subscriber.flags.lost.store(true, Ordering::Release);
             subscriber.outbox.signal();

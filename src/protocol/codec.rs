@@ -13,7 +13,7 @@ use serde_json::Value;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::frames::{RawClientFrame, RefOnly};
-use super::{ClientFrame, ErrorCode, Event, EventId, FrameError, RoomName, ServerFrame};
+use super::{ClientFrame, ErrorCode, Event, EventId, FrameError, RoomName, ServerFrame, StateKey};
 
 /// Deepest nesting accepted in a client's MessagePack frame (serde_json's
 /// own limit for JSON is 128 as well).
@@ -126,19 +126,39 @@ fn json_events(room: &RoomName, events: &[Event]) -> String {
     s
 }
 
-/// The body of `GET /rooms/{room}/events`: `{"room","events","gap"}`.
-pub fn json_history(room: &RoomName, events: &[Event], gap: bool) -> String {
-    let mut s = String::with_capacity(48 + room.as_str().len() + json_size(events));
+/// The body of `GET /rooms/{room}/events`: `{"room","events","gap","more"}`.
+pub fn json_history(room: &RoomName, events: &[Event], gap: bool, more: bool) -> String {
+    let mut s = String::with_capacity(64 + room.as_str().len() + json_size(events));
     s.push_str(r#"{"room":""#);
     s.push_str(room.as_str());
     s.push_str(r#"","events":"#);
     push_json_events(&mut s, events);
-    s.push_str(if gap { r#","gap":true}"# } else { r#","gap":false}"# });
+    let _ = write!(s, r#","gap":{gap},"more":{more}}}"#);
     s
 }
 
 fn json_size(events: &[Event]) -> usize {
-    events.iter().map(|e| e.data.len() + 48).sum()
+    events.iter().map(|e| e.data.len() + 48 + e.key.as_ref().map_or(0, |k| k.as_str().len() + 10)).sum()
+}
+
+/// A key as a JSON string (keys hold no control characters, but may hold
+/// quotes and backslashes).
+fn push_json_key(s: &mut String, key: &StateKey) {
+    s.push_str(&serde_json::to_string(key.as_str()).unwrap_or_else(|_| "\"\"".into()));
+}
+
+/// Appends `{"id":"..","key":"..","data":..}` (`key` only for a keyed event).
+fn push_json_event(s: &mut String, event: &Event) {
+    s.push_str(r#"{"id":""#);
+    let _ = write!(s, "{}", event.id);
+    s.push('"');
+    if let Some(key) = &event.key {
+        s.push_str(r#","key":"#);
+        push_json_key(s, key);
+    }
+    s.push_str(r#","data":"#);
+    s.push_str(data_text(event));
+    s.push('}');
 }
 
 /// Appends `[{"id":"..","data":..},...]`.
@@ -148,13 +168,98 @@ fn push_json_events(s: &mut String, events: &[Event]) {
         if i > 0 {
             s.push(',');
         }
-        s.push_str(r#"{"id":""#);
-        let _ = write!(s, "{}", event.id);
-        s.push_str(r#"","data":"#);
-        s.push_str(data_text(event));
-        s.push('}');
+        push_json_event(s, event);
     }
     s.push(']');
+}
+
+/// Appends `{"K":{"id":"..","data":..},...}` for keyed events.
+fn push_json_values<'a>(s: &mut String, values: impl Iterator<Item = &'a Event>) {
+    s.push('{');
+    let mut first = true;
+    for event in values {
+        let Some(key) = &event.key else { continue };
+        if !first {
+            s.push(',');
+        }
+        first = false;
+        push_json_key(s, key);
+        let _ = write!(s, r#":{{"id":"{}","data":{}}}"#, event.id, data_text(event));
+    }
+    s.push('}');
+}
+
+/// A room's current state as `{"room","last_event_id","values"}` (the body
+/// of `GET /rooms/{room}/state`), or with `"type":"state"` first, the
+/// WebSocket frame.
+fn json_state<'a>(frame: bool, room: &RoomName, position: EventId, values: impl Iterator<Item = &'a Event>) -> String {
+    let mut s = String::with_capacity(256);
+    if frame {
+        s.push_str(r#"{"type":"state","room":""#);
+    } else {
+        s.push_str(r#"{"room":""#);
+    }
+    s.push_str(room.as_str());
+    let _ = write!(s, r#"","last_event_id":"{position}","values":"#);
+    push_json_values(&mut s, values);
+    s.push('}');
+    s
+}
+
+/// The body of `GET /rooms/{room}/state`.
+pub fn json_room_state<'a>(room: &RoomName, position: EventId, values: impl Iterator<Item = &'a Event>) -> String {
+    json_state(false, room, position, values)
+}
+
+#[derive(Serialize)]
+struct MsgPackValue {
+    id: EventId,
+    data: Value,
+}
+
+#[derive(Serialize)]
+struct MsgPackState<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    room: &'a str,
+    last_event_id: EventId,
+    values: std::collections::BTreeMap<&'a str, MsgPackValue>,
+}
+
+/// Encodes one `state` frame: each key's current value as of `position`.
+pub fn encode_state<'a>(
+    format: Format,
+    room: &RoomName,
+    position: EventId,
+    values: impl Iterator<Item = &'a Event>,
+) -> Wire {
+    match format {
+        Format::Json => Wire::Text(Utf8Bytes::from(json_state(true, room, position, values))),
+        Format::MsgPack => {
+            let frame = MsgPackState {
+                kind: "state",
+                room: room.as_str(),
+                last_event_id: position,
+                values: values
+                    .filter_map(|e| {
+                        let key = e.key.as_ref()?;
+                        let data = serde_json::from_slice(&e.data).unwrap_or(Value::Null);
+                        Some((key.as_str(), MsgPackValue { id: e.id, data }))
+                    })
+                    .collect(),
+            };
+            Wire::Binary(Bytes::from(rmp_serde::to_vec_named(&frame).unwrap_or_default()))
+        }
+    }
+}
+
+/// Encodes a state as a Server-Sent Event named `state`.
+pub fn sse_state<'a>(position: EventId, values: impl Iterator<Item = &'a Event>) -> Bytes {
+    let mut s = String::with_capacity(256);
+    let _ = write!(s, r#"event: state{}data: {{"last_event_id":"{position}","values":"#, '\n');
+    push_json_values(&mut s, values);
+    s.push_str("}\n\n");
+    Bytes::from(s)
 }
 
 #[derive(Serialize)]
@@ -162,12 +267,14 @@ struct MsgPackEvents<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     room: &'a str,
-    events: Vec<MsgPackEvent>,
+    events: Vec<MsgPackEvent<'a>>,
 }
 
 #[derive(Serialize)]
-struct MsgPackEvent {
+struct MsgPackEvent<'a> {
     id: EventId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
     data: Value,
 }
 
@@ -177,7 +284,11 @@ fn msgpack_events(room: &RoomName, events: &[Event]) -> Bytes {
         room: room.as_str(),
         events: events
             .iter()
-            .map(|e| MsgPackEvent { id: e.id, data: serde_json::from_slice(&e.data).unwrap_or(Value::Null) })
+            .map(|e| MsgPackEvent {
+                id: e.id,
+                key: e.key.as_ref().map(StateKey::as_str),
+                data: serde_json::from_slice(&e.data).unwrap_or(Value::Null),
+            })
             .collect(),
     };
     Bytes::from(rmp_serde::to_vec_named(&frame).unwrap_or_default())
@@ -204,7 +315,7 @@ mod tests {
     use super::*;
 
     fn ev(ms: u64, data: &str) -> Event {
-        Event { id: EventId::new(ms, 0), prev: EventId::ZERO, data: Bytes::from(data.to_owned()) }
+        Event { id: EventId::new(ms, 0), prev: EventId::ZERO, data: Bytes::from(data.to_owned()), key: None }
     }
 
     #[test]
@@ -268,7 +379,7 @@ mod tests {
             rmp_serde::to_vec_named(&serde_json::json!({"type":"publish","room":"r","data":published})).unwrap();
         let ClientFrame::Publish { data, .. } = decode_client(Format::MsgPack, &frame).unwrap() else { panic!() };
         let stored = data_to_json(&data);
-        let event = Event { id: EventId::new(1, 0), prev: EventId::ZERO, data: stored };
+        let event = Event { id: EventId::new(1, 0), prev: EventId::ZERO, data: stored, key: None };
         let Wire::Binary(b) = encode_events(Format::MsgPack, &RoomName::parse("r").unwrap(), &[event]) else {
             panic!()
         };
@@ -289,6 +400,7 @@ mod tests {
                 data: serde_json::json!({"k":[1,2]}),
                 reference: Some(3),
                 idempotency_key: None,
+                key: None,
             }
         );
         assert_eq!(decode_client(Format::MsgPack, &[0xc1, 0xff]).unwrap_err().code, ErrorCode::BadFrame);

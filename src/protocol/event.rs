@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::EventId;
+use super::{EventId, StateKey};
 
 /// One event of a room, as read from the store.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,6 +17,8 @@ pub struct Event {
     pub prev: EventId,
     /// The payload as compact JSON text, validated when it entered the node.
     pub data: Bytes,
+    /// The state key the event is the current value of, if it names one.
+    pub key: Option<StateKey>,
 }
 
 /// Bytes one event is reckoned to take in a frame beyond its payload (its
@@ -73,6 +75,7 @@ mod tests {
                 id: EventId::new(i as u64 + 1, 0),
                 prev: EventId::new(i as u64, 0),
                 data: Bytes::from(vec![b'1'; *n]),
+                key: None,
             })
             .collect()
     }

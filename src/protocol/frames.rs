@@ -5,19 +5,53 @@ use serde_json::Value;
 
 use std::collections::BTreeMap;
 
-use super::{EventId, IdempotencyKey, ReactionKey, RoomName};
+use super::{EventId, IdempotencyKey, ReactionKey, RoomName, StateKey};
+
+/// Most events a `rewind` may ask for.
+pub const MAX_REWIND: u16 = 1000;
+
+/// How a subscription starts, beyond its room.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    /// Resume position; `None` means live only, `0` means from the oldest kept.
+    pub last_event_id: Option<EventId>,
+    /// Also receive the room's audience count.
+    pub audience: bool,
+    /// Start with the room's last N kept events (ignored beside a resume position).
+    pub rewind: Option<u16>,
+    /// Start with a `state` frame: each key's current value.
+    pub state: bool,
+}
+
+/// Reads a yes/no query parameter (`1` or `true` is yes).
+pub fn query_flag(raw: Option<&str>) -> bool {
+    matches!(raw, Some("1" | "true"))
+}
+
+/// Reads a `rewind=N` query parameter.
+pub fn query_rewind(raw: Option<&str>) -> Result<Option<u16>, FrameError> {
+    raw.map(|n| n.parse::<u64>().map_err(|_| format!("rewind is 1 to {MAX_REWIND} events")).and_then(parse_rewind))
+        .transpose()
+        .map_err(|e| FrameError::new(ErrorCode::BadFrame, e, None))
+}
+
+/// Reads a `rewind` count, 1 to [`MAX_REWIND`].
+pub fn parse_rewind(n: u64) -> Result<u16, String> {
+    match u16::try_from(n) {
+        Ok(n) if (1..=MAX_REWIND).contains(&n) => Ok(n),
+        _ => Err(format!("rewind is 1 to {MAX_REWIND} events")),
+    }
+}
 
 /// A frame a client sent, validated field by field.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientFrame {
-    /// Join a room, optionally resuming after `last_event_id`.
+    /// Join a room: live, resuming, rewinding, with its state.
     Subscribe {
         /// The room to join.
         room: RoomName,
-        /// Resume position; `None` means live only, `0` means from the oldest kept.
-        last_event_id: Option<EventId>,
-        /// Also receive the room's audience count.
-        audience: bool,
+        /// Where and how it starts.
+        options: SubscribeOptions,
     },
     /// A reaction to a subscribed room: counted, not stored.
     React {
@@ -41,6 +75,8 @@ pub enum ClientFrame {
         reference: Option<u64>,
         /// Names the publish, so a retry stores nothing twice.
         idempotency_key: Option<IdempotencyKey>,
+        /// Makes the event this key's current value in the room.
+        key: Option<StateKey>,
     },
     /// Hands the node a fresh credential before the connection's own
     /// expires, so the connection need not end.
@@ -99,6 +135,11 @@ pub enum ErrorCode {
     IdempotencyConflict,
     /// Creating new rooms faster than a connection or credential may.
     TooManyRooms,
+    /// A state key that is empty, over 64 bytes, or holds whitespace,
+    /// control or format characters.
+    BadKey,
+    /// A publish with a new state key to a room that has `--max-state-keys`.
+    TooManyKeys,
     /// No resource at this path (HTTP).
     NotFound,
     /// The resource does not take this method (HTTP).
@@ -128,6 +169,8 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::IdempotencyConflict => "idempotency_conflict",
             ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::BadKey => "bad_key",
+            ErrorCode::TooManyKeys => "too_many_keys",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
         }
@@ -257,6 +300,10 @@ pub(crate) struct RawClientFrame {
     pub audience: Option<bool>,
     #[serde(default)]
     pub key: Option<String>,
+    #[serde(default)]
+    pub rewind: Option<u64>,
+    #[serde(default)]
+    pub state: Option<bool>,
 }
 
 /// Only the `ref`, read leniently from a frame that failed to decode.
@@ -287,7 +334,17 @@ impl RawClientFrame {
                     Some(id) => Some(EventId::parse(&id).map_err(|e| err(ErrorCode::BadEventId, e.to_string()))?),
                     None => None,
                 };
-                Ok(ClientFrame::Subscribe { room, last_event_id, audience: self.audience.unwrap_or(false) })
+                let rewind = match self.rewind {
+                    Some(n) => Some(parse_rewind(n).map_err(|e| err(ErrorCode::BadFrame, e))?),
+                    None => None,
+                };
+                let options = SubscribeOptions {
+                    last_event_id,
+                    audience: self.audience.unwrap_or(false),
+                    rewind,
+                    state: self.state.unwrap_or(false),
+                };
+                Ok(ClientFrame::Subscribe { room, options })
             }
             "unsubscribe" => Ok(ClientFrame::Unsubscribe { room: room(self.room)? }),
             "publish" => {
@@ -299,7 +356,11 @@ impl RawClientFrame {
                     }
                     None => None,
                 };
-                Ok(ClientFrame::Publish { room, data, reference, idempotency_key })
+                let key = match self.key {
+                    Some(k) => Some(StateKey::parse(&k).map_err(|e| err(ErrorCode::BadKey, e.to_string()))?),
+                    None => None,
+                };
+                Ok(ClientFrame::Publish { room, data, reference, idempotency_key, key })
             }
             "react" => {
                 let room = room(self.room)?;

@@ -11,15 +11,20 @@ mod frames;
 mod idempotency;
 mod reaction;
 mod room;
+mod state_key;
 
 pub use close::CloseReason;
 pub use codec::{
-    data_to_json, decode_client, encode_events, encode_frame, json_history, msgpack_to_value, sse_events, sse_gap,
-    Format, Wire, MSGPACK_SUBPROTOCOL,
+    data_to_json, decode_client, encode_events, encode_frame, encode_state, json_history, json_room_state,
+    msgpack_to_value, sse_events, sse_gap, sse_state, Format, Wire, MSGPACK_SUBPROTOCOL,
 };
 pub use event::{frames, Event, EVENT_OVERHEAD, FRAME_BUDGET};
 pub use event_id::{EventId, ParseEventIdError};
-pub use frames::{ClientFrame, ErrorCode, FrameError, ServerFrame};
+pub use frames::{
+    parse_rewind, query_flag, query_rewind, ClientFrame, ErrorCode, FrameError, ServerFrame, SubscribeOptions,
+    MAX_REWIND,
+};
 pub use idempotency::{IdempotencyKey, InvalidIdempotencyKey, MAX_IDEMPOTENCY_KEY_LEN};
 pub use reaction::{InvalidReactionKey, ReactionKey, MAX_REACTION_KEY_LEN};
 pub use room::{InvalidRoomName, RoomName, MAX_ROOM_LEN};
+pub use state_key::{InvalidStateKey, StateKey, MAX_STATE_KEY_LEN};

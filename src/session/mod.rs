@@ -29,14 +29,14 @@ use self::rooms::{RoomState, Rooms};
 use crate::auth::Grant;
 use crate::config::Limits;
 use crate::hub::outbox::{Item, Outbox, OutboxLimits, OutboxReceiver, Pending};
-use crate::hub::{Batch, Hub, Notice, RoomFlags, Subscriber};
+use crate::hub::{Batch, Hub, Notice, RoomFlags, State, Subscriber};
 use crate::live::Live;
 use crate::protocol::{
-    frames, ErrorCode, Event, EventId, FrameError, IdempotencyKey, ReactionKey, RoomName, ServerFrame, EVENT_OVERHEAD,
-    FRAME_BUDGET,
+    frames, ErrorCode, Event, EventId, FrameError, IdempotencyKey, ReactionKey, RoomName, ServerFrame, StateKey,
+    SubscribeOptions, EVENT_OVERHEAD, FRAME_BUDGET,
 };
 use crate::publish::{Publisher, Refused, Via};
-use crate::store::{EventLog, Page, Position, StoreError};
+use crate::store::{AppendOptions, EventLog, Page, Position, StoreError};
 
 /// Most events read per history page.
 pub const PAGE: usize = 256;
@@ -61,6 +61,8 @@ pub enum Outgoing<'a> {
     Frame(&'a ServerFrame),
     /// A room-wide notice (audience, reactions), shared like a batch.
     Notice(&'a Notice),
+    /// A room's current state.
+    State(&'a RoomName, &'a State),
 }
 
 /// The transport could not write.
@@ -211,6 +213,20 @@ pub fn page_limit(largest: usize) -> usize {
     (PAGE_BYTES / (largest + EVENT_OVERHEAD)).clamp(1, PAGE)
 }
 
+/// How a new subscription starts (see [`Session::subscribe`]).
+struct Started {
+    /// The position it delivers after.
+    cursor: EventId,
+    /// The first page of history to send, for a resume or a rewind.
+    page: Option<Page>,
+    /// The state to send first, when asked for.
+    state: Option<Arc<State>>,
+    /// Events the next history read asks for.
+    first_limit: usize,
+    /// A resume whose history is complete.
+    resumed: bool,
+}
+
 /// Why a room catches up from the store (a metric label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CatchUp {
@@ -289,15 +305,11 @@ impl<S: Sink> Session<S> {
         self.sink.flush().await
     }
 
-    /// Joins `room`: live only (`None`), from the oldest kept (`0`), or
-    /// resuming after an ID. Answers `subscribed`, then any `gap` and the
+    /// Joins `room`: live only, from the oldest kept (`0`), resuming after
+    /// an ID, or rewinding the last N events; optionally with the room's
+    /// state first. Answers `subscribed`, then any `state`, `gap` and
     /// missed events, then live events.
-    pub async fn subscribe(
-        &mut self,
-        room: RoomName,
-        last_event_id: Option<EventId>,
-        audience: bool,
-    ) -> Result<(), SessionError> {
+    pub async fn subscribe(&mut self, room: RoomName, options: SubscribeOptions) -> Result<(), SessionError> {
         if !self.grant.may_subscribe(&room) {
             return Err(refuse(ErrorCode::Forbidden, format!("this token may not subscribe to {room}"), None));
         }
@@ -317,36 +329,65 @@ impl<S: Sink> Session<S> {
             crate::budget::Refused::Store(e) => store_refusal(e, None),
         })?;
         let flags = Arc::new(RoomFlags::default());
-        flags.audience.store(audience, Ordering::Relaxed);
+        flags.audience.store(options.audience, Ordering::Relaxed);
         let subscriber = Subscriber { outbox: self.inbox.outbox().clone(), flags: flags.clone() };
         let live = self.ctx.hub.join(&room, self.id, subscriber).await.map_err(|e| store_refusal(e, None))?;
-        let first_limit = page_limit(self.ctx.limits.max_payload);
-        let Some(resume) = last_event_id else {
-            self.rooms.insert(room.clone(), RoomState::new(live, flags, first_limit));
-            self.write_out(Outgoing::Frame(&ServerFrame::Subscribed {
-                room: room.clone(),
-                resumed: false,
-                last_event_id: live,
-            }))
-            .await?;
-            self.send_known_audience(&room, audience).await?;
-            return Ok(self.sink.flush().await?);
-        };
-        let from = if resume.is_zero() { Position::Oldest } else { Position::After(resume) };
-        let page = match self.ctx.log.read(&room, from, first_limit).await {
-            Ok(page) => page,
+        match self.start(&room, live, options).await {
+            Ok(started) => {
+                let mut state = RoomState::new(started.cursor, flags, started.first_limit);
+                state.state = options.state;
+                self.rooms.insert(room.clone(), state);
+                Ok(self.begin(&room, started, options.audience).await?)
+            }
             Err(e) => {
                 self.ctx.hub.leave(&room, self.id).await;
-                return Err(store_refusal(e, None));
+                Err(store_refusal(e, None))
             }
+        }
+    }
+
+    /// Where a new subscription starts and what it sends first; reads only.
+    async fn start(&self, room: &RoomName, live: EventId, options: SubscribeOptions) -> Result<Started, StoreError> {
+        let hub = &self.ctx.hub;
+        let first_limit = page_limit(self.ctx.limits.max_payload);
+        let state = if options.state { Some(hub.state(room).await?) } else { None };
+        // A position given wins over a rewind: that is a resume.
+        let from = match (options.last_event_id, options.rewind) {
+            (Some(resume), _) => Some(if resume.is_zero() { Position::Oldest } else { Position::After(resume) }),
+            (None, Some(n)) => Some(hub.rewind(room, usize::from(n)).await?),
+            (None, None) => None,
         };
-        self.rooms.insert(room.clone(), RoomState::new(resume, flags, first_limit));
-        let subscribed = ServerFrame::Subscribed { room: room.clone(), resumed: !page.gap, last_event_id: resume };
+        let Some(from) = from else {
+            // Live: from the state's position when there is one (the first
+            // event after it is the first delivered), else from joining.
+            let cursor = state.as_ref().map_or(live, |s| s.position);
+            return Ok(Started { cursor, page: None, state, first_limit, resumed: false });
+        };
+        let page = hub.history(room, from, first_limit).await?;
+        let cursor = match from {
+            Position::After(x) => x,
+            Position::Oldest => EventId::ZERO,
+        };
+        let resumed = options.last_event_id.is_some() && !page.gap;
+        Ok(Started { cursor, page: Some(page), state, first_limit, resumed })
+    }
+
+    /// Sends what a new subscription starts with: `subscribed`, the state,
+    /// the audience, and the first page of history.
+    async fn begin(&mut self, room: &RoomName, started: Started, audience: bool) -> Result<(), SinkError> {
+        let subscribed =
+            ServerFrame::Subscribed { room: room.clone(), resumed: started.resumed, last_event_id: started.cursor };
         self.write_out(Outgoing::Frame(&subscribed)).await?;
-        self.send_known_audience(&room, audience).await?;
-        // The rest of a long history follows page by page, between the
-        // client's own frames, as the client takes it.
-        Ok(self.apply_page(&room, page, false).await?)
+        if let Some(state) = &started.state {
+            self.write_out(Outgoing::State(room, state)).await?;
+        }
+        self.send_known_audience(room, audience).await?;
+        match started.page {
+            // The rest of a long history follows page by page, between the
+            // client's own frames, as the client takes it.
+            Some(page) => self.apply_page(room, page, false).await,
+            None => self.sink.flush().await,
+        }
     }
 
     /// A new watcher gets the room's audience at once when this node knows
@@ -440,6 +481,7 @@ impl<S: Sink> Session<S> {
         data: Value,
         reference: Option<u64>,
         key: Option<IdempotencyKey>,
+        state_key: Option<StateKey>,
     ) -> Result<(), SessionError> {
         if !self.limiters.publish(&self.grant) {
             metrics::counter!("roomcast_rate_limited_total", "what" => "publish").increment(1);
@@ -451,7 +493,14 @@ impl<S: Sink> Session<S> {
         let appended = self
             .ctx
             .publisher
-            .publish(&self.grant, Some(self.limiters.rooms()), &room, &data, key.as_ref(), Via::WebSocket)
+            .publish(
+                &self.grant,
+                Some(self.limiters.rooms()),
+                &room,
+                &data,
+                AppendOptions { idempotency: key.as_ref(), key: state_key.as_ref() },
+                Via::WebSocket,
+            )
             .await
             .map_err(|e: Refused| refuse(e.code(), e.to_string(), reference))?;
         let repeated = matches!(appended, crate::publish::Published::Repeated(_));
@@ -631,7 +680,10 @@ impl<S: Sink> Session<S> {
         let Some((cursor, limit)) = self.rooms.get(room).map(|s| (s.cursor, s.read_limit)) else {
             return Ok(());
         };
-        match self.ctx.log.read(room, Position::After(cursor), limit).await {
+        if self.rooms.get(room).is_some_and(|s| s.state_due) {
+            self.send_state(room).await?;
+        }
+        match self.ctx.hub.history(room, Position::After(cursor), limit).await {
             Ok(page) => self.apply_page(room, page, told).await,
             Err(e) => {
                 debug!(conn = self.id, room = %room, cause = %e, "catch-up deferred");
@@ -699,8 +751,36 @@ impl<S: Sink> Session<S> {
             return Ok(());
         }
         state.told = Some(after);
+        state.state_due = state.state;
         metrics::counter!("roomcast_gaps_total", "reason" => reason.label()).increment(1);
-        self.write_out(Outgoing::Frame(&ServerFrame::Gap { room: room.clone(), after })).await
+        self.write_out(Outgoing::Frame(&ServerFrame::Gap { room: room.clone(), after })).await?;
+        // Values the client holds may be from before the loss: a state
+        // subscriber gets the current ones right after the gap.
+        self.send_state(room).await
+    }
+
+    /// Sends `room`'s current state if its subscriber is due one; when the
+    /// store cannot say now, tries again with the next catch-up.
+    async fn send_state(&mut self, room: &RoomName) -> Result<(), SinkError> {
+        if !self.rooms.get(room).is_some_and(|s| s.state_due) {
+            return Ok(());
+        }
+        match self.ctx.hub.state(room).await {
+            Ok(state) => {
+                if let Some(s) = self.rooms.get_mut(room) {
+                    s.state_due = false;
+                }
+                self.write_out(Outgoing::State(room, &state)).await
+            }
+            Err(e) => {
+                debug!(conn = self.id, room = %room, cause = %e, "state deferred");
+                if let Some(s) = self.rooms.get(room) {
+                    s.flags.lagged.store(true, Ordering::Release);
+                }
+                self.retry_at = Some(Instant::now() + CATCH_UP_RETRY);
+                Ok(())
+            }
+        }
     }
 
     /// Leaves every room and hands back the sink (to close it).
@@ -784,6 +864,16 @@ mod tests {
                     let n = json.len();
                     (json, n)
                 }
+                Outgoing::State(room, state) => {
+                    let wire = crate::protocol::encode_state(
+                        crate::protocol::Format::Json,
+                        room,
+                        state.position,
+                        state.values.values(),
+                    );
+                    let crate::protocol::Wire::Text(text) = wire else { unreachable!("JSON is text") };
+                    (text.as_str().to_owned(), text.len())
+                }
             };
             self.lines.push(line);
             self.unflushed += bytes;
@@ -818,8 +908,12 @@ mod tests {
     }
 
     fn fixture() -> Fixture {
-        let options =
-            StoreOptions { history: 100_000, room_ttl: Duration::from_secs(60), presence_ttl: Duration::from_secs(6) };
+        let options = StoreOptions {
+            history: 100_000,
+            room_ttl: Duration::from_secs(60),
+            presence_ttl: Duration::from_secs(6),
+            max_state_keys: 1000,
+        };
         let store = Arc::new(MemoryStore::new(options));
         let hub = Hub::new(Feed::unattended(store.clone()));
         Fixture { store, hub, room: RoomName::parse("r").unwrap() }
@@ -847,7 +941,7 @@ mod tests {
             let mut out = Vec::new();
             for size in sizes {
                 let data = Bytes::from(format!("\"{}\"", "x".repeat(size.saturating_sub(2))));
-                out.push(self.store.append(&self.room, data, None).await.unwrap().id());
+                out.push(self.store.append(&self.room, data, AppendOptions::default()).await.unwrap().id().unwrap());
             }
             out
         }
@@ -855,7 +949,14 @@ mod tests {
         async fn append(&self, n: usize) -> Vec<EventId> {
             let mut out = Vec::new();
             for i in 0..n {
-                out.push(self.store.append(&self.room, Bytes::from(i.to_string()), None).await.unwrap().id());
+                out.push(
+                    self.store
+                        .append(&self.room, Bytes::from(i.to_string()), AppendOptions::default())
+                        .await
+                        .unwrap()
+                        .id()
+                        .unwrap(),
+                );
             }
             out
         }
@@ -877,7 +978,13 @@ mod tests {
         let f = fixture();
         let ids = f.append(5).await;
         let mut session = f.session();
-        session.subscribe(f.room.clone(), Some(ids[1]), false).await.unwrap();
+        session
+            .subscribe(
+                f.room.clone(),
+                SubscribeOptions { last_event_id: Some(ids[1]), audience: false, ..Default::default() },
+            )
+            .await
+            .unwrap();
         let out = session.close().await.lines;
         let expected = format!("events {},{},{}", ids[2], ids[3], ids[4]);
         assert_eq!(
@@ -894,7 +1001,10 @@ mod tests {
         let f = fixture();
         let ids = f.append(2).await;
         let mut session = f.session();
-        session.subscribe(f.room.clone(), None, false).await.unwrap();
+        session
+            .subscribe(f.room.clone(), SubscribeOptions { last_event_id: None, audience: false, ..Default::default() })
+            .await
+            .unwrap();
         // Three more events, of which the feed hands over only the last:
         // the session must not jump its cursor over the other two.
         let more = f.append(3).await;
@@ -912,7 +1022,13 @@ mod tests {
         let f = fixture();
         let ids = f.append(3).await;
         let mut session = f.session();
-        session.subscribe(f.room.clone(), Some(EventId::ZERO), false).await.unwrap();
+        session
+            .subscribe(
+                f.room.clone(),
+                SubscribeOptions { last_event_id: Some(EventId::ZERO), audience: false, ..Default::default() },
+            )
+            .await
+            .unwrap();
         f.hub.lost(&f.room);
         settle(&mut session).await;
         let next = f.append(1).await;
@@ -949,7 +1065,13 @@ mod tests {
             let f = fixture();
             let ids = f.append_sized(sizes).await;
             let mut session = f.session_with(max_payload);
-            session.subscribe(f.room.clone(), Some(EventId::ZERO), false).await.unwrap();
+            session
+                .subscribe(
+                    f.room.clone(),
+                    SubscribeOptions { last_event_id: Some(EventId::ZERO), audience: false, ..Default::default() },
+                )
+                .await
+                .unwrap();
             settle(&mut session).await;
             let recorder = session.close().await;
             assert_eq!(delivered(&recorder.lines), ids, "every event once, in order");
@@ -982,7 +1104,10 @@ mod tests {
     async fn large_live_batches_are_cut_into_bounded_frames() {
         let f = fixture();
         let mut session = f.session_with(64 << 10);
-        session.subscribe(f.room.clone(), None, false).await.unwrap();
+        session
+            .subscribe(f.room.clone(), SubscribeOptions { last_event_id: None, audience: false, ..Default::default() })
+            .await
+            .unwrap();
         let ids = f.append_sized(&[20 << 10; 12]).await;
         f.hub.deliver(&f.room, f.read_after(EventId::ZERO).await);
         settle(&mut session).await;
@@ -1043,20 +1168,40 @@ mod tests {
         failing: std::sync::atomic::AtomicBool,
     }
 
+    impl Flaky {
+        fn check(&self) -> Result<(), StoreError> {
+            if self.failing.load(Ordering::Relaxed) {
+                return Err(StoreError::Unavailable("down for the test".into()));
+            }
+            Ok(())
+        }
+    }
+
     #[async_trait::async_trait]
     impl EventLog for Flaky {
         async fn append(
             &self,
             room: &RoomName,
             data: Bytes,
-            key: Option<&IdempotencyKey>,
+            options: AppendOptions<'_>,
         ) -> Result<crate::store::Appended, StoreError> {
-            self.inner.append(room, data, key).await
+            self.inner.append(room, data, options).await
+        }
+        async fn read_back(
+            &self,
+            room: &RoomName,
+            before: Option<EventId>,
+            limit: usize,
+        ) -> Result<crate::store::BackPage, StoreError> {
+            self.check()?;
+            self.inner.read_back(room, before, limit).await
+        }
+        async fn state(&self, room: &RoomName) -> Result<crate::store::Snapshot, StoreError> {
+            self.check()?;
+            self.inner.state(room).await
         }
         async fn read(&self, room: &RoomName, from: Position, limit: usize) -> Result<Page, StoreError> {
-            if self.failing.load(Ordering::Relaxed) {
-                return Err(StoreError::Unavailable("down for the test".into()));
-            }
+            self.check()?;
             self.inner.read(room, from, limit).await
         }
         async fn tail(&self, room: &RoomName) -> Result<EventId, StoreError> {
@@ -1084,8 +1229,12 @@ mod tests {
     /// and then delivers what was missed.
     #[tokio::test(start_paused = true)]
     async fn a_refused_catch_up_is_retried_after_a_second() {
-        let options =
-            StoreOptions { history: 1000, room_ttl: Duration::from_secs(60), presence_ttl: Duration::from_secs(6) };
+        let options = StoreOptions {
+            history: 1000,
+            room_ttl: Duration::from_secs(60),
+            presence_ttl: Duration::from_secs(6),
+            max_state_keys: 1000,
+        };
         let flaky = Arc::new(Flaky { inner: MemoryStore::new(options), failing: Default::default() });
         let hub = Hub::new(Feed::unattended(flaky.clone()));
         let room = RoomName::parse("r").unwrap();
@@ -1098,11 +1247,21 @@ mod tests {
             limits,
         };
         let mut session = Session::new(Arc::new(ctx), Recorder::default(), Grant::Open);
-        session.subscribe(room.clone(), None, false).await.unwrap();
+        session
+            .subscribe(room.clone(), SubscribeOptions { last_event_id: None, audience: false, ..Default::default() })
+            .await
+            .unwrap();
         let ids: Vec<EventId> = {
             let mut ids = Vec::new();
             for i in 0..3 {
-                ids.push(flaky.append(&room, Bytes::from(i.to_string()), None).await.unwrap().id());
+                ids.push(
+                    flaky
+                        .append(&room, Bytes::from(i.to_string()), AppendOptions::default())
+                        .await
+                        .unwrap()
+                        .id()
+                        .unwrap(),
+                );
             }
             ids
         };

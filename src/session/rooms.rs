@@ -20,12 +20,16 @@ pub struct RoomState {
     pub read_limit: usize,
     /// A catch-up is under way, a page at a time.
     pub paging: bool,
+    /// The subscriber asked for the room's state.
+    pub state: bool,
+    /// A state frame is owed (after a gap).
+    pub state_due: bool,
 }
 
 impl RoomState {
     /// A room followed from `cursor`, reading history `read_limit` events at a time.
     pub fn new(cursor: EventId, flags: Arc<RoomFlags>, read_limit: usize) -> Self {
-        RoomState { cursor, flags, told: None, read_limit, paging: false }
+        RoomState { cursor, flags, told: None, read_limit, paging: false, state: false, state_due: false }
     }
 }
 

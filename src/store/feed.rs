@@ -158,6 +158,11 @@ impl Feed {
         Feed { commands, waker: Arc::new(Nobody), log, live: watch::channel(true).1 }
     }
 
+    /// The event log the feed reads.
+    pub fn log(&self) -> &Arc<dyn EventLog> {
+        &self.log
+    }
+
     /// Whether the loop runs: it has reached the store once. Until then the
     /// node is not ready, and no room is followed.
     pub fn is_live(&self) -> bool {
@@ -507,7 +512,7 @@ mod tests {
 
     use super::*;
     use crate::store::memory::MemoryStore;
-    use crate::store::StoreOptions;
+    use crate::store::{AppendOptions, StoreOptions};
 
     /// Records each delivery's size and time.
     #[derive(Default)]
@@ -540,8 +545,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn events_inside_the_window_share_a_delivery_and_a_lone_event_does_not_wait() {
         const WINDOW: Duration = Duration::from_millis(400);
-        let options =
-            StoreOptions { history: 1000, room_ttl: Duration::from_secs(60), presence_ttl: Duration::from_secs(6) };
+        let options = StoreOptions {
+            history: 1000,
+            room_ttl: Duration::from_secs(60),
+            presence_ttl: Duration::from_secs(6),
+            max_state_keys: 1000,
+        };
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new(options));
         let recorder = Arc::new(Recorder::default());
         let shutdown = CancellationToken::new();
@@ -560,14 +569,14 @@ mod tests {
         );
 
         let first = Instant::now();
-        store.append(&room, Bytes::from_static(b"0"), None).await.unwrap();
+        store.append(&room, Bytes::from_static(b"0"), AppendOptions::default()).await.unwrap();
         let batches = until_batches(&recorder, 1).await;
         assert_eq!(batches.first().map(|b| b.1), Some(1));
         assert!(batches[0].0 - first < WINDOW, "the first event waited for nothing");
 
         // A burst right after a delivery gathers for the rest of the window.
         for i in 1..=5 {
-            store.append(&room, Bytes::from(i.to_string()), None).await.unwrap();
+            store.append(&room, Bytes::from(i.to_string()), AppendOptions::default()).await.unwrap();
         }
         let batches = until_batches(&recorder, 2).await;
         assert_eq!(batches.len(), 2, "one delivery for the burst: {batches:?}");
@@ -577,7 +586,7 @@ mod tests {
         // After a quiet spell longer than the window, nothing waits.
         tokio::time::sleep(WINDOW + Duration::from_millis(100)).await;
         let lone = Instant::now();
-        store.append(&room, Bytes::from_static(b"6"), None).await.unwrap();
+        store.append(&room, Bytes::from_static(b"6"), AppendOptions::default()).await.unwrap();
         let batches = until_batches(&recorder, 3).await;
         assert_eq!(batches.get(2).map(|b| b.1), Some(1));
         assert!(batches[2].0 - lone < WINDOW, "a lone event was held back");

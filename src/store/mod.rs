@@ -61,7 +61,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::config::StoreSettings;
-use crate::protocol::{ErrorCode, Event, EventId, IdempotencyKey, RoomName};
+use crate::protocol::{ErrorCode, Event, EventId, IdempotencyKey, RoomName, StateKey};
 
 pub use self::live_log::{live_sum, LiveLog, LiveNote, NoteCursor};
 pub use self::loss::{Change, Incarnation, LossDetection};
@@ -81,14 +81,74 @@ pub enum Appended {
     /// The key was used for this room within the window for another
     /// payload: nothing was stored; the first publish's ID.
     Conflict(EventId),
+    /// The event names a new state key and the room has as many as it may
+    /// keep: nothing was stored.
+    TooManyKeys,
 }
 
 impl Appended {
-    /// The event's ID, stored now or before.
-    pub fn id(self) -> EventId {
+    /// The event's ID, stored now or before (none when refused for its key).
+    pub fn id(self) -> Option<EventId> {
         match self {
-            Appended::Stored(id) | Appended::Repeated(id) | Appended::Conflict(id) => id,
+            Appended::Stored(id) | Appended::Repeated(id) | Appended::Conflict(id) => Some(id),
+            Appended::TooManyKeys => None,
         }
+    }
+}
+
+/// What one append carries besides its payload.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AppendOptions<'a> {
+    /// Names the publish: a repeat within [`IDEMPOTENCY_WINDOW`] stores nothing.
+    pub idempotency: Option<&'a IdempotencyKey>,
+    /// Makes the event this key's current value in the room.
+    pub key: Option<&'a StateKey>,
+}
+
+impl<'a> AppendOptions<'a> {
+    /// Just an idempotency key (or none).
+    pub fn idempotent(idempotency: Option<&'a IdempotencyKey>) -> Self {
+        AppendOptions { idempotency, key: None }
+    }
+}
+
+/// A room's current state: each state key's latest event, as of a position.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The room's end when the values were read: the values reflect every
+    /// event up to it and none after.
+    pub position: EventId,
+    /// Each key's latest event.
+    pub values: Vec<(StateKey, Event)>,
+}
+
+/// One page of a backwards history read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackPage {
+    /// Kept events before the position, oldest first, at most the limit.
+    pub events: Vec<Event>,
+    /// Older events are still kept: read on before `events[0]`.
+    pub more: bool,
+    /// Events between these, or between the newest and the position, are
+    /// missing (a break in the chain: history lost and rebuilt).
+    pub gap: bool,
+}
+
+impl BackPage {
+    /// The answer to a read before a position: `older`, the kept events
+    /// before it newest first (up to `limit + 1`, to tell whether there are
+    /// more), and `above`, the predecessor the event at the position names
+    /// (when the position is an event; `None` for the newest events).
+    pub fn new(above: Option<EventId>, mut older: Vec<Event>, limit: usize) -> BackPage {
+        let more = older.len() > limit;
+        older.truncate(limit);
+        older.reverse();
+        let broken = older.windows(2).any(|w| w[1].prev != w[0].id);
+        let detached = match (above, older.last()) {
+            (Some(prev), Some(newest)) => newest.id != prev,
+            _ => false,
+        };
+        BackPage { events: older, more, gap: broken || detached }
     }
 }
 
@@ -197,12 +257,19 @@ pub struct StoreOptions {
     pub room_ttl: Duration,
     /// How long a node's audience report counts without being refreshed.
     pub presence_ttl: Duration,
+    /// Most state keys a room keeps (`--max-state-keys`).
+    pub max_state_keys: usize,
 }
 
 impl StoreOptions {
     /// The options of the node's store, from its settings.
     pub fn new(settings: &StoreSettings, presence_ttl: Duration) -> Self {
-        StoreOptions { history: settings.history, room_ttl: settings.room_ttl, presence_ttl }
+        StoreOptions {
+            history: settings.history,
+            room_ttl: settings.room_ttl,
+            presence_ttl,
+            max_state_keys: settings.max_state_keys,
+        }
     }
 }
 
@@ -213,11 +280,22 @@ impl StoreOptions {
 pub trait EventLog: Send + Sync + 'static {
     /// Appends one event (compact JSON) to `room`, trimming to the history
     /// bound and refreshing the room's idle expiry, and returns its ID. With
-    /// a `key` used for `room` within [`IDEMPOTENCY_WINDOW`] (on any node),
-    /// stores nothing and answers the first publish's ID. Atomic, so
-    /// concurrent repeats store one event; and a store client's own resend
-    /// of the same call never stores twice.
-    async fn append(&self, room: &RoomName, data: Bytes, key: Option<&IdempotencyKey>) -> Result<Appended, StoreError>;
+    /// an idempotency key used for `room` within [`IDEMPOTENCY_WINDOW`] (on
+    /// any node), stores nothing and answers the first publish's ID. Atomic,
+    /// so concurrent repeats store one event; and a store client's own
+    /// resend of the same call never stores twice. With a state key, the
+    /// event also becomes that key's value in the room's state, in the same
+    /// step (refused when it is a new key past `max_state_keys`).
+    async fn append(&self, room: &RoomName, data: Bytes, options: AppendOptions<'_>) -> Result<Appended, StoreError>;
+
+    /// Reads up to `limit` kept events just before `before` (the newest ones
+    /// for `None`), see [`BackPage::new`].
+    async fn read_back(&self, room: &RoomName, before: Option<EventId>, limit: usize) -> Result<BackPage, StoreError>;
+
+    /// The room's current state and the position it reflects, read at one
+    /// moment. State is kept apart from the history: trimming does not touch
+    /// it, and it expires with the room.
+    async fn state(&self, room: &RoomName) -> Result<Snapshot, StoreError>;
 
     /// Reads up to `limit` kept events from `from`, with exact gap detection
     /// (see [`Page::new`]).
@@ -268,6 +346,7 @@ mod tests {
                 id: EventId::new(id, 0),
                 prev: EventId::new(prev, 0),
                 data: Bytes::from_static(b"1"),
+                key: None,
             })
             .collect()
     }
@@ -305,5 +384,21 @@ mod tests {
         // A full page has more; a short unbroken one does not.
         assert!(Page::new(Position::Oldest, chain(&[(1, 2), (2, 3)]), 2, EventId::new(3, 0)).more);
         assert!(!Page::new(Position::Oldest, chain(&[(1, 2), (2, 3)]), 3, EventId::new(3, 0)).more);
+    }
+
+    #[test]
+    fn a_backwards_page_is_oldest_first_and_tells_more_and_breaks() {
+        let newest_first = |links: &[(u64, u64)]| {
+            let mut events = chain(links);
+            events.reverse();
+            events
+        };
+        let page = BackPage::new(Some(EventId::new(4, 0)), newest_first(&[(1, 2), (2, 3), (3, 4)]), 2);
+        assert_eq!(page.events.iter().map(|e| e.id.ms).collect::<Vec<_>>(), vec![3, 4]);
+        assert!(page.more && !page.gap);
+        let page = BackPage::new(None, newest_first(&[(1, 2), (2, 3)]), 5);
+        assert!(!page.more && !page.gap);
+        assert!(BackPage::new(Some(EventId::new(9, 0)), newest_first(&[(2, 3), (3, 4)]), 5).gap);
+        assert!(BackPage::new(None, newest_first(&[(1, 2), (0, 7)]), 5).gap, "a break inside");
     }
 }

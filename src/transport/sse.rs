@@ -19,7 +19,10 @@ use crate::app::{App, Transport};
 use crate::auth::Grant;
 use crate::http::error::error_response;
 use crate::http::Params;
-use crate::protocol::{sse_events, sse_gap, ErrorCode, EventId, RoomName, ServerFrame};
+use crate::protocol::{
+    query_flag, query_rewind, sse_events, sse_gap, sse_state, ErrorCode, EventId, RoomName, ServerFrame,
+    SubscribeOptions,
+};
 use crate::session::{Answer, Flow, Outgoing, Session, Sink, SinkError};
 
 /// Chunks buffered between the session and the HTTP body.
@@ -32,10 +35,14 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 pub struct SseQuery {
     last_event_id: Option<String>,
     token: Option<String>,
+    rewind: Option<String>,
+    state: Option<String>,
 }
 
 /// Streams `room` as `text/event-stream`, resuming from `Last-Event-ID`
-/// (which browsers send on reconnect) or `?last_event_id=`.
+/// (which browsers send on reconnect) or `?last_event_id=`; on a first
+/// connection, `rewind=N` starts with the last N events and `state=1` with
+/// an `event: state`.
 pub async fn handler(
     State(app): State<Arc<App>>,
     Path(room): Path<String>,
@@ -52,6 +59,12 @@ pub async fn handler(
         Some(Ok(id)) => Some(id),
         Some(Err(e)) => return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadEventId, &e.to_string()),
     };
+    let rewind = match query_rewind(query.rewind.as_deref()) {
+        Ok(rewind) => rewind,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, e.code, &e.message),
+    };
+    let options =
+        SubscribeOptions { last_event_id: last, audience: false, rewind, state: query_flag(query.state.as_deref()) };
     let grant = match admit(&app, &headers, query.token.as_deref()) {
         Ok(grant) => grant,
         Err(refusal) => return refusal.into_response(),
@@ -66,7 +79,7 @@ pub async fn handler(
     let (tx, rx) = mpsc::channel::<Bytes>(BODY_QUEUE);
     let tracker = app.tracker.clone();
     tracker.spawn(async move {
-        run(app, room, last, tx, grant).await;
+        run(app, room, options, tx, grant).await;
         drop(slot);
     });
     let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, Infallible>));
@@ -85,6 +98,7 @@ impl Sink for SseSink {
         let chunk = match out {
             Outgoing::Batch(batch) => batch.sse().clone(),
             Outgoing::Events(_, events) => sse_events(events),
+            Outgoing::State(_, state) => sse_state(state.position, state.values.values()),
             Outgoing::Frame(ServerFrame::Gap { after, .. }) => sse_gap(*after),
             Outgoing::Frame(frame @ ServerFrame::Error { .. }) => {
                 let json = serde_json::to_string(frame).unwrap_or_default();
@@ -112,10 +126,10 @@ impl Sink for SseSink {
     }
 }
 
-async fn run(app: Arc<App>, room: RoomName, last: Option<EventId>, tx: mpsc::Sender<Bytes>, grant: Grant) {
+async fn run(app: Arc<App>, room: RoomName, options: SubscribeOptions, tx: mpsc::Sender<Bytes>, grant: Grant) {
     let closed = tx.clone();
     let mut session = Session::new(app.sessions.clone(), SseSink { tx }, grant);
-    let outcome = session.subscribe(room, last, false).await;
+    let outcome = session.subscribe(room, options).await;
     let mut alive = matches!(session.answer(outcome).await, Ok(Answer::Done));
     let mut keepalive = tokio::time::interval(KEEPALIVE);
     keepalive.tick().await;

@@ -29,8 +29,8 @@ use crate::auth::Grant;
 use crate::http::error::Refusal;
 use crate::http::Params;
 use crate::protocol::{
-    decode_client, encode_events, encode_frame, ClientFrame, CloseReason, ErrorCode, EventId, Format, FrameError,
-    RoomName, Wire, MSGPACK_SUBPROTOCOL,
+    decode_client, encode_events, encode_frame, encode_state, query_flag, query_rewind, ClientFrame, CloseReason,
+    ErrorCode, EventId, Format, FrameError, RoomName, SubscribeOptions, Wire, MSGPACK_SUBPROTOCOL,
 };
 use crate::session::limiters::rate_limiter;
 use crate::session::{Answer, Flow, Outgoing, Session, SessionError, Sink, SinkError, Wakeup};
@@ -76,6 +76,8 @@ pub struct WsQuery {
     format: Option<String>,
     token: Option<String>,
     audience: Option<String>,
+    rewind: Option<String>,
+    state: Option<String>,
 }
 
 fn bad_handshake(message: &str) -> Response {
@@ -203,6 +205,7 @@ impl Sink for WsSink {
             Outgoing::Events(room, events) => encode_events(self.format, room, events),
             Outgoing::Frame(frame) => encode_frame(self.format, frame),
             Outgoing::Notice(notice) => notice.wire(self.format).clone(),
+            Outgoing::State(room, state) => encode_state(self.format, room, state.position, state.values.values()),
         });
         timed(self.sink.feed(msg)).await
     }
@@ -385,17 +388,18 @@ async fn auto_subscribe(session: &mut Session<WsSink>, query: WsQuery) -> Result
     };
     let parsed =
         RoomName::parse(&room).map_err(|e| FrameError::new(ErrorCode::BadRoom, e.to_string(), None)).and_then(|room| {
-            match query.last_event_id.as_deref().map(EventId::parse) {
-                None => Ok((room, None)),
-                Some(Ok(id)) => Ok((room, Some(id))),
-                Some(Err(e)) => Err(FrameError::new(ErrorCode::BadEventId, e.to_string(), None)),
-            }
+            let last_event_id = match query.last_event_id.as_deref().map(EventId::parse) {
+                None => None,
+                Some(Ok(id)) => Some(id),
+                Some(Err(e)) => return Err(FrameError::new(ErrorCode::BadEventId, e.to_string(), None)),
+            };
+            let rewind = query_rewind(query.rewind.as_deref())?;
+            let audience = query_flag(query.audience.as_deref());
+            let state = query_flag(query.state.as_deref());
+            Ok((room, SubscribeOptions { last_event_id, audience, rewind, state }))
         });
     let outcome = match parsed {
-        Ok((room, last)) => {
-            let audience = matches!(query.audience.as_deref(), Some("1" | "true"));
-            session.subscribe(room, last, audience).await
-        }
+        Ok((room, options)) => session.subscribe(room, options).await,
         Err(e) => Err(SessionError::Refused(e)),
     };
     session.answer(outcome).await.map(|_| ())
@@ -420,13 +424,11 @@ async fn handle(
     };
     let outcome = match decoded {
         Err(e) => Err(SessionError::Refused(e)),
-        Ok(ClientFrame::Subscribe { room, last_event_id, audience }) => {
-            session.subscribe(room, last_event_id, audience).await
-        }
+        Ok(ClientFrame::Subscribe { room, options }) => session.subscribe(room, options).await,
         Ok(ClientFrame::React { room, key }) => session.react(&room, &key),
         Ok(ClientFrame::Unsubscribe { room }) => session.unsubscribe(room).await,
-        Ok(ClientFrame::Publish { room, data, reference, idempotency_key }) => {
-            session.publish(room, data, reference, idempotency_key).await
+        Ok(ClientFrame::Publish { room, data, reference, idempotency_key, key }) => {
+            session.publish(room, data, reference, idempotency_key, key).await
         }
         Ok(ClientFrame::Refresh { token }) => match app.config.auth.authenticate(&HeaderMap::new(), Some(&token)) {
             Ok(grant) => session.refresh(grant).await,

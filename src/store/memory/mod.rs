@@ -4,7 +4,7 @@
 //! trimming drops whole blocks like `MAXLEN ~` (so "at least N" holds, not
 //! "exactly N"), and gap answers follow the rules in the contract.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,10 +20,10 @@ mod live_log;
 
 use super::feed::{ChangeSource, Wake};
 use super::{
-    payload_fingerprint, Appended, EventLog, Incarnation, LiveNote, LossDetection, Page, Position, StoreError,
-    StoreOptions, IDEMPOTENCY_WINDOW,
+    payload_fingerprint, AppendOptions, Appended, BackPage, EventLog, Incarnation, LiveNote, LossDetection, Page,
+    Position, Snapshot, StoreError, StoreOptions, IDEMPOTENCY_WINDOW,
 };
-use crate::protocol::{Event, EventId, IdempotencyKey, RoomName};
+use crate::protocol::{Event, EventId, IdempotencyKey, RoomName, StateKey};
 
 /// Entries dropped together when trimming, like a Redis stream's macro node.
 const TRIM_BLOCK: usize = 100;
@@ -62,6 +62,9 @@ struct RoomLog {
     floor: EventId,
     /// Last append (or anchor), for idle expiry.
     touched: Instant,
+    /// Each state key's latest event; kept apart from the history (trimming
+    /// leaves it), gone with the history.
+    state: BTreeMap<StateKey, Event>,
 }
 
 impl RoomLog {
@@ -129,6 +132,7 @@ impl MemoryStore {
             let idle = now.duration_since(log.touched);
             if idle >= ttl {
                 log.events.clear();
+                log.state.clear();
             }
             idle < ttl * 2
         });
@@ -143,22 +147,33 @@ impl MemoryStore {
         });
     }
 
-    /// Appends under the lock; returns the new ID.
-    fn append_locked(&self, inner: &mut Inner, room: &RoomName, data: Bytes) -> EventId {
+    /// Appends under the lock; returns the outcome.
+    fn append_locked(&self, inner: &mut Inner, room: &RoomName, data: Bytes, key: Option<&StateKey>) -> Appended {
         let now = Instant::now();
         let log = inner.rooms.entry(room.clone()).or_insert_with(|| RoomLog {
             events: VecDeque::new(),
             floor: EventId::ZERO,
             touched: now,
+            state: BTreeMap::new(),
         });
         if now.duration_since(log.touched) >= self.options.room_ttl {
             // Idle past its expiry: the history starts over, as an
             // expired Redis key would, above the floor.
             log.events.clear();
+            log.state.clear();
+        }
+        if let Some(key) = key {
+            if !log.state.contains_key(key) && log.state.len() >= self.options.max_state_keys {
+                return Appended::TooManyKeys;
+            }
         }
         let prev = log.end();
         let id = next_id(prev);
-        log.events.push_back(Event { id, prev, data });
+        let event = Event { id, prev, data, key: key.cloned() };
+        if let Some(key) = key {
+            log.state.insert(key.clone(), event.clone());
+        }
+        log.events.push_back(event);
         log.floor = id;
         log.touched = now;
         let history = self.options.history.max(1);
@@ -166,7 +181,7 @@ impl MemoryStore {
             let excess = log.events.len() - history;
             log.events.drain(..excess);
         }
-        id
+        Appended::Stored(id)
     }
 
     /// Tells the feed `room` changed.
@@ -205,28 +220,55 @@ fn next_id(end: EventId) -> EventId {
 
 #[async_trait]
 impl EventLog for MemoryStore {
-    async fn append(&self, room: &RoomName, data: Bytes, key: Option<&IdempotencyKey>) -> Result<Appended, StoreError> {
-        let id = {
+    async fn append(&self, room: &RoomName, data: Bytes, options: AppendOptions<'_>) -> Result<Appended, StoreError> {
+        let outcome = {
             let mut inner = lock(&self.inner);
-            let Some(key) = key else {
-                let id = self.append_locked(&mut inner, room, data);
-                drop(inner);
-                self.changed(room);
-                return Ok(Appended::Stored(id));
-            };
-            let entry = (room.clone(), key.clone());
-            let print = payload_fingerprint(&data);
-            if let Some((id, _, first)) =
-                inner.idempotent.get(&entry).filter(|(_, at, _)| at.elapsed() < IDEMPOTENCY_WINDOW)
-            {
-                return Ok(if *first == print { Appended::Repeated(*id) } else { Appended::Conflict(*id) });
+            match options.idempotency {
+                None => self.append_locked(&mut inner, room, data, options.key),
+                Some(idempotency) => {
+                    let entry = (room.clone(), idempotency.clone());
+                    let print = payload_fingerprint(&data);
+                    if let Some((id, _, first)) =
+                        inner.idempotent.get(&entry).filter(|(_, at, _)| at.elapsed() < IDEMPOTENCY_WINDOW)
+                    {
+                        return Ok(if *first == print { Appended::Repeated(*id) } else { Appended::Conflict(*id) });
+                    }
+                    let outcome = self.append_locked(&mut inner, room, data, options.key);
+                    if let Appended::Stored(id) = outcome {
+                        inner.idempotent.insert(entry, (id, Instant::now(), print));
+                    }
+                    outcome
+                }
             }
-            let id = self.append_locked(&mut inner, room, data);
-            inner.idempotent.insert(entry, (id, Instant::now(), print));
-            id
         };
-        self.changed(room);
-        Ok(Appended::Stored(id))
+        if matches!(outcome, Appended::Stored(_)) {
+            self.changed(room);
+        }
+        Ok(outcome)
+    }
+
+    async fn read_back(&self, room: &RoomName, before: Option<EventId>, limit: usize) -> Result<BackPage, StoreError> {
+        let inner = lock(&self.inner);
+        let Some(events) = self.view(&inner, room).0 else {
+            return Ok(BackPage::default());
+        };
+        let end = match before {
+            None => events.len(),
+            Some(x) => events.partition_point(|e| e.id < x),
+        };
+        let above = before.and_then(|x| events.get(end).filter(|e| e.id == x)).map(|e| e.prev);
+        let older: Vec<Event> = events.iter().take(end).rev().take(limit + 1).cloned().collect();
+        Ok(BackPage::new(above, older, limit))
+    }
+
+    async fn state(&self, room: &RoomName) -> Result<Snapshot, StoreError> {
+        let inner = lock(&self.inner);
+        let (events, position) = self.view(&inner, room);
+        let values = match (events, inner.rooms.get(room)) {
+            (Some(_), Some(log)) => log.state.iter().map(|(k, e)| (k.clone(), e.clone())).collect(),
+            _ => Vec::new(),
+        };
+        Ok(Snapshot { position, values })
     }
 
     async fn read(&self, room: &RoomName, from: Position, limit: usize) -> Result<Page, StoreError> {
@@ -254,7 +296,7 @@ impl EventLog for MemoryStore {
             return Ok(end);
         }
         let floor = next_id(inner.rooms.get(room).map_or(EventId::ZERO, |log| log.floor));
-        let log = RoomLog { events: VecDeque::new(), floor, touched: Instant::now() };
+        let log = RoomLog { events: VecDeque::new(), floor, touched: Instant::now(), state: BTreeMap::new() };
         inner.rooms.insert(room.clone(), log);
         Ok(floor)
     }
@@ -334,9 +376,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn history_expires_after_the_idle_time_and_the_floor_after_twice_that() {
         let ttl = Duration::from_secs(60);
-        let store = MemoryStore::new(StoreOptions { history: 10, room_ttl: ttl, presence_ttl: Duration::from_secs(6) });
+        let store = MemoryStore::new(StoreOptions {
+            history: 10,
+            room_ttl: ttl,
+            presence_ttl: Duration::from_secs(6),
+            max_state_keys: 10,
+        });
         let room = RoomName::parse("r").unwrap();
-        let id = store.append(&room, Bytes::from_static(b"1"), None).await.unwrap().id();
+        let id = store.append(&room, Bytes::from_static(b"1"), AppendOptions::default()).await.unwrap().id().unwrap();
         tokio::time::advance(ttl - Duration::from_secs(1)).await;
         assert_eq!(store.read(&room, Position::Oldest, 10).await.unwrap().events.len(), 1, "kept until the idle time");
         tokio::time::advance(Duration::from_secs(2)).await;

@@ -13,7 +13,9 @@
 //! to 100 and more.
 //!
 //! ```text
-//! {prefix}:{T}:r:<room>     the room's stream: fields p (predecessor ID), d (JSON)
+//! {prefix}:{T}:r:<room>     the room's stream: fields p (predecessor ID), k (state key,
+//!                           for a keyed event), d (JSON)
+//! {prefix}:{T}:s:<room>     hash: state key -> "<id> <data>", the key's current value
 //! {prefix}:{T}:a:<room>     hash: node -> its local subscriber count (audience)
 //! {prefix}:{T}:f:<room>     "<id> <server>": the last position the room handed out (its
 //!                           floor) and the server process that wrote it
@@ -94,6 +96,11 @@ impl Keys {
     /// The room's event stream.
     pub fn room(&self, room: &RoomName) -> String {
         format!("{}:{{{}}}:r:{}", self.prefix, tag(bucket(room)), room)
+    }
+
+    /// The room's state: each state key's latest event.
+    pub fn state(&self, room: &RoomName) -> String {
+        format!("{}:{{{}}}:s:{}", self.prefix, tag(bucket(room)), room)
     }
 
     /// The room's audience hash.

@@ -38,9 +38,12 @@ use tracing::{debug, info, warn};
 use self::fault::{retrying, unavailable};
 use self::keys::Keys;
 use super::feed::ChangeSource;
-use super::{payload_fingerprint, Appended, EventLog, Page, Position, StoreError, StoreOptions, IDEMPOTENCY_WINDOW};
+use super::{
+    payload_fingerprint, AppendOptions, Appended, BackPage, EventLog, Page, Position, Snapshot, StoreError,
+    StoreOptions, IDEMPOTENCY_WINDOW,
+};
 use crate::config::RedisSettings;
-use crate::protocol::{Event, EventId, IdempotencyKey, RoomName};
+use crate::protocol::{Event, EventId, RoomName};
 
 /// Entries kept per bucket signal stream: at least a mailbox read's page,
 /// so a reader that gets less than a full page missed nothing.
@@ -95,6 +98,7 @@ pub struct RedisStore {
     append: Script,
     anchor: Script,
     epoch: Script,
+    state: Script,
     /// Single server or Cluster, decided at connect.
     layout: Layout,
     /// Bumped by every (re)connection of this store's clients.
@@ -199,9 +203,10 @@ impl RedisStore {
         let append = Script::from_lua(scripts::APPEND_LUA);
         let anchor = Script::from_lua(scripts::ANCHOR_LUA);
         let epoch = Script::from_lua(scripts::EPOCH_LUA);
+        let state = Script::from_lua(scripts::STATE_LUA);
         let layout = Layout::of(&redis.topology);
         let keys = Keys::new(&redis.prefix);
-        Ok(RedisStore { client, append, anchor, epoch, layout, generation, keys, options, redis })
+        Ok(RedisStore { client, append, anchor, epoch, state, layout, generation, keys, options, redis })
     }
 
     /// Runs the append script, with the publish's idempotency key if it has
@@ -209,18 +214,18 @@ impl RedisStore {
     async fn run_append(
         &self,
         room: &RoomName,
-        key: Option<&IdempotencyKey>,
+        options: AppendOptions<'_>,
         data: Bytes,
     ) -> Result<Appended, StoreError> {
         let mailbox = self.layout.mailbox_key(&self.keys, self.layout.mailbox(room));
         let nonce = format!("{:016x}", rand::random::<u64>());
-        let (record, record_ttl, print) = match key {
+        let (record, record_ttl, print) = match options.idempotency {
             Some(k) => (self.keys.idempotency(room, k.as_str()), IDEMPOTENCY_WINDOW, payload_fingerprint(&data)),
             None => {
                 (self.keys.replay(room, &nonce), MIN_REPLAY_WINDOW.max(self.redis.command_timeout * 3), String::new())
             }
         };
-        let keys = vec![self.keys.room(room), mailbox, self.keys.floor(room), record];
+        let keys = vec![self.keys.room(room), mailbox, self.keys.floor(room), record, self.keys.state(room)];
         let ttl_ms = self.options.room_ttl.as_millis() as i64;
         let args: Vec<Value> = vec![
             Value::from(self.options.history as i64),
@@ -233,12 +238,17 @@ impl RedisStore {
             Value::from(self.layout.doorbell(&self.keys, room).unwrap_or_default()),
             Value::from(nonce),
             Value::from(print),
+            Value::from(options.key.map(|k| k.as_str()).unwrap_or_default()),
+            Value::from(self.options.max_state_keys as i64),
         ];
         let reply: Value =
             retrying(|| self.append.evalsha_with_reload(&self.client, keys.clone(), args.clone())).await?;
         let Value::Array(parts) = reply else {
             return Err(StoreError::Protocol("append reply is not an array".into()));
         };
+        if parts.get(1).and_then(|v| v.as_i64()) == Some(3) {
+            return Ok(Appended::TooManyKeys);
+        }
         let id = reply::event_id(parts.first().unwrap_or(&Value::Null))?;
         match parts.get(1).and_then(|v| v.as_i64()) {
             Some(1) => Ok(Appended::Stored(id)),
@@ -316,6 +326,28 @@ impl RedisStore {
         Ok(Page::new(from, Vec::new(), limit, at))
     }
 
+    /// Kept events before `before` (the newest for `None`), newest first:
+    /// one `XREVRANGE` from the position itself, whose entry (when it is
+    /// one) names the predecessor the page must end at.
+    async fn read_before(
+        &self,
+        room: &RoomName,
+        before: Option<EventId>,
+        limit: usize,
+    ) -> Result<BackPage, StoreError> {
+        let start = before.map_or_else(|| "+".to_owned(), |x| x.to_string());
+        let count = limit as u64 + if before.is_some() { 2 } else { 1 };
+        let value: Value =
+            self.client.xrevrange(self.keys.room(room), start.as_str(), "-", Some(count)).await.map_err(unavailable)?;
+        let mut older = reply::entries(value)?;
+        let above = match (before, older.first()) {
+            (Some(x), Some(first)) if first.id == x => Some(older.remove(0).prev),
+            _ => None,
+        };
+        older.truncate(limit + 1);
+        Ok(BackPage::new(above, older, limit))
+    }
+
     /// Events after each position, for the live feed: one `XREAD` per
     /// group the layout allows, all at once.
     async fn read_rooms(
@@ -371,8 +403,22 @@ pub(super) async fn timed<T>(
 
 #[async_trait]
 impl EventLog for RedisStore {
-    async fn append(&self, room: &RoomName, data: Bytes, key: Option<&IdempotencyKey>) -> Result<Appended, StoreError> {
-        timed("append", self.run_append(room, key, data)).await
+    async fn append(&self, room: &RoomName, data: Bytes, options: AppendOptions<'_>) -> Result<Appended, StoreError> {
+        timed("append", self.run_append(room, options, data)).await
+    }
+
+    async fn read_back(&self, room: &RoomName, before: Option<EventId>, limit: usize) -> Result<BackPage, StoreError> {
+        timed("read_back", self.read_before(room, before, limit)).await
+    }
+
+    async fn state(&self, room: &RoomName) -> Result<Snapshot, StoreError> {
+        let keys = vec![self.keys.room(room), self.keys.floor(room), self.keys.state(room)];
+        let value: Value = timed(
+            "state",
+            retrying(|| self.state.evalsha_with_reload(&self.client, keys.clone(), Vec::<Value>::new())),
+        )
+        .await?;
+        reply::snapshot(value)
     }
 
     async fn read(&self, room: &RoomName, from: Position, limit: usize) -> Result<Page, StoreError> {

@@ -4,8 +4,8 @@ use bytes::Bytes;
 use fred::prelude::Value;
 use tracing::warn;
 
-use crate::protocol::{Event, EventId};
-use crate::store::StoreError;
+use crate::protocol::{Event, EventId, StateKey};
+use crate::store::{Snapshot, StoreError};
 
 fn protocol(what: &str) -> StoreError {
     StoreError::Protocol(what.to_owned())
@@ -44,23 +44,49 @@ fn entry(value: Value) -> Result<Event, StoreError> {
     };
     let mut prev = None;
     let mut data = None;
+    let mut key = None;
     for pair in fields.chunks(2) {
         let [name, value] = pair else { break };
         match bytes_of(name).as_deref() {
             Some(b"p") => prev = Some(event_id(value)?),
             Some(b"d") => data = bytes_of(value),
+            Some(b"k") => key = bytes_of(value).and_then(|k| StateKey::parse(std::str::from_utf8(&k).ok()?).ok()),
             _ => {}
         }
     }
     let prev = prev.ok_or_else(|| protocol("entry has no predecessor field (not written by roomcast?)"))?;
-    let data = match data {
+    Ok(Event { id, prev, data: valid_json(id, data), key })
+}
+
+/// Stored data as read, or `null` for data that is not JSON (a foreign write).
+fn valid_json(id: EventId, data: Option<Bytes>) -> Bytes {
+    match data {
         Some(d) if serde_json::from_slice::<serde::de::IgnoredAny>(&d).is_ok() => d,
         _ => {
             warn!(id = %id, "stored event data is not JSON; delivering null");
             Bytes::from_static(b"null")
         }
+    }
+}
+
+/// A state reply (see `STATE_LUA`): the position, then each key's value.
+pub(crate) fn snapshot(value: Value) -> Result<Snapshot, StoreError> {
+    let Value::Array(parts) = value else {
+        return Err(protocol("state reply is not an array"));
     };
-    Ok(Event { id, prev, data })
+    let position = event_id(parts.first().ok_or_else(|| protocol("state reply is empty"))?)?;
+    let mut values = Vec::new();
+    for pair in parts[1..].chunks(2) {
+        let [name, value] = pair else { break };
+        let (Some(name), Some(value)) = (bytes_of(name), bytes_of(value)) else { continue };
+        let Some(key) = std::str::from_utf8(&name).ok().and_then(|k| StateKey::parse(k).ok()) else { continue };
+        let Some(space) = value.iter().position(|b| *b == b' ') else { continue };
+        let id = std::str::from_utf8(&value[..space]).ok().and_then(|id| EventId::parse(id).ok());
+        let Some(id) = id else { continue };
+        let data = valid_json(id, Some(value.slice(space + 1..)));
+        values.push((key.clone(), Event { id, prev: EventId::ZERO, data, key: Some(key) }));
+    }
+    Ok(Snapshot { position, values })
 }
 
 /// An `XRANGE`/`XREVRANGE` reply.

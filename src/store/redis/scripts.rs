@@ -4,14 +4,19 @@
 /// (and, on a cluster, doorbell), atomically, at most once per call.
 ///
 /// KEYS: room stream, mailbox (the bucket's on a cluster, the store's on one
-/// Redis), room floor, and the call's record: the publish's idempotency key,
-/// or else a replay key named by the call's nonce.
+/// Redis), room floor, the call's record (the publish's idempotency key, or
+/// else a replay key named by the call's nonce), and the room's state hash.
 /// ARGV: history, data, room ttl ms, room name, signal stream length, floor
 /// ttl ms, record ttl ms, doorbell channel (empty: none), nonce, payload
-/// fingerprint (empty for a replay key).
+/// fingerprint (empty for a replay key), state key (empty: none), most
+/// state keys.
 /// Returns `{id, 1}` for an event stored by this call (now, or by an earlier
 /// send of it whose reply was lost), `{first id, 0}` for a repeated key,
-/// `{first id, 2}` for a key used with another payload.
+/// `{first id, 2}` for a key used with another payload, `{'', 3}` for a new
+/// state key past the room's limit (nothing stored).
+///
+/// A keyed event carries its key in field `k`, and becomes the key's value
+/// in the state hash (`"<id> <data>"`), which expires with the stream.
 ///
 /// Every append records `"<id> <nonce> <fingerprint>"` under KEYS[4]. fred sends a call
 /// again when the connection drops before the reply (after a Redis restart
@@ -44,6 +49,12 @@ if seen then
   if print ~= '' and ARGV[10] ~= '' and print ~= ARGV[10] then return {first, 2} end
   return {first, 0}
 end
+local skey = ARGV[11]
+if skey ~= '' and redis.call('HEXISTS', KEYS[5], skey) == 0 and redis.call('HLEN', KEYS[5]) >= tonumber(ARGV[12]) then
+  return {'', 3}
+end
+local fields = {'d', ARGV[2]}
+if skey ~= '' then fields = {'k', skey, 'd', ARGV[2]} end
 local floor = redis.call('GET', KEYS[3])
 local fid, frun
 if floor then fid, frun = string.match(floor, '^(%d+%-%d+) ?(%x*)$') end
@@ -53,7 +64,7 @@ local id
 if last[1] then
   local prev = last[1][1]
   if moved then prev = '0-2' end
-  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'p', prev, 'd', ARGV[2])
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'p', prev, unpack(fields))
 else
   local t = redis.call('TIME')
   local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -67,15 +78,35 @@ else
     fms, fseq = tonumber(fms), tonumber(fseq)
     if now > fms then ms, seq = now, 0 else ms, seq = fms, fseq + 1 end
   end
-  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], string.format('%.0f-%.0f', ms, seq), 'p', prev, 'd', ARGV[2])
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], string.format('%.0f-%.0f', ms, seq), 'p', prev, unpack(fields))
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+if skey ~= '' then redis.call('HSET', KEYS[5], skey, id .. ' ' .. ARGV[2]) end
+redis.call('PEXPIRE', KEYS[5], ARGV[3])
 redis.call('SET', KEYS[3], id .. ' ' .. run, 'PX', ARGV[6])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'r', ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 if ARGV[8] ~= '' then redis.call('SPUBLISH', ARGV[8], ARGV[4]) end
 redis.call('SET', KEYS[4], id .. ' ' .. ARGV[9] .. ' ' .. ARGV[10], 'PX', ARGV[7])
 return {id, 1}
+"#;
+
+/// A room's current state at one moment: `{end, key, value, key, value,
+/// ...}`, where the end is the stream's last ID (else the floor's, else
+/// `0-0`) and the values (`"<id> <data>"`) are read only while the stream
+/// exists (a room whose history expired or was lost has no current state).
+/// KEYS: room stream, room floor, state hash.
+pub(super) const STATE_LUA: &str = r#"
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if last[1] then
+  local out = {last[1][1]}
+  local values = redis.call('HGETALL', KEYS[3])
+  for i = 1, #values do out[i + 1] = values[i] end
+  return out
+end
+local floor = redis.call('GET', KEYS[2])
+local fid = floor and string.match(floor, '^(%d+%-%d+)')
+return {fid or '0-0'}
 "#;
 
 /// A live subscriber's starting position: the room's end, or a fresh
