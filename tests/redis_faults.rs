@@ -327,3 +327,52 @@ async fn a_node_started_before_its_redis_serves_and_becomes_ready() {
     let (events, _) = early.events("early", 1).await;
     assert_eq!(events[0].0, id);
 }
+
+/// A state subscriber never keeps believing values from before a loss: the
+/// `gap` is followed by the current state, read again from the store.
+#[tokio::test]
+async fn after_a_loss_a_state_subscriber_gets_the_gap_then_the_current_state() {
+    let d = Deployment::redis(2, &[]);
+    let redis = d.redis.as_ref().unwrap();
+    let publish_lead = |node: usize, value: Value| {
+        let url = d.node(node).http("/rooms/auction/events?key=lead");
+        async move {
+            let response = reqwest::Client::new().post(url).json(&value).send().await.unwrap();
+            assert_eq!(response.status(), 201);
+            response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let before = publish_lead(1, json!(100)).await;
+    let mut viewer = Client::connect(&d.node(0).ws_url("?room=auction&state=1")).await;
+    viewer.expect_type("subscribed").await;
+    let state = viewer.expect_type("state").await;
+    assert_eq!(state["values"]["lead"]["id"], json!(before));
+    assert_eq!(redis.command(&["FLUSHALL"]).as_deref(), Some("+OK"));
+    let after = publish_lead(1, json!(5)).await;
+    // Merging frames as a client does: a state replaces the values, a keyed
+    // event newer than a value takes its place.
+    let mut lead: Option<(String, Value)> = Some((before.clone(), json!(100)));
+    let (mut gap, mut restated) = (false, false);
+    while lead.as_ref().map(|(id, _)| id) != Some(&after) || !restated {
+        let frame = viewer.next().await.unwrap();
+        match frame["type"].as_str() {
+            Some("gap") => gap = true,
+            Some("state") => {
+                assert!(gap, "a fresh state follows the gap: {frame}");
+                restated = true;
+                let value = &frame["values"]["lead"];
+                assert_ne!(value["id"], json!(before), "the lost value is not restated as current");
+                lead = value["id"].as_str().map(|id| (id.to_owned(), value["data"].clone()));
+            }
+            Some("events") => {
+                for e in frame["events"].as_array().unwrap() {
+                    if e["key"] == "lead" {
+                        lead = Some((e["id"].as_str().unwrap().to_owned(), e["data"].clone()));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(lead, Some((after, json!(5))), "the value from before the loss is not current any more");
+}
