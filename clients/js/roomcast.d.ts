@@ -6,7 +6,20 @@ export type State = "connecting" | "connected" | "disconnected" | "closed";
 /** One stored event: its id (the resume token) and the published value. */
 export interface RoomEvent<T = unknown> {
   id: string;
+  /** The state key this event is the value of, for a keyed event. */
+  key?: string;
   data: T;
+}
+
+/** A room's current values by state key. */
+export type StateValues = Record<string, { id: string; data: unknown }>;
+
+/** A page of history read backwards. */
+export interface HistoryPage {
+  /** Oldest first. */
+  events: RoomEvent[];
+  /** Older events are still kept: read on with `before` = `events[0].id`. */
+  more: boolean;
 }
 
 /** Options of {@link connect}. Delays are in milliseconds. */
@@ -33,6 +46,8 @@ export interface ConnectOptions {
   autoRefresh?: boolean;
   /** Refresh the token this long before it expires (default 30000). */
   refreshBefore?: number;
+  /** A `fetch` for {@link Subscription.history} (default: the global one). */
+  fetch?: unknown;
 }
 
 /** Options of {@link Client.subscribe}. */
@@ -41,6 +56,10 @@ export interface SubscribeOptions {
   lastEventId?: string;
   /** Also receive the room's audience count. */
   audience?: boolean;
+  /** Start with the room's last N kept events (1-1000), then live. Ignored beside `lastEventId`. */
+  rewind?: number;
+  /** Start with the room's current values (`sub.state`, the `state` event). */
+  state?: boolean;
 }
 
 /** Options of {@link Client.publish}. */
@@ -49,6 +68,8 @@ export interface PublishOptions {
   idempotencyKey?: string;
   /** Overrides `publishTimeout` for this publish. */
   timeout?: number;
+  /** Makes the event this state key's current value in the room. */
+  key?: string;
 }
 
 /** An error the node answered with, or one of the client's own codes ("timeout", "closed", "queue_full", "token_expired"). */
@@ -68,6 +89,8 @@ interface SubscriptionEvents {
   audience: { count: number };
   /** One window's reactions to the room, summed over every node. */
   reactions: { counts: Record<string, number> };
+  /** The values changed: a state frame (with its position) or a newer keyed event. */
+  state: { values: StateValues; lastEventId?: string };
 }
 
 /** One followed room. */
@@ -76,6 +99,10 @@ export interface Subscription {
   /** The id of the last event delivered: where a resume continues. */
   readonly lastEventId: string | undefined;
   readonly active: boolean;
+  /** The room's current values by key (with `state: true`). */
+  readonly state: StateValues;
+  /** Reads history backwards over HTTP: before `before` (default the newest), `limit` events (default 50). */
+  history(options?: { before?: string; limit?: number }): Promise<HistoryPage>;
   on<K extends keyof SubscriptionEvents>(type: K, fn: (value: SubscriptionEvents[K]) => void): Off;
   once<K extends keyof SubscriptionEvents>(type: K, fn: (value: SubscriptionEvents[K]) => void): Off;
   off<K extends keyof SubscriptionEvents>(type: K, fn: (value: SubscriptionEvents[K]) => void): void;

@@ -94,13 +94,17 @@ function randomKey() {
   return Date.now().toString(36) + Math.random().toString(36).slice(2);
 }
 
-/** One room followed by a client; emits `event`, `gap`, `subscribed`, `error`, `audience`, `reactions`. */
+/** One room followed by a client; emits `event`, `gap`, `subscribed`, `state`, `error`, `audience`, `reactions`. */
 class Subscription extends Emitter {
   constructor(client, room, options) {
     super();
     this.client = client;
     this.room = room;
     this.audience = !!options.audience;
+    this.rewind = options.rewind;
+    this.wantsState = !!options.state;
+    /** The room's current values by key, `{ id, data }` each (with `state: true`). */
+    this.state = {};
     /** The id of the last event delivered (the resume token). */
     this.lastEventId = options.lastEventId;
     // Events at or below this id were delivered already; null after a gap
@@ -111,8 +115,12 @@ class Subscription extends Emitter {
 
   _frame() {
     const f = { type: "subscribe", room: this.room };
+    // A rewind applies to the first subscribe only: after it, the
+    // subscription resumes from what it delivered.
     if (this.lastEventId !== undefined) f.last_event_id = this.lastEventId;
+    else if (this.rewind) f.rewind = this.rewind;
     if (this.audience) f.audience = true;
+    if (this.wantsState) f.state = true;
     return f;
   }
 
@@ -121,8 +129,35 @@ class Subscription extends Emitter {
       if (!this.active) return;
       if (this._floor !== null && cmp(e.id, this._floor) <= 0) continue;
       this._floor = this.lastEventId = e.id;
+      if (e.key !== undefined) this._value(e.key, e.id, e.data);
       this._emit("event", e);
     }
+  }
+
+  /** A keyed event newer than the value held becomes the key's value. */
+  _value(key, id, data) {
+    const held = this.state[key];
+    if (!held || cmp(id, held.id) > 0) this._set(key, id, data);
+  }
+
+  _set(key, id, data) {
+    this.state = { ...this.state, [key]: { id, data } };
+    this._emit("state", { values: this.state });
+  }
+
+  /** A state frame replaces every value (values from before a gap may be gone). */
+  _state(frame) {
+    this.state = { ...frame.values };
+    this._emit("state", { values: this.state, lastEventId: frame.last_event_id });
+  }
+
+  /**
+   * Reads the room's history backwards over HTTP: up to `limit` events
+   * just before `before` (default: the newest), oldest first, and whether
+   * older ones are kept (`more`).
+   */
+  async history({ before, limit = 50 } = {}) {
+    return this.client._history(this.room, before, limit);
   }
 
   _subscribed(frame) {
@@ -334,6 +369,8 @@ class Client extends Emitter {
         return sub?._gap(f.after);
       case "subscribed":
         return sub?._subscribed(f);
+      case "state":
+        return sub?._state(f);
       case "unsubscribed":
         if (this._leaving.delete(f.room)) return;
         // The node dropped the room (a refreshed token no longer covers it).
@@ -381,9 +418,23 @@ class Client extends Emitter {
     p.size = this._send(p.frame);
   }
 
+  /** GETs a page of `room`'s history before `before` from the node in use. */
+  async _history(room, before, limit) {
+    const f = this.options.fetch || globalThis.fetch;
+    const ws = new URL(this.urls[Math.max(this._url, 0)]);
+    const base = `${ws.protocol === "wss:" ? "https:" : "http:"}//${ws.host}${ws.pathname.replace(/\/ws$/, "")}`;
+    const query = `before=${encodeURIComponent(before ?? "latest")}&limit=${limit}`;
+    const headers = this.token ? { authorization: `Bearer ${this.token}` } : {};
+    const response = await f(`${base}/rooms/${encodeURIComponent(room)}/events?${query}`, { headers });
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) throw new RoomcastError(body.error || "http_" + response.status, body.message);
+    return { events: body.events, more: body.more };
+  }
+
   /**
-   * Follows `room`; `lastEventId` resumes after that event, `audience`
-   * asks for the room's audience count.
+   * Follows `room`; `lastEventId` resumes after that event, `rewind: N`
+   * starts with the room's last N events, `state: true` with its current
+   * values (`sub.state`), `audience` asks for the room's audience count.
    */
   subscribe(room, options = {}) {
     if (this.subs.has(room)) throw new RoomcastError("already_subscribed", `already subscribed to ${room}`);
@@ -415,6 +466,7 @@ class Client extends Emitter {
     return new Promise((resolve, reject) => {
       const ref = ++this._ref;
       const frame = { type: "publish", room, data, ref, idempotency_key: options.idempotencyKey || randomKey() };
+      if (options.key !== undefined) frame.key = options.key;
       const p = { frame, resolve, reject };
       p.timer = setTimeout(() => {
         this._pending.delete(ref);

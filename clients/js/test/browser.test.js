@@ -78,6 +78,36 @@ describe("in Chromium", () => {
     await page.close();
   });
 
+  test("the demo page opens with the last 50 messages and the current values, and loads older ones", async () => {
+    const ids = [];
+    for (let i = 0; i < 70; i++) ids.push(await publish(a, "late-1", { text: `message ${i}` }));
+    const keyed = await fetch(`${b.http}/rooms/late-1/events?key=score`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify("2 : 1"),
+    }).then((r) => r.json());
+    ids.push(keyed.id);
+    const page = await browser.newPage();
+    await page.goto(`${a.http}/?room=late-1`);
+    await page.locator(`#events li[data-id="${keyed.id}"]`).waitFor();
+    const shown = () => page.locator("#events li").evaluateAll((lis) => lis.map((li) => li.dataset.id));
+    assert.deepEqual(await shown(), ids.slice(-50), "the last 50, oldest first");
+    assert.equal(await page.locator('#values .value[data-key="score"]').textContent(), "score2 : 1");
+    // Older messages, a page at a time.
+    await page.click("#older");
+    await until(async () => (await shown()).length === 71, "the older messages");
+    assert.deepEqual(await shown(), ids);
+    await page.locator("#older").waitFor({ state: "hidden" });
+    // A new value replaces the shown one.
+    await fetch(`${b.http}/rooms/late-1/events?key=score`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify("3 : 1"),
+    });
+    await page.locator('#values .value[data-key="score"]', { hasText: "3 : 1" }).waitFor();
+    await page.close();
+  });
+
   test("the client module keeps every event once and in order while its nodes restart", async () => {
     const page = await browser.newPage();
     await page.goto(`${a.http}/client.js`);

@@ -81,6 +81,38 @@ describe("the client on two nodes and one Redis", () => {
     client.close();
   });
 
+  test("a late viewer rewinds, gets the state, scrolls back, and follows keyed events", async () => {
+    const ids = [];
+    for (let i = 0; i < 30; i++) ids.push(await publish(a, "join-1", { n: i }));
+    const lead = await fetch(`${b.http}/rooms/join-1/events?key=lead`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ bid: 10 }),
+    }).then((r) => r.json());
+    ids.push(lead.id);
+    const client = connect([b.ws], { WebSocket });
+    const sub = client.subscribe("join-1", { rewind: 10, state: true });
+    const got = collect(sub);
+    const states = [];
+    sub.on("state", (s) => states.push(s));
+    await until(() => got.ids.length === 10, "the rewound events");
+    assert.deepEqual(got.ids, ids.slice(-10), "the last 10, oldest first");
+    assert.deepEqual(sub.state, { lead: { id: lead.id, data: { bid: 10 } } });
+    assert.equal(states[0].lastEventId, lead.id, "the state frame says where it stands");
+    // Scrolling back from the oldest shown.
+    const older = await sub.history({ before: got.ids[0], limit: 15 });
+    assert.deepEqual(older.events.map((e) => e.id), ids.slice(6, 21));
+    assert.equal(older.more, true);
+    const newest = await sub.history({ limit: 2 });
+    assert.deepEqual(newest.events.map((e) => e.id), ids.slice(-2));
+    // A keyed publish from this client moves the value; live events follow.
+    const id = await client.publish("join-1", { bid: 12 }, { key: "lead" });
+    await until(() => sub.state.lead?.id === id, "the new lead");
+    assert.deepEqual(sub.state.lead.data, { bid: 12 });
+    await assert.rejects(client.publish("join-1", 1, { key: "two words" }), (e) => e.code === "bad_key");
+    client.close();
+  });
+
   test("audience and reactions reach the subscription", async () => {
     const watcher = connect(a.ws, { WebSocket });
     const sub = watcher.subscribe("live-1", { audience: true });

@@ -17,3 +17,10 @@ client
 offState();
 sub.unsubscribe();
 client.close();
+
+// Joining a live show: rewind, state, history backwards, keyed publishes.
+const late = connect("ws://a/ws").subscribe("auction-7", { rewind: 50, state: true });
+late.on("state", ({ values, lastEventId }) => console.log(values["lead"]?.data, lastEventId));
+const lead: { id: string; data: unknown } | undefined = late.state["lead"];
+late.history({ before: lead?.id, limit: 20 }).then(({ events, more }) => console.log(events[0]?.key, more));
+void connect("ws://a/ws").publish("auction-7", { bid: 12 }, { key: "lead" });
