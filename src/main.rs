@@ -32,6 +32,9 @@ enum Command {
     /// One share of a benchmark's subscribers, in a process of its own.
     #[command(hide = true)]
     BenchSubscribers(roomcast_bench::spread::SubscriberArgs),
+    /// One share of the join-storm preset's viewers, in a process of its own.
+    #[command(hide = true)]
+    BenchJoiners(roomcast_bench::joinstorm::JoinerArgs),
 }
 
 /// `EX_USAGE`: bad command line or configuration.
@@ -98,6 +101,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("bench subscribers: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::BenchJoiners(args) => match roomcast_bench::joinstorm::joiners_main(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench joiners: {e:#}");
                 ExitCode::FAILURE
             }
         },

@@ -38,6 +38,10 @@ use crate::store::{Page, Position, StoreError};
 /// Payload bytes one page served from a room's recent events holds at most
 /// (past its first event), like a page read from the store.
 const PAGE_BYTES: usize = 1 << 20;
+/// Local subscribers from which a room keeps its newest events for the
+/// joiners and resumes after them: fewer are served from the store, since
+/// the memory would cost more than the reads it saves.
+const CROWD: usize = 8;
 /// Times a join re-reads the state when the feed moved past the read.
 const STATE_READS: usize = 3;
 
@@ -192,7 +196,9 @@ impl Hub {
         };
         let from_memory = |entry: &RoomEntry| {
             let mut members = write(&entry.members);
-            members.recent.want(n);
+            if members.by_conn.len() >= CROWD {
+                members.recent.want(n);
+            }
             let end = members.end(entry.start.get())?;
             members.recent.rewind(n, end)
         };
@@ -213,7 +219,7 @@ impl Hub {
             None => newest.events.first().map_or(Position::Oldest, |e| Position::After(e.prev)),
         };
         let mut members = write(&entry.members);
-        if let Some(end) = members.end(entry.start.get()) {
+        if let Some(end) = members.end(entry.start.get()).filter(|_| members.recent.wanted() > 0) {
             members.recent.backfill(newest.events, !newest.more, end);
         }
         Ok(at)
@@ -238,8 +244,11 @@ impl Hub {
         }
         let fill = {
             let mut members = write(&entry.members);
-            let short = members.recent.wanted() < RESUME_KEEP;
-            members.recent.want(RESUME_KEEP);
+            let crowd = members.by_conn.len() >= CROWD;
+            let short = crowd && members.recent.wanted() < RESUME_KEEP;
+            if crowd {
+                members.recent.want(RESUME_KEEP);
+            }
             short
         };
         if fill {

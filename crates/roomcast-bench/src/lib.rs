@@ -11,6 +11,7 @@ mod bench;
 pub mod catchup;
 pub mod chaos;
 pub mod decode;
+pub mod joinstorm;
 pub mod live;
 pub mod load;
 mod presets;
@@ -63,6 +64,10 @@ pub enum Preset {
     /// One node on Redis, a room of 3,200 events of 16 KB (52 MB): one client
     /// resumes from its start and reads to the end, then 100 at once.
     CatchUp,
+    /// One room of 10,000 events at 20 msg/s; 20,000 viewers join within
+    /// 5 s over 2 nodes with rewind 50 and the state; then the same done
+    /// the earlier way (history over HTTP, then a resume).
+    JoinStorm,
     /// A few seconds at small scale, with a storm (the test suite runs it).
     Smoke,
 }
@@ -116,6 +121,10 @@ pub struct BenchArgs {
     /// Loopback source addresses to spread connections over (127.0.0.2 and up).
     #[arg(long, default_value_t = 8)]
     pub source_ips: u8,
+    /// `join-storm`: also run the earlier way against nodes of this binary
+    /// (an older build), beside this build.
+    #[arg(long)]
+    pub node_binary: Option<PathBuf>,
     /// Where to write the JSON report (default: target/bench/<preset>.json).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -155,6 +164,7 @@ pub fn main(args: BenchArgs) -> anyhow::Result<bool> {
             Some(Preset::Rooms) => presets::rooms(&mut bench).await?,
             Some(Preset::Cluster) => presets::cluster(&mut bench).await?,
             Some(Preset::CatchUp) => presets::catch_up().await?,
+            Some(Preset::JoinStorm) => presets::join_storm(args.node_binary.clone()).await?,
             Some(Preset::ResumeStorm) => presets::resume_storm(&mut bench).await?,
         };
         let Verdict { clean, summary, charted } = verdict;

@@ -170,9 +170,8 @@ pub async fn reactions(target: &Target, viewers: usize, seconds: u64) -> anyhow:
     })
 }
 
-/// Total commands Redis processed so far (`INFO stats`).
-/// Commands processed so far, summed over `servers`.
-async fn redis_commands(servers: &[String]) -> anyhow::Result<u64> {
+/// Commands Redis processed so far (`INFO stats`), summed over `servers`.
+pub(crate) async fn redis_commands(servers: &[String]) -> anyhow::Result<u64> {
     let mut total = 0;
     for server in servers {
         total += server_commands(server).await?;

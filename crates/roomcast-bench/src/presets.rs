@@ -356,6 +356,12 @@ pub(crate) async fn catch_up() -> anyhow::Result<Verdict> {
     Ok(Verdict { clean, summary, charted: None })
 }
 
+/// 20,000 viewers join one room within 5 s, with rewind and state.
+pub(crate) async fn join_storm(baseline: Option<std::path::PathBuf>) -> anyhow::Result<Verdict> {
+    let (clean, summary) = crate::joinstorm::run(baseline).await?;
+    Ok(Verdict { clean, summary, charted: None })
+}
+
 /// 2,000 subscribers drop at once mid-run and resume, at 500 msg/s.
 pub(crate) async fn resume_storm(bench: &mut Bench) -> anyhow::Result<Verdict> {
     let o = bench

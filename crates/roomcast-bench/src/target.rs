@@ -153,7 +153,12 @@ fn redis_reply(port: u16, command: &str) -> Option<String> {
 
 /// Starts this binary with `args`, waiting for its "listening addr=" line.
 pub fn spawn_self(name: &str, args: &[String]) -> anyhow::Result<(Spawned, SocketAddr)> {
-    let mut command = Command::new(std::env::current_exe()?);
+    spawn_binary(&std::env::current_exe()?, name, args)
+}
+
+/// Starts a node from `binary` (another build, for a comparison) with `args`.
+pub fn spawn_binary(binary: &std::path::Path, name: &str, args: &[String]) -> anyhow::Result<(Spawned, SocketAddr)> {
+    let mut command = Command::new(binary);
     command.args(args).env("RUST_LOG", "warn,roomcast=info");
     let (child, addr) = crate::spawn::node(command, Duration::from_secs(20), |_| {})?;
     Ok((Spawned { child, name: name.to_owned() }, addr))
@@ -209,7 +214,7 @@ impl TargetSpec {
 /// (`--threads`): measured on the fanout preset, two 2-thread nodes on two
 /// cores had p99 230-255 ms and 6.5 CPU-s per million, two 1-thread nodes
 /// 133 ms and 5.4.
-fn node_args(listen: &str, nodes: usize) -> Vec<String> {
+pub(crate) fn node_args(listen: &str, nodes: usize) -> Vec<String> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let threads = (cores / nodes.max(1)).max(1).to_string();
     [
