@@ -32,6 +32,9 @@ pub struct Claims {
     /// Room patterns the holder may publish to.
     #[serde(default)]
     pub publish: Vec<String>,
+    /// Room patterns the holder moderates (edits, deletes, bans, settings).
+    #[serde(default)]
+    pub moderate: Vec<String>,
 }
 
 /// What a request or connection is allowed to do.
@@ -165,6 +168,16 @@ impl Grant {
             Grant::Open | Grant::ApiKey => true,
             Grant::Anonymous => false,
             Grant::Token(claims) => claims.publish.iter().any(|p| glob_match(p, room.as_str())),
+        }
+    }
+
+    /// May moderate `room`: the API key, a token whose `moderate` patterns
+    /// cover it, or anyone on an open node (which has no credentials at all).
+    pub fn may_moderate(&self, room: &RoomName) -> bool {
+        match self {
+            Grant::Open | Grant::ApiKey => true,
+            Grant::Anonymous => false,
+            Grant::Token(claims) => claims.moderate.iter().any(|p| glob_match(p, room.as_str())),
         }
     }
 

@@ -141,6 +141,7 @@ mod tests {
             exp: u64::MAX,
             rooms: vec!["*".into()],
             publish: vec!["*".into()],
+            moderate: vec![],
         })
     }
 

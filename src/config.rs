@@ -44,6 +44,32 @@ pub struct ServeArgs {
     /// Who may do what.
     #[command(flatten)]
     pub auth: AuthSettings,
+    /// What the node tells the application's backend, and asks it.
+    #[command(flatten)]
+    pub backend: BackendSettings,
+}
+
+/// The application's backend: the publish hook and the signing secret.
+#[derive(Clone, Debug, Args)]
+pub struct BackendSettings {
+    /// URL the node asks before storing a client's publish (WebSocket, or
+    /// HTTP with a token): the backend approves, rewrites or refuses it.
+    #[arg(long = "publish-hook", env = "ROOMCAST_PUBLISH_HOOK")]
+    pub publish_hook: Option<String>,
+
+    /// Milliseconds the publish hook has to answer.
+    #[arg(long = "publish-hook-timeout-ms", env = "ROOMCAST_PUBLISH_HOOK_TIMEOUT_MS", default_value = "2000", value_parser = millis)]
+    pub publish_hook_timeout: Duration,
+
+    /// Store a publish as sent when the hook fails or does not answer
+    /// (default: refuse it with `hook_unavailable`).
+    #[arg(long = "publish-hook-fail-open", env = "ROOMCAST_PUBLISH_HOOK_FAIL_OPEN")]
+    pub publish_hook_fail_open: bool,
+
+    /// Secret that signs the node's requests to the backend
+    /// (`Roomcast-Signature: sha256=<HMAC-SHA256 of the body>`).
+    #[arg(long = "webhook-secret", env = "ROOMCAST_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
 }
 
 /// Parses whole seconds into a duration.
@@ -250,6 +276,8 @@ pub struct Config {
     pub auth: Auth,
     /// Browser origins allowed.
     pub origins: Origins,
+    /// The application's backend.
+    pub backend: BackendSettings,
 }
 
 impl Config {
@@ -294,7 +322,15 @@ impl TryFrom<ServeArgs> for Config {
     type Error = ConfigError;
 
     fn try_from(a: ServeArgs) -> Result<Self, ConfigError> {
-        let ServeArgs { node, store, redis, limits: l, auth } = a;
+        let ServeArgs { node, store, redis, limits: l, auth, backend } = a;
+        if let Some(url) = &backend.publish_hook {
+            check(url.starts_with("http://") || url.starts_with("https://"), || {
+                format!("--publish-hook {url:?} must be an http:// or https:// URL")
+            })?;
+        }
+        check((Duration::from_millis(10)..=Duration::from_secs(60)).contains(&backend.publish_hook_timeout), || {
+            "--publish-hook-timeout-ms must be between 10 and 60000".into()
+        })?;
         if let Some(url) = &redis.url {
             check(url.starts_with("redis://") || url.starts_with("rediss://"), || {
                 format!("--redis {url:?} must be a redis:// URL")
@@ -359,7 +395,7 @@ impl TryFrom<ServeArgs> for Config {
         };
         let auth = Auth::new(jwt, api_key).map_err(|e| ConfigError(format!("--jwt-public-key: {e}")))?;
         let origins = Origins::parse(allowed_origins.as_deref());
-        Ok(Config { node, node_id, store, redis, limits: l, auth, origins })
+        Ok(Config { node, node_id, store, redis, limits: l, auth, origins, backend })
     }
 }
 

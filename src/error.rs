@@ -11,4 +11,7 @@ pub enum Error {
     /// Serving failed.
     #[error("serving failed: {0}")]
     Io(#[from] std::io::Error),
+    /// A part of the node could not be set up (its HTTP client, say).
+    #[error("setting up: {0}")]
+    Setup(String),
 }

@@ -30,6 +30,7 @@ pub mod http;
 pub mod hub;
 pub mod live;
 pub mod metrics;
+pub mod moderation;
 pub mod protocol;
 pub mod publish;
 pub mod server;
@@ -55,9 +56,11 @@ pub use crate::error::Error;
 
 use crate::app::App;
 use crate::auth::Origins;
-use crate::http::{health, history, rooms, web};
+use crate::http::{health, history, moderation as moderating, rooms, web};
 use crate::hub::Hub;
 use crate::live::Live;
+use crate::moderation::hook::PublishHook;
+use crate::moderation::Moderation;
 use crate::publish::Publisher;
 use crate::server::AcceptLimits;
 use crate::session::{Context, SessionLimits};
@@ -82,6 +85,9 @@ fn router(app: Arc<App>) -> Router {
         .route("/rooms/{room}/events", get(history::list).post(http::publish::create))
         .route("/rooms/{room}/sse", get(sse::handler))
         .route("/rooms/{room}/state", get(rooms::state))
+        .route("/rooms/{room}/bans", get(moderating::bans).post(moderating::ban))
+        .route("/rooms/{room}/bans/{sub}", axum::routing::delete(moderating::unban))
+        .route("/rooms/{room}/settings", get(moderating::settings).put(moderating::put_settings))
         // Before the CORS layer, so a preflight (OPTIONS) is answered by it.
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(cors(app.config.origins.clone()));
@@ -90,6 +96,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/", get(web::demo))
         .route("/client.js", get(web::client))
         .route("/ws", get(ws::handler))
+        .route("/users/{sub}/disconnect", axum::routing::post(moderating::disconnect))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(http::not_found)
@@ -153,14 +160,37 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     }
     hub.spawn_heartbeat(config.node.heartbeat, shutdown.clone(), &tracker);
     let live = Arc::new(Live::default());
-    live::spawn(live.clone(), hub.clone(), store.clone(), config.node_id.clone(), shutdown.clone(), &tracker);
+    let moderation = Arc::new(Moderation::new(store.clone(), hub.clone(), config.node_id.clone()));
+    live::spawn(
+        live.clone(),
+        hub.clone(),
+        store.clone(),
+        moderation.clone(),
+        config.node_id.clone(),
+        shutdown.clone(),
+        &tracker,
+    );
 
     if config.auth.is_open() {
         warn!("no --jwt-secret, --jwt-public-key or --api-key: this node is OPEN, anyone who can reach it may publish and subscribe");
     }
     let limits = SessionLimits::from(&config.limits);
     let grace = config.node.shutdown_grace;
-    let publisher = Publisher::new(store.clone(), limits.max_payload, config.limits.new_rooms_per_minute);
+    let backend = &config.backend;
+    let hook = match &backend.publish_hook {
+        Some(url) => Some(
+            PublishHook::new(
+                url.clone(),
+                backend.webhook_secret.clone(),
+                backend.publish_hook_timeout,
+                backend.publish_hook_fail_open,
+            )
+            .map_err(Error::Setup)?,
+        ),
+        None => None,
+    };
+    let publisher =
+        Publisher::new(store.clone(), limits.max_payload, config.limits.new_rooms_per_minute, moderation, hook);
     let sessions = Arc::new(Context { hub, log: store.clone(), live, publisher, limits });
     let app = Arc::new(App {
         config,

@@ -47,7 +47,7 @@ const HISTOGRAMS: &[&str] = &["roomcast_delivery_delay_seconds", "roomcast_reade
 
 /// The store operations whose latency is measured (`op` label).
 pub const STORE_OPS: &[&str] =
-    &["append", "read", "read_back", "state", "tail", "anchor", "read_many", "ping", "epoch"];
+    &["append", "read", "read_back", "state", "rules", "tail", "anchor", "read_many", "ping", "epoch"];
 
 /// Installs the recorder on first call; later calls return the same handle.
 /// `None` if another recorder was installed first.

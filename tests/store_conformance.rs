@@ -147,7 +147,7 @@ mod cases {
         let empty = f.store.state(&r).await.unwrap();
         assert!(empty.values.is_empty() && empty.position.is_zero());
         let (bid, lot) = (StateKey::parse("bid").unwrap(), StateKey::parse("lot-17").unwrap());
-        let keyed = |key| AppendOptions { idempotency: None, key: Some(key) };
+        let keyed = |key| AppendOptions { key: Some(key), ..Default::default() };
         let first_lot = f.store.append(&r, data(1), keyed(&lot)).await.unwrap().id().unwrap();
         for i in 0..60 {
             f.store.append(&r, data(100 + i), keyed(&bid)).await.unwrap();
@@ -177,18 +177,56 @@ mod cases {
         for i in 0..3 {
             let k = key(i);
             assert!(matches!(
-                f.store.append(&r, data(i), AppendOptions { idempotency: None, key: Some(&k) }).await.unwrap(),
+                f.store.append(&r, data(i), AppendOptions { key: Some(&k), ..Default::default() }).await.unwrap(),
                 Appended::Stored(_)
             ));
         }
         let (k3, k0) = (key(3), key(0));
-        let refused = f.store.append(&r, data(3), AppendOptions { idempotency: None, key: Some(&k3) }).await.unwrap();
+        let refused = f.store.append(&r, data(3), AppendOptions { key: Some(&k3), ..Default::default() }).await.unwrap();
         assert_eq!(refused, Appended::TooManyKeys);
         // Nothing was stored; a known key still takes new values.
         assert_eq!(f.store.read(&r, Position::Oldest, 10).await.unwrap().events.len(), 3);
-        let again = f.store.append(&r, data(9), AppendOptions { idempotency: None, key: Some(&k0) }).await.unwrap();
+        let again = f.store.append(&r, data(9), AppendOptions { key: Some(&k0), ..Default::default() }).await.unwrap();
         assert!(matches!(again, Appended::Stored(_)));
         assert_eq!(f.store.state(&r).await.unwrap().values.len(), 3);
+    }
+
+    pub async fn bans_and_settings_are_kept_per_room(f: Fixture) {
+        use roomcast::store::RoomSettings;
+        let (r, other) = (room("stage"), room("stage-2"));
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        assert_eq!(f.store.room_rules(&r).await.unwrap(), Default::default());
+        f.store.ban(&r, "troll", now + 60_000).await.unwrap();
+        f.store.ban(&r, "spammer", now + 1).await.unwrap();
+        f.store.set_settings(&r, RoomSettings { slow_mode_ms: 3_000 }).await.unwrap();
+        let rules = f.store.room_rules(&r).await.unwrap();
+        assert_eq!(rules.banned_until("troll", now), Some(now + 60_000));
+        assert_eq!(rules.settings.slow_mode_ms, 3_000);
+        assert_eq!(f.store.room_rules(&other).await.unwrap(), Default::default(), "rules are per room");
+        assert!(f.store.unban(&r, "troll").await.unwrap());
+        assert!(!f.store.unban(&r, "troll").await.unwrap(), "nothing to lift twice");
+        assert_eq!(f.store.room_rules(&r).await.unwrap().banned_until("troll", now), None);
+    }
+
+    pub async fn slow_mode_lets_each_publisher_publish_once_per_interval(f: Fixture) {
+        use roomcast::store::Slow;
+        let r = room("slow");
+        let slow = |publisher| AppendOptions { slow: Some(Slow { publisher, interval_ms: 60_000 }), ..Default::default() };
+        assert!(matches!(f.store.append(&r, data(1), slow("ann")).await.unwrap(), Appended::Stored(_)));
+        let early = f.store.append(&r, data(2), slow("ann")).await.unwrap();
+        assert!(
+            matches!(early, Appended::SlowMode { retry_after_ms } if (1..=60_000).contains(&retry_after_ms)),
+            "{early:?}"
+        );
+        assert!(matches!(f.store.append(&r, data(3), slow("bob")).await.unwrap(), Appended::Stored(_)));
+        // Concurrent publishes of one publisher: exactly one gets through.
+        let outcomes = futures::future::join_all((0..10).map(|i| {
+            let (store, r) = (f.store.clone(), r.clone());
+            async move { store.append(&r, data(i), slow("cat")).await.unwrap() }
+        }))
+        .await;
+        assert_eq!(outcomes.iter().filter(|o| matches!(o, Appended::Stored(_))).count(), 1, "{outcomes:?}");
+        assert_eq!(f.store.read(&r, Position::Oldest, 100).await.unwrap().events.len(), 3);
     }
 
     pub async fn ids_increase_and_chain(f: Fixture) {
@@ -758,6 +796,19 @@ macro_rules! conformance {
                 let mut opts = options(1000, Duration::from_secs(60));
                 opts.max_state_keys = 3;
                 cases::a_room_keeps_at_most_its_state_keys($store(opts).await).await
+            }
+
+            #[tokio::test]
+            async fn bans_and_settings_are_kept_per_room() {
+                cases::bans_and_settings_are_kept_per_room($store(options(1000, Duration::from_secs(60))).await).await
+            }
+
+            #[tokio::test]
+            async fn slow_mode_lets_each_publisher_publish_once_per_interval() {
+                cases::slow_mode_lets_each_publisher_publish_once_per_interval(
+                    $store(options(1000, Duration::from_secs(60))).await,
+                )
+                .await
             }
 
             #[tokio::test]

@@ -13,18 +13,31 @@ pub struct Refusal {
     status: StatusCode,
     code: ErrorCode,
     message: String,
+    retry_after_ms: Option<u64>,
 }
 
 impl Refusal {
     /// A refusal with this status and error body.
     pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
-        Refusal { status, code, message: message.into() }
+        Refusal { status, code, message: message.into(), retry_after_ms: None }
+    }
+
+    /// The same refusal, saying when a retry makes sense (`retry_after_ms`
+    /// in the body, `Retry-After` in seconds).
+    pub fn retry_after(mut self, ms: Option<u64>) -> Self {
+        self.retry_after_ms = ms;
+        self
     }
 }
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        error_response(self.status, self.code, &self.message)
+        let Some(ms) = self.retry_after_ms else {
+            return error_response(self.status, self.code, &self.message);
+        };
+        let body = serde_json::json!({ "error": self.code.as_str(), "message": self.message, "retry_after_ms": ms });
+        let seconds = ms.div_ceil(1000).to_string();
+        (self.status, [(axum::http::header::RETRY_AFTER, seconds)], Json(body)).into_response()
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod error;
 pub mod health;
 pub mod history;
+pub mod moderation;
 pub mod publish;
 pub mod rooms;
 pub mod web;

@@ -14,7 +14,6 @@ use serde::Deserialize;
 use super::{forbidden, Params, Publishing, Refusal};
 use crate::app::App;
 use crate::protocol::{msgpack_to_value, ErrorCode, IdempotencyKey, InvalidIdempotencyKey, StateKey};
-use crate::store::AppendOptions;
 
 /// Query parameters of a publish.
 #[derive(Debug, Deserialize)]
@@ -22,7 +21,7 @@ pub struct PublishQuery {
     /// The state key the event becomes the value of.
     key: Option<String>,
 }
-use crate::publish::{Published, Refused, Via};
+use crate::publish::{Publication, Published, Refused, Via};
 
 /// Appends the body (JSON, or MessagePack with `Content-Type:
 /// application/msgpack`) through the node's publish path and answers
@@ -55,8 +54,16 @@ pub async fn create(
             Refusal::new(StatusCode::BAD_REQUEST, ErrorCode::BadIdempotencyKey, InvalidIdempotencyKey.to_string())
         })?),
     };
-    let options = AppendOptions { idempotency: key.as_ref(), key: state_key.as_ref() };
-    let published = app.sessions.publisher.publish(&grant, None, &room, &value, options, Via::Http).await;
+    let publication = Publication {
+        grant: &grant,
+        anonymous: None,
+        room: &room,
+        data: value,
+        idempotency: key.as_ref(),
+        key: state_key.as_ref(),
+        via: Via::Http,
+    };
+    let published = app.sessions.publisher.publish(publication, None).await;
     match published {
         Ok(Published::Stored(id)) => Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response()),
         // A repeat of an idempotent publish: the same body, nothing stored.
@@ -78,6 +85,16 @@ pub async fn create(
             .into_response()),
         Err(e @ Refused::TooManyRooms(_)) => Err(Refusal::new(StatusCode::TOO_MANY_REQUESTS, e.code(), e.to_string())),
         Err(e @ Refused::TooManyKeys) => Err(Refusal::new(StatusCode::CONFLICT, e.code(), e.to_string())),
+        Err(e @ (Refused::Banned { .. } | Refused::Rejected(_))) => {
+            Err(Refusal::new(StatusCode::FORBIDDEN, e.code(), e.to_string()))
+        }
+        Err(e @ Refused::SlowMode { .. }) => {
+            let retry = e.retry_after_ms();
+            Err(Refusal::new(StatusCode::TOO_MANY_REQUESTS, e.code(), e.to_string()).retry_after(retry))
+        }
+        Err(e @ Refused::HookUnavailable(_)) => {
+            Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string()))
+        }
         Err(Refused::Store(e)) => Err(e.into()),
     }
 }

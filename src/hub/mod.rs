@@ -64,6 +64,8 @@ pub struct RoomFlags {
     pub lost: AtomicBool,
     /// The subscriber asked for the room's audience count.
     pub audience: AtomicBool,
+    /// The connection's subject was banned from the room: leave it.
+    pub banned: AtomicBool,
 }
 
 struct Members {
@@ -110,9 +112,16 @@ pub struct Hub {
     generations: AtomicU64,
     /// The live feed that follows the rooms registered here.
     feed: Feed,
-    /// Every connection's outbox, for the heartbeat tick. Weak: a
-    /// connection that is gone is pruned at the next tick.
-    connections: Mutex<HashMap<u64, Weak<Outbox>>>,
+    /// Every connection's outbox and subject, for the heartbeat tick and
+    /// moderation. Weak: a connection that is gone is pruned at the next tick.
+    connections: Mutex<HashMap<u64, Connection>>,
+}
+
+/// A connection as the hub knows it.
+struct Connection {
+    outbox: Weak<Outbox>,
+    /// Its credential's subject, for bans and disconnects.
+    subject: Option<Arc<str>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -376,9 +385,43 @@ impl Hub {
         true
     }
 
-    /// Registers a connection's outbox for the heartbeat tick.
-    pub fn connect(&self, conn: u64, outbox: &Arc<Outbox>) {
-        lock(&self.connections).insert(conn, Arc::downgrade(outbox));
+    /// Registers a connection's outbox (and its credential's subject) for
+    /// the heartbeat tick and for moderation.
+    pub fn connect(&self, conn: u64, outbox: &Arc<Outbox>, subject: Option<&str>) {
+        let connection = Connection { outbox: Arc::downgrade(outbox), subject: subject.map(Arc::from) };
+        lock(&self.connections).insert(conn, connection);
+    }
+
+    /// Ends `sub`'s subscriptions to `room` on this node (a ban); how many.
+    pub fn ban(&self, room: &RoomName, sub: &str) -> usize {
+        let Some(entry) = self.entry(room) else {
+            return 0;
+        };
+        let connections = lock(&self.connections);
+        let members = read(&entry.members);
+        let mut banned = 0;
+        for (conn, subscriber) in &members.by_conn {
+            if connections.get(conn).and_then(|c| c.subject.as_deref()) == Some(sub) {
+                subscriber.flags.banned.store(true, Ordering::Release);
+                subscriber.outbox.signal();
+                banned += 1;
+            }
+        }
+        banned
+    }
+
+    /// Closes every connection of `sub` on this node, saying `reason`; how many.
+    pub fn kick(&self, sub: &str, reason: &str) -> usize {
+        let reason = Arc::new(reason.to_owned());
+        let outboxes: Vec<Arc<Outbox>> = lock(&self.connections)
+            .values()
+            .filter(|c| c.subject.as_deref() == Some(sub))
+            .filter_map(|c| c.outbox.upgrade())
+            .collect();
+        for outbox in &outboxes {
+            outbox.kick(reason.clone());
+        }
+        outboxes.len()
     }
 
     /// Forgets a connection (its outbox is also pruned once dropped).
@@ -408,8 +451,8 @@ impl Hub {
     pub fn heartbeat(&self) {
         let outboxes: Vec<Arc<Outbox>> = {
             let mut connections = lock(&self.connections);
-            connections.retain(|_, weak| weak.strong_count() > 0);
-            connections.values().filter_map(Weak::upgrade).collect()
+            connections.retain(|_, c| c.outbox.strong_count() > 0);
+            connections.values().filter_map(|c| c.outbox.upgrade()).collect()
         };
         for outbox in outboxes {
             outbox.heartbeat();
@@ -422,7 +465,7 @@ impl Hub {
         let connections = lock(&self.connections);
         connections
             .values()
-            .filter_map(Weak::upgrade)
+            .filter_map(|c| c.outbox.upgrade())
             .map(|o| o.queued_bytes())
             .fold((0, 0), |(sum, max), b| (sum + b, max.max(b)))
     }

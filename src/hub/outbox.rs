@@ -50,6 +50,8 @@ pub enum Item {
     Batch(Arc<Batch>),
     /// An audience count or a window of reactions.
     Notice(Arc<Notice>),
+    /// A moderator disconnected the connection's subject, saying this.
+    Kick(Arc<String>),
 }
 
 impl Item {
@@ -57,6 +59,7 @@ impl Item {
         match self {
             Item::Batch(batch) => batch.size(),
             Item::Notice(notice) => notice.size(),
+            Item::Kick(_) => 0,
         }
     }
 }
@@ -133,6 +136,16 @@ impl Outbox {
         if !self.closed.load(Ordering::Acquire) && !self.push(Item::Notice(notice.clone())) {
             metrics::counter!("roomcast_notices_dropped_total").increment(1);
         }
+    }
+
+    /// Ends the connection as a moderator asked: ahead of anything queued,
+    /// whatever the bounds.
+    pub fn kick(&self, reason: Arc<String>) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        self.queue().push_front(Item::Kick(reason));
+        self.wake.notify_one();
     }
 
     /// Wakes the connection to look at its rooms' flags.

@@ -25,6 +25,7 @@ use tracing::{info, warn};
 
 use self::table::AudienceTable;
 use crate::hub::{Audience, Hub, Notice};
+use crate::moderation::Moderation;
 use crate::protocol::{ReactionKey, RoomName, ServerFrame};
 use crate::store::live_log::NOTES_PER_READ;
 use crate::store::{LiveNote, NoteCursor, Store, StoreError};
@@ -107,11 +108,12 @@ pub fn spawn(
     live: Arc<Live>,
     hub: Arc<Hub>,
     store: Arc<dyn Store>,
+    moderation: Arc<Moderation>,
     node: String,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) {
-    let mut live = LiveTask::new(live, hub, store, node);
+    let mut live = LiveTask::new(live, hub, store, moderation, node);
     tracker.spawn(async move {
         let mut tick = tokio::time::interval(WINDOW);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -130,6 +132,8 @@ struct LiveTask {
     shared: Arc<Live>,
     hub: Arc<Hub>,
     store: Arc<dyn Store>,
+    /// Acts on the moderators' signals the log carries.
+    moderation: Arc<Moderation>,
     node: String,
     /// Where this node stands in the live log (`None` until first read).
     cursor: Option<NoteCursor>,
@@ -148,11 +152,12 @@ struct LiveTask {
 }
 
 impl LiveTask {
-    fn new(shared: Arc<Live>, hub: Arc<Hub>, store: Arc<dyn Store>, node: String) -> Self {
+    fn new(shared: Arc<Live>, hub: Arc<Hub>, store: Arc<dyn Store>, moderation: Arc<Moderation>, node: String) -> Self {
         LiveTask {
             shared,
             hub,
             store,
+            moderation,
             node,
             cursor: None,
             reported: HashMap::new(),
@@ -245,6 +250,7 @@ impl LiveTask {
     }
 
     fn apply(&mut self, note: LiveNote) {
+        self.moderation.apply(&note.moderation);
         for (room, count) in note.audience {
             if let Ok(room) = RoomName::parse(&room) {
                 self.table.apply(&note.node, &room, count);

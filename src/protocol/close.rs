@@ -25,6 +25,9 @@ pub enum CloseReason {
     /// The client sent frames faster, or cut a message into more of them,
     /// than any client needs (1008).
     FrameFlood,
+    /// A moderator disconnected the connection's subject (4403): do not
+    /// reconnect.
+    Disconnected,
 }
 
 impl CloseReason {
@@ -39,6 +42,7 @@ impl CloseReason {
                 1008
             }
             CloseReason::InvalidData => 1007,
+            CloseReason::Disconnected => 4403,
         }
     }
 
@@ -54,6 +58,7 @@ impl CloseReason {
             CloseReason::InvalidData => "invalid utf-8 in a text frame",
             CloseReason::PingFlood => "too many pings",
             CloseReason::FrameFlood => "too many frames",
+            CloseReason::Disconnected => "disconnected by a moderator: do not reconnect",
         }
     }
 }

@@ -140,6 +140,16 @@ pub enum ErrorCode {
     BadKey,
     /// A publish with a new state key to a room that has `--max-state-keys`.
     TooManyKeys,
+    /// The connection's subject is banned from the room.
+    Banned,
+    /// The room is in slow mode and this publisher published too recently.
+    SlowMode,
+    /// The application's publish hook refused the publish.
+    Rejected,
+    /// The publish hook did not answer in time, or failed.
+    HookUnavailable,
+    /// The credential may not moderate this room (HTTP 403).
+    NotModerator,
     /// No resource at this path (HTTP).
     NotFound,
     /// The resource does not take this method (HTTP).
@@ -171,6 +181,11 @@ impl ErrorCode {
             ErrorCode::TooManyRooms => "too_many_rooms",
             ErrorCode::BadKey => "bad_key",
             ErrorCode::TooManyKeys => "too_many_keys",
+            ErrorCode::Banned => "banned",
+            ErrorCode::SlowMode => "slow_mode",
+            ErrorCode::Rejected => "rejected",
+            ErrorCode::HookUnavailable => "hook_unavailable",
+            ErrorCode::NotModerator => "not_moderator",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
         }
@@ -186,12 +201,20 @@ pub struct FrameError {
     pub message: String,
     /// The client's `ref`, when it could be read.
     pub reference: Option<u64>,
+    /// When trying again makes sense (slow mode), in milliseconds.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl FrameError {
     /// Builds a refusal.
     pub fn new(code: ErrorCode, message: impl Into<String>, reference: Option<u64>) -> Self {
-        FrameError { code, message: message.into(), reference }
+        FrameError { code, message: message.into(), reference, retry_after_ms: None }
+    }
+
+    /// The same refusal, saying when a retry makes sense.
+    pub fn retry_after(mut self, ms: Option<u64>) -> Self {
+        self.retry_after_ms = ms;
+        self
     }
 }
 
@@ -217,10 +240,13 @@ pub enum ServerFrame {
         #[serde(skip_serializing_if = "Option::is_none")]
         expires_in: Option<u64>,
     },
-    /// Answer to `unsubscribe`.
+    /// Answer to `unsubscribe`, or the node ending a subscription.
     Unsubscribed {
         /// The room left.
         room: RoomName,
+        /// Why the node ended it (`banned`); absent for an `unsubscribe`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'static str>,
     },
     /// Events after `after` are no longer kept; live delivery follows.
     Gap {
@@ -250,6 +276,9 @@ pub enum ServerFrame {
         /// The client's `ref`, when known.
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<u64>,
+        /// When trying again makes sense (slow mode), in milliseconds.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
     /// The room's live subscribers across all nodes (to subscribers that
     /// asked for it).
@@ -274,7 +303,7 @@ pub enum ServerFrame {
 
 impl From<FrameError> for ServerFrame {
     fn from(e: FrameError) -> Self {
-        ServerFrame::Error { code: e.code, message: e.message, reference: e.reference }
+        ServerFrame::Error { code: e.code, message: e.message, reference: e.reference, retry_after_ms: e.retry_after_ms }
     }
 }
 

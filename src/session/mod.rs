@@ -35,8 +35,8 @@ use crate::protocol::{
     frames, ErrorCode, Event, EventId, FrameError, IdempotencyKey, ReactionKey, RoomName, ServerFrame, StateKey,
     SubscribeOptions, EVENT_OVERHEAD, FRAME_BUDGET,
 };
-use crate::publish::{Publisher, Refused, Via};
-use crate::store::{AppendOptions, EventLog, Page, Position, StoreError};
+use crate::publish::{Publication, Publisher, Refused, Via};
+use crate::store::{EventLog, Page, Position, StoreError};
 
 /// Most events read per history page.
 pub const PAGE: usize = 256;
@@ -50,6 +50,13 @@ const MAX_COALESCE: usize = 256;
 const CATCH_UP_RETRY: Duration = Duration::from_secs(1);
 
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+/// A random number fixed for the process: with a connection's number, a
+/// name for an anonymous publisher that no other node's connection shares.
+fn process_nonce() -> u64 {
+    static NONCE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *NONCE.get_or_init(rand::random)
+}
 
 /// What a session writes; the transport encodes it for its wire.
 pub enum Outgoing<'a> {
@@ -143,6 +150,8 @@ pub enum Wakeup {
     CatchUp,
     /// The credential expired: the connection must end.
     Expired,
+    /// A moderator disconnected the connection's subject, saying this.
+    Kicked(Arc<String>),
     /// The node's heartbeat tick.
     Heartbeat,
 }
@@ -154,6 +163,8 @@ pub enum Flow {
     Continue,
     /// The credential expired: the transport ends the connection.
     Expired,
+    /// A moderator disconnected the subject: the transport closes (4403).
+    Kicked(Arc<String>),
 }
 
 /// How a client's request was answered.
@@ -276,7 +287,7 @@ impl<S: Sink> Session<S> {
         let limits = ctx.limits;
         let (outbox, inbox) = Outbox::new(limits.outbox);
         let id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
-        ctx.hub.connect(id, &outbox);
+        ctx.hub.connect(id, &outbox, grant.sub());
         Session {
             id,
             ctx,
@@ -320,6 +331,11 @@ impl<S: Sink> Session<S> {
         let max = self.ctx.limits.max_subscriptions;
         if self.rooms.len() >= max {
             return Err(refuse(ErrorCode::LimitExceeded, format!("at most {max} subscriptions per connection"), None));
+        }
+        let banned = self.ctx.publisher.moderation().banned_until(&room, &self.grant).await;
+        if let Some(until_ms) = banned.map_err(|e| store_refusal(e, None))? {
+            let message = format!("banned from {room} until {until_ms} (ms since the epoch)");
+            return Err(refuse(ErrorCode::Banned, message, None));
         }
         // Following a room the store has no trace of makes it (its anchor):
         // that spends from the new-room budgets.
@@ -454,7 +470,7 @@ impl<S: Sink> Session<S> {
         for room in dropped {
             self.rooms.remove(&room);
             self.ctx.hub.leave(&room, self.id).await;
-            self.write_out(Outgoing::Frame(&ServerFrame::Unsubscribed { room })).await?;
+            self.write_out(Outgoing::Frame(&ServerFrame::Unsubscribed { room, reason: None })).await?;
         }
         let remaining = grant.remaining();
         self.expires_at = remaining.map(|left| Instant::now() + left);
@@ -469,7 +485,7 @@ impl<S: Sink> Session<S> {
             return Err(refuse(ErrorCode::NotSubscribed, format!("not subscribed to {room}"), None));
         }
         self.ctx.hub.leave(&room, self.id).await;
-        Ok(self.send(&ServerFrame::Unsubscribed { room }).await?)
+        Ok(self.send(&ServerFrame::Unsubscribed { room, reason: None }).await?)
     }
 
     /// Publishes `data` to `room` through the node's publish path and acks
@@ -490,19 +506,22 @@ impl<S: Sink> Session<S> {
                 format!("more than {} publishes per second (burst {})", limits.publish_rate, limits.publish_burst);
             return Err(refuse(ErrorCode::RateLimited, message, reference));
         }
-        let appended = self
-            .ctx
-            .publisher
-            .publish(
-                &self.grant,
-                Some(self.limiters.rooms()),
-                &room,
-                &data,
-                AppendOptions { idempotency: key.as_ref(), key: state_key.as_ref() },
-                Via::WebSocket,
-            )
-            .await
-            .map_err(|e: Refused| refuse(e.code(), e.to_string(), reference))?;
+        // Slow mode counts an anonymous connection as a publisher of its own.
+        let anonymous = format!("c{:x}-{}", process_nonce(), self.id);
+        let publication = Publication {
+            grant: &self.grant,
+            anonymous: Some(&anonymous),
+            room: &room,
+            data,
+            idempotency: key.as_ref(),
+            key: state_key.as_ref(),
+            via: Via::WebSocket,
+        };
+        let appended =
+            self.ctx.publisher.publish(publication, Some(self.limiters.rooms())).await.map_err(|e: Refused| {
+                let retry = e.retry_after_ms();
+                SessionError::Refused(FrameError::new(e.code(), e.to_string(), reference).retry_after(retry))
+            })?;
         let repeated = matches!(appended, crate::publish::Published::Repeated(_));
         Ok(self.send(&ServerFrame::Ack { reference, id: appended.id(), repeated }).await?)
     }
@@ -530,6 +549,7 @@ impl<S: Sink> Session<S> {
         match pending {
             Pending::Item(Item::Batch(batch)) => Wakeup::Batch(batch),
             Pending::Item(Item::Notice(notice)) => Wakeup::Notice(notice),
+            Pending::Item(Item::Kick(reason)) => Wakeup::Kicked(reason),
             Pending::Signal => Wakeup::CatchUp,
             Pending::Heartbeat => Wakeup::Heartbeat,
         }
@@ -548,6 +568,7 @@ impl<S: Sink> Session<S> {
             // in every idle connection's future.
             Wakeup::CatchUp => Box::pin(self.catch_up()).await.map(|()| Flow::Continue),
             Wakeup::Expired => Ok(Flow::Expired),
+            Wakeup::Kicked(reason) => Ok(Flow::Kicked(reason)),
             Wakeup::Heartbeat => {
                 // Silent since the last tick: say something, so the client
                 // knows the link is alive.
@@ -578,6 +599,11 @@ impl<S: Sink> Session<S> {
         let mut next = Some(first);
         let mut written = 0;
         while let Some(item) = next.take() {
+            if let Item::Kick(reason) = item {
+                // Not written: the connection ends at its next turn.
+                self.inbox.outbox().kick(reason);
+                break;
+            }
             // One await for every kind of item: each await point of a
             // large future is a slot in every idle connection's state.
             if let Some(out) = self.plan(&item) {
@@ -599,6 +625,7 @@ impl<S: Sink> Session<S> {
         match item {
             Item::Batch(batch) => self.plan_batch(batch),
             Item::Notice(notice) => self.rooms.contains(&notice.room).then_some(Outgoing::Notice(notice)),
+            Item::Kick(_) => None,
         }
     }
 
@@ -641,6 +668,7 @@ impl<S: Sink> Session<S> {
     /// with the client's own frames and goes at the pace the client reads.
     pub async fn catch_up(&mut self) -> Result<(), SinkError> {
         self.retry_at = None;
+        self.leave_banned().await?;
         let max_payload = self.ctx.limits.max_payload;
         let lagged: Vec<RoomName> = self
             .rooms
@@ -661,6 +689,25 @@ impl<S: Sink> Session<S> {
             .collect();
         for room in lagged {
             self.sync_or_retry(&room).await?;
+        }
+        Ok(())
+    }
+
+    /// Leaves the rooms the connection's subject was banned from, telling
+    /// the client why.
+    async fn leave_banned(&mut self) -> Result<(), SinkError> {
+        let banned: Vec<RoomName> = self
+            .rooms
+            .iter()
+            .filter(|(_, state)| state.flags.banned.load(Ordering::Acquire))
+            .map(|(room, _)| room.clone())
+            .collect();
+        for room in banned {
+            self.rooms.remove(&room);
+            self.ctx.hub.leave(&room, self.id).await;
+            metrics::counter!("roomcast_bans_enforced_total").increment(1);
+            let frame = ServerFrame::Unsubscribed { room, reason: Some("banned") };
+            self.send(&frame).await?;
         }
         Ok(())
     }
@@ -815,6 +862,19 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+    use crate::store::AppendOptions;
+
+    /// Moderation over a store of its own: these sessions' open grants are
+    /// never banned or slowed down.
+    fn moderation(hub: &Arc<Hub>) -> Arc<crate::moderation::Moderation> {
+        let options = StoreOptions {
+            history: 10,
+            room_ttl: Duration::from_secs(60),
+            presence_ttl: Duration::from_secs(6),
+            max_state_keys: 10,
+        };
+        Arc::new(crate::moderation::Moderation::new(Arc::new(MemoryStore::new(options)), hub.clone(), "n".into()))
+    }
     use tokio_util::sync::CancellationToken;
     use tokio_util::task::TaskTracker;
 
@@ -930,7 +990,7 @@ mod tests {
                 hub: self.hub.clone(),
                 log: self.store.clone(),
                 live: Arc::default(),
-                publisher: Publisher::new(self.store.clone(), max_payload, 1000),
+                publisher: Publisher::new(self.store.clone(), max_payload, 1000, moderation(&self.hub), None),
                 limits,
             };
             Session::new(Arc::new(ctx), Recorder::default(), Grant::Open)
@@ -1133,7 +1193,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(15)).await;
         settle(&mut session).await;
         assert_eq!(beats(&session), 1);
-        session.send(&ServerFrame::Unsubscribed { room: f.room.clone() }).await.unwrap();
+        session.send(&ServerFrame::Unsubscribed { room: f.room.clone(), reason: None }).await.unwrap();
         tokio::time::sleep(Duration::from_secs(15)).await;
         settle(&mut session).await;
         assert_eq!(beats(&session), 1, "a connection that spoke since the last tick does not beat");
@@ -1148,7 +1208,8 @@ mod tests {
     async fn an_expiring_token_ends_the_session_at_its_expiry() {
         let f = fixture();
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-        let claims = crate::auth::Claims { sub: None, exp: now + 60, rooms: vec!["*".into()], publish: vec![] };
+        let claims =
+            crate::auth::Claims { sub: None, exp: now + 60, rooms: vec!["*".into()], publish: vec![], moderate: vec![] };
         let ctx = f.session().ctx.clone();
         let mut session = Session::new(ctx, Recorder::default(), Grant::Token(claims));
         let started = Instant::now();
@@ -1186,6 +1247,13 @@ mod tests {
             options: AppendOptions<'_>,
         ) -> Result<crate::store::Appended, StoreError> {
             self.inner.append(room, data, options).await
+        }
+        async fn recorded(
+            &self,
+            room: &RoomName,
+            key: &crate::protocol::IdempotencyKey,
+        ) -> Result<Option<EventId>, StoreError> {
+            self.inner.recorded(room, key).await
         }
         async fn read_back(
             &self,
@@ -1243,7 +1311,7 @@ mod tests {
             hub: hub.clone(),
             log: flaky.clone(),
             live: Arc::default(),
-            publisher: Publisher::new(flaky.clone(), 1024, 1000),
+            publisher: Publisher::new(flaky.clone(), 1024, 1000, moderation(&hub), None),
             limits,
         };
         let mut session = Session::new(Arc::new(ctx), Recorder::default(), Grant::Open);

@@ -31,6 +31,43 @@ pub struct LiveNote {
     /// many as its reactions, as nodes that did not count viewers wrote).
     #[serde(rename = "p", default, skip_serializing_if = "BTreeMap::is_empty")]
     pub reactors: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Moderation every node must act on (bans, settings, disconnects).
+    #[serde(rename = "m", default, skip_serializing_if = "Vec::is_empty")]
+    pub moderation: Vec<Signal>,
+}
+
+/// A moderator's action, told to every node through the live log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "k", rename_all = "snake_case")]
+pub enum Signal {
+    /// `sub` is banned from `room` until `until_ms`: its subscriptions there end.
+    Ban {
+        /// The room.
+        room: String,
+        /// The banned subject.
+        sub: String,
+        /// When the ban ends (ms since the epoch).
+        until_ms: u64,
+    },
+    /// `sub`'s ban of `room` was lifted.
+    Unban {
+        /// The room.
+        room: String,
+        /// The subject.
+        sub: String,
+    },
+    /// `room`'s settings changed: read them again.
+    Settings {
+        /// The room.
+        room: String,
+    },
+    /// Every connection of `sub` is to be closed.
+    Disconnect {
+        /// The subject.
+        sub: String,
+        /// What the moderator said, for the close frame.
+        reason: String,
+    },
 }
 
 impl LiveNote {
@@ -79,7 +116,7 @@ impl LiveNote {
                 }
             }
         }
-        notes.retain(|n| !n.audience.is_empty() || !n.reactions.is_empty());
+        notes.retain(|n| !n.audience.is_empty() || !n.reactions.is_empty() || !n.moderation.is_empty());
         notes
     }
 }

@@ -40,10 +40,11 @@
 //!   Losing the incarnation's own record must never rewind anyone: at worst
 //!   it costs a check of every followed room of its domain.
 //!
-//! Three contracts, one engine value implementing all of them ([`Store`]):
+//! Four contracts, one engine value implementing all of them ([`Store`]):
 //! - [`EventLog`] (here): append, read, follow;
 //! - [`LossDetection`] ([`loss`]): domains, incarnations, connection generations;
-//! - [`LiveLog`] ([`live_log`]): per-node audience counts, live nodes, notes.
+//! - [`LiveLog`] ([`live_log`]): per-node audience counts, live nodes, notes;
+//! - [`Rules`] ([`rules`]): bans and room settings.
 //!
 //! Live delivery goes through a [`feed::Feed`]: the node tells it which rooms
 //! have local subscribers; it hands each new batch to a [`feed::FeedSink`].
@@ -52,6 +53,7 @@ pub mod coalesce;
 pub mod feed;
 pub mod live_log;
 pub mod loss;
+pub mod rules;
 pub mod memory;
 pub mod redis;
 
@@ -63,8 +65,9 @@ use bytes::Bytes;
 use crate::config::StoreSettings;
 use crate::protocol::{ErrorCode, Event, EventId, IdempotencyKey, RoomName, StateKey};
 
-pub use self::live_log::{live_sum, LiveLog, LiveNote, NoteCursor};
+pub use self::live_log::{live_sum, LiveLog, LiveNote, NoteCursor, Signal};
 pub use self::loss::{Change, Incarnation, LossDetection};
+pub use self::rules::{RoomRules, RoomSettings, Rules};
 
 /// How long an idempotency key is remembered per room: a repeat within
 /// this stores nothing and answers the first publish's ID.
@@ -84,6 +87,12 @@ pub enum Appended {
     /// The event names a new state key and the room has as many as it may
     /// keep: nothing was stored.
     TooManyKeys,
+    /// The publisher published to this slow-mode room less than its
+    /// interval ago: nothing was stored; it may publish again after this.
+    SlowMode {
+        /// Milliseconds until it may publish again.
+        retry_after_ms: u64,
+    },
 }
 
 impl Appended {
@@ -91,7 +100,7 @@ impl Appended {
     pub fn id(self) -> Option<EventId> {
         match self {
             Appended::Stored(id) | Appended::Repeated(id) | Appended::Conflict(id) => Some(id),
-            Appended::TooManyKeys => None,
+            Appended::TooManyKeys | Appended::SlowMode { .. } => None,
         }
     }
 }
@@ -103,12 +112,23 @@ pub struct AppendOptions<'a> {
     pub idempotency: Option<&'a IdempotencyKey>,
     /// Makes the event this key's current value in the room.
     pub key: Option<&'a StateKey>,
+    /// Slow mode: the publisher may publish to the room once per interval.
+    pub slow: Option<Slow<'a>>,
+}
+
+/// A publisher under a room's slow mode.
+#[derive(Clone, Copy, Debug)]
+pub struct Slow<'a> {
+    /// Who publishes (a token subject, or one anonymous connection).
+    pub publisher: &'a str,
+    /// The room's interval, milliseconds.
+    pub interval_ms: u64,
 }
 
 impl<'a> AppendOptions<'a> {
     /// Just an idempotency key (or none).
     pub fn idempotent(idempotency: Option<&'a IdempotencyKey>) -> Self {
-        AppendOptions { idempotency, key: None }
+        AppendOptions { idempotency, key: None, slow: None }
     }
 }
 
@@ -288,6 +308,11 @@ pub trait EventLog: Send + Sync + 'static {
     /// step (refused when it is a new key past `max_state_keys`).
     async fn append(&self, room: &RoomName, data: Bytes, options: AppendOptions<'_>) -> Result<Appended, StoreError>;
 
+    /// The first ID stored with idempotency key `key` in `room` within
+    /// [`IDEMPOTENCY_WINDOW`], if any (a publish hook is not asked again
+    /// for a retry of a stored publish).
+    async fn recorded(&self, room: &RoomName, key: &IdempotencyKey) -> Result<Option<EventId>, StoreError>;
+
     /// Reads up to `limit` kept events just before `before` (the newest ones
     /// for `None`), see [`BackPage::new`].
     async fn read_back(&self, room: &RoomName, before: Option<EventId>, limit: usize) -> Result<BackPage, StoreError>;
@@ -331,9 +356,9 @@ pub trait EventLog: Send + Sync + 'static {
 /// and carries the live log (as centrifuge's engine is both its broker and
 /// its presence manager). The node holds one; each part of the node sees
 /// the contract it uses.
-pub trait Store: EventLog + LossDetection + LiveLog {}
+pub trait Store: EventLog + LossDetection + LiveLog + Rules {}
 
-impl<T: EventLog + LossDetection + LiveLog> Store for T {}
+impl<T: EventLog + LossDetection + LiveLog + Rules> Store for T {}
 
 #[cfg(test)]
 mod tests {

@@ -229,6 +229,8 @@ enum End {
     PeerClosed,
     /// The node closes it.
     Close(CloseReason),
+    /// A moderator disconnected the subject (4403), saying this.
+    Kicked(Arc<String>),
 }
 
 /// A WebSocket connection's state while it runs. It all lives in the
@@ -259,6 +261,7 @@ impl Connection {
         match self.session.handle(wakeup).await {
             Ok(Flow::Continue) => None,
             Ok(Flow::Expired) => Some(End::Close(CloseReason::TokenExpired)),
+            Ok(Flow::Kicked(reason)) => Some(End::Kicked(reason)),
             Err(e) => Some(end_of(e.into())),
         }
     }
@@ -309,7 +312,13 @@ fn run(mut c: Connection, query: Box<WsQuery>, slot: ConnectionSlot) -> impl std
         match end {
             Some(End::Close(reason)) => {
                 metrics::counter!("roomcast_closes_total", "code" => reason.code().to_string()).increment(1);
-                Box::pin(close_handshake(sink, stream, reason)).await;
+                let text = Utf8Bytes::from_static(reason.reason());
+                Box::pin(close_handshake(sink, stream, reason.code(), text)).await;
+            }
+            Some(End::Kicked(said)) => {
+                let reason = CloseReason::Disconnected;
+                metrics::counter!("roomcast_closes_total", "code" => reason.code().to_string()).increment(1);
+                Box::pin(close_handshake(sink, stream, reason.code(), kick_text(&said))).await;
             }
             Some(End::PeerClosed) => {
                 let _ = tokio::time::timeout(CLOSE_HANDSHAKE, sink.sink.flush()).await;
@@ -327,8 +336,8 @@ fn run(mut c: Connection, query: Box<WsQuery>, slot: ConnectionSlot) -> impl std
 /// the case of a client in the middle of an oversized message, whose rest
 /// tungstenite cannot parse. So after the close frame the write side is
 /// shut and the raw socket drained, bounded in time and bytes.
-async fn close_handshake(mut sink: WsSink, stream: SplitStream<Socket>, reason: CloseReason) {
-    let frame = CloseFrame { code: CloseCode::from(reason.code()), reason: Utf8Bytes::from_static(reason.reason()) };
+async fn close_handshake(mut sink: WsSink, stream: SplitStream<Socket>, code: u16, text: Utf8Bytes) {
+    let frame = CloseFrame { code: CloseCode::from(code), reason: text };
     if timed(sink.sink.send(Message::Close(Some(frame)))).await.is_err() {
         return;
     }
@@ -346,6 +355,19 @@ async fn close_handshake(mut sink: WsSink, stream: SplitStream<Socket>, reason: 
         }
     };
     let _ = tokio::time::timeout(CLOSE_HANDSHAKE, drain).await;
+}
+
+/// The close reason of a moderator's disconnect: the node's words, then the
+/// moderator's, within a close frame's 123 bytes.
+fn kick_text(said: &str) -> Utf8Bytes {
+    let mut text = CloseReason::Disconnected.reason().to_owned();
+    if !said.is_empty() {
+        text.push_str(": ");
+        text.push_str(said);
+    }
+    let cut = (0..=text.len().min(123)).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+    text.truncate(cut);
+    Utf8Bytes::from(text)
 }
 
 fn end_of(e: SessionError) -> End {

@@ -21,7 +21,7 @@ mod live_log;
 use super::feed::{ChangeSource, Wake};
 use super::{
     payload_fingerprint, AppendOptions, Appended, BackPage, EventLog, Incarnation, LiveNote, LossDetection, Page,
-    Position, Snapshot, StoreError, StoreOptions, IDEMPOTENCY_WINDOW,
+    Position, RoomRules, RoomSettings, Rules, Snapshot, StoreError, StoreOptions, IDEMPOTENCY_WINDOW,
 };
 use crate::protocol::{Event, EventId, IdempotencyKey, RoomName, StateKey};
 
@@ -52,6 +52,10 @@ struct Inner {
     note_seq: u64,
     /// (room, idempotency key) -> (the ID it got, when, its payload's fingerprint)
     idempotent: HashMap<(RoomName, IdempotencyKey), (EventId, Instant, String)>,
+    /// Each room's bans and settings.
+    rules: HashMap<RoomName, RoomRules>,
+    /// (room, publisher) -> when slow mode lets it publish again.
+    slow: HashMap<(RoomName, String), Instant>,
 }
 
 struct RoomLog {
@@ -137,6 +141,12 @@ impl MemoryStore {
             idle < ttl * 2
         });
         inner.idempotent.retain(|_, (_, at, _)| now.duration_since(*at) < IDEMPOTENCY_WINDOW);
+        inner.slow.retain(|_, until| *until > now);
+        let wall = now_ms();
+        for rules in inner.rules.values_mut() {
+            rules.bans.retain(|_, until| *until > wall);
+        }
+        inner.rules.retain(|_, rules| !rules.bans.is_empty() || rules.settings != RoomSettings::default());
         // A node gone for a minute is forgotten, with its counts.
         let forget = self.options.presence_ttl * crate::store::live_log::FORGET_AFTER_PERIODS;
         inner.nodes.retain(|_, until| now.saturating_duration_since(*until) < forget);
@@ -148,8 +158,15 @@ impl MemoryStore {
     }
 
     /// Appends under the lock; returns the outcome.
-    fn append_locked(&self, inner: &mut Inner, room: &RoomName, data: Bytes, key: Option<&StateKey>) -> Appended {
+    fn append_locked(&self, inner: &mut Inner, room: &RoomName, data: Bytes, options: AppendOptions<'_>) -> Appended {
         let now = Instant::now();
+        let key = options.key;
+        if let Some(slow) = options.slow.filter(|s| s.interval_ms > 0) {
+            let entry = (room.clone(), slow.publisher.to_owned());
+            if let Some(until) = inner.slow.get(&entry).filter(|until| **until > now) {
+                return Appended::SlowMode { retry_after_ms: (*until - now).as_millis().max(1) as u64 };
+            }
+        }
         let log = inner.rooms.entry(room.clone()).or_insert_with(|| RoomLog {
             events: VecDeque::new(),
             floor: EventId::ZERO,
@@ -176,6 +193,10 @@ impl MemoryStore {
         log.events.push_back(event);
         log.floor = id;
         log.touched = now;
+        if let Some(slow) = options.slow.filter(|s| s.interval_ms > 0) {
+            let until = now + Duration::from_millis(slow.interval_ms);
+            inner.slow.insert((room.clone(), slow.publisher.to_owned()), until);
+        }
         let history = self.options.history.max(1);
         if log.events.len() >= history + TRIM_BLOCK {
             let excess = log.events.len() - history;
@@ -224,7 +245,7 @@ impl EventLog for MemoryStore {
         let outcome = {
             let mut inner = lock(&self.inner);
             match options.idempotency {
-                None => self.append_locked(&mut inner, room, data, options.key),
+                None => self.append_locked(&mut inner, room, data, options),
                 Some(idempotency) => {
                     let entry = (room.clone(), idempotency.clone());
                     let print = payload_fingerprint(&data);
@@ -233,7 +254,7 @@ impl EventLog for MemoryStore {
                     {
                         return Ok(if *first == print { Appended::Repeated(*id) } else { Appended::Conflict(*id) });
                     }
-                    let outcome = self.append_locked(&mut inner, room, data, options.key);
+                    let outcome = self.append_locked(&mut inner, room, data, options);
                     if let Appended::Stored(id) = outcome {
                         inner.idempotent.insert(entry, (id, Instant::now(), print));
                     }
@@ -245,6 +266,12 @@ impl EventLog for MemoryStore {
             self.changed(room);
         }
         Ok(outcome)
+    }
+
+    async fn recorded(&self, room: &RoomName, key: &IdempotencyKey) -> Result<Option<EventId>, StoreError> {
+        let inner = lock(&self.inner);
+        let entry = inner.idempotent.get(&(room.clone(), key.clone()));
+        Ok(entry.filter(|(_, at, _)| at.elapsed() < IDEMPOTENCY_WINDOW).map(|(id, _, _)| *id))
     }
 
     async fn read_back(&self, room: &RoomName, before: Option<EventId>, limit: usize) -> Result<BackPage, StoreError> {
@@ -338,6 +365,32 @@ impl LossDetection for MemoryStore {
 
     fn connection_generation(&self) -> u64 {
         0
+    }
+}
+
+#[async_trait]
+impl Rules for MemoryStore {
+    async fn room_rules(&self, room: &RoomName) -> Result<RoomRules, StoreError> {
+        Ok(lock(&self.inner).rules.get(room).cloned().unwrap_or_default())
+    }
+
+    async fn ban(&self, room: &RoomName, sub: &str, until_ms: u64) -> Result<(), StoreError> {
+        let mut inner = lock(&self.inner);
+        let rules = inner.rules.entry(room.clone()).or_default();
+        let now = now_ms();
+        rules.bans.retain(|_, until| *until > now);
+        rules.bans.insert(sub.to_owned(), until_ms);
+        Ok(())
+    }
+
+    async fn unban(&self, room: &RoomName, sub: &str) -> Result<bool, StoreError> {
+        let mut inner = lock(&self.inner);
+        Ok(inner.rules.get_mut(room).is_some_and(|rules| rules.bans.remove(sub).is_some()))
+    }
+
+    async fn set_settings(&self, room: &RoomName, settings: RoomSettings) -> Result<(), StoreError> {
+        lock(&self.inner).rules.entry(room.clone()).or_default().settings = settings;
+        Ok(())
     }
 }
 

@@ -16,6 +16,9 @@
 //! {prefix}:{T}:r:<room>     the room's stream: fields p (predecessor ID), k (state key,
 //!                           for a keyed event), d (JSON)
 //! {prefix}:{T}:s:<room>     hash: state key -> "<id> <data>", the key's current value
+//! {prefix}:{T}:b:<room>     hash: banned subject -> ban end (ms since the epoch)
+//! {prefix}:{T}:c:<room>     hash: the room's settings (slow_mode_ms)
+//! {prefix}:{T}:w:<room>|<p> set while publisher p must wait under the room's slow mode
 //! {prefix}:{T}:a:<room>     hash: node -> its local subscriber count (audience)
 //! {prefix}:{T}:f:<room>     "<id> <server>": the last position the room handed out (its
 //!                           floor) and the server process that wrote it
@@ -101,6 +104,21 @@ impl Keys {
     /// The room's state: each state key's latest event.
     pub fn state(&self, room: &RoomName) -> String {
         format!("{}:{{{}}}:s:{}", self.prefix, tag(bucket(room)), room)
+    }
+
+    /// The room's bans: subject -> ban end.
+    pub fn bans(&self, room: &RoomName) -> String {
+        format!("{}:{{{}}}:b:{}", self.prefix, tag(bucket(room)), room)
+    }
+
+    /// The room's settings hash.
+    pub fn settings(&self, room: &RoomName) -> String {
+        format!("{}:{{{}}}:c:{}", self.prefix, tag(bucket(room)), room)
+    }
+
+    /// Set while `publisher` must wait under `room`'s slow mode.
+    pub fn slow(&self, room: &RoomName, publisher: &str) -> String {
+        format!("{}:{{{}}}:w:{}|{}", self.prefix, tag(bucket(room)), room, publisher)
     }
 
     /// The room's audience hash.

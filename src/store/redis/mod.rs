@@ -15,6 +15,7 @@ mod fault;
 pub mod keys;
 mod layout;
 mod live_log;
+mod rules;
 mod loss;
 mod mailbox;
 mod reply;
@@ -43,7 +44,7 @@ use super::{
     StoreOptions, IDEMPOTENCY_WINDOW,
 };
 use crate::config::RedisSettings;
-use crate::protocol::{Event, EventId, RoomName};
+use crate::protocol::{Event, EventId, IdempotencyKey, RoomName};
 
 /// Entries kept per bucket signal stream: at least a mailbox read's page,
 /// so a reader that gets less than a full page missed nothing.
@@ -99,6 +100,7 @@ pub struct RedisStore {
     anchor: Script,
     epoch: Script,
     state: Script,
+    ban: Script,
     /// Single server or Cluster, decided at connect.
     layout: Layout,
     /// Bumped by every (re)connection of this store's clients.
@@ -204,9 +206,10 @@ impl RedisStore {
         let anchor = Script::from_lua(scripts::ANCHOR_LUA);
         let epoch = Script::from_lua(scripts::EPOCH_LUA);
         let state = Script::from_lua(scripts::STATE_LUA);
+        let ban = Script::from_lua(scripts::BAN_LUA);
         let layout = Layout::of(&redis.topology);
         let keys = Keys::new(&redis.prefix);
-        Ok(RedisStore { client, append, anchor, epoch, state, layout, generation, keys, options, redis })
+        Ok(RedisStore { client, append, anchor, epoch, state, ban, layout, generation, keys, options, redis })
     }
 
     /// Runs the append script, with the publish's idempotency key if it has
@@ -225,7 +228,15 @@ impl RedisStore {
                 (self.keys.replay(room, &nonce), MIN_REPLAY_WINDOW.max(self.redis.command_timeout * 3), String::new())
             }
         };
-        let keys = vec![self.keys.room(room), mailbox, self.keys.floor(room), record, self.keys.state(room)];
+        let slow = options.slow.filter(|s| s.interval_ms > 0);
+        let keys = vec![
+            self.keys.room(room),
+            mailbox,
+            self.keys.floor(room),
+            record,
+            self.keys.state(room),
+            self.keys.slow(room, slow.map_or("", |s| s.publisher)),
+        ];
         let ttl_ms = self.options.room_ttl.as_millis() as i64;
         let args: Vec<Value> = vec![
             Value::from(self.options.history as i64),
@@ -240,14 +251,20 @@ impl RedisStore {
             Value::from(print),
             Value::from(options.key.map(|k| k.as_str()).unwrap_or_default()),
             Value::from(self.options.max_state_keys as i64),
+            Value::from(slow.map_or(0, |s| s.interval_ms) as i64),
         ];
         let reply: Value =
             retrying(|| self.append.evalsha_with_reload(&self.client, keys.clone(), args.clone())).await?;
         let Value::Array(parts) = reply else {
             return Err(StoreError::Protocol("append reply is not an array".into()));
         };
-        if parts.get(1).and_then(|v| v.as_i64()) == Some(3) {
-            return Ok(Appended::TooManyKeys);
+        match parts.get(1).and_then(|v| v.as_i64()) {
+            Some(3) => return Ok(Appended::TooManyKeys),
+            Some(4) => {
+                let left = parts.get(2).and_then(|v| v.as_i64()).unwrap_or(1).max(1) as u64;
+                return Ok(Appended::SlowMode { retry_after_ms: left });
+            }
+            _ => {}
         }
         let id = reply::event_id(parts.first().unwrap_or(&Value::Null))?;
         match parts.get(1).and_then(|v| v.as_i64()) {
@@ -405,6 +422,14 @@ pub(super) async fn timed<T>(
 impl EventLog for RedisStore {
     async fn append(&self, room: &RoomName, data: Bytes, options: AppendOptions<'_>) -> Result<Appended, StoreError> {
         timed("append", self.run_append(room, options, data)).await
+    }
+
+    async fn recorded(&self, room: &RoomName, key: &IdempotencyKey) -> Result<Option<EventId>, StoreError> {
+        let record: Option<String> = timed("read", async {
+            self.client.get(self.keys.idempotency(room, key.as_str())).await.map_err(unavailable)
+        })
+        .await?;
+        Ok(record.as_deref().and_then(|r| r.split(' ').next()).and_then(|id| EventId::parse(id).ok()))
     }
 
     async fn read_back(&self, room: &RoomName, before: Option<EventId>, limit: usize) -> Result<BackPage, StoreError> {

@@ -5,15 +5,17 @@
 ///
 /// KEYS: room stream, mailbox (the bucket's on a cluster, the store's on one
 /// Redis), room floor, the call's record (the publish's idempotency key, or
-/// else a replay key named by the call's nonce), and the room's state hash.
+/// else a replay key named by the call's nonce), the room's state hash, and
+/// the publisher's slow-mode key.
 /// ARGV: history, data, room ttl ms, room name, signal stream length, floor
 /// ttl ms, record ttl ms, doorbell channel (empty: none), nonce, payload
 /// fingerprint (empty for a replay key), state key (empty: none), most
-/// state keys.
+/// state keys, slow-mode interval ms (0: none).
 /// Returns `{id, 1}` for an event stored by this call (now, or by an earlier
 /// send of it whose reply was lost), `{first id, 0}` for a repeated key,
 /// `{first id, 2}` for a key used with another payload, `{'', 3}` for a new
-/// state key past the room's limit (nothing stored).
+/// state key past the room's limit, `{'', 4, ms}` for a publisher that must
+/// wait `ms` more under slow mode (nothing stored in either case).
 ///
 /// A keyed event carries its key in field `k`, and becomes the key's value
 /// in the state hash (`"<id> <data>"`), which expires with the stream.
@@ -48,6 +50,11 @@ if seen then
   if nonce == ARGV[9] then return {first, 1} end
   if print ~= '' and ARGV[10] ~= '' and print ~= ARGV[10] then return {first, 2} end
   return {first, 0}
+end
+local slow = tonumber(ARGV[13]) or 0
+if slow > 0 then
+  local left = redis.call('PTTL', KEYS[6])
+  if left > 0 then return {'', 4, left} end
 end
 local skey = ARGV[11]
 if skey ~= '' and redis.call('HEXISTS', KEYS[5], skey) == 0 and redis.call('HLEN', KEYS[5]) >= tonumber(ARGV[12]) then
@@ -88,6 +95,7 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'r', ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 if ARGV[8] ~= '' then redis.call('SPUBLISH', ARGV[8], ARGV[4]) end
 redis.call('SET', KEYS[4], id .. ' ' .. ARGV[9] .. ' ' .. ARGV[10], 'PX', ARGV[7])
+if slow > 0 then redis.call('SET', KEYS[6], '1', 'PX', slow) end
 return {id, 1}
 "#;
 
@@ -144,4 +152,19 @@ for i, key in ipairs(KEYS) do
   out[i + 1] = v
 end
 return out
+"#;
+
+/// Bans a subject from a room until a time, dropping bans that ended, and
+/// keeps the ban hash until its last ban ends. KEYS: the room's ban hash.
+/// ARGV: subject, until (ms since the epoch), now (ms).
+pub(super) const BAN_LUA: &str = r#"
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local all = redis.call('HGETALL', KEYS[1])
+local now, last = tonumber(ARGV[3]), 0
+for i = 1, #all, 2 do
+  local until_ms = tonumber(all[i + 1]) or 0
+  if until_ms <= now then redis.call('HDEL', KEYS[1], all[i]) elseif until_ms > last then last = until_ms end
+end
+if last > 0 then redis.call('PEXPIREAT', KEYS[1], last) end
+return 1
 "#;
