@@ -182,7 +182,8 @@ mod cases {
             ));
         }
         let (k3, k0) = (key(3), key(0));
-        let refused = f.store.append(&r, data(3), AppendOptions { key: Some(&k3), ..Default::default() }).await.unwrap();
+        let refused =
+            f.store.append(&r, data(3), AppendOptions { key: Some(&k3), ..Default::default() }).await.unwrap();
         assert_eq!(refused, Appended::TooManyKeys);
         // Nothing was stored; a known key still takes new values.
         assert_eq!(f.store.read(&r, Position::Oldest, 10).await.unwrap().events.len(), 3);
@@ -211,7 +212,8 @@ mod cases {
     pub async fn slow_mode_lets_each_publisher_publish_once_per_interval(f: Fixture) {
         use roomcast::store::Slow;
         let r = room("slow");
-        let slow = |publisher| AppendOptions { slow: Some(Slow { publisher, interval_ms: 60_000 }), ..Default::default() };
+        let slow =
+            |publisher| AppendOptions { slow: Some(Slow { publisher, interval_ms: 60_000 }), ..Default::default() };
         assert!(matches!(f.store.append(&r, data(1), slow("ann")).await.unwrap(), Appended::Stored(_)));
         let early = f.store.append(&r, data(2), slow("ann")).await.unwrap();
         assert!(

@@ -303,7 +303,12 @@ pub enum ServerFrame {
 
 impl From<FrameError> for ServerFrame {
     fn from(e: FrameError) -> Self {
-        ServerFrame::Error { code: e.code, message: e.message, reference: e.reference, retry_after_ms: e.retry_after_ms }
+        ServerFrame::Error {
+            code: e.code,
+            message: e.message,
+            reference: e.reference,
+            retry_after_ms: e.retry_after_ms,
+        }
     }
 }
 

@@ -1208,8 +1208,13 @@ mod tests {
     async fn an_expiring_token_ends_the_session_at_its_expiry() {
         let f = fixture();
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-        let claims =
-            crate::auth::Claims { sub: None, exp: now + 60, rooms: vec!["*".into()], publish: vec![], moderate: vec![] };
+        let claims = crate::auth::Claims {
+            sub: None,
+            exp: now + 60,
+            rooms: vec!["*".into()],
+            publish: vec![],
+            moderate: vec![],
+        };
         let ctx = f.session().ctx.clone();
         let mut session = Session::new(ctx, Recorder::default(), Grant::Token(claims));
         let started = Instant::now();

@@ -53,9 +53,9 @@ pub mod coalesce;
 pub mod feed;
 pub mod live_log;
 pub mod loss;
-pub mod rules;
 pub mod memory;
 pub mod redis;
+pub mod rules;
 
 use std::time::Duration;
 

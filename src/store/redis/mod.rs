@@ -15,10 +15,10 @@ mod fault;
 pub mod keys;
 mod layout;
 mod live_log;
-mod rules;
 mod loss;
 mod mailbox;
 mod reply;
+mod rules;
 mod scripts;
 mod topology;
 

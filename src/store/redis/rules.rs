@@ -35,10 +35,8 @@ impl Rules for RedisStore {
     }
 
     async fn unban(&self, room: &RoomName, sub: &str) -> Result<bool, StoreError> {
-        let removed: i64 = timed("rules", async {
-            self.client.hdel(self.keys.bans(room), sub).await.map_err(unavailable)
-        })
-        .await?;
+        let removed: i64 =
+            timed("rules", async { self.client.hdel(self.keys.bans(room), sub).await.map_err(unavailable) }).await?;
         Ok(removed > 0)
     }
 
