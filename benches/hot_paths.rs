@@ -25,7 +25,7 @@ fn events(n: u64, payload: usize) -> Vec<Event> {
             id: EventId::new(1_732_270_000_000 + i, 0),
             prev: EventId::new(1_732_270_000_000 + i - 1, 0),
             data: data.clone(),
-            key: None,
+            ..Event::default()
         })
         .collect()
 }

@@ -85,6 +85,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/rooms/{room}/events", get(history::list).post(http::publish::create))
         .route("/rooms/{room}/sse", get(sse::handler))
         .route("/rooms/{room}/state", get(rooms::state))
+        .route("/rooms/{room}/events/{id}", axum::routing::patch(moderating::edit).delete(moderating::delete))
         .route("/rooms/{room}/bans", get(moderating::bans).post(moderating::ban))
         .route("/rooms/{room}/bans/{sub}", axum::routing::delete(moderating::unban))
         .route("/rooms/{room}/settings", get(moderating::settings).put(moderating::put_settings))

@@ -240,6 +240,9 @@ impl Publisher {
             Appended::Conflict(id) => Err(Refused::Conflict(id)),
             Appended::TooManyKeys => Err(Refused::TooManyKeys),
             Appended::SlowMode { retry_after_ms } => Err(Refused::SlowMode { retry_after_ms }),
+            Appended::NotFound => {
+                Err(Refused::Store(StoreError::Protocol("a publish answered as an operation".into())))
+            }
         }
     }
 

@@ -192,6 +192,108 @@ async fn slow_mode_holds_publishers_to_the_interval(d: Deployment) {
     .await;
 }
 
+fn ids_of(events: &Value) -> Vec<String> {
+    events.as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect()
+}
+
+/// Every frame's events of `room` until `n` arrived, as the node sent them.
+async fn raw_events(c: &mut Client, room: &str, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let frame = c.next().await.unwrap();
+        if frame["type"] == "events" && frame["room"] == room {
+            out.extend(frame["events"].as_array().unwrap().iter().cloned());
+        }
+        assert_ne!(frame["type"], "gap", "a moderated room never reads as a gap");
+    }
+    out
+}
+
+async fn edits_and_deletes_are_seen_live_and_in_every_read(d: Deployment) {
+    let host = token("host", &["mod-*"]);
+    let mut live = viewer(&d, 1, "fan", "mod-chat").await;
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        ids.push(backend_publish(&d, i, "mod-chat", json!({"text": format!("message {i}")})).await);
+    }
+    raw_events(&mut live, "mod-chat", 8).await;
+    let mut resumer = Client::connect(&d.node(2).ws_url(&format!("?token={}", token("late", &[])))).await;
+    // Edit 2, delete 4, edit 6 then delete it (its edit's data goes too).
+    let path = |id: &str| format!("/rooms/mod-chat/events/{id}");
+    let (status, edit) = call(&d, 0, "PATCH", &path(&ids[2]), Some(&host), Some(json!({"text": "edited"}))).await;
+    assert_eq!(status, 200, "{edit}");
+    assert_eq!(edit["target"], json!(ids[2]));
+    let (_, delete) = call(&d, 1, "DELETE", &path(&ids[4]), Some(&host), None).await;
+    let (_, edit6) = call(&d, 2, "PATCH", &path(&ids[6]), Some(API_KEY), Some(json!({"text": "oops"}))).await;
+    let (_, delete6) = call(&d, 0, "DELETE", &path(&ids[6]), Some(API_KEY), None).await;
+    let ops: Vec<String> =
+        [&edit, &delete, &edit6, &delete6].iter().map(|v| v["id"].as_str().unwrap().to_owned()).collect();
+    // Refused: not a moderator, unknown or deleted targets, operations as targets.
+    assert_eq!(call(&d, 0, "DELETE", &path(&ids[1]), Some(&token("fan", &[])), None).await.0, 403);
+    assert_eq!(call(&d, 0, "DELETE", &path(&ids[1]), None, None).await.0, 401);
+    assert_eq!(call(&d, 0, "DELETE", &path(&ids[4]), Some(&host), None).await.0, 404);
+    assert_eq!(call(&d, 0, "DELETE", &path(&ops[0]), Some(&host), None).await.0, 404);
+    assert_eq!(call(&d, 0, "DELETE", &path("1-1"), Some(&host), None).await.0, 404);
+    assert_eq!(call(&d, 0, "PATCH", &path("nonsense"), Some(&host), Some(json!(1))).await.0, 400);
+    // Live: the operations, in order, like any event.
+    let got = raw_events(&mut live, "mod-chat", 4).await;
+    assert_eq!(got[0], json!({"id": ops[0], "op": "edit", "target": ids[2], "data": {"text": "edited"}}));
+    assert_eq!(got[1], json!({"id": ops[1], "op": "delete", "target": ids[4]}));
+    assert_eq!(got[3], json!({"id": ops[3], "op": "delete", "target": ids[6]}));
+    // Every read shows each target in place, as it now stands.
+    let expected = {
+        let mut all: Vec<Value> =
+            (0..8).map(|i| json!({"id": ids[i], "data": {"text": format!("message {i}")}})).collect();
+        all[2] = json!({"id": ids[2], "edited": true, "data": {"text": "edited"}});
+        all[4] = json!({"id": ids[4], "deleted": true});
+        all[6] = json!({"id": ids[6], "deleted": true});
+        all.push(json!({"id": ops[0], "op": "edit", "target": ids[2], "data": {"text": "edited"}}));
+        all.push(json!({"id": ops[1], "op": "delete", "target": ids[4]}));
+        all.push(json!({"id": ops[2], "op": "edit", "target": ids[6], "deleted": true}));
+        all.push(json!({"id": ops[3], "op": "delete", "target": ids[6]}));
+        all
+    };
+    let (_, forward) = call(&d, 1, "GET", "/rooms/mod-chat/events", Some(API_KEY), None).await;
+    assert_eq!(forward["events"], json!(expected), "forward history");
+    assert_eq!(forward["gap"], false);
+    let (_, backward) = call(&d, 2, "GET", "/rooms/mod-chat/events?before=latest&limit=100", Some(API_KEY), None).await;
+    assert_eq!(backward["events"], json!(expected), "backwards history");
+    let mut rewinder =
+        Client::connect(&d.node(0).ws_url(&format!("?token={}&room=mod-chat&rewind=12", token("r", &[])))).await;
+    rewinder.expect_type("subscribed").await;
+    assert_eq!(raw_events(&mut rewinder, "mod-chat", 12).await, expected, "rewind");
+    // A resume from before the changes, on another node: what followed, as it stands, no gap.
+    resumer.send(json!({"type": "subscribe", "room": "mod-chat", "last_event_id": ids[1]})).await;
+    assert_eq!(resumer.expect_type("subscribed").await["resumed"], true);
+    assert_eq!(raw_events(&mut resumer, "mod-chat", 10).await, expected[2..].to_vec(), "resume");
+    // The live subscriber, and every read, continue after the operations.
+    let next = backend_publish(&d, 0, "mod-chat", json!("next")).await;
+    assert_eq!(raw_events(&mut live, "mod-chat", 1).await, vec![json!({"id": next, "data": "next"})]);
+    let (_, after) = call(&d, 0, "GET", &format!("/rooms/mod-chat/events?after={}", ids[6]), Some(API_KEY), None).await;
+    assert_eq!(ids_of(&after["events"]), [&ids[7..], &ops[..], &[next]].concat());
+    assert_eq!(after["gap"], false, "after a deleted event's id: no gap");
+}
+
+/// Trimmed events cannot be edited; a room edited and deleted in then
+/// trimmed still reads without a gap from its oldest kept event.
+async fn moderated_rooms_trim_like_any_other(d: Deployment) {
+    let host = token("host", &["mod-*"]);
+    let first = backend_publish(&d, 0, "mod-trim", json!(0)).await;
+    let second = backend_publish(&d, 1, "mod-trim", json!(1)).await;
+    assert_eq!(call(&d, 0, "DELETE", &format!("/rooms/mod-trim/events/{second}"), Some(&host), None).await.0, 200);
+    for i in 2..260 {
+        backend_publish(&d, i, "mod-trim", json!(i)).await;
+    }
+    assert_eq!(
+        call(&d, 1, "PATCH", &format!("/rooms/mod-trim/events/{first}"), Some(&host), Some(json!(9))).await.0,
+        404,
+        "trimmed"
+    );
+    let (_, page) = call(&d, 2, "GET", "/rooms/mod-trim/events?limit=1000", Some(API_KEY), None).await;
+    assert_eq!(page["gap"], false);
+    assert!(!ids_of(&page["events"]).contains(&first));
+}
+
 macro_rules! deployments {
     ($name:ident, $deployment:expr) => {
         mod $name {
@@ -208,6 +310,16 @@ macro_rules! deployments {
             #[tokio::test]
             async fn disconnects_close_every_connection_of_the_subject() {
                 super::disconnects_close_every_connection_of_the_subject($deployment(&auth())).await
+            }
+            #[tokio::test]
+            async fn edits_and_deletes_are_seen_live_and_in_every_read() {
+                super::edits_and_deletes_are_seen_live_and_in_every_read($deployment(&auth())).await
+            }
+            #[tokio::test]
+            async fn moderated_rooms_trim_like_any_other() {
+                let mut args = auth();
+                args.extend(["--history", "50"]);
+                super::moderated_rooms_trim_like_any_other($deployment(&args)).await
             }
             #[tokio::test]
             async fn slow_mode_holds_publishers_to_the_interval() {

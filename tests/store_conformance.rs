@@ -231,6 +231,86 @@ mod cases {
         assert_eq!(f.store.read(&r, Position::Oldest, 100).await.unwrap().events.len(), 3);
     }
 
+    pub async fn edits_and_deletes_show_in_every_read_and_keep_the_chain(f: Fixture) {
+        use roomcast::protocol::{OpKind, Shown, StateKey};
+        let r = room("mod");
+        let score = StateKey::parse("score").unwrap();
+        let mut ids = append_n(&*f.store, &r, 3).await;
+        let keyed = AppendOptions { key: Some(&score), ..Default::default() };
+        ids.push(f.store.append(&r, data(3), keyed).await.unwrap().id().unwrap());
+        ids.extend(append_n(&*f.store, &r, 1).await);
+        let edit = |target, d| {
+            let store = f.store.clone();
+            let r = r.clone();
+            async move { store.moderate(&r, target, OpKind::Edit, d).await.unwrap() }
+        };
+        let delete = |target| {
+            let store = f.store.clone();
+            let r = r.clone();
+            async move { store.moderate(&r, target, OpKind::Delete, Bytes::new()).await.unwrap() }
+        };
+        // Edit event 1 twice, then delete it; edit the keyed event 3; delete 2.
+        let e1 = edit(ids[1], Bytes::from_static(b"\"first edit\"")).await.id().unwrap();
+        let e2 = edit(ids[1], Bytes::from_static(b"\"second edit\"")).await.id().unwrap();
+        let e3 = edit(ids[3], Bytes::from_static(b"\"score edited\"")).await.id().unwrap();
+        assert_eq!(f.store.state(&r).await.unwrap().values[0].1.data, Bytes::from_static(b"\"score edited\""));
+        let d1 = delete(ids[1]).await.id().unwrap();
+        let d2 = delete(ids[2]).await.id().unwrap();
+        // Not found: an unknown ID, an operation, something deleted already.
+        assert_eq!(delete(EventId::new(ids[0].ms, ids[0].seq + 1)).await, Appended::NotFound);
+        assert_eq!(delete(e1).await, Appended::NotFound);
+        assert_eq!(delete(ids[1]).await, Appended::NotFound);
+        assert_eq!(edit(ids[2], Bytes::from_static(b"1")).await, Appended::NotFound);
+        let page = f.store.read(&r, Position::Oldest, 100).await.unwrap();
+        let shown: Vec<(EventId, Shown, bool)> = page.events.iter().map(|e| (e.id, e.shown, e.op.is_some())).collect();
+        assert_eq!(
+            shown,
+            vec![
+                (ids[0], Shown::Original, false),
+                (ids[1], Shown::Deleted, false),
+                (ids[2], Shown::Deleted, false),
+                (ids[3], Shown::Edited, false),
+                (ids[4], Shown::Original, false),
+                (e1, Shown::Deleted, true),
+                (e2, Shown::Deleted, true),
+                (e3, Shown::Original, true),
+                (d1, Shown::Original, true),
+                (d2, Shown::Original, true),
+            ],
+            "every event in its place, as moderated"
+        );
+        assert!(page.events.windows(2).all(|w| w[1].prev == w[0].id), "the chain holds across deletions");
+        assert!(page.events[1].data.is_empty() && page.events[5].data.is_empty(), "deleted data is gone");
+        assert_eq!(page.events[3].data, Bytes::from_static(b"\"score edited\""));
+        // No read from any position sees a gap, or an event twice.
+        for (i, at) in page.events.iter().enumerate() {
+            let after = f.store.read(&r, Position::After(at.id), 100).await.unwrap();
+            assert!(!after.gap, "after {}", at.id);
+            assert_eq!(
+                after.events.iter().map(|e| e.id).collect::<Vec<_>>(),
+                page.events[i + 1..].iter().map(|e| e.id).collect::<Vec<_>>()
+            );
+        }
+        // Backwards too.
+        let back = f.store.read_back(&r, None, 100).await.unwrap();
+        assert_eq!(back.events, page.events);
+        assert!(!back.gap);
+        let back = f.store.read_back(&r, Some(ids[3]), 2).await.unwrap();
+        assert_eq!(back.events.iter().map(|e| e.id).collect::<Vec<_>>(), vec![ids[1], ids[2]]);
+        assert!(!back.gap);
+        // Deleting the newest event: what follows continues it.
+        let last = append_n(&*f.store, &r, 1).await[0];
+        let d3 = delete(last).await.id().unwrap();
+        let next = append_n(&*f.store, &r, 1).await[0];
+        let after = f.store.read(&r, Position::After(d2), 10).await.unwrap();
+        assert!(!after.gap);
+        assert_eq!(after.events.iter().map(|e| e.id).collect::<Vec<_>>(), vec![last, d3, next]);
+        assert_eq!(after.events[0].shown, Shown::Deleted);
+        // A deleted keyed value leaves the state.
+        delete(ids[3]).await;
+        assert!(f.store.state(&r).await.unwrap().values.is_empty());
+    }
+
     pub async fn ids_increase_and_chain(f: Fixture) {
         let r = room("chain");
         let ids = append_n(&*f.store, &r, 50).await;
@@ -543,6 +623,35 @@ mod key_loss {
     }
 
     #[tokio::test]
+    async fn a_deleted_events_data_is_gone_from_redis() {
+        use roomcast::protocol::OpKind;
+        let f = redis(options(1000, Duration::from_secs(60))).await;
+        let server = f._redis.as_ref().unwrap();
+        let keys = Keys::new("t");
+        let r = room("gone");
+        let secret = Bytes::from_static(b"\"a secret phone number\"");
+        let id = f.store.append(&r, secret, AppendOptions::default()).await.unwrap().id().unwrap();
+        let edited = Bytes::from_static(b"\"the number again, edited\"");
+        f.store.moderate(&r, id, OpKind::Edit, edited).await.unwrap();
+        f.store.moderate(&r, id, OpKind::Delete, Bytes::new()).await.unwrap();
+        let range = server.command(&["XRANGE", &keys.room(&r), &id.to_string(), &id.to_string()]);
+        assert_eq!(range.as_deref(), Some("*0"), "the entry is gone from the stream");
+        // No entry, and no version, holds either text any more.
+        let dump = std::process::Command::new("redis-cli")
+            .args(["-p", &server.port.to_string(), "--raw", "XRANGE", &keys.room(&r), "-", "+"])
+            .output()
+            .unwrap();
+        let versions = std::process::Command::new("redis-cli")
+            .args(["-p", &server.port.to_string(), "--raw", "HGETALL", &keys.versions(&r)])
+            .output()
+            .unwrap();
+        for out in [dump.stdout, versions.stdout] {
+            let text = String::from_utf8_lossy(&out);
+            assert!(!text.contains("phone number") && !text.contains("number again"), "{text}");
+        }
+    }
+
+    #[tokio::test]
     async fn a_deleted_stream_is_a_gap_and_its_ids_carry_on_above_the_old_ones() {
         let f = redis(options(1000, Duration::from_secs(60))).await;
         let server = f._redis.as_ref().unwrap();
@@ -808,6 +917,14 @@ macro_rules! conformance {
             #[tokio::test]
             async fn slow_mode_lets_each_publisher_publish_once_per_interval() {
                 cases::slow_mode_lets_each_publisher_publish_once_per_interval(
+                    $store(options(1000, Duration::from_secs(60))).await,
+                )
+                .await
+            }
+
+            #[tokio::test]
+            async fn edits_and_deletes_show_in_every_read_and_keep_the_chain() {
+                cases::edits_and_deletes_show_in_every_read_and_keep_the_chain(
                     $store(options(1000, Duration::from_secs(60))).await,
                 )
                 .await

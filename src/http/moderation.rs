@@ -1,5 +1,6 @@
 //! Moderation over HTTP: bans (`/rooms/{room}/bans`), room settings
-//! (`/rooms/{room}/settings`) and disconnects (`/users/{sub}/disconnect`).
+//! (`/rooms/{room}/settings`), disconnects (`/users/{sub}/disconnect`), and
+//! edits and deletes of events (`/rooms/{room}/events/{id}`).
 //! Moderators are the API key, or a token whose `moderate` patterns cover
 //! the room; disconnecting a user takes the API key.
 
@@ -18,7 +19,7 @@ use super::{forbidden, room_and_grant, Refusal};
 use crate::app::App;
 use crate::auth::Grant;
 use crate::moderation::{MAX_BAN, MAX_REASON, MAX_SLOW_MODE_MS};
-use crate::protocol::{ErrorCode, RoomName};
+use crate::protocol::{data_to_json, msgpack_to_value, ErrorCode, EventId, OpKind, RoomName};
 use crate::store::RoomSettings;
 
 /// A room the request's credential moderates.
@@ -166,4 +167,72 @@ pub async fn disconnect(
     }
     app.sessions.publisher.moderation().disconnect(sub, &request.reason).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "sub": sub }))).into_response())
+}
+
+/// The target of an edit or delete: `/rooms/{room}/events/{id}`, moderated
+/// by the request's credential.
+async fn target(
+    app: &App,
+    raw: &str,
+    id: &str,
+    headers: &axum::http::HeaderMap,
+) -> Result<(RoomName, EventId), Refusal> {
+    let room =
+        RoomName::parse(raw).map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, ErrorCode::BadRoom, e.to_string()))?;
+    let grant = app
+        .config
+        .auth
+        .authenticate(headers, None)
+        .map_err(|e| Refusal::new(StatusCode::UNAUTHORIZED, ErrorCode::Forbidden, e.to_string()))?;
+    if !grant.may_moderate(&room) {
+        return Err(not_moderator(&grant));
+    }
+    let id =
+        EventId::parse(id).map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, ErrorCode::BadEventId, e.to_string()))?;
+    Ok((room, id))
+}
+
+fn changed(room: &RoomName, target: EventId, id: Option<EventId>) -> Result<Response, Refusal> {
+    match id {
+        Some(id) => Ok(Json(json!({ "room": room, "id": id, "target": target })).into_response()),
+        None => Err(Refusal::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "the room keeps no such event")),
+    }
+}
+
+/// Edits an event: the body (JSON, or MessagePack) is its new data. Appends
+/// an `edit` operation to the room; `{"id": <the operation's>, "target"}`.
+pub async fn edit(
+    State(app): State<Arc<App>>,
+    Path((raw, id)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Result<Response, Refusal> {
+    let (room, target) = target(&app, &raw, &id, &headers).await?;
+    let msgpack = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/msgpack") || v.starts_with("application/x-msgpack"));
+    let value: serde_json::Value =
+        if msgpack { msgpack_to_value(&bytes) } else { serde_json::from_slice(&bytes).map_err(|e| e.to_string()) }
+            .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, ErrorCode::BadFrame, e))?;
+    let data = data_to_json(&value);
+    let limit = app.sessions.limits.max_payload;
+    if data.len() > limit {
+        let message = format!("payload is {} bytes; the limit is {limit}", data.len());
+        return Err(Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge, message));
+    }
+    let id = app.sessions.publisher.moderation().change(&room, target, OpKind::Edit, data).await?;
+    changed(&room, target, id)
+}
+
+/// Deletes an event: appends a `delete` operation; its data, and that of
+/// its edits, is gone from every read and from the store.
+pub async fn delete(
+    State(app): State<Arc<App>>,
+    Path((raw, id)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, Refusal> {
+    let (room, target) = target(&app, &raw, &id, &headers).await?;
+    let id = app.sessions.publisher.moderation().change(&room, target, OpKind::Delete, bytes::Bytes::new()).await?;
+    changed(&room, target, id)
 }

@@ -499,6 +499,11 @@ impl FeedSink for Hub {
         let before = members.end(entry.start.get());
         for batch in &batches {
             members.recent.push(before, &batch.events);
+            for event in &batch.events {
+                if let Some(op) = event.op {
+                    members.recent.moderate(op, &event.data);
+                }
+            }
         }
         if let Some(state) = members.state.as_mut() {
             let whole = batches.iter().all(|b| Arc::make_mut(state).apply(&b.events));

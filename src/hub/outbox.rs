@@ -238,7 +238,7 @@ mod tests {
         let data = Bytes::from(vec![b'1'; size]);
         Arc::new(Batch::new(
             RoomName::parse("r").unwrap(),
-            vec![Event { id: EventId::new(n, 0), prev: EventId::new(n - 1, 0), data, key: None }],
+            vec![Event { id: EventId::new(n, 0), prev: EventId::new(n - 1, 0), data, ..Event::default() }],
         ))
     }
 

@@ -8,7 +8,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::protocol::{Event, EventId, StateKey};
+use bytes::Bytes;
+
+use crate::protocol::{Event, EventId, Op, OpKind, Shown, StateKey};
 use crate::store::{Page, Position, Snapshot};
 
 /// Most events kept per room (the largest rewind).
@@ -72,6 +74,23 @@ impl Recent {
             self.events.push_back(event.clone());
         }
         self.trim();
+    }
+
+    /// Applies a moderator's operation (the feed just delivered it) to the
+    /// events held: the target shows its new data, or loses it with its edits.
+    pub fn moderate(&mut self, op: Op, data: &Bytes) {
+        for event in self.events.iter_mut() {
+            let target = event.id == op.target && event.op.is_none();
+            let edit_of_target = event.op.is_some_and(|o| o.kind == OpKind::Edit && o.target == op.target);
+            let (new, shown) = match op.kind {
+                OpKind::Edit if target => (data.clone(), Shown::Edited),
+                OpKind::Delete if target || edit_of_target => (Bytes::new(), Shown::Deleted),
+                _ => continue,
+            };
+            self.bytes = self.bytes - event.data.len() + new.len();
+            event.data = new;
+            event.shown = shown;
+        }
     }
 
     fn trim(&mut self) {
@@ -186,6 +205,18 @@ impl State {
             if let Some(key) = &event.key {
                 self.values.insert(key.clone(), event.clone());
             }
+            if let Some(op) = event.op {
+                // A value that was the target follows it.
+                match op.kind {
+                    OpKind::Edit => {
+                        for value in self.values.values_mut().filter(|v| v.id == op.target) {
+                            value.data = event.data.clone();
+                            value.shown = Shown::Edited;
+                        }
+                    }
+                    OpKind::Delete => self.values.retain(|_, v| v.id != op.target),
+                }
+            }
             self.position = event.id;
         }
         true
@@ -195,7 +226,6 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     fn chain(from: u64, to: u64) -> Vec<Event> {
         (from..=to)
@@ -203,7 +233,7 @@ mod tests {
                 id: EventId::new(i, 0),
                 prev: EventId::new(i - 1, 0),
                 data: Bytes::from(i.to_string()),
-                key: None,
+                ..Event::default()
             })
             .collect()
     }

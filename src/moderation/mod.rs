@@ -20,7 +20,9 @@ use tracing::info;
 
 use crate::auth::Grant;
 use crate::hub::Hub;
-use crate::protocol::RoomName;
+use bytes::Bytes;
+
+use crate::protocol::{EventId, OpKind, RoomName};
 use crate::store::{LiveNote, RoomRules, RoomSettings, Signal, Store, StoreError};
 
 /// How long a node trusts the rules it read (changes also arrive as notes).
@@ -107,6 +109,24 @@ impl Moderation {
     async fn tell(&self, signal: Signal) -> Result<(), StoreError> {
         let note = LiveNote { node: self.node.clone(), moderation: vec![signal], ..LiveNote::default() };
         self.store.append_note(&note).await
+    }
+
+    /// Edits (new `data`, compact JSON) or deletes event `target` of
+    /// `room`: the operation's own ID, or `None` when the room keeps no
+    /// such event.
+    pub async fn change(
+        &self,
+        room: &RoomName,
+        target: EventId,
+        kind: OpKind,
+        data: Bytes,
+    ) -> Result<Option<EventId>, StoreError> {
+        let outcome = self.store.moderate(room, target, kind, data).await?;
+        if let Some(id) = outcome.id() {
+            metrics::counter!("roomcast_moderated_total", "op" => kind.as_str()).increment(1);
+            info!(room = %room, target = %target, op = kind.as_str(), id = %id, "event moderated");
+        }
+        Ok(outcome.id())
     }
 
     /// Bans `sub` from `room` for `duration`; when the ban ends.

@@ -13,7 +13,7 @@ use serde_json::Value;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::frames::{RawClientFrame, RefOnly};
-use super::{ClientFrame, ErrorCode, Event, EventId, FrameError, RoomName, ServerFrame, StateKey};
+use super::{ClientFrame, ErrorCode, Event, EventId, FrameError, OpKind, RoomName, ServerFrame, Shown, StateKey};
 
 /// Deepest nesting accepted in a client's MessagePack frame (serde_json's
 /// own limit for JSON is 128 as well).
@@ -147,7 +147,14 @@ fn push_json_key(s: &mut String, key: &StateKey) {
     s.push_str(&serde_json::to_string(key.as_str()).unwrap_or_else(|_| "\"\"".into()));
 }
 
-/// Appends `{"id":"..","key":"..","data":..}` (`key` only for a keyed event).
+/// Whether an event carries data on the wire: not a delete, nor anything deleted.
+fn has_data(event: &Event) -> bool {
+    event.shown != Shown::Deleted && !event.op.is_some_and(|op| op.kind == OpKind::Delete)
+}
+
+/// Appends `{"id":"..","key":"..","data":..}` (`key` only for a keyed
+/// event); an operation also names `op` and `target`; a moderated event
+/// says `edited` or `deleted` (a deleted one has no `data`).
 fn push_json_event(s: &mut String, event: &Event) {
     s.push_str(r#"{"id":""#);
     let _ = write!(s, "{}", event.id);
@@ -156,8 +163,18 @@ fn push_json_event(s: &mut String, event: &Event) {
         s.push_str(r#","key":"#);
         push_json_key(s, key);
     }
-    s.push_str(r#","data":"#);
-    s.push_str(data_text(event));
+    if let Some(op) = &event.op {
+        let _ = write!(s, r#","op":"{}","target":"{}""#, op.kind.as_str(), op.target);
+    }
+    match event.shown {
+        Shown::Original => {}
+        Shown::Edited => s.push_str(r#","edited":true"#),
+        Shown::Deleted => s.push_str(r#","deleted":true"#),
+    }
+    if has_data(event) {
+        s.push_str(r#","data":"#);
+        s.push_str(data_text(event));
+    }
     s.push('}');
 }
 
@@ -275,7 +292,16 @@ struct MsgPackEvent<'a> {
     id: EventId,
     #[serde(skip_serializing_if = "Option::is_none")]
     key: Option<&'a str>,
-    data: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    op: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<EventId>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    edited: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    deleted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Value>,
 }
 
 fn msgpack_events(room: &RoomName, events: &[Event]) -> Bytes {
@@ -287,7 +313,11 @@ fn msgpack_events(room: &RoomName, events: &[Event]) -> Bytes {
             .map(|e| MsgPackEvent {
                 id: e.id,
                 key: e.key.as_ref().map(StateKey::as_str),
-                data: serde_json::from_slice(&e.data).unwrap_or(Value::Null),
+                op: e.op.map(|op| op.kind.as_str()),
+                target: e.op.map(|op| op.target),
+                edited: e.shown == Shown::Edited,
+                deleted: e.shown == Shown::Deleted,
+                data: has_data(e).then(|| serde_json::from_slice(&e.data).unwrap_or(Value::Null)),
             })
             .collect(),
     };
@@ -299,8 +329,23 @@ pub fn sse_events(events: &[Event]) -> Bytes {
     let payload: usize = events.iter().map(|e| e.data.len() + 40).sum();
     let mut s = String::with_capacity(payload);
     for event in events {
-        // Stored JSON is compact (no raw newlines), so one `data:` line holds it.
-        let _ = write!(s, "id: {}\ndata: {}\n\n", event.id, data_text(event));
+        // Stored JSON is compact (no raw newlines), so one `data:` line holds
+        // it. Operations and deleted events are named events of their own,
+        // so a plain `onmessage` sees only messages.
+        let _ = write!(s, "id: {}\n", event.id);
+        match (event.op, event.shown) {
+            (Some(op), _) => {
+                let _ = write!(s, "event: {}\ndata: {{\"target\":\"{}\"", op.kind.as_str(), op.target);
+                if has_data(event) {
+                    let _ = write!(s, ",\"data\":{}", data_text(event));
+                }
+                s.push_str("}\n\n");
+            }
+            (None, Shown::Deleted) => s.push_str("event: deleted\ndata: {}\n\n"),
+            (None, _) => {
+                let _ = write!(s, "data: {}\n\n", data_text(event));
+            }
+        }
     }
     Bytes::from(s)
 }
@@ -315,7 +360,7 @@ mod tests {
     use super::*;
 
     fn ev(ms: u64, data: &str) -> Event {
-        Event { id: EventId::new(ms, 0), prev: EventId::ZERO, data: Bytes::from(data.to_owned()), key: None }
+        Event { id: EventId::new(ms, 0), prev: EventId::ZERO, data: Bytes::from(data.to_owned()), ..Event::default() }
     }
 
     #[test]
@@ -379,7 +424,7 @@ mod tests {
             rmp_serde::to_vec_named(&serde_json::json!({"type":"publish","room":"r","data":published})).unwrap();
         let ClientFrame::Publish { data, .. } = decode_client(Format::MsgPack, &frame).unwrap() else { panic!() };
         let stored = data_to_json(&data);
-        let event = Event { id: EventId::new(1, 0), prev: EventId::ZERO, data: stored, key: None };
+        let event = Event { id: EventId::new(1, 0), prev: EventId::ZERO, data: stored, ..Event::default() };
         let Wire::Binary(b) = encode_events(Format::MsgPack, &RoomName::parse("r").unwrap(), &[event]) else {
             panic!()
         };

@@ -5,8 +5,49 @@ use bytes::Bytes;
 
 use super::{EventId, StateKey};
 
+/// What a moderator's operation does to its target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpKind {
+    /// Replaces the target's data.
+    Edit,
+    /// Removes the target's data (and that of its edits).
+    Delete,
+}
+
+impl OpKind {
+    /// The name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpKind::Edit => "edit",
+            OpKind::Delete => "delete",
+        }
+    }
+}
+
+/// An operation on an earlier event of the room, itself an event: ordered,
+/// resumable, delivered like any other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Op {
+    /// Edit or delete.
+    pub kind: OpKind,
+    /// The event it applies to.
+    pub target: EventId,
+}
+
+/// How a read shows an event that moderators changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Shown {
+    /// As published.
+    #[default]
+    Original,
+    /// With its latest edit's data, in its own place.
+    Edited,
+    /// Deleted: its place and ID remain, its data is gone.
+    Deleted,
+}
+
 /// One event of a room, as read from the store.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Event {
     /// The event's ID, its position in the room.
     pub id: EventId,
@@ -19,6 +60,10 @@ pub struct Event {
     pub data: Bytes,
     /// The state key the event is the current value of, if it names one.
     pub key: Option<StateKey>,
+    /// For a moderator's operation: what it does, to which event.
+    pub op: Option<Op>,
+    /// Whether a moderator edited or deleted this event since.
+    pub shown: Shown,
 }
 
 /// Bytes one event is reckoned to take in a frame beyond its payload (its
@@ -75,7 +120,7 @@ mod tests {
                 id: EventId::new(i as u64 + 1, 0),
                 prev: EventId::new(i as u64, 0),
                 data: Bytes::from(vec![b'1'; *n]),
-                key: None,
+                ..Event::default()
             })
             .collect()
     }

@@ -18,7 +18,7 @@ pub use codec::{
     data_to_json, decode_client, encode_events, encode_frame, encode_state, json_history, json_room_state,
     msgpack_to_value, sse_events, sse_gap, sse_state, Format, Wire, MSGPACK_SUBPROTOCOL,
 };
-pub use event::{frames, Event, EVENT_OVERHEAD, FRAME_BUDGET};
+pub use event::{frames, Event, Op, OpKind, Shown, EVENT_OVERHEAD, FRAME_BUDGET};
 pub use event_id::{EventId, ParseEventIdError};
 pub use frames::{
     parse_rewind, query_flag, query_rewind, ClientFrame, ErrorCode, FrameError, ServerFrame, SubscribeOptions,

@@ -39,7 +39,7 @@ mod tests {
         let mut p = EventId::new(prev, 0);
         ids.iter()
             .map(|&i| {
-                let e = Event { id: EventId::new(i, 0), prev: p, data: Bytes::from_static(b"1"), key: None };
+                let e = Event { id: EventId::new(i, 0), prev: p, data: Bytes::from_static(b"1"), ..Event::default() };
                 p = e.id;
                 e
             })

@@ -63,7 +63,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::config::StoreSettings;
-use crate::protocol::{ErrorCode, Event, EventId, IdempotencyKey, RoomName, StateKey};
+use crate::protocol::{ErrorCode, Event, EventId, IdempotencyKey, OpKind, RoomName, StateKey};
 
 pub use self::live_log::{live_sum, LiveLog, LiveNote, NoteCursor, Signal};
 pub use self::loss::{Change, Incarnation, LossDetection};
@@ -93,6 +93,9 @@ pub enum Appended {
         /// Milliseconds until it may publish again.
         retry_after_ms: u64,
     },
+    /// An operation's target is not an event the room keeps (never was,
+    /// trimmed, already deleted, or itself an operation): nothing was stored.
+    NotFound,
 }
 
 impl Appended {
@@ -100,7 +103,7 @@ impl Appended {
     pub fn id(self) -> Option<EventId> {
         match self {
             Appended::Stored(id) | Appended::Repeated(id) | Appended::Conflict(id) => Some(id),
-            Appended::TooManyKeys | Appended::SlowMode { .. } => None,
+            Appended::TooManyKeys | Appended::SlowMode { .. } | Appended::NotFound => None,
         }
     }
 }
@@ -308,6 +311,22 @@ pub trait EventLog: Send + Sync + 'static {
     /// step (refused when it is a new key past `max_state_keys`).
     async fn append(&self, room: &RoomName, data: Bytes, options: AppendOptions<'_>) -> Result<Appended, StoreError>;
 
+    /// Appends a moderator's operation on `target` (an event the room keeps,
+    /// not itself an operation), and applies it, in one step: an edit
+    /// (`data`: the new data) shows the target with its data from then on,
+    /// in every read; a delete removes the target's data, and that of its
+    /// edits, from the store, leaving its place (its ID, and the chain of
+    /// predecessors, so it never reads as a gap). A state value that was
+    /// the target follows it (edited, or gone). The operation is an event
+    /// of the room like any other, delivered live and kept in the history.
+    async fn moderate(
+        &self,
+        room: &RoomName,
+        target: EventId,
+        kind: OpKind,
+        data: Bytes,
+    ) -> Result<Appended, StoreError>;
+
     /// The first ID stored with idempotency key `key` in `room` within
     /// [`IDEMPOTENCY_WINDOW`], if any (a publish hook is not asked again
     /// for a retry of a stored publish).
@@ -371,7 +390,7 @@ mod tests {
                 id: EventId::new(id, 0),
                 prev: EventId::new(prev, 0),
                 data: Bytes::from_static(b"1"),
-                key: None,
+                ..Event::default()
             })
             .collect()
     }

@@ -23,7 +23,7 @@ use super::{
     payload_fingerprint, AppendOptions, Appended, BackPage, EventLog, Incarnation, LiveNote, LossDetection, Page,
     Position, RoomRules, RoomSettings, Rules, Snapshot, StoreError, StoreOptions, IDEMPOTENCY_WINDOW,
 };
-use crate::protocol::{Event, EventId, IdempotencyKey, RoomName, StateKey};
+use crate::protocol::{Event, EventId, IdempotencyKey, Op, OpKind, RoomName, Shown, StateKey};
 
 /// Entries dropped together when trimming, like a Redis stream's macro node.
 const TRIM_BLOCK: usize = 100;
@@ -186,7 +186,7 @@ impl MemoryStore {
         }
         let prev = log.end();
         let id = next_id(prev);
-        let event = Event { id, prev, data, key: key.cloned() };
+        let event = Event { id, prev, data, key: key.cloned(), ..Event::default() };
         if let Some(key) = key {
             log.state.insert(key.clone(), event.clone());
         }
@@ -265,6 +265,66 @@ impl EventLog for MemoryStore {
         if matches!(outcome, Appended::Stored(_)) {
             self.changed(room);
         }
+        Ok(outcome)
+    }
+
+    async fn moderate(
+        &self,
+        room: &RoomName,
+        target: EventId,
+        kind: OpKind,
+        data: Bytes,
+    ) -> Result<Appended, StoreError> {
+        let outcome = {
+            let mut inner = lock(&self.inner);
+            let Some(log) = inner.rooms.get_mut(room).filter(|log| log.touched.elapsed() < self.options.room_ttl)
+            else {
+                return Ok(Appended::NotFound);
+            };
+            let Some(at) = log.events.iter().position(|e| e.id == target && e.op.is_none()) else {
+                return Ok(Appended::NotFound);
+            };
+            if log.events[at].shown == Shown::Deleted {
+                return Ok(Appended::NotFound);
+            }
+            let key = log.events[at].key.clone();
+            match kind {
+                OpKind::Edit => {
+                    let event = &mut log.events[at];
+                    event.data = data.clone();
+                    event.shown = Shown::Edited;
+                    if let Some(value) = key.as_ref().and_then(|k| log.state.get_mut(k)).filter(|v| v.id == target) {
+                        value.data = data.clone();
+                        value.shown = Shown::Edited;
+                    }
+                }
+                OpKind::Delete => {
+                    // The target and every edit of it lose their data.
+                    for event in log.events.iter_mut() {
+                        let edit_of_target = event.op.is_some_and(|op| op.kind == OpKind::Edit && op.target == target);
+                        if event.id == target || edit_of_target {
+                            event.data = Bytes::new();
+                            event.shown = Shown::Deleted;
+                        }
+                    }
+                    if let Some(k) = key.as_ref().filter(|k| log.state.get(*k).is_some_and(|v| v.id == target)) {
+                        log.state.remove(k);
+                    }
+                }
+            }
+            let stored = if kind == OpKind::Delete { Bytes::new() } else { data };
+            let op = Op { kind, target };
+            match self.append_locked(&mut inner, room, stored, AppendOptions::default()) {
+                Appended::Stored(id) => {
+                    if let Some(event) = inner.rooms.get_mut(room).and_then(|log| log.events.back_mut()) {
+                        event.op = Some(op);
+                    }
+                    Appended::Stored(id)
+                }
+                other => other,
+            }
+        };
+        self.changed(room);
         Ok(outcome)
     }
 

@@ -16,6 +16,8 @@
 //! {prefix}:{T}:r:<room>     the room's stream: fields p (predecessor ID), k (state key,
 //!                           for a keyed event), d (JSON)
 //! {prefix}:{T}:s:<room>     hash: state key -> "<id> <data>", the key's current value
+//! {prefix}:{T}:v:<room>     hash: event id -> what moderators did to it ("e|<edits>|<data>",
+//!                           "x|<prev>" for a deleted event, "o|<prev>|<target>" for a deleted edit)
 //! {prefix}:{T}:b:<room>     hash: banned subject -> ban end (ms since the epoch)
 //! {prefix}:{T}:c:<room>     hash: the room's settings (slow_mode_ms)
 //! {prefix}:{T}:w:<room>|<p> set while publisher p must wait under the room's slow mode
@@ -104,6 +106,11 @@ impl Keys {
     /// The room's state: each state key's latest event.
     pub fn state(&self, room: &RoomName) -> String {
         format!("{}:{{{}}}:s:{}", self.prefix, tag(bucket(room)), room)
+    }
+
+    /// The room's versions: what moderators did to its events.
+    pub fn versions(&self, room: &RoomName) -> String {
+        format!("{}:{{{}}}:v:{}", self.prefix, tag(bucket(room)), room)
     }
 
     /// The room's bans: subject -> ban end.

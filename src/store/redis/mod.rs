@@ -21,6 +21,7 @@ mod reply;
 mod rules;
 mod scripts;
 mod topology;
+mod versions;
 
 pub use self::layout::Layout;
 pub use self::topology::Topology;
@@ -44,7 +45,7 @@ use super::{
     StoreOptions, IDEMPOTENCY_WINDOW,
 };
 use crate::config::RedisSettings;
-use crate::protocol::{Event, EventId, IdempotencyKey, RoomName};
+use crate::protocol::{Event, EventId, IdempotencyKey, OpKind, RoomName};
 
 /// Entries kept per bucket signal stream: at least a mailbox read's page,
 /// so a reader that gets less than a full page missed nothing.
@@ -101,6 +102,7 @@ pub struct RedisStore {
     epoch: Script,
     state: Script,
     ban: Script,
+    versions: Script,
     /// Single server or Cluster, decided at connect.
     layout: Layout,
     /// Bumped by every (re)connection of this store's clients.
@@ -207,9 +209,10 @@ impl RedisStore {
         let epoch = Script::from_lua(scripts::EPOCH_LUA);
         let state = Script::from_lua(scripts::STATE_LUA);
         let ban = Script::from_lua(scripts::BAN_LUA);
+        let versions = Script::from_lua(scripts::VERSIONS_LUA);
         let layout = Layout::of(&redis.topology);
         let keys = Keys::new(&redis.prefix);
-        Ok(RedisStore { client, append, anchor, epoch, state, ban, layout, generation, keys, options, redis })
+        Ok(RedisStore { client, append, anchor, epoch, state, ban, versions, layout, generation, keys, options, redis })
     }
 
     /// Runs the append script, with the publish's idempotency key if it has
@@ -219,6 +222,7 @@ impl RedisStore {
         room: &RoomName,
         options: AppendOptions<'_>,
         data: Bytes,
+        op: Option<(OpKind, EventId)>,
     ) -> Result<Appended, StoreError> {
         let mailbox = self.layout.mailbox_key(&self.keys, self.layout.mailbox(room));
         let nonce = format!("{:016x}", rand::random::<u64>());
@@ -236,6 +240,7 @@ impl RedisStore {
             record,
             self.keys.state(room),
             self.keys.slow(room, slow.map_or("", |s| s.publisher)),
+            self.keys.versions(room),
         ];
         let ttl_ms = self.options.room_ttl.as_millis() as i64;
         let args: Vec<Value> = vec![
@@ -252,6 +257,8 @@ impl RedisStore {
             Value::from(options.key.map(|k| k.as_str()).unwrap_or_default()),
             Value::from(self.options.max_state_keys as i64),
             Value::from(slow.map_or(0, |s| s.interval_ms) as i64),
+            Value::from(op.map_or("", |(kind, _)| kind.as_str())),
+            Value::from(op.map(|(_, target)| target.to_string()).unwrap_or_default()),
         ];
         let reply: Value =
             retrying(|| self.append.evalsha_with_reload(&self.client, keys.clone(), args.clone())).await?;
@@ -260,6 +267,7 @@ impl RedisStore {
         };
         match parts.get(1).and_then(|v| v.as_i64()) {
             Some(3) => return Ok(Appended::TooManyKeys),
+            Some(5) => return Ok(Appended::NotFound),
             Some(4) => {
                 let left = parts.get(2).and_then(|v| v.as_i64()).unwrap_or(1).max(1) as u64;
                 return Ok(Appended::SlowMode { retry_after_ms: left });
@@ -288,16 +296,79 @@ impl RedisStore {
         let _: () = pipeline.xrevrange(self.keys.room(room), "+", "-", Some(1)).await.map_err(unavailable)?;
         let _: () = pipeline.get(self.keys.floor(room)).await.map_err(unavailable)?;
         let (last, floor): (Value, Option<String>) = pipeline.all().await.map_err(unavailable)?;
+        let floor = floor
+            .as_deref()
+            .and_then(|f| f.split(' ').next())
+            .and_then(|id| EventId::parse(id).ok())
+            .unwrap_or_default();
+        // The floor is above the last entry when the newest events were deleted.
         if let Some(last) = reply::entries(last)?.last() {
-            return Ok(End::Stream(last.id));
+            return Ok(End::Stream(last.id.max(floor)));
         }
-        Ok(End::Floor(
-            floor
-                .as_deref()
-                .and_then(|f| f.split(' ').next())
-                .and_then(|id| EventId::parse(id).ok())
-                .unwrap_or(EventId::ZERO),
-        ))
+        Ok(End::Floor(floor))
+    }
+
+    /// Entries read from the stream, and whether moderators changed
+    /// anything in the room (its versions hash exists): one round trip.
+    async fn range(
+        &self,
+        room: &RoomName,
+        start: &str,
+        end: &str,
+        count: u64,
+        reverse: bool,
+    ) -> Result<(Vec<Event>, bool), StoreError> {
+        let pipeline = self.client.pipeline();
+        let key = self.keys.room(room);
+        if reverse {
+            let _: () = pipeline.xrevrange(&key, start, end, Some(count)).await.map_err(unavailable)?;
+        } else {
+            let _: () = pipeline.xrange(&key, start, end, Some(count)).await.map_err(unavailable)?;
+        }
+        let _: () = pipeline.exists(self.keys.versions(room)).await.map_err(unavailable)?;
+        let (entries, moderated): (Value, i64) = pipeline.all().await.map_err(unavailable)?;
+        Ok((reply::entries(entries)?, moderated > 0))
+    }
+
+    /// `entries` (oldest first) as a read shows them, moderators' changes
+    /// applied (see [`versions::apply`]): nothing shown at or below
+    /// `bound`, and deleted events above the last entry only with `top`.
+    async fn moderated(
+        &self,
+        room: &RoomName,
+        entries: Vec<Event>,
+        bound: EventId,
+        top: bool,
+    ) -> Result<Vec<Event>, StoreError> {
+        let keys = vec![self.keys.versions(room), self.keys.floor(room)];
+        let mut args: Vec<Value> = vec![Value::from(if bound.is_zero() { String::new() } else { bound.to_string() })];
+        for e in &entries {
+            args.push(Value::from(e.id.to_string()));
+            args.push(Value::from(e.prev.to_string()));
+        }
+        let value: Value =
+            timed("read", retrying(|| self.versions.evalsha_with_reload(&self.client, keys.clone(), args.clone())))
+                .await?;
+        let Value::Array(parts) = value else {
+            return Err(StoreError::Protocol("versions reply is not an array".into()));
+        };
+        let mut parts = parts.into_iter();
+        let floor =
+            parts.next().and_then(|v| v.as_bytes().and_then(|b| std::str::from_utf8(b).ok().map(str::to_owned)));
+        let floor = floor.and_then(|f| EventId::parse(&f).ok());
+        let mut found = HashMap::new();
+        while let (Some(id), Some(version)) = (parts.next(), parts.next()) {
+            let id = reply::event_id(&id)?;
+            let raw = match version {
+                Value::Bytes(b) => b,
+                Value::String(s) => Bytes::copy_from_slice(s.as_bytes()),
+                _ => continue,
+            };
+            if let Some(version) = versions::Version::parse(&raw) {
+                found.insert(id, version);
+            }
+        }
+        Ok(versions::apply(entries, &found, bound, floor.filter(|_| top)))
     }
 
     /// One page of a room's history, with exact gap detection.
@@ -319,12 +390,20 @@ impl RedisStore {
             let events = if from == Position::After(EventId::MAX) {
                 Vec::new()
             } else {
-                let value: Value = self
-                    .client
-                    .xrange(self.keys.room(room), start.as_str(), "+", Some(limit as u64))
-                    .await
-                    .map_err(unavailable)?;
-                reply::entries(value)?
+                let (entries, moderated) = self.range(room, &start, "+", limit as u64, false).await?;
+                if moderated {
+                    // Deleted events back in place (not below the position,
+                    // nor below the oldest kept entry), and those after the
+                    // last entry when the read reached the end.
+                    let bound = match from {
+                        Position::After(x) => x,
+                        Position::Oldest => entries.first().map_or(EventId::ZERO, |e| e.prev),
+                    };
+                    let reached_end = entries.len() < limit;
+                    self.moderated(room, entries, bound, reached_end).await?
+                } else {
+                    entries
+                }
             };
             let tail = match events.last() {
                 Some(last) => last.id,
@@ -354,14 +433,29 @@ impl RedisStore {
     ) -> Result<BackPage, StoreError> {
         let start = before.map_or_else(|| "+".to_owned(), |x| x.to_string());
         let count = limit as u64 + if before.is_some() { 2 } else { 1 };
-        let value: Value =
-            self.client.xrevrange(self.keys.room(room), start.as_str(), "-", Some(count)).await.map_err(unavailable)?;
-        let mut older = reply::entries(value)?;
+        let (mut older, moderated) = self.range(room, &start, "-", count, true).await?;
         let above = match (before, older.first()) {
             (Some(x), Some(first)) if first.id == x => Some(older.remove(0).prev),
             _ => None,
         };
         older.truncate(limit + 1);
+        if moderated && !older.is_empty() {
+            // Oldest first, deleted events back in place: below the oldest
+            // entry is the next page's.
+            older.reverse();
+            let bound = older.first().map_or(EventId::ZERO, |e| e.prev);
+            // The event read at `before` leads the walk down to the newest
+            // entry; it is not part of the page.
+            if let (Some(id), Some(prev)) = (before, above) {
+                older.push(Event { id, prev, ..Event::default() });
+            }
+            let mut shown = self.moderated(room, older, bound, before.is_none()).await?;
+            if let Some(before) = before {
+                shown.retain(|e| e.id < before);
+            }
+            shown.reverse();
+            return Ok(BackPage::new(above, shown, limit));
+        }
         Ok(BackPage::new(above, older, limit))
     }
 
@@ -421,7 +515,17 @@ pub(super) async fn timed<T>(
 #[async_trait]
 impl EventLog for RedisStore {
     async fn append(&self, room: &RoomName, data: Bytes, options: AppendOptions<'_>) -> Result<Appended, StoreError> {
-        timed("append", self.run_append(room, options, data)).await
+        timed("append", self.run_append(room, options, data, None)).await
+    }
+
+    async fn moderate(
+        &self,
+        room: &RoomName,
+        target: EventId,
+        kind: OpKind,
+        data: Bytes,
+    ) -> Result<Appended, StoreError> {
+        timed("append", self.run_append(room, AppendOptions::default(), data, Some((kind, target)))).await
     }
 
     async fn recorded(&self, room: &RoomName, key: &IdempotencyKey) -> Result<Option<EventId>, StoreError> {

@@ -4,7 +4,7 @@ use bytes::Bytes;
 use fred::prelude::Value;
 use tracing::warn;
 
-use crate::protocol::{Event, EventId, StateKey};
+use crate::protocol::{Event, EventId, Op, OpKind, StateKey};
 use crate::store::{Snapshot, StoreError};
 
 fn protocol(what: &str) -> StoreError {
@@ -45,17 +45,33 @@ fn entry(value: Value) -> Result<Event, StoreError> {
     let mut prev = None;
     let mut data = None;
     let mut key = None;
+    let (mut kind, mut target) = (None, None);
     for pair in fields.chunks(2) {
         let [name, value] = pair else { break };
         match bytes_of(name).as_deref() {
             Some(b"p") => prev = Some(event_id(value)?),
             Some(b"d") => data = bytes_of(value),
             Some(b"k") => key = bytes_of(value).and_then(|k| StateKey::parse(std::str::from_utf8(&k).ok()?).ok()),
+            Some(b"o") => {
+                kind = match bytes_of(value).as_deref() {
+                    Some(b"edit") => Some(OpKind::Edit),
+                    Some(b"delete") => Some(OpKind::Delete),
+                    _ => return Err(protocol("entry names an unknown operation")),
+                }
+            }
+            Some(b"t") => target = Some(event_id(value)?),
             _ => {}
         }
     }
     let prev = prev.ok_or_else(|| protocol("entry has no predecessor field (not written by roomcast?)"))?;
-    Ok(Event { id, prev, data: valid_json(id, data), key })
+    let op = match (kind, target) {
+        (Some(kind), Some(target)) => Some(Op { kind, target }),
+        (None, None) => None,
+        _ => return Err(protocol("an operation entry without its target")),
+    };
+    // A delete carries no data.
+    let data = if op.is_some_and(|o| o.kind == OpKind::Delete) { Bytes::new() } else { valid_json(id, data) };
+    Ok(Event { id, prev, data, key, op, ..Event::default() })
 }
 
 /// Stored data as read, or `null` for data that is not JSON (a foreign write).
@@ -84,7 +100,7 @@ pub(crate) fn snapshot(value: Value) -> Result<Snapshot, StoreError> {
         let id = std::str::from_utf8(&value[..space]).ok().and_then(|id| EventId::parse(id).ok());
         let Some(id) = id else { continue };
         let data = valid_json(id, Some(value.slice(space + 1..)));
-        values.push((key.clone(), Event { id, prev: EventId::ZERO, data, key: Some(key) }));
+        values.push((key.clone(), Event { id, prev: EventId::ZERO, data, key: Some(key), ..Event::default() }));
     }
     Ok(Snapshot { position, values })
 }
