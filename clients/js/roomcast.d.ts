@@ -8,7 +8,28 @@ export interface RoomEvent<T = unknown> {
   id: string;
   /** The state key this event is the value of, for a keyed event. */
   key?: string;
+  /** Read from history after a moderator edited it: `data` is the latest version. */
+  edited?: boolean;
+  /** Read from history after a moderator deleted it: no `data`. */
+  deleted?: boolean;
   data: T;
+}
+
+/** A moderator's edit of an earlier event. */
+export interface EditEvent<T = unknown> {
+  /** The edit's own id (it is an event of the room). */
+  id: string;
+  /** The event edited. */
+  target: string;
+  /** Its new data (absent when the edit was itself deleted since). */
+  data?: T;
+  deleted?: boolean;
+}
+
+/** A moderator's deletion of an earlier event. */
+export interface DeleteEvent {
+  id: string;
+  target: string;
 }
 
 /** A room's current values by state key. */
@@ -72,7 +93,11 @@ export interface PublishOptions {
   key?: string;
 }
 
-/** An error the node answered with, or one of the client's own codes ("timeout", "closed", "queue_full", "token_expired"). */
+/**
+ * An error the node answered with, or one of the client's own codes ("timeout", "closed", "queue_full",
+ * "token_expired", "too_slow", "disconnected": a moderator disconnected this user; the client does not reconnect).
+ * A subscription whose user was banned from its room ends with an error coded "banned".
+ */
 export class RoomcastError extends Error {
   readonly code: string;
   constructor(code: string, message?: string);
@@ -83,6 +108,10 @@ export type Off = () => void;
 
 interface SubscriptionEvents {
   event: RoomEvent;
+  /** A moderator edited `target`: show its new data in its place. */
+  edit: EditEvent;
+  /** A moderator deleted `target`: remove it. */
+  delete: DeleteEvent;
   gap: { after: string };
   subscribed: { resumed: boolean };
   error: RoomcastError;

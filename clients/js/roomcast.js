@@ -94,7 +94,10 @@ function randomKey() {
   return Date.now().toString(36) + Math.random().toString(36).slice(2);
 }
 
-/** One room followed by a client; emits `event`, `gap`, `subscribed`, `state`, `error`, `audience`, `reactions`. */
+/**
+ * One room followed by a client; emits `event`, `edit`, `delete`, `gap`,
+ * `subscribed`, `state`, `error`, `audience`, `reactions`.
+ */
 class Subscription extends Emitter {
   constructor(client, room, options) {
     super();
@@ -129,8 +132,31 @@ class Subscription extends Emitter {
       if (!this.active) return;
       if (this._floor !== null && cmp(e.id, this._floor) <= 0) continue;
       this._floor = this.lastEventId = e.id;
+      // A moderator's operation: an event of the room, told apart.
+      if (e.op === "edit") {
+        if (!e.deleted) this._moderated(e.target, { data: e.data });
+        this._emit("edit", { id: e.id, target: e.target, data: e.data, deleted: e.deleted });
+        continue;
+      }
+      if (e.op === "delete") {
+        this._moderated(e.target, null);
+        this._emit("delete", { id: e.id, target: e.target });
+        continue;
+      }
       if (e.key !== undefined) this._value(e.key, e.id, e.data);
       this._emit("event", e);
+    }
+  }
+
+  /** A state value that was an operation's target follows it. */
+  _moderated(target, edit) {
+    for (const [key, value] of Object.entries(this.state)) {
+      if (value.id !== target) continue;
+      const values = { ...this.state };
+      if (edit) values[key] = { id: target, data: edit.data };
+      else delete values[key];
+      this.state = values;
+      this._emit("state", { values: this.state });
     }
   }
 
@@ -299,6 +325,11 @@ class Client extends Emitter {
       this._emit("error", new RoomcastError("too_slow", reason || "the node closed the connection as too slow"));
       return this._retry(this._slow++ === 0 ? backoff(0, o.minDelay, o.maxDelay) : backoff(this._slow, o.minDelay, o.maxDelay) + o.minDelay);
     }
+    // A moderator disconnected this user: coming back is not wanted.
+    if (code === 4403) {
+      this._emit("error", new RoomcastError("disconnected", reason || "disconnected by a moderator"));
+      return this.close();
+    }
     if (code === 1009) this._rejectLargest();
     if (code === 1008 && /token/i.test(reason || "")) {
       if (!o.getToken) {
@@ -373,11 +404,14 @@ class Client extends Emitter {
         return sub?._state(f);
       case "unsubscribed":
         if (this._leaving.delete(f.room)) return;
-        // The node dropped the room (a refreshed token no longer covers it).
+        // The node dropped the room: a moderator banned this user from it,
+        // or a refreshed token no longer covers it.
         if (sub) {
           this.subs.delete(f.room);
           sub.active = false;
-          sub._emit("error", new RoomcastError("forbidden", "the node ended this subscription"));
+          const banned = f.reason === "banned";
+          const message = banned ? "a moderator banned you from this room" : "the node ended this subscription";
+          sub._emit("error", new RoomcastError(banned ? "banned" : "forbidden", message));
         }
         return;
       case "audience":

@@ -332,7 +332,7 @@ pub fn sse_events(events: &[Event]) -> Bytes {
         // Stored JSON is compact (no raw newlines), so one `data:` line holds
         // it. Operations and deleted events are named events of their own,
         // so a plain `onmessage` sees only messages.
-        let _ = write!(s, "id: {}\n", event.id);
+        let _ = writeln!(s, "id: {}", event.id);
         match (event.op, event.shown) {
             (Some(op), _) => {
                 let _ = write!(s, "event: {}\ndata: {{\"target\":\"{}\"", op.kind.as_str(), op.target);
@@ -361,6 +361,42 @@ mod tests {
 
     fn ev(ms: u64, data: &str) -> Event {
         Event { id: EventId::new(ms, 0), prev: EventId::ZERO, data: Bytes::from(data.to_owned()), ..Event::default() }
+    }
+
+    #[test]
+    fn operations_and_moderated_events_in_every_format() {
+        use crate::protocol::{Op, OpKind, Shown};
+        let room = RoomName::parse("r").unwrap();
+        let target = EventId::new(1, 0);
+        let events = vec![
+            Event { shown: Shown::Edited, ..ev(1, r#"{"t":"new"}"#) },
+            Event { shown: Shown::Deleted, data: Bytes::new(), ..ev(2, "") },
+            Event { op: Some(Op { kind: OpKind::Edit, target }), ..ev(3, r#"{"t":"new"}"#) },
+            Event {
+                op: Some(Op { kind: OpKind::Delete, target: EventId::new(2, 0) }),
+                data: Bytes::new(),
+                ..ev(4, "")
+            },
+        ];
+        let Wire::Text(json) = encode_events(Format::Json, &room, &events) else { panic!() };
+        let json: Value = serde_json::from_str(json.as_str()).unwrap();
+        let expected = serde_json::json!([
+            {"id": "1-0", "edited": true, "data": {"t": "new"}},
+            {"id": "2-0", "deleted": true},
+            {"id": "3-0", "op": "edit", "target": "1-0", "data": {"t": "new"}},
+            {"id": "4-0", "op": "delete", "target": "2-0"},
+        ]);
+        assert_eq!(json["events"], expected);
+        let Wire::Binary(pack) = encode_events(Format::MsgPack, &room, &events) else { panic!() };
+        let pack: Value = rmp_serde::from_slice(&pack).unwrap();
+        assert_eq!(pack["events"], expected, "MessagePack carries the same values");
+        let sse = String::from_utf8(sse_events(&events).to_vec()).unwrap();
+        assert_eq!(
+            sse,
+            "id: 1-0\ndata: {\"t\":\"new\"}\n\nid: 2-0\nevent: deleted\ndata: {}\n\n\
+             id: 3-0\nevent: edit\ndata: {\"target\":\"1-0\",\"data\":{\"t\":\"new\"}}\n\n\
+             id: 4-0\nevent: delete\ndata: {\"target\":\"2-0\"}\n\n"
+        );
     }
 
     #[test]

@@ -1253,6 +1253,15 @@ mod tests {
         ) -> Result<crate::store::Appended, StoreError> {
             self.inner.append(room, data, options).await
         }
+        async fn moderate(
+            &self,
+            room: &RoomName,
+            target: EventId,
+            kind: crate::protocol::OpKind,
+            data: Bytes,
+        ) -> Result<crate::store::Appended, StoreError> {
+            self.inner.moderate(room, target, kind, data).await
+        }
         async fn recorded(
             &self,
             room: &RoomName,

@@ -108,6 +108,30 @@ describe("in Chromium", () => {
     await page.close();
   });
 
+  test("the demo page updates an edited message in place and removes a deleted one", async () => {
+    const ids = [];
+    for (let i = 0; i < 3; i++) ids.push(await publish(a, "mod-page", { text: `line ${i}` }));
+    const page = await browser.newPage();
+    await page.goto(`${a.http}/?room=mod-page`);
+    await page.locator(`#events li[data-id="${ids[2]}"]`).waitFor();
+    await fetch(`${b.http}/rooms/mod-page/events/${ids[1]}`, {
+      method: "PATCH",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ text: "line 1, corrected" }),
+    });
+    await page.locator(`#events li[data-id="${ids[1]}"][data-edited="true"] .data`, { hasText: "corrected" }).waitFor();
+    await fetch(`${b.http}/rooms/mod-page/events/${ids[0]}`, { method: "DELETE" });
+    await page.locator(`#events li[data-id="${ids[0]}"]`).waitFor({ state: "detached" });
+    // A viewer who arrives later sees the room as it stands.
+    const late = await browser.newPage();
+    await late.goto(`${a.http}/?room=mod-page`);
+    await late.locator(`#events li[data-id="${ids[2]}"]`).waitFor();
+    const shown = await late.locator("#events li .data").allTextContents();
+    assert.deepEqual(shown, ["line 1, corrected", "line 2"]);
+    await page.close();
+    await late.close();
+  });
+
   test("the client module keeps every event once and in order while its nodes restart", async () => {
     const page = await browser.newPage();
     await page.goto(`${a.http}/client.js`);

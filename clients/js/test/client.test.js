@@ -304,6 +304,71 @@ describe("tokens", () => {
   });
 });
 
+describe("moderation", () => {
+  const secret = "client-moderation-secret";
+  const apiKey = "client-moderation-api-key";
+  let node;
+  before(async () => {
+    node = await startNode({ args: ["--jwt-secret", secret, "--api-key", apiKey] });
+  });
+  after(async () => node?.stop("SIGKILL"));
+
+  const token = (sub) => jwt(secret, { sub, exp: now() + 600, rooms: ["*"], publish: ["*"] });
+  const asKey = { authorization: `Bearer ${apiKey}` };
+  const moderate = (method, path, body) =>
+    fetch(`${node.http}${path}`, {
+      method,
+      headers: { ...asKey, "content-type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+
+  test("edits and deletes arrive as their own events and move the state", async () => {
+    const client = connect(node.ws, { WebSocket, token: token("fan") });
+    const sub = client.subscribe("mod-1", { state: true });
+    const seen = [];
+    for (const type of ["event", "edit", "delete"]) sub.on(type, (e) => seen.push([type, e]));
+    await new Promise((r) => sub.once("subscribed", r));
+    const id = await publish(node, "mod-1", { text: "hi" }, asKey);
+    const lead = await fetch(`${node.http}/rooms/mod-1/events?key=lead`, {
+      method: "POST",
+      headers: { ...asKey, "content-type": "application/json" },
+      body: JSON.stringify(10),
+    }).then((r) => r.json());
+    await until(() => seen.length === 2, "the two events");
+    const edit = await (await moderate("PATCH", `/rooms/mod-1/events/${id}`, { text: "hello" })).json();
+    const gone = await (await moderate("DELETE", `/rooms/mod-1/events/${lead.id}`)).json();
+    await until(() => seen.length === 4, "the edit and the delete");
+    assert.deepEqual(seen[2], ["edit", { id: edit.id, target: id, data: { text: "hello" }, deleted: undefined }]);
+    assert.deepEqual(seen[3], ["delete", { id: gone.id, target: lead.id }]);
+    assert.deepEqual(sub.state, {}, "the deleted value left the state");
+    assert.equal(sub.lastEventId, gone.id, "operations are events: the resume point moves past them");
+    // History shows the targets as they stand.
+    const { events } = await sub.history({ limit: 10 });
+    assert.deepEqual(events.slice(0, 2), [
+      { id, edited: true, data: { text: "hello" } },
+      { id: lead.id, key: "lead", deleted: true },
+    ]);
+    client.close();
+  });
+
+  test("a ban ends the subscription with banned; a disconnect closes the client for good", async () => {
+    const client = connect(node.ws, { WebSocket, token: token("troll"), minDelay: 20 });
+    const sub = client.subscribe("mod-2");
+    await new Promise((r) => sub.once("subscribed", r));
+    const errors = [];
+    sub.on("error", (e) => errors.push(e.code));
+    assert.equal((await moderate("POST", "/rooms/mod-2/bans", { sub: "troll", seconds: 60 })).status, 201);
+    await until(() => errors.includes("banned"), "the ban");
+    assert.equal(sub.active, false);
+    const clientErrors = [];
+    client.on("error", (e) => clientErrors.push(e));
+    assert.equal((await moderate("POST", "/users/troll/disconnect", { reason: "enough" })).status, 202);
+    await until(() => client.state === "closed", "the disconnect");
+    assert.equal(clientErrors.at(-1).code, "disconnected");
+    assert.match(clientErrors.at(-1).message, /enough/);
+  });
+});
+
 describe("the package", () => {
   test("backoff: full jitter under a doubling cap", () => {
     for (let attempt = 0; attempt < 12; attempt++) {

@@ -24,3 +24,7 @@ late.on("state", ({ values, lastEventId }) => console.log(values["lead"]?.data, 
 const lead: { id: string; data: unknown } | undefined = late.state["lead"];
 late.history({ before: lead?.id, limit: 20 }).then(({ events, more }) => console.log(events[0]?.key, more));
 void connect("ws://a/ws").publish("auction-7", { bid: 12 }, { key: "lead" });
+
+// Moderation: edits and deletes of earlier events.
+late.on("edit", ({ target, data }) => console.log(target, data));
+late.on("delete", ({ target }) => console.log(target));
