@@ -11,6 +11,7 @@ mod bench;
 pub mod catchup;
 pub mod chaos;
 pub mod decode;
+pub mod hook;
 pub mod joinstorm;
 pub mod live;
 pub mod load;
@@ -68,6 +69,9 @@ pub enum Preset {
     /// 5 s over 2 nodes with rewind 50 and the state; then the same done
     /// the earlier way (history over HTTP, then a resume).
     JoinStorm,
+    /// Publishing through a local publish hook that approves everything,
+    /// at rising rates, beside the same load without the hook (one node).
+    Hook,
     /// A few seconds at small scale, with a storm (the test suite runs it).
     Smoke,
 }
@@ -164,6 +168,7 @@ pub fn main(args: BenchArgs) -> anyhow::Result<bool> {
             Some(Preset::Rooms) => presets::rooms(&mut bench).await?,
             Some(Preset::Cluster) => presets::cluster(&mut bench).await?,
             Some(Preset::CatchUp) => presets::catch_up().await?,
+            Some(Preset::Hook) => presets::hook().await?,
             Some(Preset::JoinStorm) => presets::join_storm(args.node_binary.clone()).await?,
             Some(Preset::ResumeStorm) => presets::resume_storm(&mut bench).await?,
         };

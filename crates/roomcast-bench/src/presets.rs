@@ -356,6 +356,12 @@ pub(crate) async fn catch_up() -> anyhow::Result<Verdict> {
     Ok(Verdict { clean, summary, charted: None })
 }
 
+/// The publish path through a publish hook, beside it without.
+pub(crate) async fn hook() -> anyhow::Result<Verdict> {
+    let (clean, summary) = crate::hook::run().await?;
+    Ok(Verdict { clean, summary, charted: None })
+}
+
 /// 20,000 viewers join one room within 5 s, with rewind and state.
 pub(crate) async fn join_storm(baseline: Option<std::path::PathBuf>) -> anyhow::Result<Verdict> {
     let (clean, summary) = crate::joinstorm::run(baseline).await?;
