@@ -35,6 +35,26 @@ pub struct Claims {
     /// Room patterns the holder moderates (edits, deletes, bans, settings).
     #[serde(default)]
     pub moderate: Vec<String>,
+    /// What presence shows about the subject: a JSON object of at most
+    /// [`MAX_INFO_BYTES`] (kept as compact JSON text).
+    #[serde(default, deserialize_with = "info_object")]
+    pub info: Option<String>,
+}
+
+/// Bytes a token's `info` may hold, as compact JSON.
+pub const MAX_INFO_BYTES: usize = 1024;
+
+/// Reads `info`: a JSON object of at most [`MAX_INFO_BYTES`], or the token is refused.
+fn info_object<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    if !value.is_object() {
+        return Err(serde::de::Error::custom("`info` must be a JSON object"));
+    }
+    let text = value.to_string();
+    if text.len() > MAX_INFO_BYTES {
+        return Err(serde::de::Error::custom(format!("`info` holds more than {MAX_INFO_BYTES} bytes")));
+    }
+    Ok(Some(text))
 }
 
 /// What a request or connection is allowed to do.
@@ -188,6 +208,14 @@ impl Grant {
                 let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
                 Some(Duration::from_secs(claims.exp.saturating_sub(now)))
             }
+            _ => None,
+        }
+    }
+
+    /// The token's `info` (compact JSON), when it has one.
+    pub fn info(&self) -> Option<&str> {
+        match self {
+            Grant::Token(claims) => claims.info.as_deref(),
             _ => None,
         }
     }

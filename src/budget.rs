@@ -142,6 +142,7 @@ mod tests {
             rooms: vec!["*".into()],
             publish: vec!["*".into()],
             moderate: vec![],
+            info: None,
         })
     }
 

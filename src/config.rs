@@ -70,6 +70,39 @@ pub struct BackendSettings {
     /// (`Roomcast-Signature: sha256=<HMAC-SHA256 of the body>`).
     #[arg(long = "webhook-secret", env = "ROOMCAST_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
+
+    /// URL the deployment POSTs room and member events to (room_occupied,
+    /// room_vacated, member_joined, member_left), at least once each.
+    #[arg(long = "webhook-url", env = "ROOMCAST_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    /// Milliseconds a room stays empty before `room_vacated` is sent (a
+    /// reconnect within it sends nothing).
+    #[arg(long = "webhook-vacate-delay-ms", env = "ROOMCAST_WEBHOOK_VACATE_DELAY_MS", default_value = "3000", value_parser = millis)]
+    pub webhook_vacate_delay: Duration,
+
+    /// Undelivered webhook events kept at most (the oldest go past it).
+    #[arg(long = "webhook-max-pending", env = "ROOMCAST_WEBHOOK_MAX_PENDING", default_value = "100000")]
+    pub webhook_max_pending: u64,
+
+    /// Seconds an undelivered webhook event is retried before it is dropped.
+    #[arg(long = "webhook-retry-secs", env = "ROOMCAST_WEBHOOK_RETRY_SECS", default_value = "3600", value_parser = seconds)]
+    pub webhook_retry: Duration,
+
+    /// Members listed in presence frames at most (the count stays exact).
+    #[arg(long = "presence-max-members", env = "ROOMCAST_PRESENCE_MAX_MEMBERS", default_value = "1000")]
+    pub presence_max_members: usize,
+}
+
+impl BackendSettings {
+    /// The webhook settings the store records events with.
+    pub fn webhook_options(&self) -> crate::store::presence::WebhookOptions {
+        crate::store::presence::WebhookOptions {
+            enabled: self.webhook_url.is_some(),
+            vacate_delay: self.webhook_vacate_delay,
+            max_pending: self.webhook_max_pending,
+        }
+    }
 }
 
 /// Parses whole seconds into a duration.
@@ -328,6 +361,18 @@ impl TryFrom<ServeArgs> for Config {
                 format!("--publish-hook {url:?} must be an http:// or https:// URL")
             })?;
         }
+        if let Some(url) = &backend.webhook_url {
+            check(url.starts_with("http://") || url.starts_with("https://"), || {
+                format!("--webhook-url {url:?} must be an http:// or https:// URL")
+            })?;
+        }
+        check(backend.webhook_max_pending >= 1, || "--webhook-max-pending must be at least 1".into())?;
+        check(backend.webhook_retry >= Duration::from_secs(600), || {
+            "--webhook-retry-secs must be at least 600 (events are retried for ten minutes at least)".into()
+        })?;
+        check((1..=100_000).contains(&backend.presence_max_members), || {
+            "--presence-max-members must be between 1 and 100000".into()
+        })?;
         check((Duration::from_millis(10)..=Duration::from_secs(60)).contains(&backend.publish_hook_timeout), || {
             "--publish-hook-timeout-ms must be between 10 and 60000".into()
         })?;

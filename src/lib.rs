@@ -24,6 +24,7 @@ pub mod app;
 pub mod auth;
 pub mod backoff;
 pub mod budget;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod http;
@@ -31,13 +32,16 @@ pub mod hub;
 pub mod live;
 pub mod metrics;
 pub mod moderation;
+pub mod presence;
 pub mod protocol;
 pub mod publish;
 pub mod server;
 pub mod session;
 pub mod shutdown;
+pub mod signing;
 pub mod store;
 pub mod transport;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -61,6 +65,7 @@ use crate::hub::Hub;
 use crate::live::Live;
 use crate::moderation::hook::PublishHook;
 use crate::moderation::Moderation;
+use crate::presence::Presence;
 use crate::publish::Publisher;
 use crate::server::AcceptLimits;
 use crate::session::{Context, SessionLimits};
@@ -85,6 +90,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/rooms/{room}/events", get(history::list).post(http::publish::create))
         .route("/rooms/{room}/sse", get(sse::handler))
         .route("/rooms/{room}/state", get(rooms::state))
+        .route("/rooms/{room}/presence", get(rooms::presence))
         .route("/rooms/{room}/events/{id}", axum::routing::patch(moderating::edit).delete(moderating::delete))
         .route("/rooms/{room}/bans", get(moderating::bans).post(moderating::ban))
         .route("/rooms/{room}/bans/{sub}", axum::routing::delete(moderating::unban))
@@ -162,15 +168,32 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     hub.spawn_heartbeat(config.node.heartbeat, shutdown.clone(), &tracker);
     let live = Arc::new(Live::default());
     let moderation = Arc::new(Moderation::new(store.clone(), hub.clone(), config.node_id.clone()));
-    live::spawn(
-        live.clone(),
-        hub.clone(),
-        store.clone(),
-        moderation.clone(),
-        config.node_id.clone(),
-        shutdown.clone(),
-        &tracker,
-    );
+    let parts = live::Parts {
+        live: live.clone(),
+        hub: hub.clone(),
+        store: store.clone(),
+        moderation: moderation.clone(),
+        presence: Presence::new(
+            config.node_id.clone(),
+            store.clone(),
+            hub.clone(),
+            config.backend.webhook_options(),
+            config.backend.presence_max_members,
+        ),
+        node: config.node_id.clone(),
+    };
+    live::spawn(parts, shutdown.clone(), &tracker);
+
+    if let Some(url) = &config.backend.webhook_url {
+        let settings = webhooks::WebhookSettings {
+            url: url.clone(),
+            secret: config.backend.webhook_secret.clone(),
+            retry_for: config.backend.webhook_retry,
+            options: config.backend.webhook_options(),
+        };
+        webhooks::spawn(settings, store.clone(), config.node_id.clone(), shutdown.clone(), &tracker)
+            .map_err(Error::Setup)?;
+    }
 
     if config.auth.is_open() {
         warn!("no --jwt-secret, --jwt-public-key or --api-key: this node is OPEN, anyone who can reach it may publish and subscribe");

@@ -326,6 +326,7 @@ mod tests {
                 rooms: vec!["*".into()],
                 publish: vec!["*".into()],
                 moderate: vec![],
+                info: None,
             })
         };
         let (ann, bob) = (viewer("ann"), viewer("bob"));

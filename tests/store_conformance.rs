@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use roomcast::protocol::{EventId, RoomName};
 use roomcast::store::memory::MemoryStore;
+use roomcast::store::presence::{Member, MemberChange, Members, Reported, RoomReport, WebhookOptions, CHANGES_KEPT};
 use roomcast::store::redis::{RedisOptions, RedisStore, Topology};
 use roomcast::store::{AppendOptions, LiveNote, Position, Store, StoreOptions};
 use support::{eventually, Redis};
@@ -573,6 +574,179 @@ mod cases {
         }
         assert!(seen.contains(&r), "the append to a watched room was not signalled: {seen:?}");
     }
+
+    fn m(sub: &str, info: &str) -> Member {
+        Member { sub: sub.into(), info: info.into() }
+    }
+
+    fn report(r: &RoomName, joined: Vec<Member>, left: &[&str], occupied: Option<bool>) -> RoomReport {
+        RoomReport {
+            room: r.clone(),
+            joined,
+            left: left.iter().map(|s| s.to_string()).collect(),
+            occupied,
+            full: false,
+        }
+    }
+
+    fn hooks() -> WebhookOptions {
+        WebhookOptions { enabled: true, vacate_delay: Duration::from_millis(0), max_pending: 1000 }
+    }
+
+    fn sorted(members: Members) -> Vec<(String, String)> {
+        let mut v: Vec<_> = members.members.into_iter().map(|m| (m.sub, m.info)).collect();
+        v.sort();
+        v
+    }
+
+    pub async fn members_are_subjects_across_nodes(f: Fixture) {
+        let s = &f.store;
+        let r = room("pres");
+        let opts = WebhookOptions::default();
+        // A node the store does not know reports in full first.
+        assert_eq!(
+            s.report_presence("a", &[report(&r, vec![m("ann", "{}")], &[], None)], &opts, 1).await.unwrap(),
+            Reported::Resync
+        );
+        let mut full = report(&r, vec![m("ann", r#"{"n":1}"#)], &[], None);
+        full.full = true;
+        assert_eq!(
+            s.report_presence("a", &[full.clone()], &opts, 1).await.unwrap(),
+            Reported::Applied(vec![r.clone()])
+        );
+        let start = s.members(&r).await.unwrap();
+        assert_eq!(sorted(start.clone()), vec![("ann".into(), r#"{"n":1}"#.into())]);
+        // The same subject on another node is the same member: no change.
+        full.joined = vec![m("ann", r#"{"n":1}"#), m("bob", "{}")];
+        s.report_presence("b", &[full], &opts, 2).await.unwrap();
+        assert_eq!(s.member_count(&r).await.unwrap(), 2);
+        let (changes, at) = s.member_changes(&r, &start.at).await.unwrap().unwrap();
+        assert_eq!(changes, vec![MemberChange::Joined(m("bob", "{}"))], "ann was a member already");
+        // Ann leaves node a: still a member through node b.
+        s.report_presence("a", &[report(&r, vec![], &["ann"], None)], &opts, 3).await.unwrap();
+        assert_eq!(s.member_count(&r).await.unwrap(), 2);
+        assert_eq!(s.member_changes(&r, &at).await.unwrap().unwrap(), (vec![], at.clone()));
+        // ... until node b is forgotten (it died): ann and bob leave.
+        assert_eq!(s.presence_nodes().await.unwrap(), ["a", "b"].iter().map(|n| n.to_string()).collect());
+        assert_eq!(s.forget_presence("b", &opts, 4).await.unwrap(), vec![r.clone()]);
+        assert_eq!(s.member_count(&r).await.unwrap(), 0);
+        let (changes, at2) = s.member_changes(&r, &at).await.unwrap().unwrap();
+        let mut left: Vec<_> = changes.iter().map(|c| format!("{c:?}")).collect();
+        left.sort();
+        assert_eq!(left, vec![r#"Left("ann")"#, r#"Left("bob")"#]);
+        assert_eq!(at2.seq, at.seq + 2);
+        assert_eq!(s.presence_nodes().await.unwrap(), ["a"].iter().map(|n| n.to_string()).collect());
+        // A forgotten node that reports again is told to resync.
+        let bob = report(&r, vec![m("bob", "{}")], &[], None);
+        assert_eq!(s.report_presence("b", &[bob], &opts, 5).await.unwrap(), Reported::Resync);
+        // Info changes show as a join; the log tells a reader that fell
+        // behind its bound to reload.
+        s.report_presence("a", &[report(&r, vec![m("cy", "{}")], &[], None)], &opts, 6).await.unwrap();
+        s.report_presence("a", &[report(&r, vec![m("cy", r#"{"x":2}"#)], &[], None)], &opts, 7).await.unwrap();
+        let (changes, _) = s.member_changes(&r, &at2).await.unwrap().unwrap();
+        assert_eq!(changes, vec![MemberChange::Joined(m("cy", "{}")), MemberChange::Joined(m("cy", r#"{"x":2}"#))]);
+        for i in 0..(CHANGES_KEPT as usize + 150) {
+            let sub = format!("u{i}");
+            s.report_presence("a", &[report(&r, vec![m(&sub, "{}")], &[], None)], &opts, 8).await.unwrap();
+        }
+        assert_eq!(s.member_changes(&r, &at2).await.unwrap(), None, "too far behind: reload");
+        let now = s.members(&r).await.unwrap();
+        assert_eq!(now.members.len(), CHANGES_KEPT as usize + 151);
+        assert_eq!(s.member_changes(&r, &now.at).await.unwrap().unwrap().0, vec![]);
+    }
+
+    pub async fn large_reports_apply_whole(f: Fixture) {
+        let s = &f.store;
+        let r = room("crowd");
+        let opts = WebhookOptions::default();
+        let joined: Vec<Member> = (0..1_700).map(|i| m(&format!("v{i}"), r#"{"seat":1}"#)).collect();
+        let mut full = report(&r, joined, &[], None);
+        full.full = true;
+        s.report_presence("a", &[full.clone()], &opts, 1).await.unwrap();
+        assert_eq!(s.member_count(&r).await.unwrap(), 1_700);
+        // A full report names what the node holds now: the rest left.
+        full.joined.truncate(200);
+        s.report_presence("a", &[full], &opts, 2).await.unwrap();
+        assert_eq!(s.member_count(&r).await.unwrap(), 200);
+        let left: Vec<String> = (0..200).map(|i| format!("v{i}")).collect();
+        let left: Vec<&str> = left.iter().map(String::as_str).collect();
+        s.report_presence("a", &[report(&r, vec![], &left, None)], &opts, 3).await.unwrap();
+        assert_eq!(s.members(&r).await.unwrap().members, vec![]);
+    }
+
+    pub async fn webhook_events_follow_the_deployment_in_order(f: Fixture) {
+        let s = &f.store;
+        let r = room("hooked");
+        let opts = hooks();
+        let mut first = report(&r, vec![m("ann", r#"{"a":1}"#)], &[], Some(true));
+        first.full = true;
+        s.report_presence("a", &[first], &opts, 10).await.unwrap();
+        let mut second = report(&r, vec![m("ann", r#"{"a":1}"#), m("bob", "{}")], &[], Some(true));
+        second.full = true;
+        s.report_presence("b", &[second], &opts, 11).await.unwrap();
+        s.report_presence("a", &[report(&r, vec![], &["ann"], Some(false))], &opts, 12).await.unwrap();
+        s.report_presence("b", &[report(&r, vec![], &["ann", "bob"], Some(false))], &opts, 13).await.unwrap();
+        // Only the lease holder delivers; a second node cannot take it.
+        assert!(s.webhook_lease("a", Duration::from_secs(10)).await.unwrap());
+        assert!(!s.webhook_lease("b", Duration::from_secs(10)).await.unwrap());
+        s.vacate_due(&opts, 1_000_000).await.unwrap();
+        let (events, dropped) = s.webhook_pending(100).await.unwrap();
+        assert_eq!(dropped, 0);
+        let names: Vec<(&str, Option<&str>)> = events.iter().map(|e| (e.name.as_str(), e.sub.as_deref())).collect();
+        assert_eq!(
+            names,
+            vec![
+                ("room_occupied", None),
+                ("member_joined", Some("ann")),
+                ("member_joined", Some("bob")),
+                ("member_left", Some("ann")),
+                ("member_left", Some("bob")),
+                ("room_vacated", None),
+            ]
+        );
+        assert_eq!(events[1].info, Some(serde_json::json!({"a": 1})));
+        assert_eq!(events[3].info, Some(serde_json::json!({"a": 1})), "a leaver's info goes with it");
+        let ids: std::collections::HashSet<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids.len(), 6, "unique ids");
+        // Delivered in part: the rest stays; a node without the lease cannot move the cursor.
+        assert!(!s.webhook_delivered("b", &events[5].id).await.unwrap());
+        assert!(s.webhook_delivered("a", &events[2].id).await.unwrap());
+        let (rest, _) = s.webhook_pending(100).await.unwrap();
+        assert_eq!(rest, events[3..].to_vec());
+        assert!(s.webhook_delivered("a", &events[5].id).await.unwrap());
+        assert_eq!(s.webhook_pending(100).await.unwrap().0, vec![]);
+        // A room that empties and fills again within the delay sends nothing.
+        let slow = WebhookOptions { vacate_delay: Duration::from_secs(60), ..opts };
+        s.report_presence("a", &[report(&r, vec![], &[], Some(true))], &slow, 20).await.unwrap();
+        s.report_presence("a", &[report(&r, vec![], &[], Some(false))], &slow, 21).await.unwrap();
+        s.report_presence("a", &[report(&r, vec![], &[], Some(true))], &slow, 22).await.unwrap();
+        s.vacate_due(&slow, 23).await.unwrap();
+        let (events, _) = s.webhook_pending(100).await.unwrap();
+        assert_eq!(events.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), vec!["room_occupied"]);
+    }
+
+    pub async fn undelivered_webhook_events_are_bounded(f: Fixture) {
+        let s = &f.store;
+        let opts = WebhookOptions { max_pending: 50, ..hooks() };
+        for i in 0..80 {
+            let r = room(&format!("b{i}"));
+            let mut full = report(&r, vec![], &[], Some(true));
+            full.full = true;
+            s.report_presence("a", &[full], &opts, i).await.unwrap();
+        }
+        let (events, dropped) = s.webhook_pending(100).await.unwrap();
+        assert_eq!(events.len(), 50, "the bound holds");
+        assert_eq!(dropped, 30, "and what went past it is counted, once");
+        assert_eq!(events[0].room, "b30", "the oldest went");
+        assert_eq!(s.webhook_pending(100).await.unwrap().1, 0);
+        // A holder whose lease lapsed loses it to another node.
+        assert!(s.webhook_lease("a", Duration::from_millis(50)).await.unwrap());
+        eventually("the lease lapses", || async {
+            s.webhook_lease("b", Duration::from_secs(10)).await.unwrap().then_some(())
+        })
+        .await;
+        assert!(!s.webhook_delivered("a", &events[0].id).await.unwrap());
+    }
 }
 
 /// Redis can lose any key at any time (DEL, eviction, expiry, FLUSHALL):
@@ -1000,6 +1174,30 @@ macro_rules! conformance {
             #[tokio::test]
             async fn live_notes_are_read_once_in_order() {
                 cases::live_notes_are_read_once_in_order($store(options(1000, Duration::from_secs(60))).await).await
+            }
+
+            #[tokio::test]
+            async fn members_are_subjects_across_nodes() {
+                cases::members_are_subjects_across_nodes($store(options(1000, Duration::from_secs(60))).await).await
+            }
+
+            #[tokio::test]
+            async fn large_reports_apply_whole() {
+                cases::large_reports_apply_whole($store(options(1000, Duration::from_secs(60))).await).await
+            }
+
+            #[tokio::test]
+            async fn webhook_events_follow_the_deployment_in_order() {
+                cases::webhook_events_follow_the_deployment_in_order(
+                    $store(options(1000, Duration::from_secs(60))).await,
+                )
+                .await
+            }
+
+            #[tokio::test]
+            async fn undelivered_webhook_events_are_bounded() {
+                cases::undelivered_webhook_events_are_bounded($store(options(1000, Duration::from_secs(60))).await)
+                    .await
             }
 
             #[tokio::test]

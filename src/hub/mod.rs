@@ -20,7 +20,7 @@ pub use notice::{Audience, Notice};
 pub use recent::State;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 
 use std::time::Duration;
@@ -66,6 +66,25 @@ pub struct RoomFlags {
     pub audience: AtomicBool,
     /// The connection's subject was banned from the room: leave it.
     pub banned: AtomicBool,
+    /// Presence: [`PRESENCE_OFF`], [`PRESENCE_WANTED`] (asked; its snapshot
+    /// is due) or [`PRESENCE_SENT`] (has a snapshot; diffs follow).
+    pub presence: AtomicU8,
+}
+
+/// The subscriber did not ask for presence.
+pub const PRESENCE_OFF: u8 = 0;
+/// The subscriber asked for presence and waits for its snapshot.
+pub const PRESENCE_WANTED: u8 = 1;
+/// The subscriber has its snapshot; diffs follow.
+pub const PRESENCE_SENT: u8 = 2;
+
+/// A room's local subscribers as presence sees them.
+#[derive(Debug, Default)]
+pub struct LocalRoom {
+    /// Subscribers here (with or without a subject).
+    pub subscribers: usize,
+    /// Subjects subscribed here, with their info (compact JSON).
+    pub members: HashMap<Arc<str>, Arc<str>>,
 }
 
 struct Members {
@@ -120,8 +139,10 @@ pub struct Hub {
 /// A connection as the hub knows it.
 struct Connection {
     outbox: Weak<Outbox>,
-    /// Its credential's subject, for bans and disconnects.
+    /// Its credential's subject, for bans, disconnects and presence.
     subject: Option<Arc<str>>,
+    /// Its credential's info, for presence.
+    info: Option<Arc<str>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -369,6 +390,74 @@ impl Hub {
             .collect()
     }
 
+    /// Every room with local subscribers: how many, and the members among
+    /// them (one per subject, however many connections it has here).
+    pub fn local_members(&self) -> HashMap<RoomName, LocalRoom> {
+        let entries: Vec<(RoomName, Arc<RoomEntry>)> =
+            lock(&self.rooms).iter().map(|(room, entry)| (room.clone(), entry.clone())).collect();
+        let connections = lock(&self.connections);
+        let empty: Arc<str> = Arc::from("{}");
+        entries
+            .into_iter()
+            .map(|(room, entry)| {
+                let members = read(&entry.members);
+                let mut local = LocalRoom { subscribers: members.by_conn.len(), members: HashMap::new() };
+                for conn in members.by_conn.keys() {
+                    if let Some(c) = connections.get(conn) {
+                        if let Some(sub) = &c.subject {
+                            let info = c.info.clone().unwrap_or_else(|| empty.clone());
+                            local.members.insert(sub.clone(), info);
+                        }
+                    }
+                }
+                (room, local)
+            })
+            .collect()
+    }
+
+    /// Rooms where some local subscriber asked for presence.
+    pub fn watched_presence(&self) -> Vec<RoomName> {
+        let rooms = lock(&self.rooms);
+        rooms
+            .iter()
+            .filter(|(_, entry)| {
+                read(&entry.members).by_conn.values().any(|s| s.flags.presence.load(Ordering::Relaxed) != PRESENCE_OFF)
+            })
+            .map(|(room, _)| room.clone())
+            .collect()
+    }
+
+    /// Sends a room's presence watchers what is due: its snapshot (made by
+    /// `snapshot`, once) to those waiting for one, `diff` to the others.
+    /// A watcher whose outbox refuses a frame is owed a snapshot again.
+    pub fn offer_presence(&self, room: &RoomName, snapshot: impl FnOnce() -> Arc<Notice>, diff: Option<&Arc<Notice>>) {
+        let Some(entry) = self.entry(room) else {
+            return;
+        };
+        let members = read(&entry.members);
+        let mut snapshot = Some(snapshot);
+        let mut made: Option<Arc<Notice>> = None;
+        for subscriber in members.by_conn.values() {
+            let flag = &subscriber.flags.presence;
+            let sent = match flag.load(Ordering::Acquire) {
+                PRESENCE_WANTED => {
+                    let notice = match (&made, snapshot.take()) {
+                        (Some(n), _) => n.clone(),
+                        (None, Some(make)) => made.insert(make()).clone(),
+                        (None, None) => continue,
+                    };
+                    subscriber.outbox.offer_notice(&notice)
+                }
+                PRESENCE_SENT => match diff {
+                    Some(diff) => subscriber.outbox.offer_notice(diff),
+                    None => true,
+                },
+                _ => continue,
+            };
+            flag.store(if sent { PRESENCE_SENT } else { PRESENCE_WANTED }, Ordering::Release);
+        }
+    }
+
     /// Offers a room-wide notice to the room's local subscribers (`to`:
     /// all, or those that asked for its audience); `false` when the room
     /// has none here.
@@ -379,16 +468,17 @@ impl Hub {
         let members = read(&entry.members);
         for subscriber in members.by_conn.values() {
             if to == Audience::Everyone || subscriber.flags.audience.load(Ordering::Relaxed) {
-                subscriber.outbox.offer_notice(notice);
+                let _ = subscriber.outbox.offer_notice(notice);
             }
         }
         true
     }
 
-    /// Registers a connection's outbox (and its credential's subject) for
-    /// the heartbeat tick and for moderation.
-    pub fn connect(&self, conn: u64, outbox: &Arc<Outbox>, subject: Option<&str>) {
-        let connection = Connection { outbox: Arc::downgrade(outbox), subject: subject.map(Arc::from) };
+    /// Registers a connection's outbox (and its credential's subject and
+    /// info) for the heartbeat tick, moderation and presence.
+    pub fn connect(&self, conn: u64, outbox: &Arc<Outbox>, subject: Option<&str>, info: Option<&str>) {
+        let connection =
+            Connection { outbox: Arc::downgrade(outbox), subject: subject.map(Arc::from), info: info.map(Arc::from) };
         lock(&self.connections).insert(conn, connection);
     }
 

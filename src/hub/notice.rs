@@ -1,5 +1,5 @@
 //! `Notice`: a room-wide frame that is not an event (an audience count, a
-//! window of reactions), encoded once per format and shared like a batch.
+//! window of reactions, who is present), encoded once per format and shared like a batch.
 
 use std::sync::OnceLock;
 
@@ -21,6 +21,8 @@ pub struct Notice {
     /// The room it is about.
     pub room: RoomName,
     frame: ServerFrame,
+    /// Approximate bytes held.
+    size: usize,
     json: OnceLock<Wire>,
     msgpack: OnceLock<Wire>,
 }
@@ -28,7 +30,14 @@ pub struct Notice {
 impl Notice {
     /// Wraps `frame`, which concerns `room`.
     pub fn new(room: RoomName, frame: ServerFrame) -> Self {
-        Notice { room, frame, json: OnceLock::new(), msgpack: OnceLock::new() }
+        let size = match &frame {
+            // Member lists can be large: count them for the outbox's bound.
+            ServerFrame::Presence { .. } | ServerFrame::PresenceDiff { .. } => {
+                serde_json::to_vec(&frame).map_or(256, |v| v.len())
+            }
+            _ => 256,
+        };
+        Notice { room, frame, size, json: OnceLock::new(), msgpack: OnceLock::new() }
     }
 
     /// The frame in `format`, encoded on first use.
@@ -47,6 +56,6 @@ impl Notice {
 
     /// Approximate bytes held, for outbox byte bounds.
     pub fn size(&self) -> usize {
-        256
+        self.size
     }
 }

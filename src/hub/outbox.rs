@@ -132,10 +132,15 @@ impl Outbox {
     /// Queues a notice unless the outbox is full: a notice carries no event,
     /// so a connection that is behind simply misses it (counted), and is
     /// never sent to the store to catch up for it.
-    pub fn offer_notice(&self, notice: &Arc<Notice>) {
-        if !self.closed.load(Ordering::Acquire) && !self.push(Item::Notice(notice.clone())) {
+    pub fn offer_notice(&self, notice: &Arc<Notice>) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        let queued = self.push(Item::Notice(notice.clone()));
+        if !queued {
             metrics::counter!("roomcast_notices_dropped_total").increment(1);
         }
+        queued
     }
 
     /// Ends the connection as a moderator asked: ahead of anything queued,

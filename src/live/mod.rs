@@ -26,6 +26,7 @@ use tracing::{info, warn};
 use self::table::AudienceTable;
 use crate::hub::{Audience, Hub, Notice};
 use crate::moderation::Moderation;
+use crate::presence::Presence;
 use crate::protocol::{ReactionKey, RoomName, ServerFrame};
 use crate::store::live_log::NOTES_PER_READ;
 use crate::store::{LiveNote, NoteCursor, Store, StoreError};
@@ -34,6 +35,8 @@ use crate::store::{LiveNote, NoteCursor, Store, StoreError};
 pub const WINDOW: Duration = Duration::from_millis(250);
 /// Windows per audience round: counts are pushed at most every 2 s.
 pub const AUDIENCE_EVERY: u64 = 8;
+/// Windows per presence round: presence frames go out at most once a second.
+pub const PRESENCE_EVERY: u64 = 4;
 /// How long a node counts as alive after its last audience round.
 pub const PRESENCE_TTL: Duration = Duration::from_secs(6);
 /// Notes of reactions one node writes per window at most (each at most
@@ -102,18 +105,26 @@ fn push_reactions(hub: &Hub, room: &RoomName, counts: BTreeMap<ReactionKey, u64>
     }
 }
 
+/// What the live-audience task works with.
+pub struct Parts {
+    /// Shared with the node's connections.
+    pub live: Arc<Live>,
+    /// The node's rooms and subscribers.
+    pub hub: Arc<Hub>,
+    /// Where counts, notes and members are kept.
+    pub store: Arc<dyn Store>,
+    /// Acts on the moderators' signals the log carries.
+    pub moderation: Arc<Moderation>,
+    /// Who is in each room.
+    pub presence: Presence,
+    /// This node's name in the deployment.
+    pub node: String,
+}
+
 /// Starts the node's live-audience task; it runs until `shutdown`, then
-/// withdraws this node's counts.
-pub fn spawn(
-    live: Arc<Live>,
-    hub: Arc<Hub>,
-    store: Arc<dyn Store>,
-    moderation: Arc<Moderation>,
-    node: String,
-    shutdown: CancellationToken,
-    tracker: &TaskTracker,
-) {
-    let mut live = LiveTask::new(live, hub, store, moderation, node);
+/// withdraws this node's counts and members.
+pub fn spawn(parts: Parts, shutdown: CancellationToken, tracker: &TaskTracker) {
+    let mut live = LiveTask::new(parts);
     tracker.spawn(async move {
         let mut tick = tokio::time::interval(WINDOW);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -134,6 +145,8 @@ struct LiveTask {
     store: Arc<dyn Store>,
     /// Acts on the moderators' signals the log carries.
     moderation: Arc<Moderation>,
+    /// Who is in each room, reported and pushed once a second.
+    presence: Presence,
     node: String,
     /// Where this node stands in the live log (`None` until first read).
     cursor: Option<NoteCursor>,
@@ -152,12 +165,14 @@ struct LiveTask {
 }
 
 impl LiveTask {
-    fn new(shared: Arc<Live>, hub: Arc<Hub>, store: Arc<dyn Store>, moderation: Arc<Moderation>, node: String) -> Self {
+    fn new(parts: Parts) -> Self {
+        let Parts { live: shared, hub, store, moderation, presence, node } = parts;
         LiveTask {
             shared,
             hub,
             store,
             moderation,
+            presence,
             node,
             cursor: None,
             reported: HashMap::new(),
@@ -179,6 +194,9 @@ impl LiveTask {
             self.send_reactions();
             if self.windows % AUDIENCE_EVERY == 0 {
                 self.audience_round().await?;
+            }
+            if self.windows % PRESENCE_EVERY == 0 {
+                self.presence_round().await?;
             }
             Ok::<_, StoreError>(())
         }
@@ -251,6 +269,7 @@ impl LiveTask {
 
     fn apply(&mut self, note: LiveNote) {
         self.moderation.apply(&note.moderation);
+        self.presence.mark_changed(note.presence.iter().filter_map(|r| RoomName::parse(r).ok()));
         for (room, count) in note.audience {
             if let Ok(room) = RoomName::parse(&room) {
                 self.table.apply(&note.node, &room, count);
@@ -314,6 +333,20 @@ impl LiveTask {
         Ok(())
     }
 
+    /// Reports this node's members, pushes presence frames, and tells the
+    /// other nodes which rooms' members changed.
+    async fn presence_round(&mut self) -> Result<(), StoreError> {
+        let changed = self.presence.round(&self.live_nodes).await?;
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let presence = changed.iter().map(|room| room.to_string()).collect();
+        for note in (LiveNote { node: self.node.clone(), presence, ..LiveNote::default() }).split() {
+            self.store.append_note(&note).await?;
+        }
+        Ok(())
+    }
+
     /// Records `changed` (and this node's liveness) and tells the others.
     async fn report(&self, changed: &[(RoomName, usize)]) -> Result<(), StoreError> {
         self.store.report_audience(&self.node, changed).await?;
@@ -329,6 +362,16 @@ impl LiveTask {
         let zeros: Vec<(RoomName, usize)> = self.reported.keys().map(|room| (room.clone(), 0)).collect();
         if let Err(e) = self.report(&zeros).await {
             warn!(cause = %e, "could not withdraw this node's audience; it expires on its own");
+        }
+        match self.presence.withdraw().await {
+            Ok(changed) if !changed.is_empty() => {
+                let presence = changed.iter().map(|room| room.to_string()).collect();
+                for note in (LiveNote { node: self.node.clone(), presence, ..LiveNote::default() }).split() {
+                    let _ = self.store.append_note(&note).await;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => warn!(cause = %e, "could not withdraw this node's members; they leave when it is found gone"),
         }
     }
 }

@@ -13,7 +13,7 @@ pub mod hook;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::time::Instant;
 use tracing::info;
@@ -37,9 +37,7 @@ pub const MAX_SLOW_MODE_MS: u64 = 3_600_000;
 /// 123 bytes, and the node adds its own words).
 pub const MAX_REASON: usize = 80;
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+use crate::clock::now_ms;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -230,6 +228,7 @@ mod tests {
                 rooms: vec!["*".into()],
                 publish: vec![],
                 moderate: vec![],
+                info: None,
             })
         };
         assert_eq!(moderation.banned_until(&room, &token("troll")).await.unwrap(), None);

@@ -21,6 +21,21 @@ pub struct SubscribeOptions {
     pub rewind: Option<u16>,
     /// Start with a `state` frame: each key's current value.
     pub state: bool,
+    /// Also receive who is present: a `presence` snapshot, then diffs.
+    pub presence: bool,
+}
+
+/// A member as presence frames show it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PresenceMember {
+    /// The subject.
+    pub sub: String,
+    /// Its token's `info` (`{}` without one).
+    pub info: Value,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Reads a yes/no query parameter (`1` or `true` is yes).
@@ -288,6 +303,35 @@ pub enum ServerFrame {
         /// Live subscribers, all nodes together.
         count: u64,
     },
+    /// Who is in the room, across the deployment (to subscribers that
+    /// asked for presence): first of all, and again after a lost diff.
+    Presence {
+        /// The room.
+        room: RoomName,
+        /// Its members (at most `--presence-max-members`).
+        members: Vec<PresenceMember>,
+        /// Members, all of them.
+        count: u64,
+        /// Whether `members` lists fewer than `count`.
+        #[serde(skip_serializing_if = "is_false")]
+        members_truncated: bool,
+    },
+    /// What changed in the room's members since the last presence frame
+    /// (at most once a second, only when something did).
+    #[serde(rename = "presence_diff")]
+    PresenceDiff {
+        /// The room.
+        room: RoomName,
+        /// Members that joined (or whose info changed).
+        joined: Vec<PresenceMember>,
+        /// Subjects that left.
+        left: Vec<String>,
+        /// Members, all of them.
+        count: u64,
+        /// Whether `joined` or `left` lists fewer than changed.
+        #[serde(skip_serializing_if = "is_false")]
+        members_truncated: bool,
+    },
     /// The room's reactions of one window, summed over every node.
     Reactions {
         /// The room.
@@ -338,6 +382,8 @@ pub(crate) struct RawClientFrame {
     pub rewind: Option<u64>,
     #[serde(default)]
     pub state: Option<bool>,
+    #[serde(default)]
+    pub presence: Option<bool>,
 }
 
 /// Only the `ref`, read leniently from a frame that failed to decode.
@@ -377,6 +423,7 @@ impl RawClientFrame {
                     audience: self.audience.unwrap_or(false),
                     rewind,
                     state: self.state.unwrap_or(false),
+                    presence: self.presence.unwrap_or(false),
                 };
                 Ok(ClientFrame::Subscribe { room, options })
             }

@@ -21,8 +21,8 @@ pub use codec::{
 pub use event::{frames, Event, Op, OpKind, Shown, EVENT_OVERHEAD, FRAME_BUDGET};
 pub use event_id::{EventId, ParseEventIdError};
 pub use frames::{
-    parse_rewind, query_flag, query_rewind, ClientFrame, ErrorCode, FrameError, ServerFrame, SubscribeOptions,
-    MAX_REWIND,
+    parse_rewind, query_flag, query_rewind, ClientFrame, ErrorCode, FrameError, PresenceMember, ServerFrame,
+    SubscribeOptions, MAX_REWIND,
 };
 pub use idempotency::{IdempotencyKey, InvalidIdempotencyKey, MAX_IDEMPOTENCY_KEY_LEN};
 pub use reaction::{InvalidReactionKey, ReactionKey, MAX_REACTION_KEY_LEN};

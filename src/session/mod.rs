@@ -29,7 +29,7 @@ use self::rooms::{RoomState, Rooms};
 use crate::auth::Grant;
 use crate::config::Limits;
 use crate::hub::outbox::{Item, Outbox, OutboxLimits, OutboxReceiver, Pending};
-use crate::hub::{Batch, Hub, Notice, RoomFlags, State, Subscriber};
+use crate::hub::{Batch, Hub, Notice, RoomFlags, State, Subscriber, PRESENCE_WANTED};
 use crate::live::Live;
 use crate::protocol::{
     frames, ErrorCode, Event, EventId, FrameError, IdempotencyKey, ReactionKey, RoomName, ServerFrame, StateKey,
@@ -287,7 +287,7 @@ impl<S: Sink> Session<S> {
         let limits = ctx.limits;
         let (outbox, inbox) = Outbox::new(limits.outbox);
         let id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
-        ctx.hub.connect(id, &outbox, grant.sub());
+        ctx.hub.connect(id, &outbox, grant.sub(), grant.info());
         Session {
             id,
             ctx,
@@ -346,6 +346,9 @@ impl<S: Sink> Session<S> {
         })?;
         let flags = Arc::new(RoomFlags::default());
         flags.audience.store(options.audience, Ordering::Relaxed);
+        if options.presence {
+            flags.presence.store(PRESENCE_WANTED, Ordering::Relaxed);
+        }
         let subscriber = Subscriber { outbox: self.inbox.outbox().clone(), flags: flags.clone() };
         let live = self.ctx.hub.join(&room, self.id, subscriber).await.map_err(|e| store_refusal(e, None))?;
         match self.start(&room, live, options).await {
@@ -1214,6 +1217,7 @@ mod tests {
             rooms: vec!["*".into()],
             publish: vec![],
             moderate: vec![],
+            info: None,
         };
         let ctx = f.session().ctx.clone();
         let mut session = Session::new(ctx, Recorder::default(), Grant::Token(claims));

@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use super::StoreError;
 use crate::protocol::RoomName;
 
-/// One node's news: changed audience counts, or one reaction window.
+/// One node's news: changed audience counts, one reaction window, rooms
+/// whose members changed, or moderation.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiveNote {
     /// The node that wrote it.
@@ -34,6 +35,9 @@ pub struct LiveNote {
     /// Moderation every node must act on (bans, settings, disconnects).
     #[serde(rename = "m", default, skip_serializing_if = "Vec::is_empty")]
     pub moderation: Vec<Signal>,
+    /// Rooms whose members changed: nodes with presence watchers read on.
+    #[serde(rename = "pm", default, skip_serializing_if = "Vec::is_empty")]
+    pub presence: Vec<String>,
 }
 
 /// A moderator's action, told to every node through the live log.
@@ -116,7 +120,20 @@ impl LiveNote {
                 }
             }
         }
-        notes.retain(|n| !n.audience.is_empty() || !n.reactions.is_empty() || !n.moderation.is_empty());
+        for room in &self.presence {
+            let bytes = room.len() + 4;
+            if size + bytes > MAX_NOTE_BYTES {
+                notes.push(empty());
+                size = base;
+            }
+            size += bytes;
+            if let Some(note) = notes.last_mut() {
+                note.presence.push(room.clone());
+            }
+        }
+        notes.retain(|n| {
+            !n.audience.is_empty() || !n.reactions.is_empty() || !n.moderation.is_empty() || !n.presence.is_empty()
+        });
         notes
     }
 }

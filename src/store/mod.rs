@@ -44,7 +44,8 @@
 //! - [`EventLog`] (here): append, read, follow;
 //! - [`LossDetection`] ([`loss`]): domains, incarnations, connection generations;
 //! - [`LiveLog`] ([`live_log`]): per-node audience counts, live nodes, notes;
-//! - [`Rules`] ([`rules`]): bans and room settings.
+//! - [`Rules`] ([`rules`]): bans and room settings;
+//! - [`PresenceLog`] ([`presence`]): members across nodes, webhook events.
 //!
 //! Live delivery goes through a [`feed::Feed`]: the node tells it which rooms
 //! have local subscribers; it hands each new batch to a [`feed::FeedSink`].
@@ -54,6 +55,7 @@ pub mod feed;
 pub mod live_log;
 pub mod loss;
 pub mod memory;
+pub mod presence;
 pub mod redis;
 pub mod rules;
 
@@ -67,6 +69,7 @@ use crate::protocol::{ErrorCode, Event, EventId, IdempotencyKey, OpKind, RoomNam
 
 pub use self::live_log::{live_sum, LiveLog, LiveNote, NoteCursor, Signal};
 pub use self::loss::{Change, Incarnation, LossDetection};
+pub use self::presence::PresenceLog;
 pub use self::rules::{RoomRules, RoomSettings, Rules};
 
 /// How long an idempotency key is remembered per room: a repeat within
@@ -375,9 +378,9 @@ pub trait EventLog: Send + Sync + 'static {
 /// and carries the live log (as centrifuge's engine is both its broker and
 /// its presence manager). The node holds one; each part of the node sees
 /// the contract it uses.
-pub trait Store: EventLog + LossDetection + LiveLog + Rules {}
+pub trait Store: EventLog + LossDetection + LiveLog + Rules + PresenceLog {}
 
-impl<T: EventLog + LossDetection + LiveLog + Rules> Store for T {}
+impl<T: EventLog + LossDetection + LiveLog + Rules + PresenceLog> Store for T {}
 
 #[cfg(test)]
 mod tests {

@@ -63,8 +63,13 @@ pub async fn handler(
         Ok(rewind) => rewind,
         Err(e) => return error_response(StatusCode::BAD_REQUEST, e.code, &e.message),
     };
-    let options =
-        SubscribeOptions { last_event_id: last, audience: false, rewind, state: query_flag(query.state.as_deref()) };
+    let options = SubscribeOptions {
+        last_event_id: last,
+        audience: false,
+        rewind,
+        state: query_flag(query.state.as_deref()),
+        presence: false,
+    };
     let grant = match admit(&app, &headers, query.token.as_deref()) {
         Ok(grant) => grant,
         Err(refusal) => return refusal.into_response(),

@@ -76,6 +76,7 @@ pub struct WsQuery {
     format: Option<String>,
     token: Option<String>,
     audience: Option<String>,
+    presence: Option<String>,
     rewind: Option<String>,
     state: Option<String>,
 }
@@ -418,7 +419,8 @@ async fn auto_subscribe(session: &mut Session<WsSink>, query: WsQuery) -> Result
             let rewind = query_rewind(query.rewind.as_deref())?;
             let audience = query_flag(query.audience.as_deref());
             let state = query_flag(query.state.as_deref());
-            Ok((room, SubscribeOptions { last_event_id, audience, rewind, state }))
+            let presence = query_flag(query.presence.as_deref());
+            Ok((room, SubscribeOptions { last_event_id, audience, rewind, state, presence }))
         });
     let outcome = match parsed {
         Ok((room, options)) => session.subscribe(room, options).await,

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod live_log;
+mod presence;
 
 use super::feed::{ChangeSource, Wake};
 use super::{
@@ -56,6 +57,8 @@ struct Inner {
     rules: HashMap<RoomName, RoomRules>,
     /// (room, publisher) -> when slow mode lets it publish again.
     slow: HashMap<(RoomName, String), Instant>,
+    /// Members and webhook events.
+    presence: presence::PresenceState,
 }
 
 struct RoomLog {
@@ -98,9 +101,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+use crate::clock::now_ms;
 
 impl MemoryStore {
     /// An empty store.

@@ -17,6 +17,7 @@ mod layout;
 mod live_log;
 mod loss;
 mod mailbox;
+mod presence;
 mod reply;
 mod rules;
 mod scripts;
@@ -29,7 +30,7 @@ pub use self::topology::Topology;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -103,6 +104,7 @@ pub struct RedisStore {
     state: Script,
     ban: Script,
     versions: Script,
+    presence: Arc<presence::PresenceScripts>,
     /// Single server or Cluster, decided at connect.
     layout: Layout,
     /// Bumped by every (re)connection of this store's clients.
@@ -112,9 +114,7 @@ pub struct RedisStore {
     redis: RedisOptions,
 }
 
-pub(super) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+pub(super) use crate::clock::now_ms;
 
 /// A change source's own client (a blocking reader or a subscriber),
 /// connected on the source's first `prepare`, so that the node builds its
@@ -212,7 +212,22 @@ impl RedisStore {
         let versions = Script::from_lua(scripts::VERSIONS_LUA);
         let layout = Layout::of(&redis.topology);
         let keys = Keys::new(&redis.prefix);
-        Ok(RedisStore { client, append, anchor, epoch, state, ban, versions, layout, generation, keys, options, redis })
+        let presence = presence::PresenceScripts::new();
+        Ok(RedisStore {
+            client,
+            append,
+            anchor,
+            epoch,
+            state,
+            ban,
+            versions,
+            presence,
+            layout,
+            generation,
+            keys,
+            options,
+            redis,
+        })
     }
 
     /// Runs the append script, with the publish's idempotency key if it has
