@@ -81,6 +81,24 @@ export interface SubscribeOptions {
   rewind?: number;
   /** Start with the room's current values (`sub.state`, the `state` event). */
   state?: boolean;
+  /** Also receive who is in the room (`sub.members`, the `presence` event). */
+  presence?: boolean;
+}
+
+/** What the `presence` event says: the members now, and what changed. */
+export interface PresenceEvent {
+  /** Every listed member: sub -> the `info` of its token (`{}` without one). */
+  members: Map<string, Record<string, unknown>>;
+  /** Members, all of them (the list stops at the node's cap). */
+  count: number;
+  /** Whether `members` lists fewer than `count`. */
+  truncated: boolean;
+  /** Members that joined (or whose info changed) with this frame. */
+  joined: { sub: string; info: Record<string, unknown> }[];
+  /** Subjects that left with this frame. */
+  left: string[];
+  /** A full snapshot (the first, and after each reconnect), not a diff. */
+  snapshot: boolean;
 }
 
 /** Options of {@link Client.publish}. */
@@ -120,6 +138,8 @@ interface SubscriptionEvents {
   reactions: { counts: Record<string, number> };
   /** The values changed: a state frame (with its position) or a newer keyed event. */
   state: { values: StateValues; lastEventId?: string };
+  /** Who is in the room changed (at most once a second), or a snapshot arrived. */
+  presence: PresenceEvent;
 }
 
 /** One followed room. */
@@ -130,6 +150,12 @@ export interface Subscription {
   readonly active: boolean;
   /** The room's current values by key (with `state: true`). */
   readonly state: StateValues;
+  /** Who is in the room, sub -> info (with `presence: true`). */
+  readonly members: Map<string, Record<string, unknown>>;
+  /** Members, all of them (with `presence: true`). */
+  readonly memberCount: number;
+  /** Whether `members` lists fewer than `memberCount`. */
+  readonly membersTruncated: boolean;
   /** Reads history backwards over HTTP: before `before` (default the newest), `limit` events (default 50). */
   history(options?: { before?: string; limit?: number }): Promise<HistoryPage>;
   on<K extends keyof SubscriptionEvents>(type: K, fn: (value: SubscriptionEvents[K]) => void): Off;

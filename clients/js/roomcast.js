@@ -96,7 +96,7 @@ function randomKey() {
 
 /**
  * One room followed by a client; emits `event`, `edit`, `delete`, `gap`,
- * `subscribed`, `state`, `error`, `audience`, `reactions`.
+ * `subscribed`, `state`, `error`, `audience`, `reactions`, `presence`.
  */
 class Subscription extends Emitter {
   constructor(client, room, options) {
@@ -106,6 +106,13 @@ class Subscription extends Emitter {
     this.audience = !!options.audience;
     this.rewind = options.rewind;
     this.wantsState = !!options.state;
+    this.wantsPresence = !!options.presence;
+    /** Who is in the room (with `presence: true`): sub -> info. */
+    this.members = new Map();
+    /** Members, all of them (`members` lists at most the node's cap). */
+    this.memberCount = 0;
+    /** Whether `members` lists fewer than `memberCount`. */
+    this.membersTruncated = false;
     /** The room's current values by key, `{ id, data }` each (with `state: true`). */
     this.state = {};
     /** The id of the last event delivered (the resume token). */
@@ -124,6 +131,7 @@ class Subscription extends Emitter {
     else if (this.rewind) f.rewind = this.rewind;
     if (this.audience) f.audience = true;
     if (this.wantsState) f.state = true;
+    if (this.wantsPresence) f.presence = true;
     return f;
   }
 
@@ -184,6 +192,26 @@ class Subscription extends Emitter {
    */
   async history({ before, limit = 50 } = {}) {
     return this.client._history(this.room, before, limit);
+  }
+
+  // A snapshot replaces the members (first, and after every reconnect); a
+  // diff applies on top of it.
+  _presence(frame) {
+    const joined = frame.type === "presence" ? frame.members : frame.joined;
+    const left = frame.type === "presence" ? [] : frame.left;
+    if (frame.type === "presence") this.members = new Map();
+    for (const m of joined) this.members.set(m.sub, m.info);
+    for (const s of left) this.members.delete(s);
+    this.memberCount = frame.count;
+    this.membersTruncated = !!frame.members_truncated;
+    this._emit("presence", {
+      members: this.members,
+      count: frame.count,
+      truncated: this.membersTruncated,
+      joined,
+      left,
+      snapshot: frame.type === "presence",
+    });
   }
 
   _subscribed(frame) {
@@ -418,6 +446,9 @@ class Client extends Emitter {
         return sub?._emit("audience", { count: f.count });
       case "reactions":
         return sub?._emit("reactions", { counts: f.counts });
+      case "presence":
+      case "presence_diff":
+        return sub?._presence(f);
       case "ack":
         return this._settle(f.ref, null, f.id);
       case "refreshed":
@@ -468,7 +499,8 @@ class Client extends Emitter {
   /**
    * Follows `room`; `lastEventId` resumes after that event, `rewind: N`
    * starts with the room's last N events, `state: true` with its current
-   * values (`sub.state`), `audience` asks for the room's audience count.
+   * values (`sub.state`), `audience` asks for the room's audience count,
+   * `presence` for who is in it (`sub.members`, the `presence` event).
    */
   subscribe(room, options = {}) {
     if (this.subs.has(room)) throw new RoomcastError("already_subscribed", `already subscribed to ${room}`);

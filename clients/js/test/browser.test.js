@@ -9,7 +9,7 @@ import { once } from "node:events";
 import { createServer } from "node:http";
 import { chromium } from "playwright-core";
 
-import { freePort, publish, publishAll, startNode, startRedis, until } from "./support.js";
+import { freePort, jwt, now, publish, publishAll, startNode, startRedis, until } from "./support.js";
 
 function chromiumPath() {
   if (process.env.CHROMIUM) return process.env.CHROMIUM;
@@ -130,6 +130,28 @@ describe("in Chromium", () => {
     assert.deepEqual(shown, ["line 1, corrected", "line 2"]);
     await page.close();
     await late.close();
+  });
+
+  test("the demo page lists who is watching when tokens name them, across nodes", async () => {
+    const secret = "browser-presence-secret";
+    const signed = [await startNode({ redis, args: ["--jwt-secret", secret] }), await startNode({ redis, args: ["--jwt-secret", secret] })];
+    try {
+      const token = (sub, info) => jwt(secret, { sub, info, exp: now() + 600, rooms: ["*"], publish: ["*"] });
+      const page = await browser.newPage();
+      await page.goto(`${signed[0].http}/?room=watch-party&token=${token("ann", { name: "Ann" })}`);
+      await page.locator('#members .member[data-sub="ann"]', { hasText: "Ann" }).waitFor();
+      // Bob watches from the other node, in two tabs: one chip.
+      const bob = [await browser.newPage(), await browser.newPage()];
+      for (const tab of bob) await tab.goto(`${signed[1].http}/?room=watch-party&token=${token("bob")}`);
+      await page.locator('#members .member[data-sub="bob"]', { hasText: "bob" }).waitFor();
+      assert.equal(await page.locator("#members .member").count(), 2);
+      // He closes both tabs: he leaves the list.
+      for (const tab of bob) await tab.close();
+      await page.locator('#members .member[data-sub="bob"]').waitFor({ state: "detached" });
+      await page.close();
+    } finally {
+      for (const node of signed) await node.stop("SIGKILL");
+    }
   });
 
   test("the client module keeps every event once and in order while its nodes restart", async () => {

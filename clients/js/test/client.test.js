@@ -369,6 +369,56 @@ describe("moderation", () => {
   });
 });
 
+describe("presence on two nodes and one Redis", () => {
+  const secret = "client-presence-secret";
+  let redis, a, b;
+  before(async () => {
+    redis = await startRedis();
+    a = await startNode({ redis, args: ["--jwt-secret", secret] });
+    b = await startNode({ redis, args: ["--jwt-secret", secret] });
+  });
+  after(async () => {
+    await a?.stop("SIGKILL");
+    await b?.stop("SIGKILL");
+    await redis?.stop();
+  });
+
+  const token = (sub, info) => jwt(secret, { sub, info, exp: now() + 600, rooms: ["*"], publish: ["*"] });
+
+  test("members across tabs and nodes, kept through a reconnect", async () => {
+    const host = connect([a.ws], { WebSocket, token: token("host", { name: "Host" }), minDelay: 20, maxDelay: 100 });
+    const sub = host.subscribe("pres-1", { presence: true });
+    const seen = [];
+    sub.on("presence", (p) => seen.push(p));
+    await until(() => seen.length > 0, "the snapshot");
+    assert.equal(seen[0].snapshot, true);
+    assert.deepEqual([...sub.members], [["host", { name: "Host" }]], "the watcher is in its own snapshot");
+    const tab1 = connect(b.ws, { WebSocket, token: token("ann", { seat: 7 }) });
+    const tab2 = connect(a.ws, { WebSocket, token: token("ann", { seat: 7 }) });
+    tab1.subscribe("pres-1");
+    tab2.subscribe("pres-1");
+    await until(() => sub.members.has("ann"), "ann joins");
+    assert.deepEqual(sub.members.get("ann"), { seat: 7 });
+    assert.equal(sub.memberCount, 2, "two tabs are one member");
+    tab1.close();
+    const bob = connect(b.ws, { WebSocket, token: token("bob") });
+    bob.subscribe("pres-1");
+    await until(() => sub.members.has("bob"), "bob joins");
+    assert.ok(sub.members.has("ann"), "ann's other tab keeps her in");
+    tab2.close();
+    await until(() => !sub.members.has("ann"), "ann leaves with her last tab");
+    // The host's node restarts: the client reconnects, and a new snapshot
+    // replaces the members.
+    const snapshots = seen.filter((p) => p.snapshot).length;
+    await a.restart("SIGKILL");
+    await until(() => seen.filter((p) => p.snapshot).length > snapshots, "a snapshot after the reconnect", 20000);
+    assert.deepEqual([...sub.members.keys()].sort(), ["bob", "host"]);
+    assert.equal(sub.memberCount, 2);
+    bob.close();
+    host.close();
+  });
+});
+
 describe("the package", () => {
   test("backoff: full jitter under a doubling cap", () => {
     for (let attempt = 0; attempt < 12; attempt++) {

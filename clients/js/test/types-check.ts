@@ -28,3 +28,9 @@ void connect("ws://a/ws").publish("auction-7", { bid: 12 }, { key: "lead" });
 // Moderation: edits and deletes of earlier events.
 late.on("edit", ({ target, data }) => console.log(target, data));
 late.on("delete", ({ target }) => console.log(target));
+
+// Presence: who is in the room.
+const watching = connect("ws://a/ws").subscribe("show-42", { presence: true });
+watching.on("presence", ({ members, count, truncated, joined, left }) => console.log(members.size, count, truncated, joined[0]?.sub, left));
+const who: Map<string, Record<string, unknown>> = watching.members;
+console.log(who.get("ann")?.["name"], watching.memberCount, watching.membersTruncated);
