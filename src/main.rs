@@ -35,6 +35,9 @@ enum Command {
     /// One share of the join-storm preset's viewers, in a process of its own.
     #[command(hide = true)]
     BenchJoiners(roomcast_bench::joinstorm::JoinerArgs),
+    /// One share of the presence preset's viewers, in a process of its own.
+    #[command(hide = true)]
+    BenchPresenceViewers(roomcast_bench::presence::ViewerArgs),
 }
 
 /// `EX_USAGE`: bad command line or configuration.
@@ -108,6 +111,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("bench joiners: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::BenchPresenceViewers(args) => match roomcast_bench::presence::viewers_main(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench presence viewers: {e:#}");
                 ExitCode::FAILURE
             }
         },

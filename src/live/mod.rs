@@ -197,6 +197,8 @@ impl LiveTask {
             }
             if self.windows % PRESENCE_EVERY == 0 {
                 self.presence_round().await?;
+            } else {
+                self.presence.flush();
             }
             Ok::<_, StoreError>(())
         }

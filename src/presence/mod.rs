@@ -15,6 +15,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tracing::{debug, info};
 
@@ -57,7 +60,14 @@ struct View {
     at: ChangePos,
     /// The members as last sent (sorted, so frames list them in order).
     pushed: Option<BTreeMap<String, String>>,
+    /// The members as of the last round, waiting for [`MIN_GAP`] to pass.
+    due: Option<BTreeMap<String, String>>,
+    /// When the room's watchers were last sent a frame.
+    last_push: Option<Instant>,
 }
+
+/// The shortest time between two presence frames of one room.
+pub const MIN_GAP: Duration = Duration::from_secs(1);
 
 /// The rooms a round found changed, for the live log.
 pub type Changed = Vec<RoomName>;
@@ -106,14 +116,22 @@ impl Presence {
     /// Returns the rooms whose members changed by this node's doing.
     pub async fn round(&mut self, live_nodes: &HashSet<String>) -> Result<Changed, StoreError> {
         self.rounds += 1;
-        let local = self.hub.local_members();
-        let mut changed = self.report(&local).await?;
+        let mut changed = Vec::new();
         if self.rounds % DEAD_CHECK_EVERY == 0 {
-            changed.extend(self.forget_dead(live_nodes).await?);
+            let known = self.store.presence_nodes().await?;
+            // Forgotten while alive (cut off longer than its liveness): the
+            // store dropped what this node reported, so report it again.
+            if !known.contains(&self.node) && (!self.reported.is_empty() || !self.occupied.is_empty()) {
+                self.resync = true;
+            }
+            changed.extend(self.forget_dead(&known, live_nodes).await?);
         }
+        let local = self.hub.local_members();
+        changed.extend(self.report(&local).await?);
         self.changed.extend(changed.iter().cloned());
         self.refresh_views().await?;
-        self.push(&local);
+        self.stage(&local);
+        self.flush();
         Ok(changed)
     }
 
@@ -199,18 +217,18 @@ impl Presence {
 
     /// Removes the members of nodes that report presence but are no longer
     /// alive (killed, or cut off for longer than their liveness).
-    async fn forget_dead(&self, live_nodes: &HashSet<String>) -> Result<Changed, StoreError> {
+    async fn forget_dead(&self, known: &HashSet<String>, live_nodes: &HashSet<String>) -> Result<Changed, StoreError> {
         let mut changed = Vec::new();
         if !live_nodes.contains(&self.node) {
             // Liveness not known yet (or this node's own lapsed): judge no one.
             return Ok(changed);
         }
-        for node in self.store.presence_nodes().await? {
-            if node == self.node || live_nodes.contains(&node) {
+        for node in known {
+            if *node == self.node || live_nodes.contains(node) {
                 continue;
             }
             let now = crate::clock::now_ms();
-            let rooms = self.store.forget_presence(&node, &self.webhooks, now).await?;
+            let rooms = self.store.forget_presence(node, &self.webhooks, now).await?;
             info!(%node, rooms = rooms.len(), "presence: a node that stopped reporting is gone; its members left");
             metrics::counter!("roomcast_presence_nodes_forgotten_total").increment(1);
             changed.extend(rooms);
@@ -250,26 +268,40 @@ impl Presence {
                     let loaded = self.store.members(&room).await?;
                     let members = loaded.members.into_iter().map(|m| (m.sub, m.info)).collect();
                     let pushed = self.views.remove(&room).and_then(|v| v.pushed);
-                    self.views.insert(room, View { members, at: loaded.at, pushed });
+                    self.views.insert(room, View { members, at: loaded.at, pushed, due: None, last_push: None });
                 }
             }
         }
         Ok(())
     }
 
-    /// Sends each watched room's watchers a snapshot (those waiting for one)
-    /// or the diff since the last frame (if anything changed).
-    fn push(&mut self, local: &HashMap<RoomName, LocalRoom>) {
-        let max = self.max_members;
+    /// Notes each watched room's members as of this round: the deployment's
+    /// (the view) and this node's own subscribers at once (the store hears
+    /// of them within the round, and a watcher is in its own snapshot).
+    fn stage(&mut self, local: &HashMap<RoomName, LocalRoom>) {
         for (room, view) in &mut self.views {
-            // The deployment's members, and this node's own subscribers at
-            // once (the store hears of them within the round).
             let mut now: BTreeMap<String, String> = view.members.clone().into_iter().collect();
             if let Some(l) = local.get(room) {
                 for (sub, info) in &l.members {
                     now.insert(sub.to_string(), info.to_string());
                 }
             }
+            view.due = Some(now);
+        }
+    }
+
+    /// Sends each watched room's watchers what is due, once [`MIN_GAP`]
+    /// passed since the room's last frame: a snapshot to those waiting for
+    /// one, the diff since the last frame (if anything changed) to the
+    /// others. Called every live window, so a room held back by the gap
+    /// goes out within a window of it.
+    pub fn flush(&mut self) {
+        let max = self.max_members;
+        for (room, view) in &mut self.views {
+            if view.last_push.is_some_and(|at| at.elapsed() < MIN_GAP) {
+                continue;
+            }
+            let Some(now) = view.due.take() else { continue };
             let count = now.len() as u64;
             let diff = view.pushed.as_ref().and_then(|before| {
                 let joined: Vec<PresenceMember> = now
@@ -291,7 +323,9 @@ impl Presence {
                 };
                 Some(Arc::new(Notice::new(room.clone(), frame)))
             });
+            let mut snapshot_sent = false;
             let snapshot = || {
+                snapshot_sent = true;
                 let frame = ServerFrame::Presence {
                     room: room.clone(),
                     members: listed(now.iter().map(|(s, i)| (s.as_str(), i.as_str())), max),
@@ -304,7 +338,139 @@ impl Presence {
             if diff.is_some() {
                 metrics::counter!("roomcast_presence_diffs_total").increment(1);
             }
+            if diff.is_some() || snapshot_sent {
+                view.last_push = Some(Instant::now());
+            }
             view.pushed = Some(now);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::hub::outbox::{Item, Outbox, OutboxLimits, OutboxReceiver};
+    use crate::hub::{RoomFlags, Subscriber, PRESENCE_WANTED};
+    use crate::store::feed::Feed;
+    use crate::store::memory::MemoryStore;
+    use crate::store::{PresenceLog, StoreOptions};
+
+    fn store() -> Arc<MemoryStore> {
+        let options = StoreOptions {
+            history: 10,
+            room_ttl: Duration::from_secs(600),
+            presence_ttl: Duration::from_secs(6),
+            max_state_keys: 10,
+        };
+        Arc::new(MemoryStore::new(options))
+    }
+
+    /// Joins connection `conn` of `sub` to `room` on `hub`; its receiver.
+    async fn join(hub: &Hub, room: &RoomName, conn: u64, sub: &str, watch: bool) -> OutboxReceiver {
+        let (outbox, rx) = Outbox::new(OutboxLimits { frames: 16, bytes: 1 << 20 });
+        hub.connect(conn, &outbox, Some(sub), Some(r#"{"n":1}"#));
+        let flags = Arc::new(RoomFlags::default());
+        if watch {
+            flags.presence.store(PRESENCE_WANTED, Ordering::Relaxed);
+        }
+        hub.join(room, conn, Subscriber { outbox, flags }).await.unwrap();
+        rx
+    }
+
+    /// The presence frames queued for a receiver.
+    fn frames(rx: &mut OutboxReceiver) -> Vec<ServerFrame> {
+        let mut out = Vec::new();
+        while let Some(item) = rx.try_recv() {
+            if let Item::Notice(n) = item {
+                out.push(n.frame().clone());
+            }
+        }
+        out
+    }
+
+    fn subs(members: &[PresenceMember]) -> Vec<&str> {
+        members.iter().map(|m| m.sub.as_str()).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rounds_send_a_snapshot_then_only_what_changed_across_nodes() {
+        let store = store();
+        let room = RoomName::parse("r").unwrap();
+        // Two nodes on one store, each with its own hub.
+        let (hub_a, hub_b) = (Hub::new(Feed::unattended(store.clone())), Hub::new(Feed::unattended(store.clone())));
+        let off = WebhookOptions::default();
+        let mut a = Presence::new("a".into(), store.clone(), hub_a.clone(), off, 2);
+        let mut b = Presence::new("b".into(), store.clone(), hub_b.clone(), off, 2);
+        let live: HashSet<String> = ["a".to_owned(), "b".to_owned()].into();
+        let mut watcher = join(&hub_a, &room, 1, "host", true).await;
+        let _ann_1 = join(&hub_b, &room, 2, "ann", false).await;
+        let _ann_2 = join(&hub_b, &room, 3, "ann", false).await;
+        b.round(&live).await.unwrap();
+        a.round(&live).await.unwrap();
+        let got = frames(&mut watcher);
+        let [ServerFrame::Presence { members, count, members_truncated, .. }] = &got[..] else {
+            panic!("one snapshot first: {got:?}")
+        };
+        assert_eq!((subs(members), *count, *members_truncated), (vec!["ann", "host"], 2, false));
+        assert_eq!(members[0].info, serde_json::json!({"n": 1}));
+        // Nothing changed: nothing sent.
+        tokio::time::advance(MIN_GAP).await;
+        b.round(&live).await.unwrap();
+        a.round(&live).await.unwrap();
+        assert!(frames(&mut watcher).is_empty());
+        // A change within a second of the last frame waits for the second.
+        let _dee = join(&hub_a, &room, 6, "dee", false).await;
+        a.round(&live).await.unwrap();
+        let got = frames(&mut watcher);
+        assert_eq!(got.len(), 1, "sent at once: the last frame was a second ago");
+        let _eve = join(&hub_a, &room, 7, "eve", false).await;
+        a.round(&live).await.unwrap();
+        a.flush();
+        assert!(frames(&mut watcher).is_empty(), "held back: {:?}", frames(&mut watcher));
+        tokio::time::advance(MIN_GAP / 2).await;
+        a.flush();
+        assert!(frames(&mut watcher).is_empty());
+        tokio::time::advance(MIN_GAP / 2).await;
+        a.flush();
+        let got = frames(&mut watcher);
+        let [ServerFrame::PresenceDiff { joined, .. }] = &got[..] else { panic!("one diff: {got:?}") };
+        assert_eq!(subs(joined), vec!["eve"]);
+        hub_a.leave(&room, 6).await;
+        hub_a.leave(&room, 7).await;
+        tokio::time::advance(MIN_GAP).await;
+        a.round(&live).await.unwrap();
+        assert_eq!(frames(&mut watcher).len(), 1, "dee and eve left");
+        tokio::time::advance(MIN_GAP).await;
+        // One of ann's tabs goes: she stays. Two more join: past the cap of 2.
+        hub_b.leave(&room, 2).await;
+        let _bob = join(&hub_b, &room, 4, "bob", false).await;
+        let _cy = join(&hub_b, &room, 5, "cy", false).await;
+        let changed = b.round(&live).await.unwrap();
+        assert_eq!(changed, vec![room.clone()]);
+        a.mark_changed(changed);
+        a.round(&live).await.unwrap();
+        let got = frames(&mut watcher);
+        let [ServerFrame::PresenceDiff { joined, left, count, members_truncated, .. }] = &got[..] else {
+            panic!("one diff: {got:?}")
+        };
+        assert_eq!((subs(joined), left.len(), *count, *members_truncated), (vec!["bob", "cy"], 0, 4, true));
+        // Node b dies: a forgets it, and its members leave.
+        let only_a: HashSet<String> = ["a".to_owned()].into();
+        tokio::time::advance(MIN_GAP).await;
+        a.round(&only_a).await.unwrap();
+        a.round(&only_a).await.unwrap();
+        let got = frames(&mut watcher);
+        let [ServerFrame::PresenceDiff { left, count, members_truncated, .. }] = &got[..] else {
+            panic!("one diff: {got:?}")
+        };
+        // Three left; the diff lists two (the cap) and says so.
+        assert_eq!((left.clone(), *count, *members_truncated), (vec!["ann".to_owned(), "bob".to_owned()], 1, true));
+        // b comes back: it finds itself forgotten and reports in full.
+        b.round(&live).await.unwrap();
+        b.round(&live).await.unwrap();
+        assert_eq!(store.member_count(&room).await.unwrap(), 4);
     }
 }

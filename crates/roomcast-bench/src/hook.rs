@@ -34,11 +34,16 @@ const SUSTAINED_P99_MS: f64 = 250.0;
 /// How long a step waits for its last acks.
 const DRAIN: Duration = Duration::from_secs(5);
 
-/// The approving hook: answers every request with its own data, and counts.
-async fn serve_hook(listener: TcpListener, requests: Arc<AtomicU64>) {
+/// What a backend stood up by a preset answers to a request's body.
+pub(crate) type Answer = Arc<dyn Fn(&[u8]) -> String + Send + Sync>;
+
+/// A minimal HTTP/1.1 server for the backends the presets stand up (the
+/// publish hook, the webhook receiver): each request's body goes to
+/// `answer`, whose JSON is the 200 response.
+pub(crate) async fn serve_http(listener: TcpListener, answer: Answer) {
     loop {
         let Ok((mut socket, _)) = listener.accept().await else { continue };
-        let requests = requests.clone();
+        let answer = answer.clone();
         tokio::spawn(async move {
             let mut buf = Vec::with_capacity(4096);
             loop {
@@ -66,13 +71,11 @@ async fn serve_hook(listener: TcpListener, requests: Arc<AtomicU64>) {
                         Ok(n) => buf.extend_from_slice(&chunk[..n]),
                     }
                 }
-                let body: Value = serde_json::from_slice(&buf[head_end..head_end + length]).unwrap_or(Value::Null);
+                let reply = answer(&buf[head_end..head_end + length]);
                 buf.drain(..head_end + length);
-                requests.fetch_add(1, Ordering::Relaxed);
-                let answer = json!({ "data": body["data"] }).to_string();
                 let response = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
-                    answer.len()
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{reply}",
+                    reply.len()
                 );
                 if socket.write_all(response.as_bytes()).await.is_err() {
                     return;
@@ -80,6 +83,19 @@ async fn serve_hook(listener: TcpListener, requests: Arc<AtomicU64>) {
             }
         });
     }
+}
+
+/// The approving hook: answers every request with its own data, and counts.
+async fn serve_hook(listener: TcpListener, requests: Arc<AtomicU64>) {
+    serve_http(
+        listener,
+        Arc::new(move |body: &[u8]| {
+            requests.fetch_add(1, Ordering::Relaxed);
+            let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+            json!({ "data": body["data"] }).to_string()
+        }),
+    )
+    .await
 }
 
 /// A node (and its Redis) for one half of the preset.

@@ -15,6 +15,7 @@ pub mod hook;
 pub mod joinstorm;
 pub mod live;
 pub mod load;
+pub mod presence;
 mod presets;
 pub mod reader;
 pub mod reference;
@@ -72,6 +73,9 @@ pub enum Preset {
     /// Publishing through a local publish hook that approves everything,
     /// at rising rates, beside the same load without the hook (one node).
     Hook,
+    /// One room of 20,000 viewers (100 watching presence) and 1,000 rooms
+    /// of 20, over 2 nodes, 1% leaving and joining a second, with webhooks.
+    Presence,
     /// A few seconds at small scale, with a storm (the test suite runs it).
     Smoke,
 }
@@ -169,6 +173,7 @@ pub fn main(args: BenchArgs) -> anyhow::Result<bool> {
             Some(Preset::Cluster) => presets::cluster(&mut bench).await?,
             Some(Preset::CatchUp) => presets::catch_up().await?,
             Some(Preset::Hook) => presets::hook().await?,
+            Some(Preset::Presence) => presets::presence().await?,
             Some(Preset::JoinStorm) => presets::join_storm(args.node_binary.clone()).await?,
             Some(Preset::ResumeStorm) => presets::resume_storm(&mut bench).await?,
         };

@@ -362,6 +362,12 @@ pub(crate) async fn hook() -> anyhow::Result<Verdict> {
     Ok(Verdict { clean, summary, charted: None })
 }
 
+/// Presence at a show's scale, with webhooks.
+pub(crate) async fn presence() -> anyhow::Result<Verdict> {
+    let (clean, summary) = crate::presence::run().await?;
+    Ok(Verdict { clean, summary, charted: None })
+}
+
 /// 20,000 viewers join one room within 5 s, with rewind and state.
 pub(crate) async fn join_storm(baseline: Option<std::path::PathBuf>) -> anyhow::Result<Verdict> {
     let (clean, summary) = crate::joinstorm::run(baseline).await?;
