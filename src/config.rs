@@ -94,17 +94,6 @@ pub struct BackendSettings {
     pub presence_max_members: usize,
 }
 
-impl BackendSettings {
-    /// The webhook settings the store records events with.
-    pub fn webhook_options(&self) -> crate::store::presence::WebhookOptions {
-        crate::store::presence::WebhookOptions {
-            enabled: self.webhook_url.is_some(),
-            vacate_delay: self.webhook_vacate_delay,
-            max_pending: self.webhook_max_pending,
-        }
-    }
-}
-
 /// Parses whole seconds into a duration.
 fn seconds(raw: &str) -> Result<Duration, String> {
     raw.parse::<u64>().map(Duration::from_secs).map_err(|_| format!("{raw:?} is not a whole number of seconds"))

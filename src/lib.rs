@@ -177,7 +177,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
             config.node_id.clone(),
             store.clone(),
             hub.clone(),
-            config.backend.webhook_options(),
+            crate::store::presence::WebhookOptions::from_settings(&config.backend),
             config.backend.presence_max_members,
         ),
         node: config.node_id.clone(),
@@ -189,7 +189,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
             url: url.clone(),
             secret: config.backend.webhook_secret.clone(),
             retry_for: config.backend.webhook_retry,
-            options: config.backend.webhook_options(),
+            options: crate::store::presence::WebhookOptions::from_settings(&config.backend),
         };
         webhooks::spawn(settings, store.clone(), config.node_id.clone(), shutdown.clone(), &tracker)
             .map_err(Error::Setup)?;

@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Longest room name accepted, in bytes.
-pub const MAX_ROOM_LEN: usize = 128;
+/// Longest room name accepted, in bytes (Pusher's longest channel name).
+pub const MAX_ROOM_LEN: usize = 164;
 
-/// A room's name: 1-128 bytes of `[A-Za-z0-9_.:-]`.
+/// A room's name: 1-164 bytes of `[A-Za-z0-9_.:-]` and Pusher's other
+/// channel characters `= @ , ;` (a Pusher channel is the room of its name).
 ///
 /// The charset needs no escaping in JSON, SSE, URLs or Redis keys, which is
 /// what lets frames be assembled without an escaper. Cheap to clone.
@@ -18,7 +19,7 @@ pub struct RoomName(Arc<str>);
 
 /// Why a string is not a [`RoomName`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid room name: use 1-128 bytes of A-Z a-z 0-9 _ . : -")]
+#[error("invalid room name: use 1-164 bytes of A-Z a-z 0-9 _ . : - = @ , ;")]
 pub struct InvalidRoomName;
 
 impl RoomName {
@@ -26,7 +27,9 @@ impl RoomName {
     pub fn parse(s: &str) -> Result<Self, InvalidRoomName> {
         let ok = !s.is_empty()
             && s.len() <= MAX_ROOM_LEN
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
+            && s.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-' | b'=' | b'@' | b',' | b';')
+            });
         if ok {
             Ok(RoomName(Arc::from(s)))
         } else {
@@ -77,14 +80,14 @@ mod tests {
 
     #[test]
     fn accepts_the_documented_charset() {
-        for good in ["show-42", "a", "A.b:c_d-9", &"x".repeat(128)] {
+        for good in ["show-42", "a", "A.b:c_d-9", &"x".repeat(164), "private-encrypted-a=b@c,d;e", "presence-room.1"] {
             assert!(RoomName::parse(good).is_ok(), "{good}");
         }
     }
 
     #[test]
     fn rejects_everything_else() {
-        for bad in ["", "a b", "a/b", "é", "{x}", "a\n", &"x".repeat(129), "a\"b"] {
+        for bad in ["", "a b", "a/b", "é", "{x}", "a\n", &"x".repeat(165), "a\"b", "a|b", "a%b", "a*b", "a#b", "a?b"] {
             assert!(RoomName::parse(bad).is_err(), "{bad:?}");
         }
     }

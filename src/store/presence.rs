@@ -98,6 +98,17 @@ pub struct WebhookOptions {
     pub max_pending: u64,
 }
 
+impl WebhookOptions {
+    /// The webhook settings of a node's backend flags.
+    pub fn from_settings(backend: &crate::config::BackendSettings) -> Self {
+        WebhookOptions {
+            enabled: backend.webhook_url.is_some(),
+            vacate_delay: backend.webhook_vacate_delay,
+            max_pending: backend.webhook_max_pending,
+        }
+    }
+}
+
 impl Default for WebhookOptions {
     fn default() -> Self {
         WebhookOptions { enabled: false, vacate_delay: Duration::from_secs(3), max_pending: 100_000 }
