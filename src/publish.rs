@@ -12,7 +12,7 @@ use crate::auth::Grant;
 use crate::budget::{self, RoomBudget, Window};
 use crate::moderation::hook::{PublishHook, Verdict};
 use crate::moderation::Moderation;
-use crate::protocol::{data_to_json, ErrorCode, EventId, IdempotencyKey, RoomName, StateKey};
+use crate::protocol::{data_to_json, ErrorCode, EventId, EventName, IdempotencyKey, RoomName, StateKey};
 use crate::store::{AppendOptions, Appended, EventLog, Slow, StoreError};
 
 /// What carried a publish, for its metrics.
@@ -139,6 +139,10 @@ pub struct Publication<'a> {
     pub idempotency: Option<&'a IdempotencyKey>,
     /// Makes the event this state key's current value.
     pub key: Option<&'a StateKey>,
+    /// The event's name.
+    pub name: Option<&'a EventName>,
+    /// A Pusher socket the event is not delivered to.
+    pub skip: Option<&'a str>,
     /// What carried it.
     pub via: Via,
 }
@@ -186,7 +190,7 @@ impl Publisher {
     /// stores nothing and answers the first ID (without asking the hook
     /// again); with a state key, the event becomes that key's current value.
     pub async fn publish(&self, p: Publication<'_>, conn: Option<&mut Window>) -> Result<Published, Refused> {
-        let Publication { grant, anonymous, room, mut data, idempotency, key, via } = p;
+        let Publication { grant, anonymous, room, mut data, idempotency, key, name, skip, via } = p;
         if !grant.may_publish(room) {
             return Err(Refused::Forbidden(room.clone()));
         }
@@ -227,7 +231,7 @@ impl Publisher {
                 self.check_size(&data)?;
             }
         }
-        let options = AppendOptions { idempotency, key, slow };
+        let options = AppendOptions { idempotency, key, slow, name, skip };
         match self.log.append(room, data_to_json(&data), options).await? {
             Appended::Stored(id) => {
                 metrics::counter!("roomcast_published_total", "via" => via.label()).increment(1);

@@ -747,6 +747,22 @@ mod cases {
         .await;
         assert!(!s.webhook_delivered("a", &events[0].id).await.unwrap());
     }
+
+    pub async fn names_and_skips_are_kept_with_the_event(f: Fixture) {
+        let r = room("named");
+        let name = roomcast::protocol::EventName::parse("App\\Events\\OrderShipped").unwrap();
+        let options = AppendOptions { name: Some(&name), skip: Some("123.456"), ..AppendOptions::default() };
+        let named = f.store.append(&r, data(1), options).await.unwrap().id().unwrap();
+        let plain = f.store.append(&r, data(2), AppendOptions::default()).await.unwrap().id().unwrap();
+        let page = f.store.read(&r, Position::Oldest, 10).await.unwrap();
+        assert_eq!(page.events.iter().map(|e| e.id).collect::<Vec<_>>(), vec![named, plain]);
+        let meta = page.events[0].meta.as_deref().expect("a named event keeps its name");
+        assert_eq!((meta.name.as_ref(), meta.skip.as_deref()), (Some(&name), Some("123.456")));
+        assert_eq!(page.events[1].meta, None);
+        let back = f.store.read_back(&r, None, 10).await.unwrap();
+        assert_eq!(back.events[0].name(), Some(&name));
+    }
+
 }
 
 /// Redis can lose any key at any time (DEL, eviction, expiry, FLUSHALL):
@@ -1198,6 +1214,11 @@ macro_rules! conformance {
             async fn undelivered_webhook_events_are_bounded() {
                 cases::undelivered_webhook_events_are_bounded($store(options(1000, Duration::from_secs(60))).await)
                     .await
+            }
+
+            #[tokio::test]
+            async fn names_and_skips_are_kept_with_the_event() {
+                cases::names_and_skips_are_kept_with_the_event($store(options(1000, Duration::from_secs(60))).await).await
             }
 
             #[tokio::test]

@@ -13,13 +13,15 @@ use serde::Deserialize;
 
 use super::{forbidden, Params, Publishing, Refusal};
 use crate::app::App;
-use crate::protocol::{msgpack_to_value, ErrorCode, IdempotencyKey, InvalidIdempotencyKey, StateKey};
+use crate::protocol::{msgpack_to_value, ErrorCode, EventName, IdempotencyKey, InvalidIdempotencyKey, StateKey};
 
 /// Query parameters of a publish.
 #[derive(Debug, Deserialize)]
 pub struct PublishQuery {
     /// The state key the event becomes the value of.
     key: Option<String>,
+    /// The event's name.
+    name: Option<String>,
 }
 use crate::publish::{Publication, Published, Refused, Via};
 
@@ -27,7 +29,7 @@ use crate::publish::{Publication, Published, Refused, Via};
 /// application/msgpack`) through the node's publish path and answers
 /// `201 {"id": ID}` (`200` with the first ID for a repeated idempotency
 /// key); 503 if the store did not confirm it. `?key=K` makes the event K's
-/// current value in the room.
+/// current value in the room; `?name=N` names it.
 pub async fn create(
     State(app): State<Arc<App>>,
     Publishing(room, grant): Publishing,
@@ -39,6 +41,13 @@ pub async fn create(
         None => None,
         Some(k) => Some(
             StateKey::parse(k).map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, ErrorCode::BadKey, e.to_string()))?,
+        ),
+    };
+    let name = match query.name.as_deref() {
+        None => None,
+        Some(n) => Some(
+            EventName::parse(n)
+                .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, ErrorCode::BadFrame, e.to_string()))?,
         ),
     };
     let msgpack = headers
@@ -61,6 +70,8 @@ pub async fn create(
         data: value,
         idempotency: key.as_ref(),
         key: state_key.as_ref(),
+        name: name.as_ref(),
+        skip: None,
         via: Via::Http,
     };
     let published = app.sessions.publisher.publish(publication, None).await;

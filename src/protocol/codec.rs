@@ -13,7 +13,9 @@ use serde_json::Value;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::frames::{RawClientFrame, RefOnly};
-use super::{ClientFrame, ErrorCode, Event, EventId, FrameError, OpKind, RoomName, ServerFrame, Shown, StateKey};
+use super::{
+    ClientFrame, ErrorCode, Event, EventId, EventName, FrameError, OpKind, RoomName, ServerFrame, Shown, StateKey,
+};
 
 /// Deepest nesting accepted in a client's MessagePack frame (serde_json's
 /// own limit for JSON is 128 as well).
@@ -152,8 +154,8 @@ fn has_data(event: &Event) -> bool {
     event.shown != Shown::Deleted && !event.op.is_some_and(|op| op.kind == OpKind::Delete)
 }
 
-/// Appends `{"id":"..","key":"..","data":..}` (`key` only for a keyed
-/// event); an operation also names `op` and `target`; a moderated event
+/// Appends `{"id":"..","key":"..","name":"..","data":..}` (`key` only for a
+/// keyed event, `name` for a named one); an operation also names `op` and `target`; a moderated event
 /// says `edited` or `deleted` (a deleted one has no `data`).
 fn push_json_event(s: &mut String, event: &Event) {
     s.push_str(r#"{"id":""#);
@@ -162,6 +164,11 @@ fn push_json_event(s: &mut String, event: &Event) {
     if let Some(key) = &event.key {
         s.push_str(r#","key":"#);
         push_json_key(s, key);
+    }
+    if let Some(name) = event.name() {
+        s.push_str(r#","name":"#);
+        // Names may hold anything printable: escaped like any JSON string.
+        s.push_str(&serde_json::to_string(name.as_str()).unwrap_or_else(|_| "null".into()));
     }
     if let Some(op) = &event.op {
         let _ = write!(s, r#","op":"{}","target":"{}""#, op.kind.as_str(), op.target);
@@ -293,6 +300,8 @@ struct MsgPackEvent<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     key: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     op: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     target: Option<EventId>,
@@ -313,6 +322,7 @@ fn msgpack_events(room: &RoomName, events: &[Event]) -> Bytes {
             .map(|e| MsgPackEvent {
                 id: e.id,
                 key: e.key.as_ref().map(StateKey::as_str),
+                name: e.name().map(EventName::as_str),
                 op: e.op.map(|op| op.kind.as_str()),
                 target: e.op.map(|op| op.target),
                 edited: e.shown == Shown::Edited,
@@ -482,6 +492,7 @@ mod tests {
                 reference: Some(3),
                 idempotency_key: None,
                 key: None,
+                name: None,
             }
         );
         assert_eq!(decode_client(Format::MsgPack, &[0xc1, 0xff]).unwrap_err().code, ErrorCode::BadFrame);

@@ -3,7 +3,9 @@
 
 use bytes::Bytes;
 
-use super::{EventId, StateKey};
+use std::sync::Arc;
+
+use super::{EventId, EventName, StateKey};
 
 /// What a moderator's operation does to its target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +48,17 @@ pub enum Shown {
     Deleted,
 }
 
+/// What some events carry besides their data: a name (a Pusher event's,
+/// or a publisher's), and a connection it is not delivered to (the Pusher
+/// socket that triggered it). Rare, so kept behind one pointer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// The event's name.
+    pub name: Option<EventName>,
+    /// A Pusher socket ID the event is not delivered to.
+    pub skip: Option<Arc<str>>,
+}
+
 /// One event of a room, as read from the store.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Event {
@@ -64,6 +77,15 @@ pub struct Event {
     pub op: Option<Op>,
     /// Whether a moderator edited or deleted this event since.
     pub shown: Shown,
+    /// Its name and delivery exception, when it has either.
+    pub meta: Option<Arc<Meta>>,
+}
+
+impl Event {
+    /// The event's name, if it has one.
+    pub fn name(&self) -> Option<&EventName> {
+        self.meta.as_ref().and_then(|m| m.name.as_ref())
+    }
 }
 
 /// Bytes one event is reckoned to take in a frame beyond its payload (its

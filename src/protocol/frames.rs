@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use std::collections::BTreeMap;
 
-use super::{EventId, IdempotencyKey, ReactionKey, RoomName, StateKey};
+use super::{EventId, EventName, IdempotencyKey, ReactionKey, RoomName, StateKey};
 
 /// Most events a `rewind` may ask for.
 pub const MAX_REWIND: u16 = 1000;
@@ -92,6 +92,8 @@ pub enum ClientFrame {
         idempotency_key: Option<IdempotencyKey>,
         /// Makes the event this key's current value in the room.
         key: Option<StateKey>,
+        /// The event's name (`message` to Pusher subscribers without one).
+        name: Option<EventName>,
     },
     /// Hands the node a fresh credential before the connection's own
     /// expires, so the connection need not end.
@@ -384,6 +386,8 @@ pub(crate) struct RawClientFrame {
     pub state: Option<bool>,
     #[serde(default)]
     pub presence: Option<bool>,
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 /// Only the `ref`, read leniently from a frame that failed to decode.
@@ -441,7 +445,11 @@ impl RawClientFrame {
                     Some(k) => Some(StateKey::parse(&k).map_err(|e| err(ErrorCode::BadKey, e.to_string()))?),
                     None => None,
                 };
-                Ok(ClientFrame::Publish { room, data, reference, idempotency_key, key })
+                let name = match self.name {
+                    Some(n) => Some(EventName::parse(&n).map_err(|e| err(ErrorCode::BadFrame, e.to_string()))?),
+                    None => None,
+                };
+                Ok(ClientFrame::Publish { room, data, reference, idempotency_key, key, name })
             }
             "react" => {
                 let room = room(self.room)?;

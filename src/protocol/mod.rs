@@ -7,6 +7,7 @@ mod close;
 mod codec;
 mod event;
 mod event_id;
+mod event_name;
 mod frames;
 mod idempotency;
 mod reaction;
@@ -18,8 +19,9 @@ pub use codec::{
     data_to_json, decode_client, encode_events, encode_frame, encode_state, json_history, json_room_state,
     msgpack_to_value, sse_events, sse_gap, sse_state, Format, Wire, MSGPACK_SUBPROTOCOL,
 };
-pub use event::{frames, Event, Op, OpKind, Shown, EVENT_OVERHEAD, FRAME_BUDGET};
+pub use event::{frames, Event, Meta, Op, OpKind, Shown, EVENT_OVERHEAD, FRAME_BUDGET};
 pub use event_id::{EventId, ParseEventIdError};
+pub use event_name::{EventName, InvalidEventName, MAX_EVENT_NAME_LEN};
 pub use frames::{
     parse_rewind, query_flag, query_rewind, ClientFrame, ErrorCode, FrameError, PresenceMember, ServerFrame,
     SubscribeOptions, MAX_REWIND,

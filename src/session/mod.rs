@@ -32,8 +32,8 @@ use crate::hub::outbox::{Item, Outbox, OutboxLimits, OutboxReceiver, Pending};
 use crate::hub::{Batch, Hub, Notice, RoomFlags, State, Subscriber, PRESENCE_WANTED};
 use crate::live::Live;
 use crate::protocol::{
-    frames, ErrorCode, Event, EventId, FrameError, IdempotencyKey, ReactionKey, RoomName, ServerFrame, StateKey,
-    SubscribeOptions, EVENT_OVERHEAD, FRAME_BUDGET,
+    frames, ErrorCode, Event, EventId, EventName, FrameError, IdempotencyKey, ReactionKey, RoomName, ServerFrame,
+    StateKey, SubscribeOptions, EVENT_OVERHEAD, FRAME_BUDGET,
 };
 use crate::publish::{Publication, Publisher, Refused, Via};
 use crate::store::{EventLog, Page, Position, StoreError};
@@ -501,6 +501,7 @@ impl<S: Sink> Session<S> {
         reference: Option<u64>,
         key: Option<IdempotencyKey>,
         state_key: Option<StateKey>,
+        name: Option<EventName>,
     ) -> Result<(), SessionError> {
         if !self.limiters.publish(&self.grant) {
             metrics::counter!("roomcast_rate_limited_total", "what" => "publish").increment(1);
@@ -518,6 +519,8 @@ impl<S: Sink> Session<S> {
             data,
             idempotency: key.as_ref(),
             key: state_key.as_ref(),
+            name: name.as_ref(),
+            skip: None,
             via: Via::WebSocket,
         };
         let appended =

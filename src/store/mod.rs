@@ -65,7 +65,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::config::StoreSettings;
-use crate::protocol::{ErrorCode, Event, EventId, IdempotencyKey, OpKind, RoomName, StateKey};
+use crate::protocol::{ErrorCode, Event, EventId, EventName, IdempotencyKey, OpKind, RoomName, StateKey};
 
 pub use self::live_log::{live_sum, LiveLog, LiveNote, NoteCursor, Signal};
 pub use self::loss::{Change, Incarnation, LossDetection};
@@ -120,6 +120,10 @@ pub struct AppendOptions<'a> {
     pub key: Option<&'a StateKey>,
     /// Slow mode: the publisher may publish to the room once per interval.
     pub slow: Option<Slow<'a>>,
+    /// The event's name (a Pusher event's, or a publisher's).
+    pub name: Option<&'a EventName>,
+    /// A Pusher socket ID the event is not delivered to.
+    pub skip: Option<&'a str>,
 }
 
 /// A publisher under a room's slow mode.
@@ -134,7 +138,7 @@ pub struct Slow<'a> {
 impl<'a> AppendOptions<'a> {
     /// Just an idempotency key (or none).
     pub fn idempotent(idempotency: Option<&'a IdempotencyKey>) -> Self {
-        AppendOptions { idempotency, key: None, slow: None }
+        AppendOptions { idempotency, ..AppendOptions::default() }
     }
 }
 

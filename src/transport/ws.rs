@@ -451,8 +451,8 @@ async fn handle(
         Ok(ClientFrame::Subscribe { room, options }) => session.subscribe(room, options).await,
         Ok(ClientFrame::React { room, key }) => session.react(&room, &key),
         Ok(ClientFrame::Unsubscribe { room }) => session.unsubscribe(room).await,
-        Ok(ClientFrame::Publish { room, data, reference, idempotency_key, key }) => {
-            session.publish(room, data, reference, idempotency_key, key).await
+        Ok(ClientFrame::Publish { room, data, reference, idempotency_key, key, name }) => {
+            session.publish(room, data, reference, idempotency_key, key, name).await
         }
         Ok(ClientFrame::Refresh { token }) => match app.config.auth.authenticate(&HeaderMap::new(), Some(&token)) {
             Ok(grant) => session.refresh(grant).await,

@@ -24,7 +24,7 @@ use super::{
     payload_fingerprint, AppendOptions, Appended, BackPage, EventLog, Incarnation, LiveNote, LossDetection, Page,
     Position, RoomRules, RoomSettings, Rules, Snapshot, StoreError, StoreOptions, IDEMPOTENCY_WINDOW,
 };
-use crate::protocol::{Event, EventId, IdempotencyKey, Op, OpKind, RoomName, Shown, StateKey};
+use crate::protocol::{Event, EventId, IdempotencyKey, Meta, Op, OpKind, RoomName, Shown, StateKey};
 
 /// Entries dropped together when trimming, like a Redis stream's macro node.
 const TRIM_BLOCK: usize = 100;
@@ -187,7 +187,9 @@ impl MemoryStore {
         }
         let prev = log.end();
         let id = next_id(prev);
-        let event = Event { id, prev, data, key: key.cloned(), ..Event::default() };
+        let meta = (options.name.is_some() || options.skip.is_some())
+            .then(|| Arc::new(Meta { name: options.name.cloned(), skip: options.skip.map(Arc::from) }));
+        let event = Event { id, prev, data, key: key.cloned(), meta, ..Event::default() };
         if let Some(key) = key {
             log.state.insert(key.clone(), event.clone());
         }

@@ -274,6 +274,8 @@ impl RedisStore {
             Value::from(slow.map_or(0, |s| s.interval_ms) as i64),
             Value::from(op.map_or("", |(kind, _)| kind.as_str())),
             Value::from(op.map(|(_, target)| target.to_string()).unwrap_or_default()),
+            Value::from(options.name.map(|n| n.as_str()).unwrap_or_default()),
+            Value::from(options.skip.unwrap_or_default()),
         ];
         let reply: Value =
             retrying(|| self.append.evalsha_with_reload(&self.client, keys.clone(), args.clone())).await?;

@@ -4,7 +4,9 @@ use bytes::Bytes;
 use fred::prelude::Value;
 use tracing::warn;
 
-use crate::protocol::{Event, EventId, Op, OpKind, StateKey};
+use std::sync::Arc;
+
+use crate::protocol::{Event, EventId, EventName, Meta, Op, OpKind, StateKey};
 use crate::store::{Snapshot, StoreError};
 
 fn protocol(what: &str) -> StoreError {
@@ -46,9 +48,10 @@ fn entry(value: Value) -> Result<Event, StoreError> {
     let mut data = None;
     let mut key = None;
     let (mut kind, mut target) = (None, None);
+    let (mut name, mut skip) = (None, None);
     for pair in fields.chunks(2) {
-        let [name, value] = pair else { break };
-        match bytes_of(name).as_deref() {
+        let [field, value] = pair else { break };
+        match bytes_of(field).as_deref() {
             Some(b"p") => prev = Some(event_id(value)?),
             Some(b"d") => data = bytes_of(value),
             Some(b"k") => key = bytes_of(value).and_then(|k| StateKey::parse(std::str::from_utf8(&k).ok()?).ok()),
@@ -60,6 +63,10 @@ fn entry(value: Value) -> Result<Event, StoreError> {
                 }
             }
             Some(b"t") => target = Some(event_id(value)?),
+            Some(b"n") => {
+                name = bytes_of(value).and_then(|n| EventName::parse(std::str::from_utf8(&n).ok()?).ok());
+            }
+            Some(b"s") => skip = bytes_of(value).and_then(|s| Some(Arc::from(std::str::from_utf8(&s).ok()?))),
             _ => {}
         }
     }
@@ -71,7 +78,8 @@ fn entry(value: Value) -> Result<Event, StoreError> {
     };
     // A delete carries no data.
     let data = if op.is_some_and(|o| o.kind == OpKind::Delete) { Bytes::new() } else { valid_json(id, data) };
-    Ok(Event { id, prev, data, key, op, ..Event::default() })
+    let meta = (name.is_some() || skip.is_some()).then(|| Arc::new(Meta { name, skip }));
+    Ok(Event { id, prev, data, key, op, meta, ..Event::default() })
 }
 
 /// Stored data as read, or `null` for data that is not JSON (a foreign write).

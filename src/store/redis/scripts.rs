@@ -11,7 +11,8 @@
 /// ttl ms, record ttl ms, doorbell channel (empty: none), nonce, payload
 /// fingerprint (empty for a replay key), state key (empty: none), most
 /// state keys, slow-mode interval ms (0: none), operation (`edit`,
-/// `delete`, or empty for a publish) and its target ID.
+/// `delete`, or empty for a publish) and its target ID, the event's name
+/// (empty: none) and the socket it skips (empty: none).
 /// Returns `{id, 1}` for an event stored by this call (now, or by an earlier
 /// send of it whose reply was lost), `{first id, 0}` for a repeated key,
 /// `{first id, 2}` for a key used with another payload, `{'', 3}` for a new
@@ -30,7 +31,8 @@
 /// value that was the target follows it.
 ///
 /// A keyed event carries its key in field `k`, and becomes the key's value
-/// in the state hash (`"<id> <data>"`), which expires with the stream.
+/// in the state hash (`"<id> <data>"`), which expires with the stream. A
+/// named event carries its name in `n`, and the socket it skips in `s`.
 ///
 /// Every append records `"<id> <nonce> <fingerprint>"` under KEYS[4]. fred sends a call
 /// again when the connection drops before the reply (after a Redis restart
@@ -85,6 +87,8 @@ if skey ~= '' and redis.call('HEXISTS', KEYS[5], skey) == 0 and redis.call('HLEN
 end
 local fields = {'d', ARGV[2]}
 if skey ~= '' then fields = {'k', skey, 'd', ARGV[2]} end
+if (ARGV[16] or '') ~= '' then table.insert(fields, 'n'); table.insert(fields, ARGV[16]) end
+if (ARGV[17] or '') ~= '' then table.insert(fields, 's'); table.insert(fields, ARGV[17]) end
 local op, target, tkey = ARGV[14], ARGV[15], nil
 if op ~= '' then
   local t = redis.call('XRANGE', KEYS[1], target, target)

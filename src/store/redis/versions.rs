@@ -50,7 +50,7 @@ impl Version {
             Version::Deleted(prev) => (*prev, None),
             Version::DeletedEdit(prev, target) => (*prev, Some(Op { kind: OpKind::Edit, target: *target })),
         };
-        Some(Event { id, prev, data: Bytes::new(), key: None, op, shown: Shown::Deleted })
+        Some(Event { id, prev, data: Bytes::new(), key: None, op, shown: Shown::Deleted, meta: None })
     }
 }
 
