@@ -284,7 +284,17 @@ mod tests {
     }
 
     fn publication<'a>(grant: &'a Grant, room: &'a RoomName, data: Value) -> Publication<'a> {
-        Publication { grant, anonymous: None, room, data, idempotency: None, key: None, via: Via::Http }
+        Publication {
+            grant,
+            anonymous: None,
+            room,
+            data,
+            idempotency: None,
+            key: None,
+            name: None,
+            skip: None,
+            via: Via::Http,
+        }
     }
 
     #[tokio::test]

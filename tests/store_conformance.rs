@@ -762,7 +762,6 @@ mod cases {
         let back = f.store.read_back(&r, None, 10).await.unwrap();
         assert_eq!(back.events[0].name(), Some(&name));
     }
-
 }
 
 /// Redis can lose any key at any time (DEL, eviction, expiry, FLUSHALL):
@@ -1218,7 +1217,8 @@ macro_rules! conformance {
 
             #[tokio::test]
             async fn names_and_skips_are_kept_with_the_event() {
-                cases::names_and_skips_are_kept_with_the_event($store(options(1000, Duration::from_secs(60))).await).await
+                cases::names_and_skips_are_kept_with_the_event($store(options(1000, Duration::from_secs(60))).await)
+                    .await
             }
 
             #[tokio::test]
