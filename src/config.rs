@@ -47,6 +47,46 @@ pub struct ServeArgs {
     /// What the node tells the application's backend, and asks it.
     #[command(flatten)]
     pub backend: BackendSettings,
+    /// The Pusher protocol beside roomcast's own.
+    #[command(flatten)]
+    pub pusher: PusherSettings,
+}
+
+/// Pusher apps: one from flags, or several from a file.
+#[derive(Clone, Debug, Args)]
+pub struct PusherSettings {
+    /// The Pusher app's ID (with --pusher-key and --pusher-secret): the node
+    /// then speaks Pusher's protocol at /app/{key} and its HTTP API at /apps/{id}.
+    #[arg(long = "pusher-app-id", env = "ROOMCAST_PUSHER_APP_ID")]
+    pub app_id: Option<String>,
+
+    /// The Pusher app's key (public: clients connect with it).
+    #[arg(long = "pusher-key", env = "ROOMCAST_PUSHER_KEY")]
+    pub key: Option<String>,
+
+    /// The Pusher app's secret (signs channel auth and HTTP API requests).
+    #[arg(long = "pusher-secret", env = "ROOMCAST_PUSHER_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+
+    /// A JSON file of Pusher apps: `[{"id","key","secret","prefix"}]`, each
+    /// app's channels being the rooms of its prefix.
+    #[arg(long = "pusher-apps", env = "ROOMCAST_PUSHER_APPS")]
+    pub apps_file: Option<std::path::PathBuf>,
+}
+
+/// One Pusher app.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+pub struct PusherApp {
+    /// The app's ID (in HTTP API paths).
+    pub id: String,
+    /// Its key (in WebSocket paths and signed requests).
+    pub key: String,
+    /// Its secret.
+    pub secret: String,
+    /// The prefix its channels' rooms carry (`""` for the app from flags):
+    /// apps with different prefixes never share a room.
+    #[serde(default)]
+    pub prefix: String,
 }
 
 /// The application's backend: the publish hook and the signing secret.
@@ -300,6 +340,48 @@ pub struct Config {
     pub origins: Origins,
     /// The application's backend.
     pub backend: BackendSettings,
+    /// Pusher apps (none: the node does not speak Pusher).
+    pub pusher_apps: Vec<PusherApp>,
+}
+
+/// Reads the Pusher apps the flags name, checked.
+fn pusher_apps(p: &PusherSettings) -> Result<Vec<PusherApp>, ConfigError> {
+    let mut apps = Vec::new();
+    match (&p.app_id, &p.key, &p.secret) {
+        (None, None, None) => {}
+        (Some(id), Some(key), Some(secret)) => {
+            apps.push(PusherApp { id: id.clone(), key: key.clone(), secret: secret.clone(), prefix: String::new() })
+        }
+        _ => return Err(ConfigError("--pusher-app-id, --pusher-key and --pusher-secret go together".into())),
+    }
+    if let Some(path) = &p.apps_file {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError(format!("--pusher-apps {}: {e}", path.display())))?;
+        let listed: Vec<PusherApp> =
+            serde_json::from_str(&text).map_err(|e| ConfigError(format!("--pusher-apps {}: {e}", path.display())))?;
+        apps.extend(listed);
+    }
+    for (i, app) in apps.iter().enumerate() {
+        check(plain_name(&app.id) && plain_name(&app.key), || {
+            format!("Pusher app ids and keys are 1-64 bytes of A-Z a-z 0-9 _ . - ({:?})", app.id)
+        })?;
+        check(app.secret.len() >= 8, || format!("Pusher app {:?}: a secret of at least 8 bytes", app.id))?;
+        check(app.prefix.is_empty() || crate::protocol::RoomName::parse(&app.prefix).is_ok(), || {
+            format!("Pusher app {:?}: its prefix must be room-name characters", app.id)
+        })?;
+        for other in &apps[..i] {
+            check(other.id != app.id && other.key != app.key, || {
+                format!("Pusher apps {:?} and {:?} share an id or a key", other.id, app.id)
+            })?;
+            check(!other.prefix.starts_with(&app.prefix) && !app.prefix.starts_with(&other.prefix), || {
+                format!(
+                    "Pusher apps {:?} and {:?}: one's prefix starts the other's, so their rooms would mix",
+                    other.id, app.id
+                )
+            })?;
+        }
+    }
+    Ok(apps)
 }
 
 impl Config {
@@ -344,7 +426,8 @@ impl TryFrom<ServeArgs> for Config {
     type Error = ConfigError;
 
     fn try_from(a: ServeArgs) -> Result<Self, ConfigError> {
-        let ServeArgs { node, store, redis, limits: l, auth, backend } = a;
+        let ServeArgs { node, store, redis, limits: l, auth, backend, pusher } = a;
+        let pusher_apps = pusher_apps(&pusher)?;
         if let Some(url) = &backend.publish_hook {
             check(url.starts_with("http://") || url.starts_with("https://"), || {
                 format!("--publish-hook {url:?} must be an http:// or https:// URL")
@@ -429,7 +512,7 @@ impl TryFrom<ServeArgs> for Config {
         };
         let auth = Auth::new(jwt, api_key).map_err(|e| ConfigError(format!("--jwt-public-key: {e}")))?;
         let origins = Origins::parse(allowed_origins.as_deref());
-        Ok(Config { node, node_id, store, redis, limits: l, auth, origins, backend })
+        Ok(Config { node, node_id, store, redis, limits: l, auth, origins, backend, pusher_apps })
     }
 }
 

@@ -35,6 +35,7 @@ pub mod moderation;
 pub mod presence;
 pub mod protocol;
 pub mod publish;
+pub mod pusher;
 pub mod server;
 pub mod session;
 pub mod shutdown;
@@ -91,6 +92,13 @@ fn router(app: Arc<App>) -> Router {
         .route("/rooms/{room}/sse", get(sse::handler))
         .route("/rooms/{room}/state", get(rooms::state))
         .route("/rooms/{room}/presence", get(rooms::presence))
+        .route("/app/{key}", get(crate::transport::pusher::handler))
+        .route("/apps/{id}/events", axum::routing::post(crate::http::pusher::events))
+        .route("/apps/{id}/batch_events", axum::routing::post(crate::http::pusher::batch_events))
+        .route("/apps/{id}/channels", get(crate::http::pusher::channels))
+        .route("/apps/{id}/channels/{name}", get(crate::http::pusher::channel))
+        .route("/apps/{id}/channels/{name}/users", get(crate::http::pusher::users))
+        .route("/apps/{id}/users/{user}/terminate_connections", axum::routing::post(crate::http::pusher::terminate))
         .route("/rooms/{room}/events/{id}", axum::routing::patch(moderating::edit).delete(moderating::delete))
         .route("/rooms/{room}/bans", get(moderating::bans).post(moderating::ban))
         .route("/rooms/{room}/bans/{sub}", axum::routing::delete(moderating::unban))
@@ -179,6 +187,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
             hub.clone(),
             crate::store::presence::WebhookOptions::from_settings(&config.backend),
             config.backend.presence_max_members,
+            !config.pusher_apps.is_empty(),
         ),
         node: config.node_id.clone(),
     };

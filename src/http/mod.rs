@@ -8,6 +8,7 @@ pub mod health;
 pub mod history;
 pub mod moderation;
 pub mod publish;
+pub mod pusher;
 pub mod rooms;
 pub mod web;
 

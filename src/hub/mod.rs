@@ -52,6 +52,9 @@ pub struct Subscriber {
     pub outbox: Arc<Outbox>,
     /// Signals from the hub to the connection about this room.
     pub flags: Arc<RoomFlags>,
+    /// Who presence shows for this subscription, when not the connection's
+    /// subject (a Pusher presence channel's `user_id` and `user_info`).
+    pub member: Option<Arc<(Arc<str>, Arc<str>)>>,
 }
 
 /// What the hub tells a connection about one of its rooms, out of band.
@@ -402,8 +405,10 @@ impl Hub {
             .map(|(room, entry)| {
                 let members = read(&entry.members);
                 let mut local = LocalRoom { subscribers: members.by_conn.len(), members: HashMap::new() };
-                for conn in members.by_conn.keys() {
-                    if let Some(c) = connections.get(conn) {
+                for (conn, subscriber) in &members.by_conn {
+                    if let Some(member) = &subscriber.member {
+                        local.members.insert(member.0.clone(), member.1.clone());
+                    } else if let Some(c) = connections.get(conn) {
                         if let Some(sub) = &c.subject {
                             let info = c.info.clone().unwrap_or_else(|| empty.clone());
                             local.members.insert(sub.clone(), info);

@@ -39,9 +39,12 @@ pub struct Presence {
     hub: Arc<Hub>,
     webhooks: WebhookOptions,
     max_members: usize,
+    /// Whether each room's occupancy is reported (for webhooks, and for
+    /// the Pusher API's channel lists).
+    occupancy: bool,
     /// Members reported per room, as the store holds them from this node.
     reported: HashMap<RoomName, HashMap<Arc<str>, Arc<str>>>,
-    /// Rooms reported occupied here (with webhooks on).
+    /// Rooms reported occupied here (with occupancy on).
     occupied: HashSet<RoomName>,
     /// The next report is in full (a new store connection, or the store
     /// forgot this node).
@@ -90,6 +93,7 @@ impl Presence {
         hub: Arc<Hub>,
         webhooks: WebhookOptions,
         max_members: usize,
+        occupancy: bool,
     ) -> Self {
         Presence {
             node,
@@ -97,6 +101,7 @@ impl Presence {
             hub,
             webhooks,
             max_members,
+            occupancy: occupancy || webhooks.enabled,
             reported: HashMap::new(),
             occupied: HashSet::new(),
             resync: true,
@@ -156,7 +161,7 @@ impl Presence {
                         .filter(|(_, l)| !l.members.is_empty())
                         .map(|(room, l)| (room.clone(), l.members.clone()))
                         .collect();
-                    if self.webhooks.enabled {
+                    if self.occupancy {
                         self.occupied = local.keys().cloned().collect();
                     }
                     if self.resync {
@@ -178,7 +183,7 @@ impl Presence {
     /// This round's reports: per room, the members that joined or left here
     /// and whether it became occupied or empty here.
     fn reports(&self, local: &HashMap<RoomName, LocalRoom>) -> Vec<RoomReport> {
-        let hooks = self.webhooks.enabled;
+        let hooks = self.occupancy;
         let mut rooms: HashSet<&RoomName> = local.keys().collect();
         rooms.extend(self.reported.keys());
         rooms.extend(self.occupied.iter());
@@ -376,7 +381,7 @@ mod tests {
         if watch {
             flags.presence.store(PRESENCE_WANTED, Ordering::Relaxed);
         }
-        hub.join(room, conn, Subscriber { outbox, flags }).await.unwrap();
+        hub.join(room, conn, Subscriber { outbox, flags, member: None }).await.unwrap();
         rx
     }
 
@@ -402,8 +407,8 @@ mod tests {
         // Two nodes on one store, each with its own hub.
         let (hub_a, hub_b) = (Hub::new(Feed::unattended(store.clone())), Hub::new(Feed::unattended(store.clone())));
         let off = WebhookOptions::default();
-        let mut a = Presence::new("a".into(), store.clone(), hub_a.clone(), off, 2);
-        let mut b = Presence::new("b".into(), store.clone(), hub_b.clone(), off, 2);
+        let mut a = Presence::new("a".into(), store.clone(), hub_a.clone(), off, 2, false);
+        let mut b = Presence::new("b".into(), store.clone(), hub_b.clone(), off, 2, false);
         let live: HashSet<String> = ["a".to_owned(), "b".to_owned()].into();
         let mut watcher = join(&hub_a, &room, 1, "host", true).await;
         let _ann_1 = join(&hub_b, &room, 2, "ann", false).await;

@@ -51,6 +51,12 @@ const CATCH_UP_RETRY: Duration = Duration::from_secs(1);
 
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 
+/// A number for a new connection of any protocol, unique in the process
+/// (the hub knows connections by it).
+pub fn next_connection_id() -> u64 {
+    NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed)
+}
+
 /// A random number fixed for the process: with a connection's number, a
 /// name for an anonymous publisher that no other node's connection shares.
 fn process_nonce() -> u64 {
@@ -286,7 +292,7 @@ impl<S: Sink> Session<S> {
     pub fn new(ctx: Arc<Context>, sink: S, grant: Grant) -> Self {
         let limits = ctx.limits;
         let (outbox, inbox) = Outbox::new(limits.outbox);
-        let id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
+        let id = next_connection_id();
         ctx.hub.connect(id, &outbox, grant.sub(), grant.info());
         Session {
             id,
@@ -349,7 +355,7 @@ impl<S: Sink> Session<S> {
         if options.presence {
             flags.presence.store(PRESENCE_WANTED, Ordering::Relaxed);
         }
-        let subscriber = Subscriber { outbox: self.inbox.outbox().clone(), flags: flags.clone() };
+        let subscriber = Subscriber { outbox: self.inbox.outbox().clone(), flags: flags.clone(), member: None };
         let live = self.ctx.hub.join(&room, self.id, subscriber).await.map_err(|e| store_refusal(e, None))?;
         match self.start(&room, live, options).await {
             Ok(started) => {

@@ -170,6 +170,10 @@ pub trait PresenceLog: Send + Sync + 'static {
     /// The nodes the store holds presence from.
     async fn presence_nodes(&self) -> Result<HashSet<String>, StoreError>;
 
+    /// Rooms with subscribers on some node (as the nodes reported them with
+    /// occupancy on), whose names start with `prefix`.
+    async fn occupied_rooms(&self, prefix: &str) -> Result<Vec<RoomName>, StoreError>;
+
     /// Removes a dead node's members and occupancy (as if it had reported
     /// every room empty), and the node; the rooms whose members changed.
     async fn forget_presence(

@@ -1,6 +1,7 @@
 //! Transports: adapters between a socket and a [`Session`](crate::session::Session).
 
 pub mod meter;
+pub mod pusher;
 pub mod sse;
 pub mod ws;
 

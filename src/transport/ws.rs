@@ -81,7 +81,7 @@ pub struct WsQuery {
     state: Option<String>,
 }
 
-fn bad_handshake(message: &str) -> Response {
+pub(crate) fn bad_handshake(message: &str) -> Response {
     Refusal::new(StatusCode::BAD_REQUEST, ErrorCode::UnsupportedFrame, message).into_response()
 }
 
@@ -99,14 +99,9 @@ fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> boo
 /// credential and the node's connection limit.
 pub async fn handler(State(app): State<Arc<App>>, Params(query): Params<WsQuery>, mut request: Request) -> Response {
     let headers = request.headers();
-    if !header_has(headers, header::CONNECTION, "upgrade") || !header_has(headers, header::UPGRADE, "websocket") {
-        return bad_handshake("a WebSocket upgrade request is expected here");
-    }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != b"13") {
-        return bad_handshake("Sec-WebSocket-Version must be 13");
-    }
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).map(|k| derive_accept_key(k.as_bytes())) else {
-        return bad_handshake("Sec-WebSocket-Key is missing");
+    let key = match handshake(headers) {
+        Ok(key) => key,
+        Err(why) => return bad_handshake(why),
     };
     let negotiated = header_has(headers, header::SEC_WEBSOCKET_PROTOCOL, MSGPACK_SUBPROTOCOL);
     let forced = match query.format.as_deref() {
@@ -146,15 +141,36 @@ pub async fn handler(State(app): State<Arc<App>>, Params(query): Params<WsQuery>
         let socket = WebSocketStream::from_raw_socket(raw, Role::Server, Some(config)).await;
         tracker.spawn(run(Connection::new(app, socket, format, grant), Box::new(query), slot));
     });
+    switching(&key, negotiated.then_some(MSGPACK_SUBPROTOCOL))
+}
+
+/// Checks a WebSocket upgrade request's headers; the accept key to answer,
+/// or what is wrong.
+pub(crate) fn handshake(headers: &HeaderMap) -> Result<String, &'static str> {
+    if !header_has(headers, header::CONNECTION, "upgrade") || !header_has(headers, header::UPGRADE, "websocket") {
+        return Err("a WebSocket upgrade request is expected here");
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != b"13") {
+        return Err("Sec-WebSocket-Version must be 13");
+    }
+    headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| derive_accept_key(k.as_bytes()))
+        .ok_or("Sec-WebSocket-Key is missing")
+}
+
+/// The `101 Switching Protocols` answer to an upgrade (with the
+/// subprotocol chosen, if any).
+pub(crate) fn switching(accept: &str, subprotocol: Option<&'static str>) -> Response {
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let out = response.headers_mut();
     out.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     out.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(accept) = HeaderValue::from_str(&key) {
+    if let Ok(accept) = HeaderValue::from_str(accept) {
         out.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
-    if negotiated {
-        out.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(MSGPACK_SUBPROTOCOL));
+    if let Some(subprotocol) = subprotocol {
+        out.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(subprotocol));
     }
     response
 }

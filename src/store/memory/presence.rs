@@ -232,6 +232,19 @@ impl PresenceLog for MemoryStore {
         Ok(lock(&self.inner).presence.nodes.clone())
     }
 
+    async fn occupied_rooms(&self, prefix: &str) -> Result<Vec<RoomName>, StoreError> {
+        let inner = lock(&self.inner);
+        let mut rooms: Vec<RoomName> = inner
+            .presence
+            .rooms
+            .iter()
+            .filter(|(room, p)| !p.occupancy.is_empty() && room.as_str().starts_with(prefix))
+            .map(|(room, _)| room.clone())
+            .collect();
+        rooms.sort();
+        Ok(rooms)
+    }
+
     async fn forget_presence(
         &self,
         node: &str,

@@ -520,6 +520,30 @@ impl PresenceLog for RedisStore {
         self.client.smembers(self.presence_keys().nodes()).await.map_err(unavailable)
     }
 
+    async fn occupied_rooms(&self, prefix: &str) -> Result<Vec<RoomName>, StoreError> {
+        let k = self.presence_keys();
+        let nodes: Vec<String> = self.client.smembers(k.nodes()).await.map_err(unavailable)?;
+        if nodes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = nodes.iter().map(|n| k.rooms(n)).collect();
+        let rooms: HashSet<String> = self.client.sunion(keys).await.map_err(unavailable)?;
+        let candidates: Vec<RoomName> =
+            rooms.iter().filter(|r| r.starts_with(prefix)).filter_map(|r| RoomName::parse(r).ok()).collect();
+        // A node's rooms also hold rooms where it has members only briefly:
+        // keep those with subscribers.
+        let pipeline = self.client.pipeline();
+        for room in &candidates {
+            let _: () = pipeline.scard(k.occupancy(room.as_str())).await.map_err(unavailable)?;
+        }
+        let counts: Vec<u64> =
+            if candidates.is_empty() { Vec::new() } else { pipeline.all().await.map_err(unavailable)? };
+        let mut out: Vec<RoomName> =
+            candidates.into_iter().zip(counts).filter(|(_, n)| *n > 0).map(|(room, _)| room).collect();
+        out.sort();
+        Ok(out)
+    }
+
     async fn forget_presence(
         &self,
         node: &str,
