@@ -29,7 +29,8 @@ fi
 # test cluster), iproute2 with iptables (the chaos run cuts a node off from
 # Redis inside a network namespace it creates; the failover test holds back
 # one replication link), nginx (the proxy test), chromium (the browser
-# tests) and npm (the client's test runner's packages).
+# tests), npm (the client's test runner's packages) and python3 with pip
+# (Pusher's Python library, which the Pusher tests drive).
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
@@ -38,6 +39,8 @@ command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: installing Debian's ${missing[*]}" >&2
   sudo=""
@@ -49,6 +52,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo service nginx stop >/dev/null 2>&1 || true
 fi
 redis-server --version >&2
+
+# Pusher's Python server library, into the build directory (never the
+# system's Python), pinned.
+pydeps="$PWD/target/python-deps"
+if ! PYTHONPATH="$pydeps" python3 -c "import pusher" >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check --target "$pydeps" pusher==3.3.4 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check --break-system-packages --target "$pydeps" pusher==3.3.4
+fi
+export PYTHONPATH="$pydeps${PYTHONPATH:+:$PYTHONPATH}"
 
 cargo test "$@"
 

@@ -8,6 +8,7 @@ import { execFileSync } from "node:child_process";
 import { once } from "node:events";
 import { createServer } from "node:http";
 import { chromium } from "playwright-core";
+import PusherServer from "pusher";
 
 import { freePort, jwt, now, publish, publishAll, startNode, startRedis, until } from "./support.js";
 
@@ -151,6 +152,49 @@ describe("in Chromium", () => {
       await page.close();
     } finally {
       for (const node of signed) await node.stop("SIGKILL");
+    }
+  });
+
+  test("pusher-js in the page: a Pusher channel across nodes, with presence", async () => {
+    const app = { id: "2002", key: "browser-key", secret: "browser-secret" };
+    const args = ["--pusher-app-id", app.id, "--pusher-key", app.key, "--pusher-secret", app.secret];
+    const pushers = [await startNode({ redis, args }), await startNode({ redis, args })];
+    try {
+      const server = new PusherServer({ appId: app.id, key: app.key, secret: app.secret, host: "127.0.0.1", port: String(pushers[1].port), useTLS: false });
+      const page = await browser.newPage();
+      await page.goto(other.url);
+      await page.addScriptTag({ path: new URL("../node_modules/pusher-js/dist/web/pusher.min.js", import.meta.url).pathname });
+      // The page asks the test for channel signatures, as it would ask its backend.
+      await page.exposeFunction("authorize", (socketId, channel) =>
+        server.authorizeChannel(socketId, channel, { user_id: "viewer", user_info: { name: "Viewer" } }),
+      );
+      await page.evaluate(
+        ({ key, port }) => {
+          window.got = [];
+          const pusher = new window.Pusher(key, {
+            cluster: "local",
+            wsHost: "127.0.0.1",
+            wsPort: port,
+            forceTLS: false,
+            enabledTransports: ["ws"],
+            disableStats: true,
+            channelAuthorization: { customHandler: ({ socketId, channelName }, cb) => window.authorize(socketId, channelName).then((a) => cb(null, a)) },
+          });
+          pusher.subscribe("browser-news").bind("headline", (d) => window.got.push(d));
+          const stage = pusher.subscribe("presence-browser");
+          stage.bind("pusher:subscription_succeeded", (m) => (window.members = m.count));
+        },
+        { key: app.key, port: pushers[0].port },
+      );
+      await page.waitForFunction(() => window.members === 1);
+      await server.trigger("browser-news", "headline", { text: "from another node" });
+      await page.waitForFunction(() => window.got.length === 1);
+      assert.deepEqual(await pageGot(page), [{ text: "from another node" }]);
+      const users = await (await server.get({ path: "/channels/presence-browser/users" })).json();
+      assert.deepEqual(users.users, [{ id: "viewer" }]);
+      await page.close();
+    } finally {
+      for (const node of pushers) await node.stop("SIGKILL");
     }
   });
 
