@@ -72,6 +72,12 @@ pub struct PusherSettings {
     /// app's channels being the rooms of its prefix.
     #[arg(long = "pusher-apps", env = "ROOMCAST_PUSHER_APPS")]
     pub apps_file: Option<std::path::PathBuf>,
+
+    /// URL the deployment POSTs Pusher-shaped webhooks to (channel_occupied,
+    /// channel_vacated, member_added, member_removed, client_event), signed
+    /// per app with X-Pusher-Key and X-Pusher-Signature.
+    #[arg(long = "pusher-webhook-url", env = "ROOMCAST_PUSHER_WEBHOOK_URL")]
+    pub pusher_webhook_url: Option<String>,
 }
 
 /// One Pusher app.
@@ -342,6 +348,8 @@ pub struct Config {
     pub backend: BackendSettings,
     /// Pusher apps (none: the node does not speak Pusher).
     pub pusher_apps: Vec<PusherApp>,
+    /// Where Pusher-shaped webhooks go.
+    pub pusher_webhook_url: Option<String>,
 }
 
 /// Reads the Pusher apps the flags name, checked.
@@ -428,6 +436,13 @@ impl TryFrom<ServeArgs> for Config {
     fn try_from(a: ServeArgs) -> Result<Self, ConfigError> {
         let ServeArgs { node, store, redis, limits: l, auth, backend, pusher } = a;
         let pusher_apps = pusher_apps(&pusher)?;
+        if let Some(url) = &pusher.pusher_webhook_url {
+            check(url.starts_with("http://") || url.starts_with("https://"), || {
+                format!("--pusher-webhook-url {url:?} must be an http:// or https:// URL")
+            })?;
+            check(!pusher_apps.is_empty(), || "--pusher-webhook-url needs a Pusher app".into())?;
+        }
+        let pusher_webhook_url = pusher.pusher_webhook_url.clone();
         if let Some(url) = &backend.publish_hook {
             check(url.starts_with("http://") || url.starts_with("https://"), || {
                 format!("--publish-hook {url:?} must be an http:// or https:// URL")
@@ -512,7 +527,7 @@ impl TryFrom<ServeArgs> for Config {
         };
         let auth = Auth::new(jwt, api_key).map_err(|e| ConfigError(format!("--jwt-public-key: {e}")))?;
         let origins = Origins::parse(allowed_origins.as_deref());
-        Ok(Config { node, node_id, store, redis, limits: l, auth, origins, backend, pusher_apps })
+        Ok(Config { node, node_id, store, redis, limits: l, auth, origins, backend, pusher_apps, pusher_webhook_url })
     }
 }
 

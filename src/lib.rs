@@ -185,7 +185,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
             config.node_id.clone(),
             store.clone(),
             hub.clone(),
-            crate::store::presence::WebhookOptions::from_settings(&config.backend),
+            crate::store::presence::WebhookOptions::from_settings(&config),
             config.backend.presence_max_members,
             !config.pusher_apps.is_empty(),
         ),
@@ -193,12 +193,21 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     };
     live::spawn(parts, shutdown.clone(), &tracker);
 
+    let mut sinks = Vec::new();
     if let Some(url) = &config.backend.webhook_url {
+        sinks.push((url.clone(), webhooks::Shape::Roomcast { secret: config.backend.webhook_secret.clone() }));
+    }
+    if let Some(url) = &config.pusher_webhook_url {
+        sinks.push((url.clone(), webhooks::Shape::Pusher { apps: config.pusher_apps.clone() }));
+    }
+    let names: Vec<&'static str> = sinks.iter().map(|(_, shape)| shape.sink()).collect();
+    for (url, shape) in sinks {
         let settings = webhooks::WebhookSettings {
-            url: url.clone(),
-            secret: config.backend.webhook_secret.clone(),
+            url,
+            shape,
+            sinks: names.clone(),
             retry_for: config.backend.webhook_retry,
-            options: crate::store::presence::WebhookOptions::from_settings(&config.backend),
+            options: crate::store::presence::WebhookOptions::from_settings(&config),
         };
         webhooks::spawn(settings, store.clone(), config.node_id.clone(), shutdown.clone(), &tracker)
             .map_err(Error::Setup)?;

@@ -12,7 +12,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use roomcast::protocol::{EventId, RoomName};
 use roomcast::store::memory::MemoryStore;
-use roomcast::store::presence::{Member, MemberChange, Members, Reported, RoomReport, WebhookOptions, CHANGES_KEPT};
+use roomcast::store::presence::{
+    ClientEvent, Member, MemberChange, Members, Reported, RoomReport, WebhookOptions, CHANGES_KEPT,
+};
 use roomcast::store::redis::{RedisOptions, RedisStore, Topology};
 use roomcast::store::{AppendOptions, LiveNote, Position, Store, StoreOptions};
 use support::{eventually, Redis};
@@ -687,10 +689,10 @@ mod cases {
         s.report_presence("a", &[report(&r, vec![], &["ann"], Some(false))], &opts, 12).await.unwrap();
         s.report_presence("b", &[report(&r, vec![], &["ann", "bob"], Some(false))], &opts, 13).await.unwrap();
         // Only the lease holder delivers; a second node cannot take it.
-        assert!(s.webhook_lease("a", Duration::from_secs(10)).await.unwrap());
-        assert!(!s.webhook_lease("b", Duration::from_secs(10)).await.unwrap());
+        assert!(s.webhook_lease("roomcast", "a", Duration::from_secs(10)).await.unwrap());
+        assert!(!s.webhook_lease("roomcast", "b", Duration::from_secs(10)).await.unwrap());
         s.vacate_due(&opts, 1_000_000).await.unwrap();
-        let (events, dropped) = s.webhook_pending(100).await.unwrap();
+        let (events, dropped) = s.webhook_pending("roomcast", 100).await.unwrap();
         assert_eq!(dropped, 0);
         let names: Vec<(&str, Option<&str>)> = events.iter().map(|e| (e.name.as_str(), e.sub.as_deref())).collect();
         assert_eq!(
@@ -709,19 +711,19 @@ mod cases {
         let ids: std::collections::HashSet<&str> = events.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(ids.len(), 6, "unique ids");
         // Delivered in part: the rest stays; a node without the lease cannot move the cursor.
-        assert!(!s.webhook_delivered("b", &events[5].id).await.unwrap());
-        assert!(s.webhook_delivered("a", &events[2].id).await.unwrap());
-        let (rest, _) = s.webhook_pending(100).await.unwrap();
+        assert!(!s.webhook_delivered("roomcast", &["roomcast"], "b", &events[5].id).await.unwrap());
+        assert!(s.webhook_delivered("roomcast", &["roomcast"], "a", &events[2].id).await.unwrap());
+        let (rest, _) = s.webhook_pending("roomcast", 100).await.unwrap();
         assert_eq!(rest, events[3..].to_vec());
-        assert!(s.webhook_delivered("a", &events[5].id).await.unwrap());
-        assert_eq!(s.webhook_pending(100).await.unwrap().0, vec![]);
+        assert!(s.webhook_delivered("roomcast", &["roomcast"], "a", &events[5].id).await.unwrap());
+        assert_eq!(s.webhook_pending("roomcast", 100).await.unwrap().0, vec![]);
         // A room that empties and fills again within the delay sends nothing.
         let slow = WebhookOptions { vacate_delay: Duration::from_secs(60), ..opts };
         s.report_presence("a", &[report(&r, vec![], &[], Some(true))], &slow, 20).await.unwrap();
         s.report_presence("a", &[report(&r, vec![], &[], Some(false))], &slow, 21).await.unwrap();
         s.report_presence("a", &[report(&r, vec![], &[], Some(true))], &slow, 22).await.unwrap();
         s.vacate_due(&slow, 23).await.unwrap();
-        let (events, _) = s.webhook_pending(100).await.unwrap();
+        let (events, _) = s.webhook_pending("roomcast", 100).await.unwrap();
         assert_eq!(events.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), vec!["room_occupied"]);
     }
 
@@ -734,18 +736,18 @@ mod cases {
             full.full = true;
             s.report_presence("a", &[full], &opts, i).await.unwrap();
         }
-        let (events, dropped) = s.webhook_pending(100).await.unwrap();
+        let (events, dropped) = s.webhook_pending("roomcast", 100).await.unwrap();
         assert_eq!(events.len(), 50, "the bound holds");
         assert_eq!(dropped, 30, "and what went past it is counted, once");
         assert_eq!(events[0].room, "b30", "the oldest went");
-        assert_eq!(s.webhook_pending(100).await.unwrap().1, 0);
+        assert_eq!(s.webhook_pending("roomcast", 100).await.unwrap().1, 0);
         // A holder whose lease lapsed loses it to another node.
-        assert!(s.webhook_lease("a", Duration::from_millis(50)).await.unwrap());
+        assert!(s.webhook_lease("roomcast", "a", Duration::from_millis(50)).await.unwrap());
         eventually("the lease lapses", || async {
-            s.webhook_lease("b", Duration::from_secs(10)).await.unwrap().then_some(())
+            s.webhook_lease("roomcast", "b", Duration::from_secs(10)).await.unwrap().then_some(())
         })
         .await;
-        assert!(!s.webhook_delivered("a", &events[0].id).await.unwrap());
+        assert!(!s.webhook_delivered("roomcast", &["roomcast"], "a", &events[0].id).await.unwrap());
     }
 
     pub async fn names_and_skips_are_kept_with_the_event(f: Fixture) {
@@ -761,6 +763,39 @@ mod cases {
         assert_eq!(page.events[1].meta, None);
         let back = f.store.read_back(&r, None, 10).await.unwrap();
         assert_eq!(back.events[0].name(), Some(&name));
+    }
+
+    pub async fn two_sinks_each_get_every_event(f: Fixture) {
+        let s = &f.store;
+        let r = room("presence-shared");
+        let opts = hooks();
+        let mut full = report(&r, vec![m("ann", "{}")], &[], Some(true));
+        full.full = true;
+        s.report_presence("a", &[full], &opts, 1).await.unwrap();
+        let client = ClientEvent {
+            event: "client-typing".into(),
+            data: r#"{"x":1}"#.into(),
+            socket_id: "1.2".into(),
+            user_id: Some("ann".into()),
+        };
+        s.record_client_event(&opts, &r, client.clone(), 2).await.unwrap();
+        let sinks = ["roomcast", "pusher"];
+        assert!(s.webhook_lease("roomcast", "a", Duration::from_secs(10)).await.unwrap());
+        assert!(s.webhook_lease("pusher", "b", Duration::from_secs(10)).await.unwrap(), "each sink has its own lease");
+        let (events, _) = s.webhook_pending("roomcast", 100).await.unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+            vec!["room_occupied", "member_joined", "client_event"]
+        );
+        assert_eq!(events[2].client.as_ref(), Some(&client));
+        // The roomcast sink delivers everything: the pusher sink still has it all.
+        assert!(s.webhook_delivered("roomcast", &sinks, "a", &events[2].id).await.unwrap());
+        assert_eq!(s.webhook_pending("roomcast", 100).await.unwrap().0, vec![]);
+        assert_eq!(s.webhook_pending("pusher", 100).await.unwrap().0, events);
+        assert!(s.webhook_delivered("pusher", &sinks, "b", &events[0].id).await.unwrap());
+        assert_eq!(s.webhook_pending("pusher", 100).await.unwrap().0, events[1..].to_vec());
+        assert!(s.webhook_delivered("pusher", &sinks, "b", &events[2].id).await.unwrap());
+        assert_eq!(s.webhook_pending("pusher", 100).await.unwrap().0, vec![]);
     }
 }
 
@@ -1219,6 +1254,11 @@ macro_rules! conformance {
             async fn names_and_skips_are_kept_with_the_event() {
                 cases::names_and_skips_are_kept_with_the_event($store(options(1000, Duration::from_secs(60))).await)
                     .await
+            }
+
+            #[tokio::test]
+            async fn two_sinks_each_get_every_event() {
+                cases::two_sinks_each_get_every_event($store(options(1000, Duration::from_secs(60))).await).await
             }
 
             #[tokio::test]

@@ -99,10 +99,11 @@ pub struct WebhookOptions {
 }
 
 impl WebhookOptions {
-    /// The webhook settings of a node's backend flags.
-    pub fn from_settings(backend: &crate::config::BackendSettings) -> Self {
+    /// The webhook settings of a node's flags.
+    pub fn from_settings(config: &crate::config::Config) -> Self {
+        let backend = &config.backend;
         WebhookOptions {
-            enabled: backend.webhook_url.is_some(),
+            enabled: backend.webhook_url.is_some() || config.pusher_webhook_url.is_some(),
             vacate_delay: backend.webhook_vacate_delay,
             max_pending: backend.webhook_max_pending,
         }
@@ -132,6 +133,23 @@ pub struct WebhookEvent {
     /// The member's info (raw JSON), for member events.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub info: Option<serde_json::Value>,
+    /// For a Pusher client event: its name, data, and who sent it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<ClientEvent>,
+}
+
+/// A Pusher client event, as its webhook tells it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientEvent {
+    /// The event's name (`client-...`).
+    pub event: String,
+    /// Its data, as the client sent it (a string).
+    pub data: String,
+    /// The sending socket.
+    pub socket_id: String,
+    /// The sender's user, on a presence channel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
 }
 
 /// Change log entries a room keeps: a watcher further behind reloads.
@@ -183,19 +201,36 @@ pub trait PresenceLog: Send + Sync + 'static {
         now_ms: u64,
     ) -> Result<Vec<RoomName>, StoreError>;
 
-    /// Takes or keeps the webhook delivery lease for `holder` for `ttl`;
-    /// whether `holder` holds it now.
-    async fn webhook_lease(&self, holder: &str, ttl: Duration) -> Result<bool, StoreError>;
+    /// Records a Pusher client event for the webhooks (with webhooks on).
+    async fn record_client_event(
+        &self,
+        webhooks: &WebhookOptions,
+        room: &RoomName,
+        event: ClientEvent,
+        now_ms: u64,
+    ) -> Result<(), StoreError>;
+
+    /// Takes or keeps `sink`'s delivery lease for `holder` for `ttl`;
+    /// whether `holder` holds it now. Each sink (a receiver in its shape)
+    /// has its lease and its cursor.
+    async fn webhook_lease(&self, sink: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError>;
 
     /// Records `room_vacated` for rooms empty for their whole delay by
     /// `now_ms` (the lease holder calls it).
     async fn vacate_due(&self, webhooks: &WebhookOptions, now_ms: u64) -> Result<(), StoreError>;
 
-    /// Up to `max` undelivered webhook events, oldest first, and how many
-    /// were dropped past the bound since the last call.
-    async fn webhook_pending(&self, max: usize) -> Result<(Vec<WebhookEvent>, u64), StoreError>;
+    /// Up to `max` events `sink` has not delivered, oldest first, and how
+    /// many were dropped past the bound since the last call (any sink's).
+    async fn webhook_pending(&self, sink: &str, max: usize) -> Result<(Vec<WebhookEvent>, u64), StoreError>;
 
-    /// Marks events up to `last_id` delivered (only while `holder` holds
-    /// the lease: a holder that lost it cannot move the cursor).
-    async fn webhook_delivered(&self, holder: &str, last_id: &str) -> Result<bool, StoreError>;
+    /// Marks `sink`'s events up to `last_id` delivered (only while `holder`
+    /// holds its lease: a holder that lost it cannot move the cursor), and
+    /// trims what every one of `sinks` delivered.
+    async fn webhook_delivered(
+        &self,
+        sink: &str,
+        sinks: &[&str],
+        holder: &str,
+        last_id: &str,
+    ) -> Result<bool, StoreError>;
 }

@@ -40,6 +40,7 @@ use crate::hub::{RoomFlags, Subscriber, PRESENCE_WANTED};
 use crate::protocol::{EventName, PresenceMember, RoomName, ServerFrame};
 use crate::publish::{Publication, Via};
 use crate::pusher::{self, Kind, ACTIVITY_TIMEOUT_SECS};
+use crate::store::presence::{ClientEvent, WebhookOptions};
 
 type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
@@ -101,6 +102,8 @@ struct Channel {
     kind: Kind,
     /// The hub's signals about the room (a full outbox marks it lagged).
     flags: Arc<RoomFlags>,
+    /// On a presence channel, the user this connection is.
+    user: Option<String>,
     /// Presence: whether `subscription_succeeded` went out, and the members
     /// the client was told of (user_id -> info).
     succeeded: bool,
@@ -275,6 +278,7 @@ impl Conn {
         }
         let flags = Arc::new(RoomFlags::default());
         let mut member = None;
+        let mut user = None;
         if kind == Kind::Presence {
             let parsed: Value =
                 data.channel_data.as_deref().and_then(|d| serde_json::from_str(d).ok()).unwrap_or_default();
@@ -287,6 +291,7 @@ impl Conn {
             // The user, for terminate_connections (and presence on every channel).
             self.app.sessions.hub.connect(self.id, &self.outbox, Some(&user_id), Some(&info));
             member = Some(Arc::new((Arc::from(user_id.as_str()), Arc::from(info.as_str()))));
+            user = Some(user_id);
             flags.presence.store(PRESENCE_WANTED, std::sync::atomic::Ordering::Relaxed);
         }
         let subscriber = Subscriber { outbox: self.outbox.clone(), flags: flags.clone(), member };
@@ -294,7 +299,7 @@ impl Conn {
             return self.subscription_error(&channel, 503, "the store is unavailable; try again").await;
         }
         self.channels
-            .insert(channel.clone(), Channel { room, kind, flags, succeeded: false, members: BTreeMap::new() });
+            .insert(channel.clone(), Channel { room, kind, flags, user, succeeded: false, members: BTreeMap::new() });
         if kind != Kind::Presence {
             // Presence waits for the members (the next presence round).
             if let Some(c) = self.channels.get_mut(&channel) {
@@ -308,8 +313,8 @@ impl Conn {
     /// A client event: to the others on a private or presence channel this
     /// connection is subscribed to; stored like any event, never echoed.
     async fn client_event(&mut self, name: &str, channel: &str, data: Value) -> Result<(), Close> {
-        let room = match self.channels.get(channel) {
-            Some(c) if c.kind.signed() => c.room.clone(),
+        let (room, user) = match self.channels.get(channel) {
+            Some(c) if c.kind.signed() => (c.room.clone(), c.user.clone()),
             _ => {
                 return self
                     .error(None, "client events go to private and presence channels you are subscribed to")
@@ -334,10 +339,23 @@ impl Conn {
             skip: Some(&self.socket_id),
             via: Via::WebSocket,
         };
-        match self.app.sessions.publisher.publish(publication, None).await {
-            Ok(_) => Ok(()),
-            Err(e) => self.error(None, &e.to_string()).await,
+        if let Err(e) = self.app.sessions.publisher.publish(publication, None).await {
+            return self.error(None, &e.to_string()).await;
         }
+        let webhooks = WebhookOptions::from_settings(&self.app.config);
+        if webhooks.enabled {
+            let text = match &data {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let event =
+                ClientEvent { event: name.to_owned(), data: text, socket_id: self.socket_id.clone(), user_id: user };
+            let recorded = self.app.store.record_client_event(&webhooks, &room, event, crate::clock::now_ms()).await;
+            if let Err(e) = recorded {
+                debug!(cause = %e, "a client event's webhook was not recorded");
+            }
+        }
+        Ok(())
     }
 
     /// What the hub queued for this connection.

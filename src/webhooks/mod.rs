@@ -17,13 +17,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::backoff::Backoff;
 use crate::clock::now_ms;
+use crate::config::PusherApp;
+use crate::protocol::RoomName;
 use crate::signing::signature;
 use crate::store::presence::{WebhookEvent, WebhookOptions};
 use crate::store::Store;
@@ -37,13 +39,42 @@ const POLL: Duration = Duration::from_millis(250);
 /// How long the receiver has to answer one request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The shape a receiver expects.
+#[derive(Clone, Debug)]
+pub enum Shape {
+    /// roomcast's: `{"events":[...]}`, signed with `Roomcast-Signature`
+    /// when a secret is given.
+    Roomcast {
+        /// The signing secret.
+        secret: Option<String>,
+    },
+    /// Pusher's: per app, `{"time_ms","events":[...]}` with `X-Pusher-Key`
+    /// and `X-Pusher-Signature` (the app's secret).
+    Pusher {
+        /// The apps whose channels are reported.
+        apps: Vec<PusherApp>,
+    },
+}
+
+impl Shape {
+    /// The sink's name in the store (its lease and cursor).
+    pub fn sink(&self) -> &'static str {
+        match self {
+            Shape::Roomcast { .. } => "roomcast",
+            Shape::Pusher { .. } => "pusher",
+        }
+    }
+}
+
 /// Where and how webhooks go.
 #[derive(Clone, Debug)]
 pub struct WebhookSettings {
     /// The receiver.
     pub url: String,
-    /// Signs each body (`Roomcast-Signature: sha256=<hex>`), when given.
-    pub secret: Option<String>,
+    /// The shape it expects.
+    pub shape: Shape,
+    /// Every sink of the deployment (events are trimmed once all took them).
+    pub sinks: Vec<&'static str>,
     /// How long an undelivered event is retried.
     pub retry_for: Duration,
     /// What the store records.
@@ -63,7 +94,7 @@ pub fn spawn(
         .pool_max_idle_per_host(4)
         .build()
         .map_err(|e| format!("the webhook client: {e}"))?;
-    if settings.secret.is_none() {
+    if matches!(settings.shape, Shape::Roomcast { secret: None }) {
         warn!("--webhook-url without --webhook-secret: webhooks are not signed");
     }
     let sender = Sender { settings, store, node, client };
@@ -111,7 +142,8 @@ impl Sender {
 
     async fn attempt(&self, holding: &mut bool) -> Attempt {
         let options = &self.settings.options;
-        let held = match self.store.webhook_lease(&self.node, LEASE).await {
+        let sink = self.settings.shape.sink();
+        let held = match self.store.webhook_lease(sink, &self.node, LEASE).await {
             Ok(held) => held,
             Err(e) => {
                 warn!(cause = %e, "webhooks: the store does not answer");
@@ -119,7 +151,12 @@ impl Sender {
             }
         };
         if held != *holding {
-            info!(held, "webhooks: this node {} the delivery lease", if held { "holds" } else { "no longer holds" });
+            info!(
+                held,
+                sink,
+                "webhooks: this node {} the delivery lease",
+                if held { "holds" } else { "no longer holds" }
+            );
             *holding = held;
         }
         if !held {
@@ -128,7 +165,7 @@ impl Sender {
         if let Err(e) = self.store.vacate_due(options, now_ms()).await {
             warn!(cause = %e, "webhooks: could not look for vacated rooms");
         }
-        let (events, dropped) = match self.store.webhook_pending(BATCH).await {
+        let (events, dropped) = match self.store.webhook_pending(sink, BATCH).await {
             Ok(pending) => pending,
             Err(e) => {
                 warn!(cause = %e, "webhooks: could not read pending events");
@@ -163,7 +200,7 @@ impl Sender {
                 metrics::histogram!("roomcast_webhook_delay_seconds").record(delay);
             }
         }
-        match self.store.webhook_delivered(&self.node, &last).await {
+        match self.store.webhook_delivered(sink, &self.settings.sinks, &self.node, &last).await {
             Ok(true) => Attempt::Delivered,
             Ok(false) => {
                 // Another node took the lease meanwhile: it sends from the
@@ -179,11 +216,38 @@ impl Sender {
     }
 
     async fn send(&self, events: &[WebhookEvent]) -> Result<(), String> {
-        let body = json!({ "events": events }).to_string();
-        let mut request =
-            self.client.post(&self.settings.url).header("content-type", "application/json").body(body.clone());
-        if let Some(secret) = &self.settings.secret {
-            request = request.header("roomcast-signature", signature(secret, body.as_bytes()));
+        match &self.settings.shape {
+            Shape::Roomcast { secret } => {
+                let events: Vec<&WebhookEvent> = events.iter().filter(|e| e.client.is_none()).collect();
+                if events.is_empty() {
+                    return Ok(());
+                }
+                let body = json!({ "events": events }).to_string();
+                let signature = secret.as_ref().map(|s| ("roomcast-signature", signature(s, body.as_bytes())));
+                self.post(body, signature.into_iter().collect()).await
+            }
+            Shape::Pusher { apps } => {
+                for app in apps {
+                    let events: Vec<Value> = events.iter().filter_map(|e| pusher_event(app, e)).collect();
+                    if events.is_empty() {
+                        continue;
+                    }
+                    let body = json!({ "time_ms": now_ms(), "events": events }).to_string();
+                    let headers = vec![
+                        ("x-pusher-key", app.key.clone()),
+                        ("x-pusher-signature", crate::pusher::hmac_hex(&app.secret, &body)),
+                    ];
+                    self.post(body, headers).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn post(&self, body: String, headers: Vec<(&'static str, String)>) -> Result<(), String> {
+        let mut request = self.client.post(&self.settings.url).header("content-type", "application/json").body(body);
+        for (name, value) in headers {
+            request = request.header(name, value);
         }
         let response = request.send().await.map_err(|e| e.to_string())?;
         let status = response.status();
@@ -195,4 +259,26 @@ impl Sender {
             Err(format!("the receiver answered {status}"))
         }
     }
+}
+
+/// An event as Pusher's webhooks name it, for `app`'s channels (member
+/// events only for presence channels, as Pusher sends them).
+fn pusher_event(app: &PusherApp, e: &WebhookEvent) -> Option<Value> {
+    let room = RoomName::parse(&e.room).ok()?;
+    let channel = crate::pusher::channel_of(app, &room)?;
+    let presence = channel.starts_with("presence-");
+    Some(match (e.name.as_str(), &e.client) {
+        ("room_occupied", _) => json!({"name": "channel_occupied", "channel": channel}),
+        ("room_vacated", _) => json!({"name": "channel_vacated", "channel": channel}),
+        ("member_joined", _) if presence => json!({"name": "member_added", "channel": channel, "user_id": e.sub}),
+        ("member_left", _) if presence => json!({"name": "member_removed", "channel": channel, "user_id": e.sub}),
+        ("client_event", Some(c)) => {
+            let mut v = json!({"name": "client_event", "channel": channel, "event": c.event, "data": c.data, "socket_id": c.socket_id});
+            if let Some(user) = &c.user_id {
+                v["user_id"] = json!(user);
+            }
+            v
+        }
+        _ => return None,
+    })
 }

@@ -7,6 +7,9 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
+import { createHmac } from "node:crypto";
+import { once } from "node:events";
+import { createServer } from "node:http";
 import WebSocket from "ws";
 import Pusher from "pusher-js";
 import PusherServer from "pusher";
@@ -17,12 +20,34 @@ import { startNode, startRedis, until } from "./support.js";
 const APP = { id: "1001", key: "key-1", secret: "secret-of-app-1" };
 const pusherArgs = ["--pusher-app-id", APP.id, "--pusher-key", APP.key, "--pusher-secret", APP.secret];
 
+/** A webhook receiver that checks Pusher's signature and keeps the events. */
+async function receiver() {
+  const hooks = { events: [], bad: 0 };
+  const server = createServer((req, res) => {
+    let body = "";
+    req.on("data", (c) => (body += c));
+    req.on("end", () => {
+      const expected = createHmac("sha256", APP.secret).update(body).digest("hex");
+      if (req.headers["x-pusher-key"] !== APP.key || req.headers["x-pusher-signature"] !== expected) hooks.bad++;
+      else hooks.events.push(...JSON.parse(body).events);
+      res.end("{}");
+    });
+  });
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  hooks.url = `http://127.0.0.1:${server.address().port}/pusher-hooks`;
+  hooks.close = () => server.close();
+  return hooks;
+}
+
 describe("Pusher's libraries on three nodes and one Redis", () => {
-  let redis, nodes, servers;
+  let redis, nodes, servers, hooks;
   before(async () => {
     redis = await startRedis();
+    hooks = await receiver();
+    const args = [...pusherArgs, "--pusher-webhook-url", hooks.url, "--webhook-vacate-delay-ms", "500"];
     nodes = [];
-    for (let i = 0; i < 3; i++) nodes.push(await startNode({ redis, args: pusherArgs }));
+    for (let i = 0; i < 3; i++) nodes.push(await startNode({ redis, args }));
     servers = nodes.map(
       (n) => new PusherServer({ appId: APP.id, key: APP.key, secret: APP.secret, host: "127.0.0.1", port: String(n.port), useTLS: false }),
     );
@@ -30,6 +55,7 @@ describe("Pusher's libraries on three nodes and one Redis", () => {
   after(async () => {
     for (const n of nodes ?? []) await n.stop("SIGKILL");
     await redis?.stop();
+    hooks?.close();
   });
 
   /** A pusher-js client on node `i`; channels are authorised by node `i`'s server library. */
@@ -193,6 +219,34 @@ describe("Pusher's libraries on three nodes and one Redis", () => {
     await until(() => events.length === 2, "ann removed");
     assert.deepEqual(events[1], ["removed", "ann"]);
     host.disconnect();
+  });
+
+  test("webhooks in Pusher's shape: occupied, members, client events, vacated", async () => {
+    const a = client(0, { user_id: "hooked-a" });
+    const b = client(1, { user_id: "hooked-b" });
+    const ca = a.subscribe("presence-hooked");
+    await subscribed(ca);
+    const cb = b.subscribe("presence-hooked");
+    await subscribed(cb);
+    await new Promise((r) => setTimeout(r, 1200));
+    ca.trigger("client-wave", { hi: 1 });
+    await new Promise((r) => setTimeout(r, 1200));
+    a.disconnect();
+    b.disconnect();
+    const of = () => hooks.events.filter((e) => e.channel === "presence-hooked");
+    await until(() => of().some((e) => e.name === "channel_vacated"), "channel_vacated", 20000);
+    const names = of().map((e) => [e.name, e.user_id ?? e.event ?? ""]);
+    assert.deepEqual(names[0], ["channel_occupied", ""]);
+    assert.deepEqual(names.at(-1), ["channel_vacated", ""]);
+    const added = names.filter(([n]) => n === "member_added").map(([, u]) => u).sort();
+    const removed = names.filter(([n]) => n === "member_removed").map(([, u]) => u).sort();
+    assert.deepEqual([added, removed], [["hooked-a", "hooked-b"], ["hooked-a", "hooked-b"]]);
+    const client_event = of().find((e) => e.name === "client_event");
+    assert.deepEqual(
+      [client_event.event, JSON.parse(client_event.data), client_event.socket_id, client_event.user_id],
+      ["client-wave", { hi: 1 }, client_event.socket_id, "hooked-a"],
+    );
+    assert.equal(hooks.bad, 0, "every webhook signed with the app's secret");
   });
 
   test("terminate_connections closes a user's sockets on every node", async () => {

@@ -10,8 +10,8 @@ use tokio::time::Instant;
 use super::{lock, MemoryStore};
 use crate::protocol::RoomName;
 use crate::store::presence::{
-    ChangePos, Member, MemberChange, Members, PresenceLog, Reported, RoomReport, WebhookEvent, WebhookOptions,
-    CHANGES_KEPT,
+    ChangePos, ClientEvent, Member, MemberChange, Members, PresenceLog, Reported, RoomReport, WebhookEvent,
+    WebhookOptions, CHANGES_KEPT,
 };
 use crate::store::StoreError;
 
@@ -27,9 +27,10 @@ pub(super) struct PresenceState {
     webhooks: VecDeque<WebhookEvent>,
     /// The last webhook event's number (IDs are `<ms>-<n>`).
     webhook_seq: u64,
-    /// The last delivered webhook event's number.
-    delivered: u64,
-    lease: Option<(String, Instant)>,
+    /// The last webhook event each sink delivered (by number).
+    delivered: HashMap<String, u64>,
+    /// Each sink's lease.
+    leases: HashMap<String, (String, Instant)>,
     dropped: u64,
     /// room -> when its room_vacated is due (ms).
     vacating: BTreeMap<RoomName, u64>,
@@ -58,6 +59,18 @@ impl RoomPresence {
 
 impl PresenceState {
     fn webhook(&mut self, options: &WebhookOptions, name: &str, room: &RoomName, now_ms: u64, member: Option<Member>) {
+        self.webhook_with(options, name, room, now_ms, member, None);
+    }
+
+    fn webhook_with(
+        &mut self,
+        options: &WebhookOptions,
+        name: &str,
+        room: &RoomName,
+        now_ms: u64,
+        member: Option<Member>,
+        client: Option<ClientEvent>,
+    ) {
         if !options.enabled {
             return;
         }
@@ -77,6 +90,7 @@ impl PresenceState {
             time_ms: now_ms,
             sub,
             info,
+            client,
         });
     }
 
@@ -266,14 +280,24 @@ impl PresenceLog for MemoryStore {
         Ok(changed)
     }
 
-    async fn webhook_lease(&self, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+    async fn record_client_event(
+        &self,
+        webhooks: &WebhookOptions,
+        room: &RoomName,
+        event: ClientEvent,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        lock(&self.inner).presence.webhook_with(webhooks, "client_event", room, now_ms, None, Some(event));
+        Ok(())
+    }
+
+    async fn webhook_lease(&self, sink: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
         let mut inner = lock(&self.inner);
         let now = Instant::now();
-        let lease = &mut inner.presence.lease;
-        match lease {
+        match inner.presence.leases.get(sink) {
             Some((h, until)) if h != holder && *until > now => Ok(false),
             _ => {
-                *lease = Some((holder.to_owned(), now + ttl));
+                inner.presence.leases.insert(sink.to_owned(), (holder.to_owned(), now + ttl));
                 Ok(true)
             }
         }
@@ -293,23 +317,32 @@ impl PresenceLog for MemoryStore {
         Ok(())
     }
 
-    async fn webhook_pending(&self, max: usize) -> Result<(Vec<WebhookEvent>, u64), StoreError> {
+    async fn webhook_pending(&self, sink: &str, max: usize) -> Result<(Vec<WebhookEvent>, u64), StoreError> {
         let mut inner = lock(&self.inner);
         let state = &mut inner.presence;
-        let delivered = state.delivered;
+        let delivered = state.delivered.get(sink).copied().unwrap_or(0);
         let events = state.webhooks.iter().filter(|e| number(&e.id) > delivered).take(max).cloned().collect();
         Ok((events, std::mem::take(&mut state.dropped)))
     }
 
-    async fn webhook_delivered(&self, holder: &str, last_id: &str) -> Result<bool, StoreError> {
+    async fn webhook_delivered(
+        &self,
+        sink: &str,
+        sinks: &[&str],
+        holder: &str,
+        last_id: &str,
+    ) -> Result<bool, StoreError> {
         let mut inner = lock(&self.inner);
         let state = &mut inner.presence;
-        if state.lease.as_ref().is_none_or(|(h, _)| h != holder) {
+        if state.leases.get(sink).is_none_or(|(h, _)| h != holder) {
             return Ok(false);
         }
-        let last = number(last_id);
-        state.delivered = state.delivered.max(last);
-        while state.webhooks.front().is_some_and(|e| number(&e.id) <= last) {
+        let mine = state.delivered.entry(sink.to_owned()).or_insert(0);
+        *mine = (*mine).max(number(last_id));
+        // Every sink's cursor bounds what may go (one that delivered
+        // nothing yet holds everything).
+        let upto = sinks.iter().map(|s| state.delivered.get(*s).copied().unwrap_or(0)).min().unwrap_or(0);
+        while state.webhooks.front().is_some_and(|e| number(&e.id) <= upto) {
             state.webhooks.pop_front();
         }
         Ok(true)

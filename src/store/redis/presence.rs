@@ -12,8 +12,8 @@
 //! {P}:q:<room>          the room's last change sequence number
 //! {P}:nodes             set: nodes that report presence
 //! {P}:wh                stream: undelivered webhook events
-//! {P}:wh:cursor         the last delivered webhook event's ID
-//! {P}:wh:lease          the node delivering webhooks (with a TTL)
+//! {P}:wh:cursor:<sink>  the last event a sink delivered (`roomcast`, `pusher`)
+//! {P}:wh:lease:<sink>   the node delivering a sink's webhooks (with a TTL)
 //! {P}:wh:dropped        events dropped past the bound, not yet counted by a node
 //! {P}:vacating          zset: room -> when its room_vacated is due
 //! ```
@@ -32,8 +32,8 @@ use super::fault::{retrying, unavailable};
 use super::{timed, RedisStore};
 use crate::protocol::{EventId, RoomName};
 use crate::store::presence::{
-    ChangePos, Member, MemberChange, Members, PresenceLog, Reported, RoomReport, WebhookEvent, WebhookOptions,
-    CHANGES_KEPT, MEMBERS_PER_STEP,
+    ChangePos, ClientEvent, Member, MemberChange, Members, PresenceLog, Reported, RoomReport, WebhookEvent,
+    WebhookOptions, CHANGES_KEPT, MEMBERS_PER_STEP,
 };
 use crate::store::StoreError;
 
@@ -159,15 +159,53 @@ if not holder then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 e
 return 0
 "#;
 
-/// Moves the delivery cursor while the caller holds the lease, and trims
-/// what was delivered. KEYS: 1 lease, 2 cursor, 3 webhooks. ARGV: 1 holder,
-/// 2 last delivered ID, 3 the ID just after it.
+/// Moves a sink's delivery cursor while the caller holds its lease, and
+/// trims what every sink delivered. KEYS: 1 lease, 2 cursor, 3 webhooks,
+/// then the other sinks' cursors. ARGV: 1 holder, 2 last delivered ID, 3
+/// the ID just after it.
 const DELIVERED_LUA: &str = r#"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2])
-redis.call('XTRIM', KEYS[3], 'MINID', ARGV[3])
+local function older(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am < bm or (am == bm and as < bs)
+end
+local upto, last = ARGV[3], ARGV[2]
+for i = 4, #KEYS do
+  local other = redis.call('GET', KEYS[i])
+  -- A sink that delivered nothing yet holds everything back.
+  if not other then return 1 end
+  if older(other, last) then
+    last = other
+    upto = nil
+  end
+end
+if upto then
+  redis.call('XTRIM', KEYS[3], 'MINID', upto)
+else
+  -- Trim what the slowest sink delivered: entries up to and with `last`.
+  local ms, seq = string.match(last, '^(%d+)-(%d+)$')
+  redis.call('XTRIM', KEYS[3], 'MINID', ms .. '-' .. (tonumber(seq) + 1))
+end
 return 1
 "#;
+
+/// Records one Pusher client event for the webhooks, within the bound.
+/// KEYS: 1 webhooks, 2 dropped. ARGV: 1 max, then field/value pairs.
+const RECORD_LUA: &str = concat!(
+    r#"
+local wh, dropped, max = KEYS[1], KEYS[2], tonumber(ARGV[1])
+"#,
+    webhook_lua!(),
+    r#"
+local fields = {}
+for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
+webhook(fields)
+return 1
+"#
+);
 
 /// Records room_vacated for rooms whose delay ran out and that are still
 /// empty. KEYS: 1 vacating, 2 webhooks, 3 dropped. ARGV: 1 now (ms), 2 the
@@ -196,6 +234,7 @@ pub(super) struct PresenceScripts {
     lease: Script,
     delivered: Script,
     vacate: Script,
+    record: Script,
 }
 
 impl PresenceScripts {
@@ -206,6 +245,7 @@ impl PresenceScripts {
             lease: Script::from_lua(LEASE_LUA),
             delivered: Script::from_lua(DELIVERED_LUA),
             vacate: Script::from_lua(VACATE_LUA),
+            record: Script::from_lua(RECORD_LUA),
         })
     }
 }
@@ -247,11 +287,11 @@ impl PresenceKeys<'_> {
     fn webhooks(&self) -> String {
         self.key("wh")
     }
-    fn cursor(&self) -> String {
-        self.key("wh:cursor")
+    fn cursor(&self, sink: &str) -> String {
+        self.key(&format!("wh:cursor:{sink}"))
     }
-    fn lease(&self) -> String {
-        self.key("wh:lease")
+    fn lease(&self, sink: &str) -> String {
+        self.key(&format!("wh:lease:{sink}"))
     }
     fn dropped(&self) -> String {
         self.key("wh:dropped")
@@ -565,8 +605,42 @@ impl PresenceLog for RedisStore {
         Ok(changed)
     }
 
-    async fn webhook_lease(&self, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let keys = vec![self.presence_keys().lease()];
+    async fn record_client_event(
+        &self,
+        webhooks: &WebhookOptions,
+        room: &RoomName,
+        event: ClientEvent,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        if !webhooks.enabled {
+            return Ok(());
+        }
+        let k = self.presence_keys();
+        let keys = vec![k.webhooks(), k.dropped()];
+        let mut args: Vec<Value> = vec![(webhooks.max_pending.max(1) as i64).into()];
+        let mut field = |name: &str, value: String| {
+            args.push(name.into());
+            args.push(value.into());
+        };
+        field("name", "client_event".into());
+        field("room", room.to_string());
+        field("time_ms", now_ms.to_string());
+        field("event", event.event);
+        field("data", event.data);
+        field("socket_id", event.socket_id);
+        if let Some(user) = event.user_id {
+            field("user_id", user);
+        }
+        let _: i64 = timed(
+            "webhooks",
+            retrying(|| self.presence.record.evalsha_with_reload(&self.client, keys.clone(), args.clone())),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn webhook_lease(&self, sink: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let keys = vec![self.presence_keys().lease(sink)];
         let args: Vec<Value> = vec![holder.into(), (ttl.as_millis() as i64).into()];
         let held: i64 = timed(
             "webhooks",
@@ -589,9 +663,9 @@ impl PresenceLog for RedisStore {
         Ok(())
     }
 
-    async fn webhook_pending(&self, max: usize) -> Result<(Vec<WebhookEvent>, u64), StoreError> {
+    async fn webhook_pending(&self, sink: &str, max: usize) -> Result<(Vec<WebhookEvent>, u64), StoreError> {
         let k = self.presence_keys();
-        let cursor: Option<String> = self.client.get(k.cursor()).await.map_err(unavailable)?;
+        let cursor: Option<String> = self.client.get(k.cursor(sink)).await.map_err(unavailable)?;
         let start = cursor.map_or_else(|| "-".to_owned(), |c| format!("({c}"));
         let pipeline = self.client.pipeline();
         let _: () = pipeline.xrange(k.webhooks(), start, "+", Some(max as u64)).await.map_err(unavailable)?;
@@ -611,14 +685,27 @@ impl PresenceLog for RedisStore {
                 time_ms: f.get("time_ms").and_then(|t| t.parse().ok()).unwrap_or(0),
                 sub: f.get("sub").cloned(),
                 info: f.get("info").and_then(|i| serde_json::from_str(i).ok()),
+                client: f.get("event").map(|event| ClientEvent {
+                    event: event.clone(),
+                    data: f.get("data").cloned().unwrap_or_default(),
+                    socket_id: f.get("socket_id").cloned().unwrap_or_default(),
+                    user_id: f.get("user_id").cloned(),
+                }),
             })
             .collect();
         Ok((events, dropped.unwrap_or(0)))
     }
 
-    async fn webhook_delivered(&self, holder: &str, last_id: &str) -> Result<bool, StoreError> {
+    async fn webhook_delivered(
+        &self,
+        sink: &str,
+        sinks: &[&str],
+        holder: &str,
+        last_id: &str,
+    ) -> Result<bool, StoreError> {
         let k = self.presence_keys();
-        let keys = vec![k.lease(), k.cursor(), k.webhooks()];
+        let mut keys = vec![k.lease(sink), k.cursor(sink), k.webhooks()];
+        keys.extend(sinks.iter().filter(|s| **s != sink).map(|s| k.cursor(s)));
         let args: Vec<Value> = vec![holder.into(), last_id.into(), after(last_id)?.into()];
         let moved: i64 = timed(
             "webhooks",
