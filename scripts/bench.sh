@@ -10,7 +10,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 mkdir -p docs/bench
 presets=("$@")
 all=0
-[ ${#presets[@]} -gt 0 ] || { presets=(fanout saturate idle rooms resume-storm broadcast reactions audience cluster catch-up join-storm hook presence); all=1; }
+[ ${#presets[@]} -gt 0 ] || { presets=(fanout saturate idle rooms resume-storm broadcast reactions audience cluster catch-up join-storm hook presence pusher); all=1; }
 for preset in "${presets[@]}"; do
   echo "== $preset" >&2
   ./target/release/roomcast bench --preset "$preset" --out "docs/bench/$preset.json" --svg "docs/bench/$preset.svg" || echo "$preset: not clean" >&2

@@ -15,7 +15,7 @@ mod notice;
 pub mod outbox;
 pub mod recent;
 
-pub use batch::Batch;
+pub use batch::{Batch, Encoded};
 pub use notice::{Audience, Notice};
 pub use recent::State;
 

@@ -30,13 +30,13 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::debug;
 
 use super::slot;
-use super::ws::{bad_handshake, handshake, switching};
+use super::ws::{bad_handshake, handshake, switching, MAX_WRITE_SLACK, READ_BUFFER, WRITE_BUFFER};
 use crate::app::{App, ConnectionSlot, Transport};
 use crate::auth::Grant;
 use crate::config::PusherApp;
 use crate::http::Params;
 use crate::hub::outbox::{Item, Outbox, OutboxLimits, OutboxReceiver, Pending};
-use crate::hub::{RoomFlags, Subscriber, PRESENCE_WANTED};
+use crate::hub::{Encoded, RoomFlags, Subscriber, PRESENCE_WANTED};
 use crate::protocol::{EventName, PresenceMember, RoomName, ServerFrame};
 use crate::publish::{Publication, Via};
 use crate::pusher::{self, Kind, ACTIVITY_TIMEOUT_SECS};
@@ -83,7 +83,13 @@ pub async fn handler(
     };
     let pusher_app = pusher::by_key(&app.config.pusher_apps, &key).cloned();
     let max = app.config.limits.max_message_bytes;
-    let config = WebSocketConfig::default().max_message_size(Some(max)).max_frame_size(Some(max));
+    // The native transport's buffers: an idle connection costs the same.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(WRITE_BUFFER + max + MAX_WRITE_SLACK)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
     let tracker = app.tracker.clone();
     tracker.clone().spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
@@ -164,11 +170,13 @@ async fn run(app: Arc<App>, socket: Socket, pusher_app: Option<PusherApp>, proto
             message = tokio::time::timeout(SILENCE, stream.next()) => match message {
                 Err(_) => Some(Close(4201, "no activity from the client")),
                 Ok(None) | Ok(Some(Err(_))) => break,
-                Ok(Some(Ok(Message::Text(text)))) => conn.client(text.as_str()).await.err(),
+                // Boxed: the rare large steps (a subscribe, a client event)
+                // stay out of an idle connection's future.
+                Ok(Some(Ok(Message::Text(text)))) => Box::pin(conn.client(text.as_str())).await.err(),
                 Ok(Some(Ok(Message::Close(_)))) => break,
                 Ok(Some(Ok(_))) => None,
             },
-            pending = rx.next() => conn.deliver(pending, &mut rx).await.err(),
+            pending = rx.next() => Box::pin(conn.deliver(pending, &mut rx)).await.err(),
         };
     }
     if let Some(Close(code, reason)) = close {
@@ -366,17 +374,30 @@ impl Conn {
             let Some(pending) = next.take() else { break };
             match pending {
                 Pending::Item(Item::Batch(batch)) => {
-                    let Some(channel) = pusher::channel_of(&self.pusher, &batch.room).map(str::to_owned) else {
+                    let Some(channel) = pusher::channel_of(&self.pusher, &batch.room) else {
                         continue;
                     };
-                    for event in batch.events.iter().filter(|e| e.op.is_none()) {
-                        let skip = event.meta.as_ref().and_then(|m| m.skip.as_deref());
-                        if skip == Some(self.socket_id.as_str()) {
+                    // Encoded once per batch, shared by every Pusher subscriber.
+                    let messages = batch.messages(|events| {
+                        events
+                            .iter()
+                            .filter(|e| e.op.is_none())
+                            .map(|e| Encoded {
+                                skip: e.meta.as_ref().and_then(|m| m.skip.clone()),
+                                text: pusher::message(
+                                    e.name().map_or("message", EventName::as_str),
+                                    Some(channel),
+                                    &pusher::data_string(&e.data),
+                                )
+                                .into(),
+                            })
+                            .collect()
+                    });
+                    for m in messages {
+                        if m.skip.as_deref() == Some(self.socket_id.as_str()) {
                             continue;
                         }
-                        let name = event.name().map_or("message", EventName::as_str);
-                        let text = pusher::message(name, Some(&channel), &pusher::data_string(&event.data));
-                        self.feed(text).await?;
+                        self.feed(Message::Text(m.text.clone())).await?;
                     }
                 }
                 Pending::Item(Item::Notice(notice)) => self.presence(notice.frame()).await?,
@@ -400,8 +421,8 @@ impl Conn {
         }
     }
 
-    async fn feed(&mut self, text: String) -> Result<(), Close> {
-        match tokio::time::timeout(super::WRITE_TIMEOUT, self.sink.feed(Message::text(text))).await {
+    async fn feed(&mut self, message: Message) -> Result<(), Close> {
+        match tokio::time::timeout(super::WRITE_TIMEOUT, self.sink.feed(message)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Close(4200, "closed")),
             Err(_) => Err(Close(4100, "the client is not reading; reconnect later")),
@@ -462,7 +483,7 @@ impl Conn {
             }
         }
         for text in out {
-            self.feed(text).await?;
+            self.feed(Message::text(text)).await?;
         }
         Ok(())
     }

@@ -45,13 +45,13 @@ type Socket = WebSocketStream<FrameMeter<TokioIo<Upgraded>>>;
 /// frame once its header is read). Measured with the `idle` preset: 11.8 KiB
 /// of RSS per idle connection with 4 KiB here, 8.6 KiB with 1 KiB; 512 bytes
 /// saves another half KiB on top of the later changes.
-const READ_BUFFER: usize = 512;
+pub(crate) const READ_BUFFER: usize = 512;
 /// Write buffering target; `flush` always writes everything anyway.
-const WRITE_BUFFER: usize = 64 * 1024;
+pub(crate) const WRITE_BUFFER: usize = 64 * 1024;
 /// Most bytes tungstenite may hold unwritten beyond [`WRITE_BUFFER`]: a
 /// client that sends pings and never reads fills it with pongs, and is
 /// then closed rather than growing the node's memory.
-const MAX_WRITE_SLACK: usize = 1 << 20;
+pub(crate) const MAX_WRITE_SLACK: usize = 1 << 20;
 /// How long a closing connection waits for the client's close reply.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(1);
 /// Most bytes read and dropped while closing (a client in the middle of an

@@ -259,6 +259,32 @@ describe("Pusher's libraries on three nodes and one Redis", () => {
     c.disconnect();
   });
 
+  test("an unknown key and an old protocol are told in Pusher's way", async () => {
+    const closeOf = async (path) => {
+      const ws = new WebSocket(`ws://127.0.0.1:${nodes[0].port}${path}`);
+      const messages = [];
+      ws.on("message", (m) => messages.push(JSON.parse(m.toString())));
+      const [code] = await once(ws, "close");
+      return { code, error: messages.find((m) => m.event === "pusher:error") };
+    };
+    const unknown = await closeOf("/app/no-such-key?protocol=7");
+    assert.equal(unknown.code, 4001);
+    assert.equal(JSON.parse(unknown.error.data).code, 4001);
+    const old = await closeOf(`/app/${APP.key}?protocol=5`);
+    assert.equal(old.code, 4007);
+    // A client event with a reserved name, and a subscription to an encrypted channel, are refused.
+    const ws = new WebSocket(`ws://127.0.0.1:${nodes[0].port}/app/${APP.key}?protocol=7`);
+    const messages = [];
+    ws.on("message", (m) => messages.push(JSON.parse(m.toString())));
+    await until(() => messages.some((m) => m.event === "pusher:connection_established"), "established");
+    ws.send(JSON.stringify({ event: "pusher:subscribe", data: { channel: "private-encrypted-x", auth: "x:y" } }));
+    ws.send(JSON.stringify({ event: "pusher:something", data: {} }));
+    await until(() => messages.some((m) => m.event === "pusher:subscription_error") && messages.some((m) => m.event === "pusher:error"), "refusals");
+    ws.send(JSON.stringify({ event: "pusher:ping", data: {} }));
+    await until(() => messages.some((m) => m.event === "pusher:pong"), "pong");
+    ws.close();
+  });
+
   test("requests with a bad signature are refused", async () => {
     const wrong = new PusherServer({ appId: APP.id, key: APP.key, secret: "not-the-secret", host: "127.0.0.1", port: String(nodes[0].port), useTLS: false });
     await assert.rejects(wrong.trigger("news", "x", {}), (e) => e.status === 401);

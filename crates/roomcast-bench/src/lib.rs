@@ -17,6 +17,7 @@ pub mod live;
 pub mod load;
 pub mod presence;
 mod presets;
+pub mod pusher;
 pub mod reader;
 pub mod reference;
 pub mod report;
@@ -76,6 +77,9 @@ pub enum Preset {
     /// One room of 20,000 viewers (100 watching presence) and 1,000 rooms
     /// of 20, over 2 nodes, 1% leaving and joining a second, with webhooks.
     Presence,
+    /// 1,000 subscribers of one room over 2 nodes, native and Pusher in
+    /// alternating rounds; then idle connections of each on a fresh node.
+    Pusher,
     /// A few seconds at small scale, with a storm (the test suite runs it).
     Smoke,
 }
@@ -174,6 +178,7 @@ pub fn main(args: BenchArgs) -> anyhow::Result<bool> {
             Some(Preset::CatchUp) => presets::catch_up().await?,
             Some(Preset::Hook) => presets::hook().await?,
             Some(Preset::Presence) => presets::presence().await?,
+            Some(Preset::Pusher) => presets::pusher().await?,
             Some(Preset::JoinStorm) => presets::join_storm(args.node_binary.clone()).await?,
             Some(Preset::ResumeStorm) => presets::resume_storm(&mut bench).await?,
         };

@@ -362,6 +362,12 @@ pub(crate) async fn hook() -> anyhow::Result<Verdict> {
     Ok(Verdict { clean, summary, charted: None })
 }
 
+/// The Pusher protocol beside the native one.
+pub(crate) async fn pusher() -> anyhow::Result<Verdict> {
+    let (clean, summary) = crate::pusher::run().await?;
+    Ok(Verdict { clean, summary, charted: None })
+}
+
 /// Presence at a show's scale, with webhooks.
 pub(crate) async fn presence() -> anyhow::Result<Verdict> {
     let (clean, summary) = crate::presence::run().await?;

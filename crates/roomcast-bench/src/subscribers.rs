@@ -166,8 +166,13 @@ pub(crate) async fn tcp(node: SocketAddr, source: Ipv4Addr) -> anyhow::Result<to
 
 /// Opens a (publisher's) WebSocket from a chosen loopback source address.
 pub(crate) async fn connect(node: SocketAddr, source: Ipv4Addr, query: &str) -> anyhow::Result<Socket> {
+    connect_path(node, source, &format!("/ws{query}")).await
+}
+
+/// Opens a WebSocket to `path` (with its query) from a chosen source address.
+pub(crate) async fn connect_path(node: SocketAddr, source: Ipv4Addr, path: &str) -> anyhow::Result<Socket> {
     let stream = tcp(node, source).await?;
-    let url = format!("ws://{node}/ws{query}");
+    let url = format!("ws://{node}{path}");
     let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await?;
     Ok(ws)
 }
