@@ -126,6 +126,8 @@ struct Conn {
     sink: SplitSink<Socket, Message>,
     channels: HashMap<String, Channel>,
     client_events: DefaultDirectRateLimiter,
+    /// New rooms this connection made lately (`--new-rooms-per-minute`).
+    new_rooms: crate::budget::Window,
 }
 
 /// How the connection ends.
@@ -160,6 +162,7 @@ async fn run(app: Arc<App>, socket: Socket, pusher_app: Option<PusherApp>, proto
         sink,
         channels: HashMap::new(),
         client_events: RateLimiter::direct(quota),
+        new_rooms: crate::budget::Window::default(),
     };
     metrics::counter!("roomcast_pusher_connections_total").increment(1);
     let established = json!({"socket_id": conn.socket_id, "activity_timeout": ACTIVITY_TIMEOUT_SECS}).to_string();
@@ -276,6 +279,10 @@ impl Conn {
         let Some(room) = pusher::room_of(&self.pusher, &channel) else {
             return self.subscription_error(&channel, 400, "invalid channel name").await;
         };
+        let max = self.app.config.limits.max_subscriptions;
+        if self.channels.len() >= max {
+            return self.subscription_error(&channel, 429, &format!("at most {max} channels per connection")).await;
+        }
         if kind.signed() {
             let auth = data.auth.as_deref().unwrap_or("");
             let channel_data = if kind == Kind::Presence { data.channel_data.as_deref() } else { None };
@@ -283,6 +290,13 @@ impl Conn {
                 metrics::counter!("roomcast_pusher_auth_refused_total").increment(1);
                 return self.subscription_error(&channel, 401, "invalid signature").await;
             }
+        }
+        // Following a room the store has no trace of makes it: the same
+        // budget as roomcast's own subscribers.
+        let budget = self.app.sessions.publisher.budget();
+        let admitted = budget.admit(&room, &Grant::Anonymous, Some(&mut self.new_rooms), &*self.app.store).await;
+        if let Err(e) = admitted {
+            return self.subscription_error(&channel, 429, &e.to_string()).await;
         }
         let flags = Arc::new(RoomFlags::default());
         let mut member = None;

@@ -377,7 +377,7 @@ describe("Pusher apps from a file are kept apart", () => {
     const fs = await import("node:fs");
     const file = `/tmp/roomcast-pusher-apps-${process.pid}.json`;
     fs.writeFileSync(file, JSON.stringify(apps));
-    node = await startNode({ args: ["--pusher-apps", file] });
+    node = await startNode({ args: ["--pusher-apps", file, "--max-subscriptions", "2"] });
   });
   after(async () => node?.stop("SIGKILL"));
 
@@ -403,6 +403,21 @@ describe("Pusher apps from a file are kept apart", () => {
     assert.deepEqual(history.events.map((e) => e.data), [{ for: "a" }]);
     ca.disconnect();
     cb.disconnect();
+  });
+
+  test("a connection's channels are bounded like roomcast's subscriptions", async () => {
+    const ws = new WebSocket(`ws://127.0.0.1:${node.port}/app/${apps[0].key}?protocol=7`);
+    const messages = [];
+    ws.on("message", (m) => messages.push(JSON.parse(m.toString())));
+    await until(() => messages.some((m) => m.event === "pusher:connection_established"), "established");
+    for (const channel of ["one", "two", "three"]) ws.send(JSON.stringify({ event: "pusher:subscribe", data: { channel } }));
+    await until(() => messages.some((m) => m.event === "pusher:subscription_error"), "the third refused");
+    const ok = messages.filter((m) => m.event === "pusher_internal:subscription_succeeded").map((m) => m.channel);
+    const refused = messages.find((m) => m.event === "pusher:subscription_error");
+    assert.deepEqual(ok, ["one", "two"]);
+    assert.equal(refused.channel, "three");
+    assert.equal(JSON.parse(refused.data).status, 429);
+    ws.close();
   });
 
   function subscribed(channel) {
