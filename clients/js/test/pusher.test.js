@@ -228,9 +228,10 @@ describe("Pusher's libraries on three nodes and one Redis", () => {
     await subscribed(ca);
     const cb = b.subscribe("presence-hooked");
     await subscribed(cb);
-    await new Promise((r) => setTimeout(r, 1200));
+    const seen = (name) => hooks.events.filter((e) => e.channel === "presence-hooked" && e.name === name);
+    await until(() => seen("member_added").length === 2, "both members added", 20000);
     ca.trigger("client-wave", { hi: 1 });
-    await new Promise((r) => setTimeout(r, 1200));
+    await until(() => seen("client_event").length === 1, "the client event", 20000);
     a.disconnect();
     b.disconnect();
     const of = () => hooks.events.filter((e) => e.channel === "presence-hooked");
@@ -327,18 +328,22 @@ describe("Pusher's libraries on three nodes and one Redis", () => {
       });
     const a = echo(0, { user_id: "7", user_info: { name: "Seven" } });
     const shipped = [];
-    a.channel("orders").listen("OrderShipped", (e) => shipped.push(e));
-    await new Promise((r) => setTimeout(r, 500));
+    const orders = a.channel("orders").listen("OrderShipped", (e) => shipped.push(e));
+    await new Promise((r) => orders.subscribed(r));
     await servers[1].trigger("orders", "App\\Events\\OrderShipped", { order: 42 });
     await until(() => shipped.length === 1, "the Laravel event");
     assert.deepEqual(shipped, [{ order: 42 }]);
     const here = [];
+    const joining = [];
     const leaving = [];
-    a.join("chat").here((users) => here.push(users.map((u) => u.name))).leaving((u) => leaving.push(u.name));
+    a.join("chat")
+      .here((users) => here.push(users.map((u) => u.name)))
+      .joining((u) => joining.push(u.name))
+      .leaving((u) => leaving.push(u.name));
     await until(() => here.length === 1, "here");
     const b = echo(2, { user_id: "8", user_info: { name: "Eight" } });
     b.join("chat");
-    await new Promise((r) => setTimeout(r, 1500));
+    await until(() => joining.includes("Eight"), "joining");
     b.disconnect();
     await until(() => leaving.length === 1, "leaving");
     assert.deepEqual(here[0], ["Seven"]);
