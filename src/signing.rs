@@ -13,10 +13,12 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
     });
     mac.update(body);
     let digest = mac.finalize().into_bytes();
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut hex = String::with_capacity(7 + 64);
     hex.push_str("sha256=");
     for byte in digest {
-        hex.push_str(&format!("{byte:02x}"));
+        hex.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        hex.push(char::from(DIGITS[usize::from(byte & 15)]));
     }
     hex
 }
