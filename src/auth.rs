@@ -17,6 +17,7 @@ use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use crate::protocol::RoomName;
+use crate::signing::constant_time_eq;
 
 /// The claims roomcast reads from a token.
 #[derive(Clone, Debug, Deserialize)]
@@ -166,11 +167,6 @@ fn validation(algorithm: Algorithm) -> Validation {
     v.validate_aud = false;
     v.set_required_spec_claims(&["exp"]);
     v
-}
-
-/// Compares without an early exit, so timing does not reveal the key.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl Grant {

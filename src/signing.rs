@@ -7,20 +7,35 @@ use sha2::Sha256;
 /// `sha256=<hex>`: the HMAC-SHA256 of `body` with `secret`, as webhooks and
 /// the publish hook sign their bodies.
 pub fn signature(secret: &str, body: &[u8]) -> String {
+    format!("sha256={}", hmac_sha256_hex(secret, body))
+}
+
+/// Lowercase hex of the HMAC-SHA256 of `body` with `secret` (Pusher's
+/// signatures are this, bare).
+pub fn hmac_sha256_hex(secret: &str, body: &[u8]) -> String {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).unwrap_or_else(|_| {
         // HMAC takes keys of any length; this cannot happen.
         <Hmac<Sha256> as Mac>::new_from_slice(b"").unwrap_or_else(|_| unreachable!())
     });
     mac.update(body);
-    let digest = mac.finalize().into_bytes();
+    hex(&mac.finalize().into_bytes())
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut hex = String::with_capacity(7 + 64);
-    hex.push_str("sha256=");
-    for byte in digest {
-        hex.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        hex.push(char::from(DIGITS[usize::from(byte & 15)]));
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 15)]));
     }
-    hex
+    out
+}
+
+/// Compares without an early exit, so timing does not reveal a secret or
+/// how much of a signature was right.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

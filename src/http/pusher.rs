@@ -42,19 +42,28 @@ fn refuse(status: StatusCode, message: impl Into<String>) -> Refused {
     Refused(status, message.into())
 }
 
-/// The app of the path, once the request's signature checks out.
-fn signed<'a>(app: &'a App, id: &str, method: &Method, uri: &Uri, body: &[u8]) -> Result<&'a PusherApp, Refused> {
+/// A signed request's query parameters.
+type Query = BTreeMap<String, String>;
+
+/// The app of the path and the request's query, once its signature checks out.
+fn signed<'a>(
+    app: &'a App,
+    id: &str,
+    method: &Method,
+    uri: &Uri,
+    body: &[u8],
+) -> Result<(&'a PusherApp, Query), Refused> {
     let Some(pusher_app) = pusher::by_id(&app.config.pusher_apps, id) else {
         return Err(refuse(StatusCode::NOT_FOUND, format!("no app {id:?}")));
     };
-    let query: BTreeMap<String, String> = serde_urlencoded::from_str(uri.query().unwrap_or(""))
+    let query: Query = serde_urlencoded::from_str(uri.query().unwrap_or(""))
         .map_err(|e| refuse(StatusCode::BAD_REQUEST, e.to_string()))?;
     let now = crate::clock::now_ms() / 1000;
     pusher::verify_request(pusher_app, method.as_str(), uri.path(), &query, body, now).map_err(|e| {
         metrics::counter!("roomcast_pusher_auth_refused_total").increment(1);
         refuse(StatusCode::UNAUTHORIZED, e.to_string())
     })?;
-    Ok(pusher_app)
+    Ok((pusher_app, query))
 }
 
 /// One event to trigger.
@@ -123,7 +132,7 @@ pub async fn events(
     uri: Uri,
     body: Bytes,
 ) -> Result<Response, Refused> {
-    let pusher_app = signed(&app, &id, &method, &uri, &body)?;
+    let (pusher_app, _) = signed(&app, &id, &method, &uri, &body)?;
     let t: Trigger = serde_json::from_slice(&body).map_err(|e| refuse(StatusCode::BAD_REQUEST, e.to_string()))?;
     trigger(&app, pusher_app, t).await?;
     Ok(Json(json!({})).into_response())
@@ -141,7 +150,7 @@ pub async fn batch_events(
     struct Batch {
         batch: Vec<Trigger>,
     }
-    let pusher_app = signed(&app, &id, &method, &uri, &body)?;
+    let (pusher_app, _) = signed(&app, &id, &method, &uri, &body)?;
     let batch: Batch = serde_json::from_slice(&body).map_err(|e| refuse(StatusCode::BAD_REQUEST, e.to_string()))?;
     if batch.batch.len() > MAX_BATCH {
         return Err(refuse(StatusCode::BAD_REQUEST, format!("at most {MAX_BATCH} events a batch")));
@@ -158,8 +167,7 @@ fn unavailable(e: crate::store::StoreError) -> Refused {
 }
 
 /// The request's `info` names `what`.
-fn info_asks(uri: &Uri, what: &str) -> bool {
-    let query: BTreeMap<String, String> = serde_urlencoded::from_str(uri.query().unwrap_or("")).unwrap_or_default();
+fn info_asks(query: &Query, what: &str) -> bool {
     query.get("info").is_some_and(|i| i.split(',').any(|x| x == what))
 }
 
@@ -170,10 +178,9 @@ pub async fn channels(
     method: Method,
     uri: Uri,
 ) -> Result<Response, Refused> {
-    let pusher_app = signed(&app, &id, &method, &uri, &[])?;
-    let query: BTreeMap<String, String> = serde_urlencoded::from_str(uri.query().unwrap_or("")).unwrap_or_default();
+    let (pusher_app, query) = signed(&app, &id, &method, &uri, &[])?;
     let filter = query.get("filter_by_prefix").cloned().unwrap_or_default();
-    let user_count = info_asks(&uri, "user_count");
+    let user_count = info_asks(&query, "user_count");
     if user_count && !filter.starts_with("presence-") {
         return Err(refuse(StatusCode::BAD_REQUEST, "info=user_count needs filter_by_prefix=presence-"));
     }
@@ -199,15 +206,15 @@ pub async fn channel(
     method: Method,
     uri: Uri,
 ) -> Result<Response, Refused> {
-    let pusher_app = signed(&app, &id, &method, &uri, &[])?;
+    let (pusher_app, query) = signed(&app, &id, &method, &uri, &[])?;
     let room =
         pusher::room_of(pusher_app, &name).ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "invalid channel name"))?;
     let subscriptions = LiveLog::audience(&*app.store, &room).await.map_err(unavailable)?;
     let mut body = json!({ "occupied": subscriptions > 0 });
-    if info_asks(&uri, "subscription_count") {
+    if info_asks(&query, "subscription_count") {
         body["subscription_count"] = json!(subscriptions);
     }
-    if info_asks(&uri, "user_count") {
+    if info_asks(&query, "user_count") {
         if Kind::of(&name) != Some(Kind::Presence) {
             return Err(refuse(StatusCode::BAD_REQUEST, "user_count is for presence channels"));
         }
@@ -223,7 +230,7 @@ pub async fn users(
     method: Method,
     uri: Uri,
 ) -> Result<Response, Refused> {
-    let pusher_app = signed(&app, &id, &method, &uri, &[])?;
+    let (pusher_app, _) = signed(&app, &id, &method, &uri, &[])?;
     if Kind::of(&name) != Some(Kind::Presence) {
         return Err(refuse(StatusCode::BAD_REQUEST, "users are listed for presence channels"));
     }

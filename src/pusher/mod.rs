@@ -6,13 +6,12 @@
 
 use std::collections::BTreeMap;
 
-use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
 use serde_json::Value;
-use sha2::Sha256;
 
 use crate::config::PusherApp;
 use crate::protocol::RoomName;
+use crate::signing::{constant_time_eq, hex, hmac_sha256_hex};
 
 /// How long a signed HTTP API request stays valid (Pusher's window).
 pub const REQUEST_WINDOW_SECS: u64 = 600;
@@ -74,19 +73,11 @@ pub fn channel_of<'a>(app: &PusherApp, room: &'a RoomName) -> Option<&'a str> {
 
 /// Lowercase hex of the HMAC-SHA256 of `text` with `secret`.
 pub fn hmac_hex(secret: &str, text: &str) -> String {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes())
-        .unwrap_or_else(|_| <Hmac<Sha256> as Mac>::new_from_slice(b"").unwrap_or_else(|_| unreachable!()));
-    mac.update(text.as_bytes());
-    hex(&mac.finalize().into_bytes())
+    hmac_sha256_hex(secret, text.as_bytes())
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Compares in time independent of where they differ.
 fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    constant_time_eq(a.as_bytes(), b.as_bytes())
 }
 
 /// Whether `auth` (`<key>:<signature>`) signs a subscription of socket

@@ -24,13 +24,13 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tracing::debug;
 
 use super::slot;
-use super::ws::{bad_handshake, handshake, switching, MAX_WRITE_SLACK, READ_BUFFER, WRITE_BUFFER};
+use super::ws::{bad_handshake, handshake, socket_config, switching};
 use crate::app::{App, ConnectionSlot, Transport};
 use crate::auth::Grant;
 use crate::config::PusherApp;
@@ -82,14 +82,8 @@ pub async fn handler(
         Err(refusal) => return refusal.into_response(),
     };
     let pusher_app = pusher::by_key(&app.config.pusher_apps, &key).cloned();
-    let max = app.config.limits.max_message_bytes;
     // The native transport's buffers: an idle connection costs the same.
-    let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(WRITE_BUFFER + max + MAX_WRITE_SLACK)
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max));
+    let config = socket_config(app.config.limits.max_message_bytes);
     let tracker = app.tracker.clone();
     tracker.clone().spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {

@@ -45,13 +45,13 @@ type Socket = WebSocketStream<FrameMeter<TokioIo<Upgraded>>>;
 /// frame once its header is read). Measured with the `idle` preset: 11.8 KiB
 /// of RSS per idle connection with 4 KiB here, 8.6 KiB with 1 KiB; 512 bytes
 /// saves another half KiB on top of the later changes.
-pub(crate) const READ_BUFFER: usize = 512;
+const READ_BUFFER: usize = 512;
 /// Write buffering target; `flush` always writes everything anyway.
-pub(crate) const WRITE_BUFFER: usize = 64 * 1024;
+const WRITE_BUFFER: usize = 64 * 1024;
 /// Most bytes tungstenite may hold unwritten beyond [`WRITE_BUFFER`]: a
 /// client that sends pings and never reads fills it with pongs, and is
 /// then closed rather than growing the node's memory.
-pub(crate) const MAX_WRITE_SLACK: usize = 1 << 20;
+const MAX_WRITE_SLACK: usize = 1 << 20;
 /// How long a closing connection waits for the client's close reply.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(1);
 /// Most bytes read and dropped while closing (a client in the middle of an
@@ -122,13 +122,7 @@ pub async fn handler(State(app): State<Arc<App>>, Params(query): Params<WsQuery>
         Err(refusal) => return refusal.into_response(),
     };
     let format = forced.unwrap_or(if negotiated { Format::MsgPack } else { Format::Json });
-    let max = app.config.limits.max_message_bytes;
-    let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(WRITE_BUFFER + max + MAX_WRITE_SLACK)
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max));
+    let config = socket_config(app.config.limits.max_message_bytes);
     let tracker = app.tracker.clone();
     // A task of its own rather than the upgrade's, whose state would stay
     // allocated beside ours for the connection's whole life.
@@ -142,6 +136,17 @@ pub async fn handler(State(app): State<Arc<App>>, Params(query): Params<WsQuery>
         tracker.spawn(run(Connection::new(app, socket, format, grant), Box::new(query), slot));
     });
     switching(&key, negotiated.then_some(MSGPACK_SUBPROTOCOL))
+}
+
+/// tungstenite's settings for a node's WebSockets (either protocol): small
+/// read buffers, bounded writes, messages of at most `max` bytes.
+pub(crate) fn socket_config(max: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(WRITE_BUFFER + max + MAX_WRITE_SLACK)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
 }
 
 /// Checks a WebSocket upgrade request's headers; the accept key to answer,

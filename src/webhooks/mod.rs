@@ -162,8 +162,12 @@ impl Sender {
         if !held {
             return Attempt::Idle;
         }
-        if let Err(e) = self.store.vacate_due(options, now_ms()).await {
-            warn!(cause = %e, "webhooks: could not look for vacated rooms");
+        // The sweep records room_vacated for every sink: the first sink's
+        // holder runs it, not each.
+        if self.settings.sinks.first() == Some(&sink) {
+            if let Err(e) = self.store.vacate_due(options, now_ms()).await {
+                warn!(cause = %e, "webhooks: could not look for vacated rooms");
+            }
         }
         let (events, dropped) = match self.store.webhook_pending(sink, BATCH).await {
             Ok(pending) => pending,
